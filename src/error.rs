@@ -1,0 +1,121 @@
+//! Typed errors of the simat library.
+//!
+//! Every variant that concerns a file names it, and where the format allows, the place inside it
+//! (a JSON byte offset, a Parquet row group, a row number or an id). The CLI adds context at the
+//! edge and prints the chain once.
+
+use std::path::{Path, PathBuf};
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong inside simat.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O failure on a named file or directory.
+    #[error("{op} `{}`: {source}", path.display())]
+    Io {
+        /// What we were doing ("failed to read", "failed to create", ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// Malformed JSON, with the byte offset in the file where parsing failed.
+    #[error("`{}`: invalid JSON at byte {byte_offset}: {message}", path.display())]
+    Json {
+        /// The JSON file.
+        path: PathBuf,
+        /// Byte offset from the start of the file.
+        byte_offset: u64,
+        /// What was found and what was expected.
+        message: String,
+    },
+
+    /// A Parquet or Arrow failure on a named file.
+    #[error("`{}`: {message}", path.display())]
+    Columnar {
+        /// The Parquet or Arrow IPC file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+
+    /// A configuration file (pipeline or vocabulary) that cannot be used.
+    #[error("`{}`: {message}", path.display())]
+    Config {
+        /// The TOML file.
+        path: PathBuf,
+        /// What is wrong and, where possible, how to fix it.
+        message: String,
+    },
+
+    /// An input table that is structurally valid but semantically wrong.
+    #[error("`{}`: {message}", path.display())]
+    Data {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong, naming the row or id.
+        message: String,
+    },
+
+    /// A stage cannot run because something it needs is not there.
+    #[error("stage `{stage}`: {message}")]
+    Stage {
+        /// The stage name.
+        stage: String,
+        /// What is missing and which command produces it.
+        message: String,
+    },
+
+    /// A bug in simat.
+    #[error(
+        "internal error: {0} (this is a bug in simat; please report it with the command you ran)"
+    )]
+    Internal(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(op: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// An [`Error::Columnar`] for `path`.
+    pub fn columnar(path: impl AsRef<Path>, message: impl std::fmt::Display) -> Self {
+        Error::Columnar {
+            path: path.as_ref().to_path_buf(),
+            message: message.to_string(),
+        }
+    }
+
+    /// An [`Error::Config`] for `path`.
+    pub fn config(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Config {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Data`] for `path`.
+    pub fn data(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Stage`].
+    pub fn stage(stage: &str, message: impl Into<String>) -> Self {
+        Error::Stage {
+            stage: stage.to_string(),
+            message: message.into(),
+        }
+    }
+}

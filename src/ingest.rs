@@ -1,0 +1,723 @@
+//! `ingest`: Visual Genome 1.4 JSON into Parquet tables.
+//!
+//! Reads `image_data.json`, `relationships.json` and, when present, `objects.json` and
+//! `attributes.json` from a Visual Genome folder, and writes `images`, `relationships` (one row
+//! per relationship, subject and object flattened), `objects` and `attributes` tables under
+//! `RUN/ingest/`. The large files are streamed (see [`crate::io::json_stream`]): split on one
+//! thread, parsed on all cores, written on another, so memory stays bounded by a few blocks.
+//!
+//! Real VG quirks are accepted: `name` or `names`, `image_id` or `id`, null COCO/Flickr ids, and
+//! extra fields. Syntax and type errors stop the stage with the file and byte offset, and nothing
+//! is committed. Records that parse but cannot be used (a zero or negative box, an object without
+//! a name) are skipped and counted, with the first example named in the stage's report.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::json_stream::{spawn_splitter, ElementChunk, DEFAULT_BLOCK};
+use crate::io::TableWriter;
+use crate::run::{Stage, StageContext, StageReport};
+
+/// Configuration of the ingest stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The Visual Genome folder (holding `image_data.json`, `relationships.json`, and optionally
+    /// `objects.json`, `attributes.json`). Not hashed: the files' contents are.
+    pub vg: PathBuf,
+    /// Bytes read at once by the JSON splitter (default 8 MiB). Changes nothing in the output.
+    #[serde(default = "default_block")]
+    pub block_bytes: usize,
+}
+
+fn default_block() -> usize {
+    DEFAULT_BLOCK
+}
+
+/// The files ingest reads, and whether each is required.
+pub const VG_FILES: &[(&str, bool)] = &[
+    ("image_data.json", true),
+    ("relationships.json", true),
+    ("objects.json", false),
+    ("attributes.json", false),
+];
+
+/// Output tables of ingest.
+pub const OUTPUTS: &[&str] = &[
+    "images.parquet",
+    "relationships.parquet",
+    "objects.parquet",
+    "attributes.parquet",
+];
+
+/// The ingest stage.
+#[derive(Debug, Clone)]
+pub struct IngestStage {
+    /// Its configuration.
+    pub config: IngestConfig,
+}
+
+impl Stage for IngestStage {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> Vec<&'static str> {
+        vec![]
+    }
+    fn config(&self) -> serde_json::Value {
+        // The folder is located by path but identified by content (see `inputs`).
+        serde_json::json!({})
+    }
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        let mut out = Vec::new();
+        for (file, required) in VG_FILES {
+            let path = self.config.vg.join(file);
+            if path.is_file() {
+                out.push((file.to_string(), path));
+            } else if *required {
+                return Err(Error::stage(
+                    "ingest",
+                    format!(
+                        "`{}` not found: --vg must name a Visual Genome 1.4 folder holding image_data.json and relationships.json",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(out)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+        ingest(&self.config, &ctx.stage_dir, ctx.ui)
+    }
+}
+
+/// A string that borrows from the input unless it holds escapes.
+#[derive(Debug, Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+#[derive(Debug, Deserialize)]
+struct VgImage<'a> {
+    image_id: Option<i64>,
+    id: Option<i64>,
+    width: i64,
+    height: i64,
+    coco_id: Option<i64>,
+    flickr_id: Option<i64>,
+    #[serde(borrow)]
+    url: Option<Str<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct VgObject<'a> {
+    object_id: i64,
+    x: i64,
+    y: i64,
+    w: i64,
+    h: i64,
+    #[serde(borrow, default)]
+    name: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    names: Option<Vec<Str<'a>>>,
+    #[serde(borrow, default)]
+    synsets: Option<Vec<Str<'a>>>,
+    #[serde(borrow, default)]
+    attributes: Option<Vec<Str<'a>>>,
+}
+
+impl VgObject<'_> {
+    fn name(&self) -> Option<&str> {
+        match (&self.name, &self.names) {
+            (Some(n), _) => Some(&n.0),
+            (None, Some(ns)) => ns.first().map(|n| n.0.as_ref()),
+            _ => None,
+        }
+    }
+    fn has_box(&self) -> bool {
+        self.w > 0 && self.h > 0 && fits_i32(&[self.x, self.y, self.w, self.h])
+    }
+}
+
+fn fits_i32(values: &[i64]) -> bool {
+    values
+        .iter()
+        .all(|v| (i32::MIN as i64..=i32::MAX as i64).contains(v))
+}
+
+#[derive(Debug, Deserialize)]
+struct VgRelationship<'a> {
+    relationship_id: i64,
+    #[serde(borrow)]
+    predicate: Str<'a>,
+    #[serde(borrow, default)]
+    synsets: Option<Vec<Str<'a>>>,
+    #[serde(borrow)]
+    subject: VgObject<'a>,
+    #[serde(borrow)]
+    object: VgObject<'a>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RelationshipsOfImage<'a> {
+    image_id: Option<i64>,
+    id: Option<i64>,
+    #[serde(borrow)]
+    relationships: Vec<VgRelationship<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ObjectsOfImage<'a> {
+    image_id: Option<i64>,
+    id: Option<i64>,
+    #[serde(borrow)]
+    objects: Vec<VgObject<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AttributesOfImage<'a> {
+    image_id: Option<i64>,
+    id: Option<i64>,
+    #[serde(borrow, default)]
+    attributes: Option<Vec<VgObject<'a>>>,
+}
+
+/// Counts of skipped records by reason, with the first example of each.
+#[derive(Debug, Default)]
+struct Tally {
+    counts: BTreeMap<&'static str, u64>,
+    first: BTreeMap<&'static str, String>,
+}
+
+impl Tally {
+    fn skip(&mut self, reason: &'static str, example: impl FnOnce() -> String) {
+        *self.counts.entry(reason).or_default() += 1;
+        self.first.entry(reason).or_insert_with(example);
+    }
+    fn merge(&mut self, other: Tally) {
+        for (k, v) in other.counts {
+            *self.counts.entry(k).or_default() += v;
+        }
+        for (k, v) in other.first {
+            self.first.entry(k).or_insert(v);
+        }
+    }
+}
+
+fn image_id_of(
+    image_id: Option<i64>,
+    id: Option<i64>,
+    path: &Path,
+    chunk: &ElementChunk,
+    i: usize,
+) -> Result<i64> {
+    image_id.or(id).ok_or_else(|| Error::Json {
+        path: path.to_path_buf(),
+        byte_offset: chunk.offset + chunk.elements[i].start as u64,
+        message: "record has neither `image_id` nor `id`".into(),
+    })
+}
+
+fn list_field(name: &str) -> Field {
+    Field::new_list(name, Field::new_list_field(DataType::Utf8, true), false)
+}
+
+/// Schema of `images.parquet`.
+pub fn images_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("width", DataType::Int32, false),
+        Field::new("height", DataType::Int32, false),
+        Field::new("coco_id", DataType::Int64, true),
+        Field::new("flickr_id", DataType::Int64, true),
+        Field::new("url", DataType::Utf8, true),
+    ]))
+}
+
+fn box_fields(prefix: &str) -> Vec<Field> {
+    ["x", "y", "w", "h"]
+        .iter()
+        .map(|c| Field::new(format!("{prefix}{c}"), DataType::Int32, false))
+        .collect()
+}
+
+/// Schema of `relationships.parquet`.
+pub fn relationships_schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("relationship_id", DataType::Int64, false),
+        Field::new("predicate", DataType::Utf8, false),
+        list_field("synsets"),
+    ];
+    for side in ["subj", "obj"] {
+        fields.push(Field::new(format!("{side}_id"), DataType::Int64, false));
+        fields.push(Field::new(format!("{side}_name"), DataType::Utf8, false));
+        fields.push(list_field(&format!("{side}_synsets")));
+        fields.extend(box_fields(&format!("{side}_")));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of `objects.parquet`.
+pub fn objects_schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("object_id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+        list_field("names"),
+        list_field("synsets"),
+    ];
+    fields.extend(box_fields(""));
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of `attributes.parquet`.
+pub fn attributes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("object_id", DataType::Int64, false),
+        list_field("attributes"),
+    ]))
+}
+
+/// Builds one part of a table from a run of JSON elements.
+trait PartBuilder: Default + Send {
+    /// Records per element for sizing; used only for capacity.
+    fn add(&mut self, chunk: &ElementChunk, i: usize, path: &Path, tally: &mut Tally)
+        -> Result<()>;
+    fn finish(self) -> RecordBatch;
+}
+
+fn push_list<'a>(b: &mut ListBuilder<StringBuilder>, items: impl IntoIterator<Item = &'a str>) {
+    for s in items {
+        b.values().append_value(s);
+    }
+    b.append(true);
+}
+
+fn strs<'a>(v: &'a Option<Vec<Str<'_>>>) -> impl Iterator<Item = &'a str> {
+    v.iter().flatten().map(|s| s.0.as_ref())
+}
+
+#[derive(Default)]
+struct ImageRows {
+    image_id: Int64Builder,
+    width: Int32Builder,
+    height: Int32Builder,
+    coco_id: Int64Builder,
+    flickr_id: Int64Builder,
+    url: StringBuilder,
+}
+
+impl PartBuilder for ImageRows {
+    fn add(
+        &mut self,
+        chunk: &ElementChunk,
+        i: usize,
+        path: &Path,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let img: VgImage = chunk.parse(path, i)?;
+        let id = image_id_of(img.image_id, img.id, path, chunk, i)?;
+        if img.width <= 0 || img.height <= 0 || !fits_i32(&[img.width, img.height]) {
+            tally.skip("images_bad_size", || {
+                format!("image {id} is {}x{}", img.width, img.height)
+            });
+            return Ok(());
+        }
+        self.image_id.append_value(id);
+        self.width.append_value(img.width as i32);
+        self.height.append_value(img.height as i32);
+        self.coco_id.append_option(img.coco_id);
+        self.flickr_id.append_option(img.flickr_id);
+        self.url
+            .append_option(img.url.as_ref().map(|u| u.0.as_ref()));
+        Ok(())
+    }
+    fn finish(mut self) -> RecordBatch {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.image_id.finish()),
+            Arc::new(self.width.finish()),
+            Arc::new(self.height.finish()),
+            Arc::new(self.coco_id.finish()),
+            Arc::new(self.flickr_id.finish()),
+            Arc::new(self.url.finish()),
+        ];
+        RecordBatch::try_new(images_schema(), cols).expect("images batch matches its schema")
+    }
+}
+
+#[derive(Default)]
+struct BoxCols {
+    x: Int32Builder,
+    y: Int32Builder,
+    w: Int32Builder,
+    h: Int32Builder,
+}
+
+impl BoxCols {
+    fn push(&mut self, o: &VgObject) {
+        self.x.append_value(o.x as i32);
+        self.y.append_value(o.y as i32);
+        self.w.append_value(o.w as i32);
+        self.h.append_value(o.h as i32);
+    }
+    fn finish(&mut self, cols: &mut Vec<ArrayRef>) {
+        cols.push(Arc::new(self.x.finish()));
+        cols.push(Arc::new(self.y.finish()));
+        cols.push(Arc::new(self.w.finish()));
+        cols.push(Arc::new(self.h.finish()));
+    }
+}
+
+#[derive(Default)]
+struct SideCols {
+    id: Int64Builder,
+    name: StringBuilder,
+    synsets: ListBuilder<StringBuilder>,
+    bbox: BoxCols,
+}
+
+impl SideCols {
+    fn push(&mut self, o: &VgObject, name: &str) {
+        self.id.append_value(o.object_id);
+        self.name.append_value(name);
+        push_list(&mut self.synsets, strs(&o.synsets));
+        self.bbox.push(o);
+    }
+    fn finish(&mut self, cols: &mut Vec<ArrayRef>) {
+        cols.push(Arc::new(self.id.finish()));
+        cols.push(Arc::new(self.name.finish()));
+        cols.push(Arc::new(self.synsets.finish()));
+        self.bbox.finish(cols);
+    }
+}
+
+#[derive(Default)]
+struct RelationshipRows {
+    image_id: Int64Builder,
+    relationship_id: Int64Builder,
+    predicate: StringBuilder,
+    synsets: ListBuilder<StringBuilder>,
+    subj: SideCols,
+    obj: SideCols,
+}
+
+impl PartBuilder for RelationshipRows {
+    fn add(
+        &mut self,
+        chunk: &ElementChunk,
+        i: usize,
+        path: &Path,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let img: RelationshipsOfImage = chunk.parse(path, i)?;
+        let image_id = image_id_of(img.image_id, img.id, path, chunk, i)?;
+        for r in &img.relationships {
+            let (Some(sn), Some(on)) = (r.subject.name(), r.object.name()) else {
+                tally.skip("relationships_unnamed_object", || {
+                    format!("relationship {} in image {image_id}", r.relationship_id)
+                });
+                continue;
+            };
+            if !r.subject.has_box() || !r.object.has_box() {
+                tally.skip("relationships_bad_box", || {
+                    format!(
+                        "relationship {} in image {image_id} has a zero, negative or out-of-range box",
+                        r.relationship_id
+                    )
+                });
+                continue;
+            }
+            self.image_id.append_value(image_id);
+            self.relationship_id.append_value(r.relationship_id);
+            self.predicate.append_value(r.predicate.0.as_ref());
+            push_list(&mut self.synsets, strs(&r.synsets));
+            self.subj.push(&r.subject, sn);
+            self.obj.push(&r.object, on);
+        }
+        Ok(())
+    }
+    fn finish(mut self) -> RecordBatch {
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.image_id.finish()),
+            Arc::new(self.relationship_id.finish()),
+            Arc::new(self.predicate.finish()),
+            Arc::new(self.synsets.finish()),
+        ];
+        self.subj.finish(&mut cols);
+        self.obj.finish(&mut cols);
+        RecordBatch::try_new(relationships_schema(), cols)
+            .expect("relationships batch matches its schema")
+    }
+}
+
+#[derive(Default)]
+struct ObjectRows {
+    image_id: Int64Builder,
+    object_id: Int64Builder,
+    name: StringBuilder,
+    names: ListBuilder<StringBuilder>,
+    synsets: ListBuilder<StringBuilder>,
+    bbox: BoxCols,
+}
+
+impl PartBuilder for ObjectRows {
+    fn add(
+        &mut self,
+        chunk: &ElementChunk,
+        i: usize,
+        path: &Path,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let img: ObjectsOfImage = chunk.parse(path, i)?;
+        let image_id = image_id_of(img.image_id, img.id, path, chunk, i)?;
+        for o in &img.objects {
+            let Some(name) = o.name() else {
+                tally.skip("objects_unnamed", || {
+                    format!("object {} in image {image_id}", o.object_id)
+                });
+                continue;
+            };
+            if !o.has_box() {
+                tally.skip("objects_bad_box", || {
+                    format!(
+                        "object {} in image {image_id} has a zero, negative or out-of-range box",
+                        o.object_id
+                    )
+                });
+                continue;
+            }
+            self.image_id.append_value(image_id);
+            self.object_id.append_value(o.object_id);
+            self.name.append_value(name);
+            match &o.names {
+                Some(ns) => push_list(&mut self.names, ns.iter().map(|s| s.0.as_ref())),
+                None => push_list(&mut self.names, [name]),
+            }
+            push_list(&mut self.synsets, strs(&o.synsets));
+            self.bbox.push(o);
+        }
+        Ok(())
+    }
+    fn finish(mut self) -> RecordBatch {
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.image_id.finish()),
+            Arc::new(self.object_id.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.names.finish()),
+            Arc::new(self.synsets.finish()),
+        ];
+        self.bbox.finish(&mut cols);
+        RecordBatch::try_new(objects_schema(), cols).expect("objects batch matches its schema")
+    }
+}
+
+#[derive(Default)]
+struct AttributeRows {
+    image_id: Int64Builder,
+    object_id: Int64Builder,
+    attributes: ListBuilder<StringBuilder>,
+}
+
+impl PartBuilder for AttributeRows {
+    fn add(&mut self, chunk: &ElementChunk, i: usize, path: &Path, _: &mut Tally) -> Result<()> {
+        let img: AttributesOfImage = chunk.parse(path, i)?;
+        let image_id = image_id_of(img.image_id, img.id, path, chunk, i)?;
+        for o in img.attributes.iter().flatten() {
+            self.image_id.append_value(image_id);
+            self.object_id.append_value(o.object_id);
+            push_list(&mut self.attributes, strs(&o.attributes));
+        }
+        Ok(())
+    }
+    fn finish(mut self) -> RecordBatch {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.image_id.finish()),
+            Arc::new(self.object_id.finish()),
+            Arc::new(self.attributes.finish()),
+        ];
+        RecordBatch::try_new(attributes_schema(), cols)
+            .expect("attributes batch matches its schema")
+    }
+}
+
+/// Elements per parallel part: fixed, so that batch boundaries (and so the bytes written) do not
+/// depend on the thread count.
+const PART_ELEMENTS: usize = 256;
+
+/// Stream the JSON array at `src` into the Parquet table `dest`; returns (rows, elements, tally).
+fn stream_table<B: PartBuilder>(
+    src: &Path,
+    dest: &Path,
+    schema: SchemaRef,
+    block: usize,
+    ui: &crate::ui::Ui,
+) -> Result<(u64, u64, Tally)> {
+    let total = std::fs::metadata(src)
+        .map_err(|e| Error::io("failed to read", src, e))?
+        .len();
+    let label = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bar = ui.progress(total, "bytes", &label);
+    let (chunks, splitter) = spawn_splitter(src, block)?;
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<RecordBatch>>(2);
+    let dest_owned = dest.to_path_buf();
+    let writer = std::thread::Builder::new()
+        .name("parquet-writer".into())
+        .spawn(move || -> Result<TableWriter> {
+            let mut w = TableWriter::create(&dest_owned, schema)?;
+            for batches in rx {
+                for b in &batches {
+                    w.write(b)?;
+                }
+            }
+            Ok(w)
+        })
+        .map_err(|e| Error::io("failed to start a writer thread for", dest, e))?;
+
+    let mut tally = Tally::default();
+    let mut elements = 0u64;
+    let mut failure: Option<Error> = None;
+    for chunk in chunks.iter() {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        elements += chunk.elements.len() as u64;
+        let parts: Vec<Range<usize>> = (0..chunk.elements.len())
+            .step_by(PART_ELEMENTS)
+            .map(|s| s..(s + PART_ELEMENTS).min(chunk.elements.len()))
+            .collect();
+        let built: Vec<Result<(RecordBatch, Tally)>> = parts
+            .into_par_iter()
+            .map(|range| {
+                let mut b = B::default();
+                let mut t = Tally::default();
+                for i in range {
+                    b.add(&chunk, i, src, &mut t)?;
+                }
+                Ok((b.finish(), t))
+            })
+            .collect();
+        let mut batches = Vec::with_capacity(built.len());
+        for part in built {
+            match part {
+                Ok((batch, t)) => {
+                    tally.merge(t);
+                    batches.push(batch);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+        bar.inc(chunk.data.len() as u64);
+        if tx.send(batches).is_err() {
+            break; // the writer failed; its error is reported below
+        }
+    }
+    drop(tx);
+    drop(chunks);
+    let _ = splitter.join();
+    bar.finish_and_clear();
+    let written = writer
+        .join()
+        .map_err(|_| Error::Internal("the Parquet writer thread panicked".into()))?;
+    if let Some(e) = failure {
+        return Err(e); // `written` is dropped: its temporary file is removed
+    }
+    let rows = written?.finish()?;
+    Ok((rows, elements, tally))
+}
+
+/// Run ingest: read `config.vg`, write the four tables into `out_dir`.
+pub fn ingest(config: &IngestConfig, out_dir: &Path, ui: &crate::ui::Ui) -> Result<StageReport> {
+    let mut report = StageReport::default();
+    let mut tally = Tally::default();
+    let block = config.block_bytes.max(1 << 12);
+    let plan: [(&str, &str, SchemaRef, &str); 4] = [
+        (
+            "image_data.json",
+            "images.parquet",
+            images_schema(),
+            "images",
+        ),
+        (
+            "relationships.json",
+            "relationships.parquet",
+            relationships_schema(),
+            "relationships",
+        ),
+        (
+            "objects.json",
+            "objects.parquet",
+            objects_schema(),
+            "objects",
+        ),
+        (
+            "attributes.json",
+            "attributes.parquet",
+            attributes_schema(),
+            "attribute_rows",
+        ),
+    ];
+    for (src_name, dest_name, schema, what) in plan {
+        let src = config.vg.join(src_name);
+        let dest = out_dir.join(dest_name);
+        let (rows, elements, t) = if src.is_file() {
+            match src_name {
+                "image_data.json" => stream_table::<ImageRows>(&src, &dest, schema, block, ui)?,
+                "relationships.json" => {
+                    stream_table::<RelationshipRows>(&src, &dest, schema, block, ui)?
+                }
+                "objects.json" => stream_table::<ObjectRows>(&src, &dest, schema, block, ui)?,
+                _ => stream_table::<AttributeRows>(&src, &dest, schema, block, ui)?,
+            }
+        } else if VG_FILES.iter().any(|(f, req)| *f == src_name && *req) {
+            return Err(Error::io(
+                "failed to open",
+                &src,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        } else {
+            report.notes.push(format!(
+                "{src_name} not found in the VG folder; {dest_name} is empty"
+            ));
+            let rows = crate::io::write_table(&dest, &RecordBatch::new_empty(schema))?;
+            (rows, 0, Tally::default())
+        };
+        report.count(what, rows);
+        report.count(&format!("{src_name}_records"), elements);
+        report.outputs.push((dest_name.to_string(), Some(rows)));
+        tally.merge(t);
+    }
+    for (reason, n) in &tally.counts {
+        report.count(&format!("skipped_{reason}"), *n);
+        report.skipped += n;
+        report.notes.push(format!(
+            "skipped {n} record(s): {} (first: {})",
+            reason.replace('_', " "),
+            tally.first[reason]
+        ));
+    }
+    Ok(report)
+}

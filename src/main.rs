@@ -1,0 +1,410 @@
+//! The `simat` command line: parses arguments and calls the library.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use simat::ingest::{IngestConfig, IngestStage};
+use simat::pipeline::Pipeline;
+use simat::run::{describe, Engine, Freshness, Manifest, RunOptions, Stage, StageOutcome};
+use simat::synth::SynthConfig;
+use simat::triplets::{TripletsConfig, TripletsStage};
+use simat::ui::Ui;
+
+/// simat: regenerate and score the SIMAT benchmark, stage by stage, into Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "simat", version, about, long_about = None)]
+struct Cli {
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Explain why stages run (stale reasons) and print stage reports.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline file, skipping stages that are fresh.
+    Run {
+        /// The pipeline TOML file (see pipelines/).
+        pipeline: PathBuf,
+        /// Run directory, overriding the pipeline's `run_dir`.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Stop after this stage.
+        #[arg(long, value_name = "STAGE")]
+        until: Option<String>,
+        /// Rerun this stage (and everything downstream) even if fresh; repeatable.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// One line per stage of a run: fresh, stale, missing or failed, rows, wall time.
+    Status {
+        /// The run directory.
+        run: PathBuf,
+        /// Also compare against this pipeline's current config and inputs (stale reasons).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Print the manifest's stage records as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Schema, row count and first rows of a Parquet or Arrow IPC file.
+    Inspect {
+        /// The file.
+        file: PathBuf,
+        /// Rows to show.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        rows: usize,
+    },
+    /// Visual Genome 1.4 JSON into RUN/ingest/*.parquet.
+    Ingest {
+        /// Visual Genome folder (image_data.json, relationships.json, objects.json, attributes.json).
+        #[arg(long)]
+        vg: PathBuf,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
+    /// SIMAT triplet extraction into RUN/triplets/{regions,triplets}.parquet.
+    Triplets {
+        /// Vocabulary TOML (subjects, relations, min_region_side, captions), or a pipeline file
+        /// with a [triplets] section. Default: SIMAT's vocabulary.
+        #[arg(long)]
+        vocab: Option<PathBuf>,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
+    /// Write a synthetic Visual Genome (the four JSON files, optionally JPEGs).
+    Synth {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 1000)]
+        images: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also render one JPEG per image under OUT/images/.
+        #[arg(long)]
+        render: bool,
+        /// Fraction of relationships planted with the SIMAT vocabulary.
+        #[arg(long, default_value_t = 0.02)]
+        plant_rate: f64,
+    },
+    /// Write the documented schema of every stage output (the schemas/ folder).
+    #[command(hide = true)]
+    Schemas {
+        /// Output folder.
+        #[arg(long)]
+        write: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StageRunArgs {
+    /// The run directory.
+    #[arg(long = "run", value_name = "RUN")]
+    run_dir: PathBuf,
+    /// Rerun even if fresh.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ui = Ui::detect(cli.quiet, cli.verbose);
+    init_logging(cli.verbose);
+    match run(cli.command, &ui) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIMAT_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if verbose { "info" } else { "warn" })
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Exit code of a run: 1 when items were skipped, 0 otherwise.
+fn exit_of(outcomes: &[StageOutcome]) -> ExitCode {
+    if outcomes.iter().any(|o| o.skipped > 0) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_stages(
+    run_dir: &Path,
+    stages: &[&dyn Stage],
+    opts: &RunOptions,
+    ui: &Ui,
+) -> Result<Vec<StageOutcome>> {
+    let engine = Engine::new(run_dir, ui)?;
+    let outcomes = engine.run(stages, opts)?;
+    if ui.verbose {
+        for o in &outcomes {
+            if let Some(reason) = &o.ran_because {
+                eprintln!("{:>12} {}: {reason}", "Reason", o.stage);
+            }
+            for (k, v) in &o.record.counters {
+                eprintln!("{:>12} {}.{k} = {v}", "", o.stage);
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+fn single(run: &StageRunArgs, stage: &dyn Stage, ui: &Ui) -> Result<ExitCode> {
+    let mut opts = RunOptions::default();
+    if run.force {
+        opts.force.insert(stage.name().to_string());
+    }
+    let outcomes = run_stages(&run.run_dir, &[stage], &opts, ui)?;
+    Ok(exit_of(&outcomes))
+}
+
+fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
+    match command {
+        Command::Run {
+            pipeline,
+            run_dir,
+            until,
+            force,
+        } => {
+            let mut p = Pipeline::load(&pipeline)?;
+            if let Some(dir) = run_dir {
+                if p.synth.is_some() && p.ingest.vg.starts_with(&p.run_dir) {
+                    p.ingest.vg = dir.join("synth").join(simat::synth::SYNTH_VG_DIR);
+                }
+                p.run_dir = dir;
+            }
+            let stages = p.stages();
+            let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
+            let opts = RunOptions {
+                force: force.into_iter().collect::<BTreeSet<_>>(),
+                until,
+            };
+            let outcomes = run_stages(&p.run_dir, &refs, &opts, ui)?;
+            if !matches!(ui.style, simat::ui::OutputStyle::Quiet) {
+                print_summary(&p.run_dir, &outcomes)?;
+            }
+            Ok(exit_of(&outcomes))
+        }
+        Command::Status {
+            run,
+            pipeline,
+            json,
+        } => status(&run, pipeline.as_deref(), json, ui),
+        Command::Inspect { file, rows } => inspect(&file, rows),
+        Command::Ingest { vg, run } => {
+            let stage = IngestStage {
+                config: IngestConfig {
+                    vg,
+                    block_bytes: simat::io::json_stream::DEFAULT_BLOCK,
+                },
+            };
+            single(&run, &stage, ui)
+        }
+        Command::Triplets { vocab, run } => {
+            let config = match vocab {
+                Some(path) => TripletsConfig::load(&path)?,
+                None => TripletsConfig::default(),
+            };
+            single(&run, &TripletsStage { config }, ui)
+        }
+        Command::Synth {
+            out,
+            images,
+            seed,
+            render,
+            plant_rate,
+        } => {
+            if !(0.0..=1.0).contains(&plant_rate) {
+                anyhow::bail!("--plant-rate must be between 0 and 1, got {plant_rate}");
+            }
+            let config = SynthConfig {
+                images,
+                seed,
+                render,
+                plant_rate,
+            };
+            let start = std::time::Instant::now();
+            let s = simat::synth::synthesize(&config, &out, ui)?;
+            ui.status(
+                "Finished",
+                format!(
+                    "{} images, {} objects, {} relationships ({:.1} MB of relationships.json){} in {:.2}s",
+                    s.images,
+                    s.objects,
+                    s.relationships,
+                    s.relationships_bytes as f64 / 1e6,
+                    if render { ", rendered" } else { "" },
+                    start.elapsed().as_secs_f64()
+                ),
+            );
+            println!("{}", serde_json::to_string(&s)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schemas { write } => {
+            let n = simat::schemas::write_all(&write)?;
+            ui.status("Wrote", format!("{n} schemas under {}", write.display()));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<ExitCode> {
+    if !Manifest::path(run).exists() && pipeline.is_none() {
+        anyhow::bail!(
+            "`{}` has no manifest.json: not a simat run directory (or nothing has run yet)",
+            run.display()
+        );
+    }
+    let manifest = Manifest::load(run)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let planned: Vec<(String, Freshness)> = match pipeline {
+        Some(p) => {
+            let p = Pipeline::load(p)?;
+            let stages = p.stages();
+            let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
+            Engine::new(run, ui)?.plan(&refs)?
+        }
+        None => vec![],
+    };
+    let mut names: Vec<String> = simat::run::STAGE_ORDER
+        .iter()
+        .filter(|s| manifest.stages.contains_key(**s) || planned.iter().any(|(n, _)| n == *s))
+        .map(|s| s.to_string())
+        .collect();
+    names.extend(
+        manifest
+            .stages
+            .keys()
+            .filter(|k| !simat::run::STAGE_ORDER.contains(&k.as_str()))
+            .cloned(),
+    );
+    for name in names {
+        let rec = manifest.stages.get(&name);
+        let plan = planned.iter().find(|(n, _)| *n == name).map(|(_, f)| f);
+        let (word, why) = match (rec, plan) {
+            (None, _) => ("missing", None),
+            (Some(r), _) if r.status == simat::run::StageStatus::Failed => {
+                ("failed", r.error.clone())
+            }
+            (Some(r), _) if r.status == simat::run::StageStatus::Running => {
+                ("stale", Some("interrupted (or running now)".into()))
+            }
+            (Some(_), Some(Freshness::Stale(reason))) => ("stale", Some(reason.to_string())),
+            (Some(_), Some(Freshness::Blocked(msg))) => ("stale", Some(msg.clone())),
+            (Some(r), _) => {
+                let dir = run.join(&name);
+                match r.outputs.iter().find(|o| !dir.join(&o.file).is_file()) {
+                    Some(o) => ("stale", Some(format!("output {} is missing", o.file))),
+                    None => ("fresh", None),
+                }
+            }
+        };
+        let detail = rec.map(|r| describe(&name, r)).unwrap_or(name.clone());
+        match why {
+            Some(w) => println!("{word:>8}  {detail}: {w}"),
+            None => println!("{word:>8}  {detail}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(file: &Path, rows: usize) -> Result<ExitCode> {
+    let i = simat::io::inspect(file, rows)
+        .with_context(|| format!("cannot inspect `{}`", file.display()))?;
+    println!(
+        "{} ({:?}, {} rows in {} {})",
+        file.display(),
+        i.kind,
+        i.rows,
+        i.groups,
+        match i.kind {
+            simat::io::FileKind::Parquet => "row groups",
+            simat::io::FileKind::ArrowIpc => "record batches",
+        }
+    );
+    println!("schema:");
+    for f in i.schema.fields() {
+        println!(
+            "  {}: {}{}",
+            f.name(),
+            f.data_type(),
+            if f.is_nullable() { " (nullable)" } else { "" }
+        );
+    }
+    println!("first {} rows:", i.head.num_rows());
+    println!("{}", arrow::util::pretty::pretty_format_batches(&[i.head])?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
+    println!("run directory: {}", run_dir.display());
+    for o in outcomes {
+        let state = if o.ran_because.is_some() {
+            "ran"
+        } else {
+            "fresh"
+        };
+        println!(
+            "  {:<9} {:<6} {}",
+            o.stage,
+            state,
+            describe(&o.stage, &o.record)
+        );
+    }
+    let triplets = run_dir.join("triplets").join("triplets.parquet");
+    if outcomes.iter().any(|o| o.stage == "triplets") && triplets.is_file() {
+        let batch = simat::io::read_all(&triplets)?;
+        let n = batch.num_rows();
+        let col = |name: &str| batch.column_by_name(name).cloned();
+        let (Some(n_regions), Some(caption)) = (col("n_regions"), col("caption")) else {
+            return Ok(());
+        };
+        let n_regions =
+            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&n_regions);
+        let caption = arrow::array::AsArray::as_string::<i32>(&caption);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(n_regions.value(i)));
+        println!("{n} triplets; the most frequent:");
+        for &i in order.iter().take(8) {
+            println!("  {:>6} regions  {}", n_regions.value(i), caption.value(i));
+        }
+    }
+    Ok(())
+}

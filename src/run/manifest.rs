@@ -1,0 +1,128 @@
+//! `RUN/manifest.json`: what each stage produced, with its fingerprint, timings and counters.
+//!
+//! The manifest is the commit point of a run: a stage's outputs are trusted only when the
+//! manifest records the stage as `done` with their sizes and hashes. It is rewritten atomically
+//! after each stage, and not rewritten when nothing changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::atomic::write_atomic;
+use super::fingerprint::FingerprintDetail;
+use crate::error::{Error, Result};
+
+/// File name of the manifest inside a run directory.
+pub const MANIFEST: &str = "manifest.json";
+
+/// The state of a run directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The simat version that last wrote the manifest.
+    pub engine: String,
+    /// Per stage, by name.
+    pub stages: BTreeMap<String, StageRecord>,
+}
+
+/// Where a stage stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageStatus {
+    /// Started and not finished: running now, or killed.
+    Running,
+    /// Finished; outputs recorded.
+    Done,
+    /// Ended with an error.
+    Failed,
+}
+
+/// One stage's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Running, done or failed.
+    pub status: StageStatus,
+    /// Short hash of `detail`; absent while running or after a failure.
+    pub fingerprint: Option<String>,
+    /// What the fingerprint covers.
+    pub detail: Option<FingerprintDetail>,
+    /// The files the stage wrote, relative to its directory.
+    pub outputs: Vec<OutputRecord>,
+    /// Start time, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// Wall-clock duration in seconds.
+    pub wall_s: f64,
+    /// Counters from the stage's report (rows read, skipped and why, ...).
+    pub counters: BTreeMap<String, u64>,
+    /// The error of a failed attempt.
+    pub error: Option<String>,
+}
+
+/// One output file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    /// Path relative to the stage directory.
+    pub file: String,
+    /// Row count, for tables.
+    pub rows: Option<u64>,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// BLAKE3 of the content, hex.
+    pub blake3: String,
+}
+
+impl StageRecord {
+    /// Digest of the outputs, used as the upstream key of downstream fingerprints.
+    pub fn output_digest(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        for o in &self.outputs {
+            hasher.update(o.file.as_bytes());
+            hasher.update(b"\0");
+            hasher.update(o.blake3.as_bytes());
+            hasher.update(b"\n");
+        }
+        hasher.finalize().to_hex()[..16].to_string()
+    }
+
+    /// Total rows across outputs that are tables.
+    pub fn total_rows(&self) -> Option<u64> {
+        let rows: Vec<u64> = self.outputs.iter().filter_map(|o| o.rows).collect();
+        (!rows.is_empty()).then(|| rows.iter().sum())
+    }
+}
+
+impl Manifest {
+    /// Path of the manifest in `run_dir`.
+    pub fn path(run_dir: &Path) -> PathBuf {
+        run_dir.join(MANIFEST)
+    }
+
+    /// Load the manifest of `run_dir`; an absent manifest is an empty one.
+    pub fn load(run_dir: &Path) -> Result<Manifest> {
+        let path = Self::path(run_dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
+            Err(e) => return Err(Error::io("failed to read", &path, e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+            path: path.clone(),
+            byte_offset: crate::io::json_stream::byte_offset_of(&bytes, e.line(), e.column()),
+            message: format!(
+                "{e} (the run directory's manifest is damaged; remove it to start the run afresh)"
+            ),
+        })
+    }
+
+    /// Write the manifest atomically, unless the file already holds exactly these bytes.
+    pub fn save(&mut self, run_dir: &Path) -> Result<()> {
+        self.engine = crate::ENGINE_VERSION.to_string();
+        let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        bytes.push(b'\n');
+        let path = Self::path(run_dir);
+        if std::fs::read(&path).ok().as_deref() == Some(bytes.as_slice()) {
+            return Ok(());
+        }
+        write_atomic(&path, &bytes)
+    }
+}

@@ -1,0 +1,439 @@
+//! The run engine: stages, freshness, crash safety.
+//!
+//! A run directory holds one folder per stage and `manifest.json`. Running a list of stages
+//! walks them in order; for each one it computes a [`FingerprintDetail`], compares it with the
+//! manifest, checks the recorded outputs, and either reports the stage `Fresh` or runs it:
+//!
+//! 1. the manifest entry is set to `running` with no fingerprint (so an interrupted stage never
+//!    looks fresh), and leftover temporary files are removed;
+//! 2. the stage writes each output under a temporary name and renames it into place;
+//! 3. only after the stage returns are the outputs hashed and the entry written as `done`,
+//!    manifest last, atomically.
+//!
+//! `--force STAGE` reruns that stage and every later stage that depends on it.
+
+pub mod atomic;
+pub mod fingerprint;
+pub mod manifest;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::ui::Ui;
+pub use fingerprint::{FingerprintDetail, StaleReason};
+pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
+
+/// Every stage simat knows, in pipeline order.
+pub const STAGE_ORDER: &[&str] = &["synth", "ingest", "triplets"];
+
+/// One step of a pipeline: a function from typed config and upstream outputs to files on disk.
+pub trait Stage: Sync {
+    /// The stage's name, also its directory in the run.
+    fn name(&self) -> &'static str;
+    /// Bumped whenever the stage's code changes its outputs.
+    fn version(&self) -> u32;
+    /// Stages whose outputs this one reads.
+    fn upstream(&self) -> Vec<&'static str>;
+    /// The stage's configuration, as JSON with paths relative (hashed into the fingerprint).
+    fn config(&self) -> serde_json::Value;
+    /// External source files, as (label, path); their content is hashed into the fingerprint.
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>>;
+    /// Run the stage, writing its outputs under `ctx.stage_dir`.
+    fn run(&self, ctx: &StageContext) -> Result<StageReport>;
+}
+
+/// What a running stage is given.
+#[derive(Debug)]
+pub struct StageContext<'a> {
+    /// The run directory.
+    pub run_dir: &'a Path,
+    /// This stage's directory, created before `run`.
+    pub stage_dir: PathBuf,
+    /// Terminal manners.
+    pub ui: &'a Ui,
+}
+
+impl StageContext<'_> {
+    /// Path of one of this stage's outputs.
+    pub fn output(&self, file: &str) -> PathBuf {
+        self.stage_dir.join(file)
+    }
+
+    /// Path of an output of an upstream stage.
+    pub fn upstream_output(&self, stage: &str, file: &str) -> PathBuf {
+        self.run_dir.join(stage).join(file)
+    }
+}
+
+/// What a stage reports when it finishes.
+#[derive(Debug, Default, Clone)]
+pub struct StageReport {
+    /// The files written, relative to the stage directory, with row counts for tables.
+    pub outputs: Vec<(String, Option<u64>)>,
+    /// Named counts: items read, kept, skipped and why.
+    pub counters: BTreeMap<String, u64>,
+    /// Items skipped because they were bad (counted in `counters` too); nonzero makes the
+    /// process exit with 1.
+    pub skipped: u64,
+    /// One line per kind of skipped item, with an example id, for the user.
+    pub notes: Vec<String>,
+}
+
+impl StageReport {
+    /// Add `n` to a counter.
+    pub fn count(&mut self, key: &str, n: u64) {
+        *self.counters.entry(key.to_string()).or_default() += n;
+    }
+}
+
+/// How to run a list of stages.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Stages to rerun even when fresh (their dependents rerun too).
+    pub force: BTreeSet<String>,
+    /// Stop after this stage.
+    pub until: Option<String>,
+}
+
+/// The outcome of one stage in a run.
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    /// Stage name.
+    pub stage: String,
+    /// `None` when fresh; why it ran otherwise.
+    pub ran_because: Option<StaleReason>,
+    /// The stage's manifest record after the run.
+    pub record: StageRecord,
+    /// Notes about skipped items.
+    pub notes: Vec<String>,
+    /// Skipped item count.
+    pub skipped: u64,
+}
+
+/// Freshness of a stage without running it.
+#[derive(Debug, Clone)]
+pub enum Freshness {
+    /// Fingerprint matches and outputs are intact.
+    Fresh,
+    /// Must run, and why.
+    Stale(StaleReason),
+    /// An upstream stage has no finished outputs.
+    Blocked(String),
+}
+
+/// Runs stages against a run directory.
+#[derive(Debug)]
+pub struct Engine<'a> {
+    run_dir: PathBuf,
+    ui: &'a Ui,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl<'a> Engine<'a> {
+    /// An engine over `run_dir` (created when missing).
+    pub fn new(run_dir: impl Into<PathBuf>, ui: &'a Ui) -> Result<Self> {
+        let run_dir = run_dir.into();
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Error::io("failed to create run directory", &run_dir, e))?;
+        Ok(Engine { run_dir, ui })
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn detail(&self, stage: &dyn Stage, manifest: &Manifest) -> Result<FingerprintDetail> {
+        let mut upstream = BTreeMap::new();
+        for up in stage.upstream() {
+            match manifest.stages.get(up) {
+                Some(rec) if rec.status == StageStatus::Done => {
+                    upstream.insert(up.to_string(), rec.output_digest());
+                }
+                _ => {
+                    return Err(Error::stage(
+                        stage.name(),
+                        format!(
+                            "needs the outputs of `{up}`, which has not finished in `{}`; run `simat {up}` (or `simat run PIPELINE`) first",
+                            self.run_dir.display()
+                        ),
+                    ))
+                }
+            }
+        }
+        let mut inputs = BTreeMap::new();
+        for (label, path) in stage.inputs()? {
+            inputs.insert(label, fingerprint::hash_file(&path)?);
+        }
+        Ok(FingerprintDetail {
+            engine_version: crate::ENGINE_VERSION.to_string(),
+            stage_version: stage.version(),
+            config: stage.config(),
+            inputs,
+            upstream,
+        })
+    }
+
+    /// Why `stage` must run given the manifest, or `None` when fresh.
+    fn stale_reason(
+        &self,
+        stage: &dyn Stage,
+        detail: &FingerprintDetail,
+        manifest: &Manifest,
+    ) -> Result<Option<StaleReason>> {
+        let Some(rec) = manifest.stages.get(stage.name()) else {
+            return Ok(Some(StaleReason::FirstRun));
+        };
+        match rec.status {
+            StageStatus::Running => return Ok(Some(StaleReason::Interrupted)),
+            StageStatus::Failed => {
+                return Ok(Some(StaleReason::Failed {
+                    error: rec.error.clone().unwrap_or_default(),
+                }))
+            }
+            StageStatus::Done => {}
+        }
+        if let Some(old) = &rec.detail {
+            if let Some(reason) = detail.first_difference(old) {
+                return Ok(Some(reason));
+            }
+        }
+        if rec.fingerprint.as_deref() != Some(detail.hash().as_str()) {
+            return Ok(Some(StaleReason::FirstRun));
+        }
+        self.check_outputs(stage.name(), rec)
+    }
+
+    fn check_outputs(&self, stage: &str, rec: &StageRecord) -> Result<Option<StaleReason>> {
+        let dir = self.run_dir.join(stage);
+        for out in &rec.outputs {
+            let path = dir.join(&out.file);
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(_) => {
+                    return Ok(Some(StaleReason::OutputMissing {
+                        file: out.file.clone(),
+                    }))
+                }
+            };
+            if meta.len() != out.bytes || fingerprint::hash_file(&path)? != out.blake3 {
+                return Ok(Some(StaleReason::OutputChanged {
+                    file: out.file.clone(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Freshness of each stage, without running anything.
+    pub fn plan(&self, stages: &[&dyn Stage]) -> Result<Vec<(String, Freshness)>> {
+        let manifest = Manifest::load(&self.run_dir)?;
+        let mut out = Vec::new();
+        let mut stale_so_far: BTreeSet<&str> = BTreeSet::new();
+        for stage in stages {
+            if let Some(up) = stage
+                .upstream()
+                .into_iter()
+                .find(|u| stale_so_far.contains(u))
+            {
+                out.push((
+                    stage.name().to_string(),
+                    Freshness::Stale(StaleReason::UpstreamRerun { stage: up.into() }),
+                ));
+                stale_so_far.insert(stage.name());
+                continue;
+            }
+            let freshness = match self.detail(*stage, &manifest) {
+                Err(Error::Stage { message, .. }) => Freshness::Blocked(message),
+                Err(e) => return Err(e),
+                Ok(detail) => match self.stale_reason(*stage, &detail, &manifest)? {
+                    None => Freshness::Fresh,
+                    Some(r) => Freshness::Stale(r),
+                },
+            };
+            if !matches!(freshness, Freshness::Fresh) {
+                stale_so_far.insert(stage.name());
+            }
+            out.push((stage.name().to_string(), freshness));
+        }
+        Ok(out)
+    }
+
+    /// Run `stages` in order, skipping the fresh ones.
+    pub fn run(&self, stages: &[&dyn Stage], opts: &RunOptions) -> Result<Vec<StageOutcome>> {
+        if let Some(until) = &opts.until {
+            if !stages.iter().any(|s| s.name() == until) {
+                return Err(Error::stage(
+                    until,
+                    "`--until` names a stage that is not in this pipeline",
+                ));
+            }
+        }
+        for f in &opts.force {
+            if !stages.iter().any(|s| s.name() == f) {
+                return Err(Error::stage(
+                    f,
+                    "`--force` names a stage that is not in this pipeline",
+                ));
+            }
+        }
+        let mut manifest = Manifest::load(&self.run_dir)?;
+        let mut forced: BTreeSet<&str> = opts.force.iter().map(String::as_str).collect();
+        let mut outcomes = Vec::new();
+        for stage in stages {
+            let name = stage.name();
+            if stage.upstream().iter().any(|u| forced.contains(u)) {
+                forced.insert(name);
+            }
+            let detail = self.detail(*stage, &manifest)?;
+            let reason = if forced.contains(name) {
+                Some(StaleReason::Forced)
+            } else {
+                self.stale_reason(*stage, &detail, &manifest)?
+            };
+            let outcome = match reason {
+                None => {
+                    let record = manifest.stages[name].clone();
+                    self.ui.status("Fresh", describe(name, &record));
+                    StageOutcome {
+                        stage: name.into(),
+                        ran_because: None,
+                        record,
+                        notes: vec![],
+                        skipped: 0,
+                    }
+                }
+                Some(reason) => self.run_one(*stage, detail, reason, &mut manifest)?,
+            };
+            outcomes.push(outcome);
+            if opts.until.as_deref() == Some(name) {
+                break;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn run_one(
+        &self,
+        stage: &dyn Stage,
+        detail: FingerprintDetail,
+        reason: StaleReason,
+        manifest: &mut Manifest,
+    ) -> Result<StageOutcome> {
+        let name = stage.name();
+        if self.ui.verbose && reason != StaleReason::FirstRun {
+            self.ui.status("Stale", format!("{name}: {reason}"));
+        }
+        self.ui.status("Running", name);
+        let stage_dir = self.run_dir.join(name);
+        std::fs::create_dir_all(&stage_dir)
+            .map_err(|e| Error::io("failed to create directory", &stage_dir, e))?;
+        atomic::clean_temps(&stage_dir)?;
+        let started_unix = now_unix();
+        // Invalidate before the work: an interrupted stage must never look fresh.
+        manifest.stages.insert(
+            name.to_string(),
+            StageRecord {
+                status: StageStatus::Running,
+                fingerprint: None,
+                detail: None,
+                outputs: vec![],
+                started_unix,
+                wall_s: 0.0,
+                counters: BTreeMap::new(),
+                error: None,
+            },
+        );
+        manifest.save(&self.run_dir)?;
+        let start = Instant::now();
+        let ctx = StageContext {
+            run_dir: &self.run_dir,
+            stage_dir: stage_dir.clone(),
+            ui: self.ui,
+        };
+        let result = stage.run(&ctx);
+        let wall_s = start.elapsed().as_secs_f64();
+        let report = match result {
+            Ok(report) => report,
+            Err(err) => {
+                let _ = atomic::clean_temps(&stage_dir);
+                let rec = manifest.stages.get_mut(name).expect("inserted above");
+                rec.status = StageStatus::Failed;
+                rec.wall_s = wall_s;
+                rec.error = Some(err.to_string());
+                manifest.save(&self.run_dir)?;
+                return Err(err);
+            }
+        };
+        let mut outputs = Vec::new();
+        for (file, rows) in &report.outputs {
+            let path = stage_dir.join(file);
+            let bytes = std::fs::metadata(&path)
+                .map_err(|e| Error::io("failed to stat output", &path, e))?
+                .len();
+            outputs.push(OutputRecord {
+                file: file.clone(),
+                rows: *rows,
+                bytes,
+                blake3: fingerprint::hash_file(&path)?,
+            });
+        }
+        let record = StageRecord {
+            status: StageStatus::Done,
+            fingerprint: Some(detail.hash()),
+            detail: Some(detail),
+            outputs,
+            started_unix,
+            wall_s,
+            counters: report.counters.clone(),
+            error: None,
+        };
+        manifest.stages.insert(name.to_string(), record.clone());
+        manifest.save(&self.run_dir)?;
+        self.ui.status("Finished", describe(name, &record));
+        for note in &report.notes {
+            self.ui.warn(format!("{name}: {note}"));
+        }
+        Ok(StageOutcome {
+            stage: name.into(),
+            ran_because: Some(reason),
+            record,
+            notes: report.notes,
+            skipped: report.skipped,
+        })
+    }
+}
+
+/// `ingest (4 files, 1,234,567 rows) in 1.23s`
+pub fn describe(name: &str, rec: &StageRecord) -> String {
+    let rows = rec
+        .total_rows()
+        .map(|r| format!(", {} rows", thousands(r)))
+        .unwrap_or_default();
+    format!(
+        "{name} ({} files{rows}) in {:.2}s",
+        rec.outputs.len(),
+        rec.wall_s
+    )
+}
+
+/// 1234567 → "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,687 @@
+//! `triplets`: SIMAT triplet extraction from ingested Visual Genome relationships.
+//!
+//! A relationship becomes a *region* when its subject's name is in the subject vocabulary, its
+//! predicate is a surface form of one of the vocabulary's relations, and the union of the
+//! subject and object boxes is at least `min_region_side` pixels on both sides. Names and
+//! predicates are compared after lower-casing, trimming and collapsing inner white space. A pair
+//! annotated several times with the same relation (same image, subject object, object object)
+//! gives one region: the one with the lowest `relationship_id`, with `n_annotations` counting
+//! the merged ones.
+//!
+//! Regions are sorted by `(image_id, subj_id, obj_id, rel)` and numbered in that order, and
+//! triplets by `(subj, rel, obj)`, so ids depend only on the input, never on the thread count.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, Int64Array, Int64Builder, ListBuilder, RecordBatch,
+    StringArray, StringBuilder,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::{read_table, write_table};
+use crate::run::{Stage, StageContext, StageReport};
+
+/// The SIMAT vocabulary (subjects, relations and their surface forms, minimum region side).
+pub const SIMAT_VOCABULARY: &str = include_str!("../data/simat_vocabulary.toml");
+
+/// Default caption template; `{a|an}` becomes the article that fits the next word.
+pub const DEFAULT_CAPTION: &str = "A {subj} {rel} {a|an} {obj}.";
+
+/// Configuration of triplet extraction: the vocabulary. The defaults reproduce SIMAT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TripletsConfig {
+    /// Minimum width and height, in pixels, of the union of the subject and object boxes.
+    #[serde(default = "default_min_side")]
+    pub min_region_side: i64,
+    /// Subject names kept (normalised before comparison).
+    pub subjects: Vec<String>,
+    /// Object names kept; empty keeps every object.
+    #[serde(default)]
+    pub objects: Vec<String>,
+    /// Each canonical relation with its surface forms (the predicates that mean it).
+    pub relations: BTreeMap<String, Vec<String>>,
+    /// Caption templates: the key `default`, or a relation name to override it for that
+    /// relation. Placeholders: `{subj}`, `{rel}`, `{obj}`, `{a|an}`.
+    #[serde(default)]
+    pub captions: BTreeMap<String, String>,
+}
+
+fn default_min_side() -> i64 {
+    32
+}
+
+impl Default for TripletsConfig {
+    fn default() -> Self {
+        TripletsConfig::from_toml_str(SIMAT_VOCABULARY, Path::new("data/simat_vocabulary.toml"))
+            .expect("the embedded SIMAT vocabulary parses")
+    }
+}
+
+impl TripletsConfig {
+    /// Parse a vocabulary: either the whole document, or its `[triplets]` table (a pipeline file).
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
+        let value: toml::Table =
+            toml::from_str(text).map_err(|e| Error::config(path, e.to_string()))?;
+        let table = match value.get("triplets") {
+            Some(toml::Value::Table(t)) => t.clone(),
+            _ => value,
+        };
+        let config: TripletsConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config(path, e.to_string()))?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Load a vocabulary file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("failed to read", path, e))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Check the vocabulary for contradictions.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        if self.subjects.is_empty() {
+            return Err(Error::config(
+                path,
+                "`subjects` is empty: no region could be kept",
+            ));
+        }
+        if self.relations.is_empty() {
+            return Err(Error::config(
+                path,
+                "`relations` is empty: no region could be kept",
+            ));
+        }
+        if self.min_region_side < 0 {
+            return Err(Error::config(path, "`min_region_side` must be ≥ 0"));
+        }
+        let mut seen: HashMap<String, &str> = HashMap::new();
+        for (rel, forms) in &self.relations {
+            for form in forms.iter().chain(std::iter::once(rel)) {
+                if let Some(other) = seen.insert(normalise(form), rel) {
+                    if other != rel {
+                        return Err(Error::config(
+                            path,
+                            format!(
+                                "surface form `{form}` is listed under both `{other}` and `{rel}`"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for key in self.captions.keys() {
+            if key != "default" && !self.relations.contains_key(key) {
+                return Err(Error::config(
+                    path,
+                    format!(
+                        "caption template for `{key}`, which is not a relation (nor `default`)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn template(&self, rel: &str) -> &str {
+        self.captions
+            .get(rel)
+            .or_else(|| self.captions.get("default"))
+            .map(String::as_str)
+            .unwrap_or(DEFAULT_CAPTION)
+    }
+
+    /// The caption of a triplet.
+    pub fn caption(&self, subj: &str, rel: &str, obj: &str) -> String {
+        render_caption(self.template(rel), subj, rel, obj)
+    }
+}
+
+/// Lower case, trimmed, inner white space collapsed to one space.
+pub fn normalise(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+fn article_for(word: &str) -> &'static str {
+    match word.chars().next().map(|c| c.to_ascii_lowercase()) {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
+    }
+}
+
+/// Fill a caption template. `{a|an}` takes the article of the word after it; when the text
+/// before it already ends with an article (a relation such as "sitting on a"), that article is
+/// corrected instead of doubled.
+pub fn render_caption(template: &str, subj: &str, rel: &str, obj: &str) -> String {
+    let filled = template
+        .replace("{subj}", subj)
+        .replace("{rel}", rel)
+        .replace("{obj}", obj);
+    let mut out = String::with_capacity(filled.len());
+    let mut rest = filled.as_str();
+    while let Some(i) = rest.find("{a|an}") {
+        let (before, after) = (&rest[..i], &rest[i + "{a|an}".len()..]);
+        let next = after.trim_start();
+        let article = article_for(next);
+        out.push_str(before);
+        let trimmed = out.trim_end().to_string();
+        let prev_word = trimmed.rsplit(' ').next().unwrap_or("");
+        if matches!(prev_word, "a" | "an") {
+            out = format!("{}{}", &trimmed[..trimmed.len() - prev_word.len()], article);
+        } else {
+            out.push_str(article);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    let mut caption = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    caption = caption.replace(" .", ".");
+    if let Some(first) = caption.chars().next() {
+        let upper: String = first.to_uppercase().collect();
+        caption.replace_range(..first.len_utf8(), &upper);
+    }
+    caption
+}
+
+/// The triplets stage.
+#[derive(Debug, Clone)]
+pub struct TripletsStage {
+    /// The vocabulary.
+    pub config: TripletsConfig,
+}
+
+impl Stage for TripletsStage {
+    fn name(&self) -> &'static str {
+        "triplets"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> Vec<&'static str> {
+        vec!["ingest"]
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("config serialises")
+    }
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        Ok(vec![])
+    }
+    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+        extract(
+            &self.config,
+            &ctx.upstream_output("ingest", "relationships.parquet"),
+            &ctx.upstream_output("ingest", "attributes.parquet"),
+            &ctx.stage_dir,
+        )
+    }
+}
+
+fn box_fields(prefix: &str) -> Vec<Field> {
+    ["x1", "y1", "x2", "y2"]
+        .iter()
+        .map(|c| Field::new(format!("{prefix}{c}"), DataType::Int32, false))
+        .collect()
+}
+
+fn list_field(name: &str) -> Field {
+    Field::new_list(name, Field::new_list_field(DataType::Utf8, true), false)
+}
+
+/// Schema of `regions.parquet`.
+pub fn regions_schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new("region_id", DataType::Int64, false),
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("subj_id", DataType::Int64, false),
+        Field::new("obj_id", DataType::Int64, false),
+        Field::new("relationship_id", DataType::Int64, false),
+        Field::new("n_annotations", DataType::Int64, false),
+        Field::new("triplet_id", DataType::Int64, false),
+        Field::new("subj", DataType::Utf8, false),
+        Field::new("rel", DataType::Utf8, false),
+        Field::new("obj", DataType::Utf8, false),
+        Field::new("predicate", DataType::Utf8, false),
+        list_field("subj_attrs"),
+        list_field("obj_attrs"),
+    ];
+    fields.extend(box_fields("subj_"));
+    fields.extend(box_fields("obj_"));
+    fields.extend(box_fields(""));
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of `triplets.parquet`.
+pub fn triplets_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("triplet_id", DataType::Int64, false),
+        Field::new("subj", DataType::Utf8, false),
+        Field::new("rel", DataType::Utf8, false),
+        Field::new("obj", DataType::Utf8, false),
+        Field::new("n_regions", DataType::Int64, false),
+        Field::new("n_images", DataType::Int64, false),
+        Field::new("caption", DataType::Utf8, false),
+    ]))
+}
+
+type Bbox = [i32; 4];
+
+#[derive(Debug, Clone)]
+struct Region {
+    image_id: i64,
+    subj_id: i64,
+    obj_id: i64,
+    rel: Arc<str>,
+    relationship_id: i64,
+    n_annotations: i64,
+    subj: String,
+    obj: String,
+    predicate: String,
+    subj_box: Bbox,
+    obj_box: Bbox,
+}
+
+fn union(a: &Bbox, b: &Bbox) -> Bbox {
+    [
+        a[0].min(b[0]),
+        a[1].min(b[1]),
+        a[2].max(b[2]),
+        a[3].max(b[3]),
+    ]
+}
+
+/// Lookups built once from the vocabulary.
+struct Matcher {
+    subjects: HashSet<String>,
+    objects: HashSet<String>,
+    surface: HashMap<String, Arc<str>>,
+    min_side: i64,
+}
+
+impl Matcher {
+    fn new(config: &TripletsConfig) -> Self {
+        let mut surface = HashMap::new();
+        for (rel, forms) in &config.relations {
+            let canonical: Arc<str> = Arc::from(rel.as_str());
+            surface.insert(normalise(rel), canonical.clone());
+            for f in forms {
+                surface.insert(normalise(f), canonical.clone());
+            }
+        }
+        Matcher {
+            subjects: config.subjects.iter().map(|s| normalise(s)).collect(),
+            objects: config.objects.iter().map(|s| normalise(s)).collect(),
+            surface,
+            min_side: config.min_region_side,
+        }
+    }
+}
+
+fn col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is missing")))
+}
+
+fn i64_col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Int64Array> {
+    col(batch, name, path)?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Int64")))
+}
+
+fn i32_col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Int32Array> {
+    col(batch, name, path)?
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Int32")))
+}
+
+fn str_col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray> {
+    col(batch, name, path)?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Utf8")))
+}
+
+fn xyxy(batch: &RecordBatch, side: &str, i: usize, path: &Path) -> Result<Bbox> {
+    let x = i32_col(batch, &format!("{side}_x"), path)?.value(i);
+    let y = i32_col(batch, &format!("{side}_y"), path)?.value(i);
+    let w = i32_col(batch, &format!("{side}_w"), path)?.value(i);
+    let h = i32_col(batch, &format!("{side}_h"), path)?.value(i);
+    Ok([x, y, x.saturating_add(w), y.saturating_add(h)])
+}
+
+const REL_COLUMNS: &[&str] = &[
+    "image_id",
+    "relationship_id",
+    "predicate",
+    "subj_id",
+    "subj_name",
+    "subj_x",
+    "subj_y",
+    "subj_w",
+    "subj_h",
+    "obj_id",
+    "obj_name",
+    "obj_x",
+    "obj_y",
+    "obj_w",
+    "obj_h",
+];
+
+/// Run extraction: read ingest's tables, write `regions.parquet` and `triplets.parquet`.
+pub fn extract(
+    config: &TripletsConfig,
+    relationships: &Path,
+    attributes: &Path,
+    out_dir: &Path,
+) -> Result<StageReport> {
+    let matcher = Matcher::new(config);
+    let mut report = StageReport::default();
+    let mut regions: HashMap<(i64, i64, i64, Arc<str>), Region> = HashMap::new();
+    let (mut read, mut no_subject, mut no_relation, mut no_object, mut small, mut merged) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    for batch in read_table(relationships, REL_COLUMNS)? {
+        let batch = batch.map_err(|e| Error::columnar(relationships, e))?;
+        let image_id = i64_col(&batch, "image_id", relationships)?;
+        let rel_id = i64_col(&batch, "relationship_id", relationships)?;
+        let predicate = str_col(&batch, "predicate", relationships)?;
+        let subj_id = i64_col(&batch, "subj_id", relationships)?;
+        let subj_name = str_col(&batch, "subj_name", relationships)?;
+        let obj_id = i64_col(&batch, "obj_id", relationships)?;
+        let obj_name = str_col(&batch, "obj_name", relationships)?;
+        for i in 0..batch.num_rows() {
+            read += 1;
+            let subj = normalise(subj_name.value(i));
+            if !matcher.subjects.contains(&subj) {
+                no_subject += 1;
+                continue;
+            }
+            let Some(rel) = matcher.surface.get(&normalise(predicate.value(i))) else {
+                no_relation += 1;
+                continue;
+            };
+            let obj = normalise(obj_name.value(i));
+            if !matcher.objects.is_empty() && !matcher.objects.contains(&obj) {
+                no_object += 1;
+                continue;
+            }
+            let subj_box = xyxy(&batch, "subj", i, relationships)?;
+            let obj_box = xyxy(&batch, "obj", i, relationships)?;
+            let u = union(&subj_box, &obj_box);
+            if ((u[2] - u[0]) as i64) < matcher.min_side
+                || ((u[3] - u[1]) as i64) < matcher.min_side
+            {
+                small += 1;
+                continue;
+            }
+            let region = Region {
+                image_id: image_id.value(i),
+                subj_id: subj_id.value(i),
+                obj_id: obj_id.value(i),
+                rel: rel.clone(),
+                relationship_id: rel_id.value(i),
+                n_annotations: 1,
+                subj,
+                obj,
+                predicate: predicate.value(i).to_string(),
+                subj_box,
+                obj_box,
+            };
+            let key = (region.image_id, region.subj_id, region.obj_id, rel.clone());
+            match regions.get_mut(&key) {
+                None => {
+                    regions.insert(key, region);
+                }
+                Some(kept) => {
+                    merged += 1;
+                    let n = kept.n_annotations + 1;
+                    if region.relationship_id < kept.relationship_id {
+                        *kept = region;
+                    }
+                    kept.n_annotations = n;
+                }
+            }
+        }
+    }
+    let mut regions: Vec<Region> = regions.into_values().collect();
+    regions.sort_unstable_by(|a, b| {
+        (a.image_id, a.subj_id, a.obj_id, &a.rel).cmp(&(b.image_id, b.subj_id, b.obj_id, &b.rel))
+    });
+
+    let attrs = load_attributes(attributes, &regions)?;
+
+    // Triplets, numbered in (subj, rel, obj) order.
+    let mut by_triplet: BTreeMap<(&str, &str, &str), (u64, BTreeSet<i64>)> = BTreeMap::new();
+    for r in &regions {
+        let e = by_triplet
+            .entry((r.subj.as_str(), &r.rel, r.obj.as_str()))
+            .or_default();
+        e.0 += 1;
+        e.1.insert(r.image_id);
+    }
+    let triplet_ids: HashMap<(&str, &str, &str), i64> = by_triplet
+        .keys()
+        .enumerate()
+        .map(|(i, k)| (*k, i as i64))
+        .collect();
+
+    let regions_batch = regions_batch(&regions, &triplet_ids, &attrs);
+    let n_regions = write_table(&out_dir.join("regions.parquet"), &regions_batch)?;
+
+    let mut t_cols = TripletCols::default();
+    for ((subj, rel, obj), (n, images)) in &by_triplet {
+        t_cols.push(
+            triplet_ids[&(*subj, *rel, *obj)],
+            subj,
+            rel,
+            obj,
+            *n as i64,
+            images.len() as i64,
+            &config.caption(subj, rel, obj),
+        );
+    }
+    let n_triplets = write_table(&out_dir.join("triplets.parquet"), &t_cols.finish())?;
+
+    report
+        .outputs
+        .push(("regions.parquet".into(), Some(n_regions)));
+    report
+        .outputs
+        .push(("triplets.parquet".into(), Some(n_triplets)));
+    report.count("relationships_read", read);
+    report.count("rejected_subject_not_in_vocabulary", no_subject);
+    report.count("rejected_predicate_not_in_vocabulary", no_relation);
+    report.count("rejected_object_not_in_vocabulary", no_object);
+    report.count("rejected_region_too_small", small);
+    report.count("duplicates_merged", merged);
+    report.count("regions", n_regions);
+    report.count("triplets", n_triplets);
+    Ok(report)
+}
+
+/// Normalised, de-duplicated attributes of the objects that appear in `regions`.
+fn load_attributes(path: &Path, regions: &[Region]) -> Result<HashMap<(i64, i64), Vec<String>>> {
+    let wanted: HashSet<(i64, i64)> = regions
+        .iter()
+        .flat_map(|r| [(r.image_id, r.subj_id), (r.image_id, r.obj_id)])
+        .collect();
+    let mut out: HashMap<(i64, i64), Vec<String>> = HashMap::new();
+    for batch in read_table(path, &["image_id", "object_id", "attributes"])? {
+        let batch = batch.map_err(|e| Error::columnar(path, e))?;
+        let image_id = i64_col(&batch, "image_id", path)?;
+        let object_id = i64_col(&batch, "object_id", path)?;
+        let lists = col(&batch, "attributes", path)?
+            .as_list_opt::<i32>()
+            .ok_or_else(|| Error::columnar(path, "column `attributes` is not a list"))?;
+        for i in 0..batch.num_rows() {
+            let key = (image_id.value(i), object_id.value(i));
+            if !wanted.contains(&key) {
+                continue;
+            }
+            let values = lists.value(i);
+            let values = values.as_string::<i32>();
+            let entry = out.entry(key).or_default();
+            for j in 0..values.len() {
+                if values.is_null(j) {
+                    continue;
+                }
+                let a = normalise(values.value(j));
+                if !a.is_empty() && !entry.contains(&a) {
+                    entry.push(a);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn regions_batch(
+    regions: &[Region],
+    triplet_ids: &HashMap<(&str, &str, &str), i64>,
+    attrs: &HashMap<(i64, i64), Vec<String>>,
+) -> RecordBatch {
+    let ints = |f: &dyn Fn(&Region) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(regions.iter().map(f)))
+    };
+    let strs = |f: &dyn Fn(&Region) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(regions.iter().map(f)))
+    };
+    let coord = |f: &dyn Fn(&Region) -> i32| -> ArrayRef {
+        Arc::new(Int32Array::from_iter_values(regions.iter().map(f)))
+    };
+    let attr_list = |side: fn(&Region) -> i64| -> ArrayRef {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for r in regions {
+            for a in attrs.get(&(r.image_id, side(r))).into_iter().flatten() {
+                b.values().append_value(a);
+            }
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    };
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..regions.len() as i64)),
+        ints(&|r| r.image_id),
+        ints(&|r| r.subj_id),
+        ints(&|r| r.obj_id),
+        ints(&|r| r.relationship_id),
+        ints(&|r| r.n_annotations),
+        ints(&|r| triplet_ids[&(r.subj.as_str(), &*r.rel, r.obj.as_str())]),
+        strs(&|r| &r.subj),
+        strs(&|r| &r.rel),
+        strs(&|r| &r.obj),
+        strs(&|r| &r.predicate),
+        attr_list(|r| r.subj_id),
+        attr_list(|r| r.obj_id),
+    ];
+    for k in 0..4 {
+        cols.push(coord(&|r| r.subj_box[k]));
+    }
+    for k in 0..4 {
+        cols.push(coord(&|r| r.obj_box[k]));
+    }
+    for k in 0..4 {
+        cols.push(coord(&|r| union(&r.subj_box, &r.obj_box)[k]));
+    }
+    RecordBatch::try_new(regions_schema(), cols).expect("regions batch matches its schema")
+}
+
+#[derive(Default)]
+struct TripletCols {
+    id: Int64Builder,
+    subj: StringBuilder,
+    rel: StringBuilder,
+    obj: StringBuilder,
+    n_regions: Int64Builder,
+    n_images: Int64Builder,
+    caption: StringBuilder,
+}
+
+impl TripletCols {
+    #[allow(clippy::too_many_arguments)]
+    fn push(&mut self, id: i64, subj: &str, rel: &str, obj: &str, n: i64, imgs: i64, cap: &str) {
+        self.id.append_value(id);
+        self.subj.append_value(subj);
+        self.rel.append_value(rel);
+        self.obj.append_value(obj);
+        self.n_regions.append_value(n);
+        self.n_images.append_value(imgs);
+        self.caption.append_value(cap);
+    }
+    fn finish(mut self) -> RecordBatch {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.subj.finish()),
+            Arc::new(self.rel.finish()),
+            Arc::new(self.obj.finish()),
+            Arc::new(self.n_regions.finish()),
+            Arc::new(self.n_images.finish()),
+            Arc::new(self.caption.finish()),
+        ];
+        RecordBatch::try_new(triplets_schema(), cols).expect("triplets batch matches its schema")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_lowercases_trims_and_collapses() {
+        assert_eq!(normalise("  Sitting   ON\tTop of "), "sitting on top of");
+        assert_eq!(normalise(""), "");
+    }
+
+    #[test]
+    fn captions_choose_and_fix_articles() {
+        assert_eq!(
+            render_caption(DEFAULT_CAPTION, "cat", "sitting on a", "bench"),
+            "A cat sitting on a bench."
+        );
+        assert_eq!(
+            render_caption(DEFAULT_CAPTION, "cat", "sitting on a", "armchair"),
+            "A cat sitting on an armchair."
+        );
+        assert_eq!(
+            render_caption(DEFAULT_CAPTION, "dog", "eating from", "owl"),
+            "A dog eating from an owl."
+        );
+        assert_eq!(
+            render_caption("{subj} {rel} the {obj}", "people", "waiting at", "bus stop"),
+            "People waiting at the bus stop"
+        );
+    }
+
+    #[test]
+    fn default_vocabulary_is_simat() {
+        let v = TripletsConfig::default();
+        assert_eq!(v.min_region_side, 32);
+        assert_eq!(v.relations.len(), 20);
+        assert!(v.subjects.contains(&"giraffe".to_string()));
+    }
+
+    #[test]
+    fn ambiguous_surface_forms_are_rejected() {
+        let text = r#"subjects = ["cat"]
+            [relations]
+            "on" = ["sitting on"]
+            "sits" = ["Sitting  on"]"#;
+        let err = TripletsConfig::from_toml_str(text, Path::new("v.toml")).unwrap_err();
+        assert!(err.to_string().contains("listed under both"), "{err}");
+    }
+}
