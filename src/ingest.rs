@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::io::json_stream::{spawn_splitter, ElementChunk, DEFAULT_BLOCK};
 use crate::io::TableWriter;
+use crate::run::atomic::AtomicFile;
 use crate::run::{Stage, StageContext, StageReport};
 
 /// Configuration of the ingest stage.
@@ -556,14 +557,18 @@ impl PartBuilder for AttributeRows {
 /// depend on the thread count.
 const PART_ELEMENTS: usize = 256;
 
-/// Stream the JSON array at `src` into the Parquet table `dest`; returns (rows, elements, tally).
+/// A table written under its temporary name, with its counts.
+type Pending = (AtomicFile, u64, u64, Tally);
+
+/// Stream the JSON array at `src` into the Parquet table `dest`, left under its temporary name;
+/// returns (file, rows, elements, tally).
 fn stream_table<B: PartBuilder>(
     src: &Path,
     dest: &Path,
     schema: SchemaRef,
     block: usize,
     ui: &crate::ui::Ui,
-) -> Result<(u64, u64, Tally)> {
+) -> Result<Pending> {
     let total = std::fs::metadata(src)
         .map_err(|e| Error::io("failed to read", src, e))?
         .len();
@@ -645,8 +650,8 @@ fn stream_table<B: PartBuilder>(
     if let Some(e) = failure {
         return Err(e); // `written` is dropped: its temporary file is removed
     }
-    let rows = written?.finish()?;
-    Ok((rows, elements, tally))
+    let (file, rows) = written?.close()?;
+    Ok((file, rows, elements, tally))
 }
 
 /// Run ingest: read `config.vg`, write the four tables into `out_dir`.
@@ -680,10 +685,13 @@ pub fn ingest(config: &IngestConfig, out_dir: &Path, ui: &crate::ui::Ui) -> Resu
             "attribute_rows",
         ),
     ];
+    // All four tables are completed under temporary names before any is renamed into place, so
+    // a malformed file commits no output at all.
+    let mut pending = Vec::new();
     for (src_name, dest_name, schema, what) in plan {
         let src = config.vg.join(src_name);
         let dest = out_dir.join(dest_name);
-        let (rows, elements, t) = if src.is_file() {
+        let (file, rows, elements, t) = if src.is_file() {
             match src_name {
                 "image_data.json" => stream_table::<ImageRows>(&src, &dest, schema, block, ui)?,
                 "relationships.json" => {
@@ -702,13 +710,17 @@ pub fn ingest(config: &IngestConfig, out_dir: &Path, ui: &crate::ui::Ui) -> Resu
             report.notes.push(format!(
                 "{src_name} not found in the VG folder; {dest_name} is empty"
             ));
-            let rows = crate::io::write_table(&dest, &RecordBatch::new_empty(schema))?;
-            (rows, 0, Tally::default())
+            let (file, rows) = TableWriter::create(&dest, schema)?.close()?;
+            (file, rows, 0, Tally::default())
         };
         report.count(what, rows);
         report.count(&format!("{src_name}_records"), elements);
         report.outputs.push((dest_name.to_string(), Some(rows)));
         tally.merge(t);
+        pending.push(file);
+    }
+    for file in pending {
+        file.commit()?;
     }
     for (reason, n) in &tally.counts {
         report.count(&format!("skipped_{reason}"), *n);

@@ -172,9 +172,6 @@ fn run_stages(
     let outcomes = engine.run(stages, opts)?;
     if ui.verbose {
         for o in &outcomes {
-            if let Some(reason) = &o.ran_because {
-                eprintln!("{:>12} {}: {reason}", "Reason", o.stage);
-            }
             for (k, v) in &o.record.counters {
                 eprintln!("{:>12} {}.{k} = {v}", "", o.stage);
             }

@@ -261,6 +261,42 @@ const ATTRIBUTES: &[&str] = &[
     "tall", "metal", "sitting", "standing", "young", "old", "smiling", "striped", "wet", "dark",
 ];
 
+/// SIMAT's subjects and relations, most frequent first (as in the official release), so that
+/// planted triplets concentrate the way real ones do.
+const SUBJECT_FREQUENCY: &[&str] = &[
+    "man", "woman", "cat", "dog", "people", "boy", "girl", "bear", "cow", "bird", "giraffe",
+    "sheep", "horse", "zebra", "elephant",
+];
+const RELATION_FREQUENCY: &[&str] = &[
+    "sitting on a",
+    "laying in",
+    "playing with",
+    "leaning on",
+    "running in",
+    "swinging",
+    "touching",
+    "eating from",
+    "sleeping on",
+    "jumping on",
+    "entering",
+    "chasing",
+    "balancing on",
+    "grabbing",
+    "waiting at",
+    "biting",
+    "licking",
+    "sniffing",
+    "selling",
+    "leaving",
+];
+
+/// Order `items` by their rank in `frequency` (unknown ones last, in their own order).
+fn by_frequency<T: Clone>(items: &[(String, T)], frequency: &[&str]) -> Vec<(String, T)> {
+    let mut v = items.to_vec();
+    v.sort_by_key(|(k, _)| frequency.iter().position(|f| f == k).unwrap_or(usize::MAX));
+    v
+}
+
 /// Cumulative Zipf weights for sampling index `i` with probability ∝ 1/(i+1).
 fn zipf_cdf(n: usize) -> Vec<f64> {
     let mut acc = 0.0;
@@ -371,23 +407,34 @@ struct Vocab {
     name_cdf: Vec<f64>,
     pred_cdf: Vec<f64>,
     plant_obj_cdf: Vec<f64>,
+    subject_cdf: Vec<f64>,
+    relation_cdf: Vec<f64>,
     subjects: Vec<String>,
     relations: Vec<Vec<String>>,
 }
 
 impl Vocab {
     fn new(v: &TripletsConfig) -> Self {
+        let subjects: Vec<(String, ())> = v.subjects.iter().map(|s| (s.clone(), ())).collect();
+        let relations: Vec<(String, Vec<String>)> = v
+            .relations
+            .iter()
+            .map(|(rel, forms)| (rel.clone(), forms.clone()))
+            .collect();
+        let subjects = by_frequency(&subjects, SUBJECT_FREQUENCY);
+        let relations = by_frequency(&relations, RELATION_FREQUENCY);
         Vocab {
             name_cdf: zipf_cdf(NAMES.len()),
             pred_cdf: zipf_cdf(PREDICATES.len()),
             plant_obj_cdf: zipf_cdf(PLANT_OBJECTS.len()),
-            subjects: v.subjects.clone(),
-            relations: v
-                .relations
-                .iter()
+            subject_cdf: zipf_cdf(subjects.len()),
+            relation_cdf: zipf_cdf(relations.len()),
+            subjects: subjects.into_iter().map(|(s, _)| s).collect(),
+            relations: relations
+                .into_iter()
                 .map(|(rel, forms)| {
-                    let mut all = vec![rel.clone()];
-                    all.extend(forms.iter().cloned());
+                    let mut all = vec![rel];
+                    all.extend(forms);
                     all
                 })
                 .collect(),
@@ -479,9 +526,9 @@ fn generate_image(index: u64, config: &SynthConfig, vocab: &Vocab) -> SynImage {
     let mut rel_id = (index as i64) * 64 + 1;
     for _ in 0..n_rels {
         let (s, o, predicate) = if rng.random_bool(config.plant_rate) {
-            let subj = &vocab.subjects[rng.random_range(0..vocab.subjects.len())];
+            let subj = &vocab.subjects[sample(&vocab.subject_cdf, &mut rng)];
             let obj = PLANT_OBJECTS[sample(&vocab.plant_obj_cdf, &mut rng)];
-            let forms = &vocab.relations[rng.random_range(0..vocab.relations.len())];
+            let forms = &vocab.relations[sample(&vocab.relation_cdf, &mut rng)];
             let form = forms[rng.random_range(0..forms.len())].clone();
             let si = objects.len();
             let next = id_base + si as i64;
@@ -793,7 +840,7 @@ impl Stage for SynthStage {
         "synth"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn upstream(&self) -> Vec<&'static str> {
         vec![]

@@ -66,12 +66,19 @@ impl TableWriter {
 
     /// Write the footer and rename into place; returns the row count.
     pub fn finish(self) -> Result<u64> {
+        let (file, rows) = self.close()?;
+        file.commit()?;
+        Ok(rows)
+    }
+
+    /// Write the footer but leave the file under its temporary name, so that several tables can
+    /// be committed together once all of them are complete. Returns the file and the row count.
+    pub fn close(self) -> Result<(AtomicFile, u64)> {
         let file = self
             .writer
             .into_inner()
             .map_err(|e| Error::columnar(&self.path, e))?;
-        file.commit()?;
-        Ok(self.rows)
+        Ok((file, self.rows))
     }
 }
 

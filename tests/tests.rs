@@ -1,0 +1,8 @@
+//! End-to-end tests of the `simat` binary: one module per area.
+
+mod util;
+
+mod engine;
+mod ingest;
+mod schemas;
+mod triplets;

@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests: a fresh directory per test, the binary, the data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The real data beside the project (`../shared/data`).
+pub fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+}
+
+/// The VG-format sample.
+pub fn vg_sample() -> PathBuf {
+    shared_data().join("vg-sample")
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("simat-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// The `simat` binary, with a clean environment for colour and logging.
+pub fn simat() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_simat"));
+    cmd.env("NO_COLOR", "1").env_remove("SIMAT_LOG");
+    cmd
+}
+
+/// Run `simat ARGS`, returning its output.
+pub fn run(args: &[&str]) -> Output {
+    simat().args(args).output().unwrap()
+}
+
+/// Run and require an exit code; print stdout and stderr on mismatch.
+pub fn run_ok(args: &[&str], code: i32) -> Output {
+    let out = run(args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "simat {args:?}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A path as &str.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// BLAKE3 of each file in `dir` (non-recursive), by name, skipping the manifest.
+pub fn hashes(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                blake3::hash(&std::fs::read(&p).unwrap())
+                    .to_hex()
+                    .to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Copy the VG sample's JSON files into `dir` so a test can damage them.
+pub fn copy_sample(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in [
+        "image_data.json",
+        "relationships.json",
+        "objects.json",
+        "attributes.json",
+    ] {
+        std::fs::copy(vg_sample().join(f), dir.join(f)).unwrap();
+    }
+}
