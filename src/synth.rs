@@ -559,17 +559,16 @@ fn generate_image(index: u64, config: &SynthConfig, vocab: &Vocab) -> SynImage {
             rel_id += 1;
         }
     }
-    let attributes = (0..objects.len())
-        .filter_map(|j| {
-            rng.random_bool(0.3).then(|| {
-                let n = rng.random_range(1..=2);
-                let attrs = (0..n)
-                    .map(|_| ATTRIBUTES[rng.random_range(0..ATTRIBUTES.len())])
-                    .collect();
-                (j, attrs)
-            })
-        })
-        .collect();
+    let mut attributes = Vec::new();
+    for j in 0..objects.len() {
+        if rng.random_bool(0.3) {
+            let n = rng.random_range(1..=2);
+            let attrs = (0..n)
+                .map(|_| ATTRIBUTES[rng.random_range(0..ATTRIBUTES.len())])
+                .collect();
+            attributes.push((j, attrs));
+        }
+    }
     let coco_id = rng.random_bool(0.4).then(|| rng.random_range(1..600_000));
     let flickr_id = rng
         .random_bool(0.3)

@@ -1,1 +1,192 @@
-//! placeholder
+//! The run engine through `simat run`: freshness, stale reasons, --force, --until, status.
+
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+/// A small pipeline (synthetic VG, no rendering) in `dir`; returns its path.
+fn pipeline(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "run_dir = \"run\"\n\n[synth]\nimages = 300\nseed = 11\nplant_rate = 0.1\n\n[triplets]\nmin_region_side = 32\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn verbs(err: &str) -> Vec<String> {
+    err.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            match (it.next(), it.next()) {
+                (Some(v @ ("Fresh" | "Running" | "Stale")), Some(stage)) => {
+                    Some(format!("{v} {}", stage.trim_end_matches(':')))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn second_run_recomputes_nothing() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    let first = run_ok(&["run", s(&p)], 0);
+    assert_eq!(
+        verbs(&stderr(&first)),
+        ["Running synth", "Running ingest", "Running triplets"]
+    );
+    let manifest = dir.path().join("run/manifest.json");
+    let before = std::fs::read(&manifest).unwrap();
+    let mtime = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+    let second = run_ok(&["run", s(&p)], 0);
+    assert_eq!(
+        verbs(&stderr(&second)),
+        ["Fresh synth", "Fresh ingest", "Fresh triplets"]
+    );
+    assert_eq!(std::fs::read(&manifest).unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+        mtime
+    );
+    assert!(stdout(&second).contains("triplets; the most frequent"));
+}
+
+#[test]
+fn config_change_reruns_only_downstream_with_the_exact_reason() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    run_ok(&["run", s(&p)], 0);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("min_region_side = 32", "min_region_side = 40");
+    std::fs::write(&p, text).unwrap();
+    let status = stdout(&run_ok(
+        &["status", "--pipeline", s(&p), s(&dir.path().join("run"))],
+        0,
+    ));
+    assert!(
+        status.contains("stale  triplets")
+            && status.contains("config `min_region_side` changed (32 → 40)"),
+        "{status}"
+    );
+    let out = run_ok(&["-v", "run", s(&p)], 0);
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.trim() == "Stale triplets: config `min_region_side` changed (32 → 40)"),
+        "{err}"
+    );
+    assert_eq!(
+        verbs(&err),
+        [
+            "Fresh synth",
+            "Fresh ingest",
+            "Stale triplets",
+            "Running triplets"
+        ]
+    );
+}
+
+#[test]
+fn force_reruns_the_stage_and_its_dependents_and_until_stops() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    let out = run_ok(&["run", s(&p), "--until", "ingest"], 0);
+    assert_eq!(verbs(&stderr(&out)), ["Running synth", "Running ingest"]);
+    assert!(!dir.path().join("run/triplets").exists());
+    run_ok(&["run", s(&p)], 0);
+    let out = run_ok(&["run", s(&p), "--force", "ingest"], 0);
+    assert_eq!(
+        verbs(&stderr(&out)),
+        ["Fresh synth", "Running ingest", "Running triplets"]
+    );
+    let out = run_ok(&["run", s(&p), "--force", "nonsense"], 2);
+    assert!(stderr(&out).contains("`--force` names a stage that is not in this pipeline"));
+}
+
+#[test]
+fn a_tampered_output_is_detected_and_rebuilt() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    run_ok(&["run", s(&p)], 0);
+    let regions = dir.path().join("run/triplets/regions.parquet");
+    let good = std::fs::read(&regions).unwrap();
+    std::fs::remove_file(&regions).unwrap();
+    let out = run_ok(&["-v", "run", s(&p)], 0);
+    assert!(
+        stderr(&out).contains("Stale triplets: output regions.parquet is missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&regions).unwrap(), good);
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&regions, &bad).unwrap();
+    let out = run_ok(&["-v", "run", s(&p)], 0);
+    assert!(stderr(&out).contains("Stale triplets: output regions.parquet was modified"));
+    assert_eq!(std::fs::read(&regions).unwrap(), good);
+}
+
+#[test]
+fn status_and_inspect_describe_a_run() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    run_ok(&["run", s(&p)], 0);
+    let run = dir.path().join("run");
+    let status = stdout(&run_ok(&["status", s(&run)], 0));
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(lines.len(), 3, "{status}");
+    for (line, stage) in lines.iter().zip(["synth", "ingest", "triplets"]) {
+        assert!(
+            line.trim_start().starts_with(&format!("fresh  {stage} (")),
+            "{line}"
+        );
+        assert!(line.contains("rows") && line.ends_with('s'), "{line}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run_ok(&["status", "--json", s(&run)], 0))).unwrap();
+    assert_eq!(json["stages"]["ingest"]["status"], "done");
+
+    let out = stdout(&run_ok(
+        &[
+            "inspect",
+            s(&run.join("triplets/triplets.parquet")),
+            "-n",
+            "3",
+        ],
+        0,
+    ));
+    assert!(out.contains("caption: Utf8"), "{out}");
+    assert!(out.contains("first 3 rows"), "{out}");
+    let rows = json["stages"]["triplets"]["outputs"][1]["rows"]
+        .as_u64()
+        .unwrap();
+    assert!(out.contains(&format!("{rows} rows in")), "{out}");
+
+    let out = run_ok(&["inspect", s(&p)], 2);
+    assert!(stderr(&out).contains("neither a Parquet file"));
+    let out = run_ok(&["status", s(dir.path())], 2);
+    assert!(stderr(&out).contains("no manifest.json"));
+}
+
+#[test]
+fn a_bad_pipeline_names_the_problem() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "minimum_side = 3\n");
+    let out = run_ok(&["run", s(&p)], 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("pipeline.toml") && err.contains("minimum_side"),
+        "{err}"
+    );
+    let p = dir.path().join("novg.toml");
+    std::fs::write(&p, "run_dir = \"run\"\n").unwrap();
+    let err = stderr(&run_ok(&["run", s(&p)], 2));
+    assert!(err.contains("`[ingest] vg` is not set"), "{err}");
+}

@@ -1,1 +1,49 @@
-//! placeholder
+//! `schemas/` documents every stage output; the code and the files it writes must match it.
+
+use std::path::Path;
+
+use crate::util::*;
+
+fn doc_path(stage: &str, file: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(stage)
+        .join(simat::schemas::doc_name(file))
+}
+
+#[test]
+fn schema_documents_match_the_code() {
+    for (stage, file, schema) in simat::schemas::all() {
+        let path = doc_path(stage, file);
+        let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "{} is missing; run `simat schemas --write schemas`",
+                path.display()
+            )
+        });
+        assert_eq!(
+            doc,
+            simat::schemas::to_json(&schema),
+            "{} is out of date; run `simat schemas --write schemas`",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn written_files_match_the_schema_documents() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    run_ok(&["ingest", "--vg", s(&vg_sample()), "--run", s(&run)], 0);
+    run_ok(&["triplets", "--run", s(&run)], 0);
+    for (stage, file, _) in simat::schemas::all() {
+        let written = simat::io::inspect(&run.join(stage).join(file), 0).unwrap();
+        let doc: simat::io::SchemaDoc =
+            serde_json::from_str(&std::fs::read_to_string(doc_path(stage, file)).unwrap()).unwrap();
+        assert_eq!(
+            simat::io::SchemaDoc::of(&written.schema),
+            doc,
+            "{stage}/{file}"
+        );
+    }
+}
