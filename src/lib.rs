@@ -30,6 +30,7 @@
 pub mod error;
 pub mod ingest;
 pub mod io;
+pub mod linalg;
 pub mod pipeline;
 pub mod run;
 pub mod schemas;

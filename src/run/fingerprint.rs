@@ -218,12 +218,22 @@ impl fmt::Display for StaleReason {
     }
 }
 
-/// BLAKE3 of a file's content, hex; large files are hashed memory-mapped on all cores.
+/// BLAKE3 of a file's content, hex. Read in blocks (each hashed on all cores) rather than
+/// memory-mapped, so that hashing a large input does not inflate the resident set.
 pub fn hash_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io("failed to hash", path, e))?;
     let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_mmap_rayon(path)
-        .map_err(|e| Error::io("failed to hash", path, e))?;
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("failed to hash", path, e)),
+        };
+        hasher.update_rayon(&buf[..n]);
+    }
     Ok(hasher.finalize().to_hex().to_string())
 }
 

@@ -1,0 +1,435 @@
+//! Linear algebra: row-major f32 matrices, linear heads, L2 normalisation, and exact
+//! inner-product top-k search by blocked GEMM with the selection fused per block.
+//!
+//! The search never materialises the full query × database score matrix: queries are cut into
+//! blocks of [`Q_BLOCK`] rows and the database into blocks of [`DB_BLOCK`] rows; each task
+//! multiplies one query block by one database block with the `gemm` crate (single-threaded, so
+//! that rayon parallelises across tasks) into a buffer of `Q_BLOCK × DB_BLOCK` floats, and folds
+//! it into per-query top-k lists. Memory is bounded by one buffer per thread.
+//!
+//! Results are ordered by score (descending), ties by lower database id, so they equal a brute
+//! force reference exactly whenever the scores themselves agree.
+
+pub mod topk;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+pub use topk::{Hit, TopK};
+
+/// Queries per block.
+pub const Q_BLOCK: usize = 256;
+/// Database rows per block.
+pub const DB_BLOCK: usize = 2048;
+
+/// A dense row-major f32 matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `rows × cols` values, row-major.
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    /// A matrix from row-major data; fails when the length does not match.
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        if data.len() != rows * cols {
+            return Err(Error::Internal(format!(
+                "matrix of {rows}×{cols} given {} values",
+                data.len()
+            )));
+        }
+        Ok(Matrix { rows, cols, data })
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// Rows gathered by index.
+    pub fn gather(&self, idx: &[usize]) -> Matrix {
+        let mut data = Vec::with_capacity(idx.len() * self.cols);
+        for &i in idx {
+            data.extend_from_slice(self.row(i));
+        }
+        Matrix {
+            rows: idx.len(),
+            cols: self.cols,
+            data,
+        }
+    }
+}
+
+/// `C (m×n) = A (m×k) · Bᵀ` where `B` is `n×k`, all row-major; single-threaded.
+pub fn matmul_nt(a: &[f32], m: usize, b: &[f32], n: usize, k: usize, c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the asserts above bound every index the strides can reach.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// A linear head as PyTorch's `Linear`: `y = x·Wᵀ + b`, `W` of shape `out × in`.
+#[derive(Debug, Clone)]
+pub struct LinearHead {
+    /// Weight, `out × in`.
+    pub weight: Matrix,
+    /// Bias, `out`.
+    pub bias: Vec<f32>,
+}
+
+impl LinearHead {
+    /// Apply to every row of `x`, in parallel blocks.
+    pub fn apply(&self, x: &Matrix) -> Result<Matrix> {
+        if x.cols != self.weight.cols {
+            return Err(Error::Internal(format!(
+                "head expects {} inputs, embeddings have {}",
+                self.weight.cols, x.cols
+            )));
+        }
+        let (d_in, d_out) = (self.weight.cols, self.weight.rows);
+        let mut out = vec![0f32; x.rows * d_out];
+        out.par_chunks_mut(Q_BLOCK * d_out)
+            .zip(x.data.par_chunks(Q_BLOCK * d_in))
+            .for_each(|(o, xi)| {
+                let m = xi.len() / d_in;
+                matmul_nt(xi, m, &self.weight.data, d_out, d_in, o);
+                for row in o.chunks_mut(d_out) {
+                    for (v, b) in row.iter_mut().zip(&self.bias) {
+                        *v += b;
+                    }
+                }
+            });
+        Matrix::new(x.rows, d_out, out)
+    }
+}
+
+/// Divide each row by its L2 norm (rows of norm 0 stay 0).
+pub fn normalize_rows(m: &mut Matrix) {
+    let cols = m.cols;
+    m.data.par_chunks_mut(cols.max(1)).for_each(|row| {
+        let norm = row
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum::<f64>()
+            .sqrt() as f32;
+        if norm > 0.0 {
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    });
+}
+
+/// The first row holding a NaN or an infinity, if any.
+pub fn first_non_finite(m: &Matrix) -> Option<usize> {
+    m.data
+        .chunks(m.cols.max(1))
+        .position(|row| row.iter().any(|v| !v.is_finite()))
+}
+
+/// Exact inner-product top-k: for each query row, the `k` database rows of highest `q·d`,
+/// skipping `exclude[q]` when given (a negative value excludes nothing).
+pub fn knn(db: &Matrix, queries: &Matrix, k: usize, exclude: Option<&[i64]>) -> Vec<Vec<Hit>> {
+    assert_eq!(db.cols, queries.cols);
+    let d = db.cols;
+    let n_db = db.rows;
+    let q_blocks: Vec<(usize, usize)> = (0..queries.rows)
+        .step_by(Q_BLOCK)
+        .map(|s| (s, (s + Q_BLOCK).min(queries.rows)))
+        .collect();
+    let shards = shard_count(q_blocks.len(), n_db);
+    let tasks: Vec<((usize, usize), (usize, usize))> = q_blocks
+        .iter()
+        .flat_map(|&qb| shard_ranges(n_db, shards).into_iter().map(move |s| (qb, s)))
+        .collect();
+    let partial: Vec<((usize, usize), Vec<TopK>)> = tasks
+        .into_par_iter()
+        .map(|((q0, q1), (s0, s1))| {
+            let m = q1 - q0;
+            let mut tops: Vec<TopK> = (0..m).map(|_| TopK::new(k)).collect();
+            let mut buf = vec![0f32; m * DB_BLOCK];
+            let qa = &queries.data[q0 * d..q1 * d];
+            let mut b0 = s0;
+            while b0 < s1 {
+                let b1 = (b0 + DB_BLOCK).min(s1);
+                let n = b1 - b0;
+                matmul_nt(qa, m, &db.data[b0 * d..b1 * d], n, d, &mut buf);
+                for (r, top) in tops.iter_mut().enumerate() {
+                    let skip = exclude.map(|e| e[q0 + r]).unwrap_or(-1);
+                    top.push_row(&buf[r * n..(r + 1) * n], b0, skip);
+                }
+                b0 = b1;
+            }
+            ((q0, q1), tops)
+        })
+        .collect();
+    merge_partials(queries.rows, k, partial)
+}
+
+/// How many database shards per query block, so that small query sets still use every core.
+fn shard_count(q_blocks: usize, n_db: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    let want = (threads * 2).div_ceil(q_blocks.max(1));
+    want.clamp(1, n_db.div_ceil(DB_BLOCK).max(1))
+}
+
+fn shard_ranges(n: usize, shards: usize) -> Vec<(usize, usize)> {
+    // Shards are whole multiples of DB_BLOCK so that block boundaries, hence summation order,
+    // do not depend on the thread count.
+    let blocks = n.div_ceil(DB_BLOCK).max(1);
+    let per = blocks.div_ceil(shards);
+    (0..shards)
+        .map(|i| {
+            (
+                (i * per * DB_BLOCK).min(n),
+                ((i + 1) * per * DB_BLOCK).min(n),
+            )
+        })
+        .filter(|(a, b)| a < b || n == 0)
+        .collect()
+}
+
+fn merge_partials(
+    n_q: usize,
+    k: usize,
+    partial: Vec<((usize, usize), Vec<TopK>)>,
+) -> Vec<Vec<Hit>> {
+    let mut merged: Vec<TopK> = (0..n_q).map(|_| TopK::new(k)).collect();
+    for ((q0, _), tops) in partial {
+        for (r, top) in tops.into_iter().enumerate() {
+            merged[q0 + r].merge(top);
+        }
+    }
+    merged.into_iter().map(TopK::into_sorted).collect()
+}
+
+/// The λ sweep of SIMAT: for query `i` and each `λ`, the top-k database rows by
+/// `(img_i + λ·(word[target_i] − word[value_i]))·d`, skipping `exclude[i]`.
+///
+/// The image part `img·dᵀ` is one GEMM per block; the word part is `word·dᵀ`, computed once for
+/// the whole vocabulary (a few hundred words), so every λ costs only a fused add and selection.
+/// Returns `hits[λ][query]`.
+#[allow(clippy::too_many_arguments)]
+pub fn sweep(
+    db: &Matrix,
+    query_images: &Matrix,
+    words: &Matrix,
+    value: &[usize],
+    target: &[usize],
+    lambdas: &[f32],
+    k: usize,
+    exclude: &[i64],
+) -> Vec<Vec<Vec<Hit>>> {
+    let d = db.cols;
+    let n_db = db.rows;
+    let n_q = query_images.rows;
+    let n_w = words.rows;
+    // word · dbᵀ, n_words × n_db.
+    let mut word_scores = vec![0f32; n_w * n_db];
+    if n_db > 0 {
+        word_scores
+            .par_chunks_mut(n_db)
+            .enumerate()
+            .for_each(|(w, out)| matmul_nt(words.row(w), 1, &db.data, n_db, d, out));
+    }
+    let q_blocks: Vec<(usize, usize)> = (0..n_q)
+        .step_by(Q_BLOCK)
+        .map(|s| (s, (s + Q_BLOCK).min(n_q)))
+        .collect();
+    let shards = shard_count(q_blocks.len(), n_db);
+    let tasks: Vec<((usize, usize), (usize, usize))> = q_blocks
+        .iter()
+        .flat_map(|&qb| shard_ranges(n_db, shards).into_iter().map(move |s| (qb, s)))
+        .collect();
+    let n_l = lambdas.len();
+    let partial: Vec<((usize, usize), Vec<TopK>)> = tasks
+        .into_par_iter()
+        .map(|((q0, q1), (s0, s1))| {
+            let m = q1 - q0;
+            // tops[r * n_l + l]
+            let mut tops: Vec<TopK> = (0..m * n_l).map(|_| TopK::new(k)).collect();
+            let mut buf = vec![0f32; m * DB_BLOCK];
+            let mut row = vec![0f32; DB_BLOCK];
+            let qa = &query_images.data[q0 * d..q1 * d];
+            let mut b0 = s0;
+            while b0 < s1 {
+                let b1 = (b0 + DB_BLOCK).min(s1);
+                let n = b1 - b0;
+                matmul_nt(qa, m, &db.data[b0 * d..b1 * d], n, d, &mut buf);
+                for r in 0..m {
+                    let qi = q0 + r;
+                    let img = &buf[r * n..(r + 1) * n];
+                    let wt = &word_scores[target[qi] * n_db + b0..target[qi] * n_db + b1];
+                    let wv = &word_scores[value[qi] * n_db + b0..value[qi] * n_db + b1];
+                    for (l, &lambda) in lambdas.iter().enumerate() {
+                        let out = &mut row[..n];
+                        for j in 0..n {
+                            out[j] = img[j] + lambda * (wt[j] - wv[j]);
+                        }
+                        tops[r * n_l + l].push_row(out, b0, exclude[qi]);
+                    }
+                }
+                b0 = b1;
+            }
+            ((q0, q1), tops)
+        })
+        .collect();
+    let mut merged: Vec<Vec<TopK>> = (0..n_l)
+        .map(|_| (0..n_q).map(|_| TopK::new(k)).collect())
+        .collect();
+    for ((q0, _), tops) in partial {
+        for (idx, top) in tops.into_iter().enumerate() {
+            let (r, l) = (idx / n_l, idx % n_l);
+            merged[l][q0 + r].merge(top);
+        }
+    }
+    merged
+        .into_iter()
+        .map(|per_q| per_q.into_iter().map(TopK::into_sorted).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let data = (0..rows * cols)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        Matrix::new(rows, cols, data).unwrap()
+    }
+
+    /// Brute force in f64, ties by lower id.
+    fn reference(db: &Matrix, q: &[f64], k: usize, skip: i64) -> Vec<(usize, f64)> {
+        let mut s: Vec<(usize, f64)> = (0..db.rows)
+            .filter(|&j| j as i64 != skip)
+            .map(|j| {
+                let v = db.row(j).iter().zip(q).map(|(a, b)| *a as f64 * b).sum();
+                (j, v)
+            })
+            .collect();
+        s.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+        s.truncate(k);
+        s
+    }
+
+    #[test]
+    fn gemm_matches_f64_reference() {
+        let (a, b) = (random(37, 70, 1), random(53, 70, 2));
+        let mut c = vec![0f32; 37 * 53];
+        matmul_nt(&a.data, 37, &b.data, 53, 70, &mut c);
+        for i in 0..37 {
+            for j in 0..53 {
+                let r: f64 = a
+                    .row(i)
+                    .iter()
+                    .zip(b.row(j))
+                    .map(|(x, y)| *x as f64 * *y as f64)
+                    .sum();
+                assert!((c[i * 53 + j] as f64 - r).abs() < 1e-4, "{i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn knn_equals_brute_force_across_blocks() {
+        // Sizes straddle block boundaries; the database is large enough to be sharded.
+        let db = random(DB_BLOCK * 2 + 77, 24, 3);
+        let q = random(Q_BLOCK + 9, 24, 4);
+        let exclude: Vec<i64> = (0..q.rows as i64).map(|i| i * 7 % db.rows as i64).collect();
+        let hits = knn(&db, &q, 5, Some(&exclude));
+        for i in 0..q.rows {
+            let qv: Vec<f64> = q.row(i).iter().map(|v| *v as f64).collect();
+            let want = reference(&db, &qv, 5, exclude[i]);
+            let got: Vec<usize> = hits[i].iter().map(|h| h.id as usize).collect();
+            let want_ids: Vec<usize> = want.iter().map(|w| w.0).collect();
+            if got != want_ids {
+                // Only a near-tie may reorder: the scores must agree to f32 precision.
+                for (h, w) in hits[i].iter().zip(&want) {
+                    assert!(
+                        (h.score as f64 - w.1).abs() < 1e-5,
+                        "query {i}: {got:?} vs {want_ids:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ties_break_by_lower_id() {
+        let db = Matrix::new(5, 2, vec![1., 0., 0., 1., 1., 0., 1., 0., 0.5, 0.]).unwrap();
+        let q = Matrix::new(1, 2, vec![1., 0.]).unwrap();
+        let hits = knn(&db, &q, 3, Some(&[2]));
+        let ids: Vec<u32> = hits[0].iter().map(|h| h.id).collect();
+        assert_eq!(ids, vec![0, 3, 4]);
+    }
+
+    #[test]
+    fn sweep_equals_direct_queries() {
+        let db = random(3000, 16, 5);
+        let imgs = random(40, 16, 6);
+        let words = random(7, 16, 7);
+        let value: Vec<usize> = (0..40).map(|i| i % 7).collect();
+        let target: Vec<usize> = (0..40).map(|i| (i * 3 + 1) % 7).collect();
+        let exclude: Vec<i64> = (0..40).collect();
+        let lambdas = [0.0f32, 0.5, 1.0, 2.0];
+        let swept = sweep(&db, &imgs, &words, &value, &target, &lambdas, 4, &exclude);
+        for (l, &lambda) in lambdas.iter().enumerate() {
+            let mut q = imgs.clone();
+            for i in 0..40 {
+                for c in 0..16 {
+                    q.data[i * 16 + c] +=
+                        lambda * (words.row(target[i])[c] - words.row(value[i])[c]);
+                }
+            }
+            let direct = knn(&db, &q, 4, Some(&exclude));
+            for i in 0..40 {
+                for (a, b) in swept[l][i].iter().zip(&direct[i]) {
+                    assert!(a.id == b.id || (a.score - b.score).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn head_then_normalise() {
+        let head = LinearHead {
+            weight: Matrix::new(2, 3, vec![1., 0., 0., 0., 2., 0.]).unwrap(),
+            bias: vec![0., 1.],
+        };
+        let x = Matrix::new(1, 3, vec![3., 1., 5.]).unwrap();
+        let mut y = head.apply(&x).unwrap();
+        assert_eq!(y.data, vec![3., 3.]);
+        normalize_rows(&mut y);
+        assert!((y.data[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+    }
+}
