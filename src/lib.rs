@@ -27,13 +27,20 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod dataset;
+pub mod embed;
 pub mod error;
+pub mod import;
 pub mod ingest;
 pub mod io;
+pub mod knn;
 pub mod linalg;
 pub mod pipeline;
+pub mod retrieve;
 pub mod run;
 pub mod schemas;
+pub mod score;
+pub mod store;
 pub mod synth;
 pub mod triplets;
 pub mod ui;

@@ -7,9 +7,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use simat::embed::{ImportEmbeddingsConfig, ImportEmbeddingsStage};
+use simat::import::{ImportConfig, ImportStage};
 use simat::ingest::{IngestConfig, IngestStage};
 use simat::pipeline::Pipeline;
+use simat::retrieve::{RetrieveConfig, RetrieveStage};
 use simat::run::{describe, Engine, Freshness, Manifest, RunOptions, Stage, StageOutcome};
+use simat::score::{ScoreConfig, ScoreStage};
 use simat::synth::SynthConfig;
 use simat::triplets::{TripletsConfig, TripletsStage};
 use simat::ui::Ui;
@@ -98,6 +102,73 @@ enum Command {
         #[arg(long, default_value_t = 0.02)]
         plant_rate: f64,
     },
+    /// The official SIMAT release (retrieval_db.tsv, triplets.csv, captions.txt, transfos.csv)
+    /// into RUN/import/{regions,triplets,dataset,queries}.parquet.
+    ImportSimat {
+        /// The release folder.
+        #[arg(long)]
+        release: PathBuf,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
+    /// Image and word embeddings from files into RUN/embed/*.arrow (head, then L2 normalisation).
+    ImportEmbeddings {
+        /// Image embeddings, rows in dataset_id order (.npy f16/f32, Arrow IPC or Parquet).
+        #[arg(long)]
+        images: PathBuf,
+        /// Words, one per line.
+        #[arg(long)]
+        words: PathBuf,
+        /// Word embeddings, rows in the order of the words file.
+        #[arg(long)]
+        word_vectors: PathBuf,
+        /// Linear heads: PREFIX_{img,txt}_head_{weight,bias}.npy (PyTorch Linear layout).
+        #[arg(long, value_name = "PREFIX")]
+        heads: Option<PathBuf>,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
+    /// Answer every transformation query for each λ: RUN/retrieve/retrievals.parquet.
+    Retrieve {
+        #[command(flatten)]
+        retrieval: RetrievalArgs,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
+    /// The SIMAT score (retrieving first when the retrievals are missing or stale).
+    Score {
+        /// `labels`, or an images × captions similarity matrix (.npy).
+        #[arg(long, default_value = "labels")]
+        oracle: String,
+        /// Which split to report: dev, test, or all (dev, test and both).
+        #[arg(long, default_value = "all")]
+        split: String,
+        /// Success threshold on the oracle's similarity.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f64,
+        #[command(flatten)]
+        retrieval: RetrievalArgs,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
+    /// Exact inner-product k-NN between two matrices (.npy, Arrow IPC or Parquet).
+    Knn {
+        /// Database, n × d.
+        #[arg(long)]
+        db: PathBuf,
+        /// Queries, m × d.
+        #[arg(long)]
+        queries: PathBuf,
+        /// Neighbours per query.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Per query, one database row to skip (.npy of m integers; negative skips none).
+        #[arg(long)]
+        exclude: Option<PathBuf>,
+        /// Output Parquet: query, rank, id, score.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write the documented schema of every stage output (the schemas/ folder).
     #[command(hide = true)]
     Schemas {
@@ -105,6 +176,47 @@ enum Command {
         #[arg(long)]
         write: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct RetrievalArgs {
+    /// λ values (repeat or separate with commas).
+    #[arg(long = "lambda", value_delimiter = ',', num_args = 1..)]
+    lambdas: Vec<f64>,
+    /// Results kept per query and λ.
+    #[arg(short, default_value_t = 5)]
+    k: usize,
+    /// Where the queries come from: `import` (the release) or `queries` (regenerated).
+    /// Default: `queries` when that stage has run, else `import`.
+    #[arg(long)]
+    queries: Option<String>,
+}
+
+impl RetrievalArgs {
+    fn config(&self, run_dir: &Path) -> Result<RetrieveConfig> {
+        let queries_stage = match &self.queries {
+            Some(q) if q == "import" || q == "queries" => q.clone(),
+            Some(q) => anyhow::bail!("--queries {q}: expected `import` or `queries`"),
+            None => {
+                let m = Manifest::load(run_dir)?;
+                let done = |s: &str| {
+                    m.stages
+                        .get(s)
+                        .is_some_and(|r| r.status == simat::run::StageStatus::Done)
+                };
+                if done("queries") { "queries" } else { "import" }.to_string()
+            }
+        };
+        Ok(RetrieveConfig {
+            lambdas: if self.lambdas.is_empty() {
+                simat::retrieve::DEFAULT_LAMBDAS.to_vec()
+            } else {
+                self.lambdas.clone()
+            },
+            k: self.k,
+            queries_stage,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +383,71 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&s)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::ImportSimat { release, run } => single(
+            &run,
+            &ImportStage {
+                config: ImportConfig { release },
+            },
+            ui,
+        ),
+        Command::ImportEmbeddings {
+            images,
+            words,
+            word_vectors,
+            heads,
+            run,
+        } => single(
+            &run,
+            &ImportEmbeddingsStage {
+                config: ImportEmbeddingsConfig {
+                    images,
+                    words,
+                    word_vectors,
+                    heads,
+                    dataset_stage: "import".into(),
+                },
+            },
+            ui,
+        ),
+        Command::Retrieve { retrieval, run } => {
+            let config = retrieval.config(&run.run_dir)?;
+            single(&run, &RetrieveStage { config }, ui)
+        }
+        Command::Score {
+            oracle,
+            split,
+            threshold,
+            retrieval,
+            run,
+        } => {
+            let rconfig = retrieval.config(&run.run_dir)?;
+            let retrieve = RetrieveStage {
+                config: rconfig.clone(),
+            };
+            let score = ScoreStage {
+                config: ScoreConfig {
+                    oracle,
+                    threshold,
+                    split,
+                    queries_stage: rconfig.queries_stage.clone(),
+                    dataset_stage: "import".into(),
+                },
+            };
+            let mut opts = RunOptions::default();
+            if run.force {
+                opts.force.insert("retrieve".into());
+            }
+            let outcomes = run_stages(&run.run_dir, &[&retrieve, &score], &opts, ui)?;
+            print_scores(&run.run_dir.join("score").join("scores.json"))?;
+            Ok(exit_of(&outcomes))
+        }
+        Command::Knn {
+            db,
+            queries,
+            k,
+            exclude,
+            out,
+        } => knn(&db, &queries, k, exclude.as_deref(), &out, ui),
         Command::Schemas { write } => {
             let n = simat::schemas::write_all(&write)?;
             ui.status("Wrote", format!("{n} schemas under {}", write.display()));
@@ -404,4 +581,92 @@ fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_scores(path: &Path) -> Result<()> {
+    let rows: Vec<simat::score::ScoreRow> = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?,
+    )?;
+    let fields = ["subj", "rel", "obj", "all"];
+    println!(
+        "{:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "lambda", "split", "subj", "rel", "obj", "all", "queries"
+    );
+    let mut keys: Vec<(f64, String)> = Vec::new();
+    for r in &rows {
+        if !keys.iter().any(|(l, s)| *l == r.lambda && *s == r.split) {
+            keys.push((r.lambda, r.split.clone()));
+        }
+    }
+    for (lambda, split) in keys {
+        let get = |f: &str| {
+            rows.iter()
+                .find(|r| r.lambda == lambda && r.split == split && r.field == f)
+        };
+        let cells: Vec<String> = fields
+            .iter()
+            .map(|f| {
+                get(f)
+                    .map(|r| format!("{:8.2}", r.score))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let n = get("all").map(|r| r.n_queries).unwrap_or(0);
+        println!("{lambda:>8} {split:>6} {} {n:>9}", cells.join(" "));
+    }
+    Ok(())
+}
+
+fn knn(
+    db: &Path,
+    queries: &Path,
+    k: usize,
+    exclude: Option<&Path>,
+    out: &Path,
+    ui: &Ui,
+) -> Result<ExitCode> {
+    anyhow::ensure!(k >= 1, "-k must be at least 1");
+    let start = std::time::Instant::now();
+    let db_m = simat::store::read_matrix(db)?;
+    let q_m = simat::store::read_matrix(queries)?;
+    anyhow::ensure!(
+        db_m.cols == q_m.cols,
+        "`{}` has dimension {} but `{}` has {}",
+        db.display(),
+        db_m.cols,
+        queries.display(),
+        q_m.cols
+    );
+    let exclude = match exclude {
+        Some(p) => {
+            let ids = simat::store::read_npy_ids(p)?;
+            anyhow::ensure!(
+                ids.len() == q_m.rows,
+                "`{}` has {} ids for {} queries",
+                p.display(),
+                ids.len(),
+                q_m.rows
+            );
+            Some(ids)
+        }
+        None => None,
+    };
+    let loaded = start.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let hits = simat::linalg::knn(db_m.view(), q_m.view(), k, exclude.as_deref());
+    let search = t.elapsed().as_secs_f64();
+    let rows = simat::knn::write_hits(out, &hits)?;
+    let gflop = 2.0 * db_m.rows as f64 * q_m.rows as f64 * db_m.cols as f64 / 1e9;
+    ui.status(
+        "Finished",
+        format!(
+            "{} queries × {} database rows (d = {}), k = {k}: search {search:.2}s ({:.0} GFLOP/s), load {loaded:.2}s, {rows} rows in `{}`",
+            q_m.rows,
+            db_m.rows,
+            db_m.cols,
+            gflop / search.max(1e-9),
+            out.display()
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
 }

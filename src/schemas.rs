@@ -36,6 +36,37 @@ pub fn all() -> Vec<(&'static str, &'static str, SchemaRef)> {
             "triplets.parquet",
             crate::triplets::triplets_schema(),
         ),
+        (
+            "import",
+            "regions.parquet",
+            crate::triplets::regions_schema(),
+        ),
+        (
+            "import",
+            "triplets.parquet",
+            crate::triplets::triplets_schema(),
+        ),
+        (
+            "import",
+            "dataset.parquet",
+            crate::dataset::dataset_schema(),
+        ),
+        (
+            "import",
+            "queries.parquet",
+            crate::dataset::queries_schema(),
+        ),
+        (
+            "queries",
+            "queries.parquet",
+            crate::dataset::queries_schema(),
+        ),
+        (
+            "retrieve",
+            "retrievals.parquet",
+            crate::retrieve::retrievals_schema(),
+        ),
+        ("score", "scores.parquet", crate::score::scores_schema()),
     ]
 }
 

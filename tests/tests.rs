@@ -5,4 +5,5 @@ mod util;
 mod engine;
 mod ingest;
 mod schemas;
+mod simat;
 mod triplets;

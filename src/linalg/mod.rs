@@ -50,7 +50,36 @@ impl Matrix {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
-    /// Rows gathered by index.
+    /// Rows gathered by index, copied.
+    pub fn gather(&self, idx: &[usize]) -> Matrix {
+        self.view().gather(idx)
+    }
+}
+
+/// A borrowed row-major f32 matrix (e.g. a memory-mapped embedding store).
+#[derive(Debug, Clone, Copy)]
+pub struct MatrixView<'a> {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `rows × cols` values, row-major.
+    pub data: &'a [f32],
+}
+
+impl<'a> MatrixView<'a> {
+    /// A view of `data` as `rows × cols`.
+    pub fn new(rows: usize, cols: usize, data: &'a [f32]) -> Self {
+        assert_eq!(data.len(), rows * cols, "view shape");
+        MatrixView { rows, cols, data }
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// Rows gathered by index, copied.
     pub fn gather(&self, idx: &[usize]) -> Matrix {
         let mut data = Vec::with_capacity(idx.len() * self.cols);
         for &i in idx {
@@ -60,6 +89,17 @@ impl Matrix {
             rows: idx.len(),
             cols: self.cols,
             data,
+        }
+    }
+}
+
+impl Matrix {
+    /// Borrow as a view.
+    pub fn view(&self) -> MatrixView<'_> {
+        MatrixView {
+            rows: self.rows,
+            cols: self.cols,
+            data: &self.data,
         }
     }
 }
@@ -155,7 +195,12 @@ pub fn first_non_finite(m: &Matrix) -> Option<usize> {
 
 /// Exact inner-product top-k: for each query row, the `k` database rows of highest `q·d`,
 /// skipping `exclude[q]` when given (a negative value excludes nothing).
-pub fn knn(db: &Matrix, queries: &Matrix, k: usize, exclude: Option<&[i64]>) -> Vec<Vec<Hit>> {
+pub fn knn(
+    db: MatrixView,
+    queries: MatrixView,
+    k: usize,
+    exclude: Option<&[i64]>,
+) -> Vec<Vec<Hit>> {
     assert_eq!(db.cols, queries.cols);
     let d = db.cols;
     let n_db = db.rows;
@@ -237,9 +282,9 @@ fn merge_partials(
 /// Returns `hits[λ][query]`.
 #[allow(clippy::too_many_arguments)]
 pub fn sweep(
-    db: &Matrix,
-    query_images: &Matrix,
-    words: &Matrix,
+    db: MatrixView,
+    query_images: MatrixView,
+    words: MatrixView,
     value: &[usize],
     target: &[usize],
     lambdas: &[f32],
@@ -256,7 +301,7 @@ pub fn sweep(
         word_scores
             .par_chunks_mut(n_db)
             .enumerate()
-            .for_each(|(w, out)| matmul_nt(words.row(w), 1, &db.data, n_db, d, out));
+            .for_each(|(w, out)| matmul_nt(words.row(w), 1, db.data, n_db, d, out));
     }
     let q_blocks: Vec<(usize, usize)> = (0..n_q)
         .step_by(Q_BLOCK)
@@ -366,7 +411,7 @@ mod tests {
         let db = random(DB_BLOCK * 2 + 77, 24, 3);
         let q = random(Q_BLOCK + 9, 24, 4);
         let exclude: Vec<i64> = (0..q.rows as i64).map(|i| i * 7 % db.rows as i64).collect();
-        let hits = knn(&db, &q, 5, Some(&exclude));
+        let hits = knn(db.view(), q.view(), 5, Some(&exclude));
         for i in 0..q.rows {
             let qv: Vec<f64> = q.row(i).iter().map(|v| *v as f64).collect();
             let want = reference(&db, &qv, 5, exclude[i]);
@@ -388,7 +433,7 @@ mod tests {
     fn ties_break_by_lower_id() {
         let db = Matrix::new(5, 2, vec![1., 0., 0., 1., 1., 0., 1., 0., 0.5, 0.]).unwrap();
         let q = Matrix::new(1, 2, vec![1., 0.]).unwrap();
-        let hits = knn(&db, &q, 3, Some(&[2]));
+        let hits = knn(db.view(), q.view(), 3, Some(&[2]));
         let ids: Vec<u32> = hits[0].iter().map(|h| h.id).collect();
         assert_eq!(ids, vec![0, 3, 4]);
     }
@@ -402,7 +447,16 @@ mod tests {
         let target: Vec<usize> = (0..40).map(|i| (i * 3 + 1) % 7).collect();
         let exclude: Vec<i64> = (0..40).collect();
         let lambdas = [0.0f32, 0.5, 1.0, 2.0];
-        let swept = sweep(&db, &imgs, &words, &value, &target, &lambdas, 4, &exclude);
+        let swept = sweep(
+            db.view(),
+            imgs.view(),
+            words.view(),
+            &value,
+            &target,
+            &lambdas,
+            4,
+            &exclude,
+        );
         for (l, &lambda) in lambdas.iter().enumerate() {
             let mut q = imgs.clone();
             for i in 0..40 {
@@ -411,7 +465,7 @@ mod tests {
                         lambda * (words.row(target[i])[c] - words.row(value[i])[c]);
                 }
             }
-            let direct = knn(&db, &q, 4, Some(&exclude));
+            let direct = knn(db.view(), q.view(), 4, Some(&exclude));
             for i in 0..40 {
                 for (a, b) in swept[l][i].iter().zip(&direct[i]) {
                     assert!(a.id == b.id || (a.score - b.score).abs() < 1e-5);

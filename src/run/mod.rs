@@ -26,7 +26,9 @@ pub use fingerprint::{FingerprintDetail, StaleReason};
 pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
 
 /// Every stage simat knows, in pipeline order.
-pub const STAGE_ORDER: &[&str] = &["synth", "ingest", "triplets"];
+pub const STAGE_ORDER: &[&str] = &[
+    "synth", "ingest", "triplets", "import", "embed", "queries", "retrieve", "score",
+];
 
 /// One step of a pipeline: a function from typed config and upstream outputs to files on disk.
 pub trait Stage: Sync {

@@ -1,0 +1,497 @@
+//! `import-simat`: the official SIMAT release into the run's tables.
+//!
+//! Reads `retrieval_db.tsv`, `triplets.csv`, `captions.txt` and `transfos.csv` and writes, under
+//! `RUN/import/`, the same tables a regenerated benchmark has: `regions.parquet`,
+//! `triplets.parquet`, `dataset.parquet` and `queries.parquet`. Facts of the release this
+//! relies on, each checked row by row with errors that name the row:
+//!
+//! - `transfos.csv`'s `dataset_id` is the row number of the query's region in `triplets.csv`
+//!   (the row of its image embedding); `triplets.csv`'s own `dataset_id` column is a different
+//!   numbering and is not used;
+//! - caption ids (`query_ids`, `target_ids`) number the distinct triplets of `triplets.csv` in
+//!   order of first appearance, which is the line order of `captions.txt`;
+//! - `is_test` is constant per region.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{Dataset, Queries, Slot};
+use crate::error::{Error, Result};
+use crate::io::write_table;
+use crate::run::{Stage, StageContext, StageReport};
+
+/// The release's files.
+pub const RELEASE_FILES: &[&str] = &[
+    "retrieval_db.tsv",
+    "triplets.csv",
+    "captions.txt",
+    "transfos.csv",
+];
+
+/// Configuration of `import-simat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportConfig {
+    /// The release folder. Not hashed: the files' contents are.
+    pub release: PathBuf,
+}
+
+/// The import stage.
+#[derive(Debug, Clone)]
+pub struct ImportStage {
+    /// Its configuration.
+    pub config: ImportConfig,
+}
+
+impl Stage for ImportStage {
+    fn name(&self) -> &'static str {
+        "import"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> Vec<&'static str> {
+        vec![]
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        RELEASE_FILES
+            .iter()
+            .map(|f| {
+                let p = self.config.release.join(f);
+                if p.is_file() {
+                    Ok((f.to_string(), p))
+                } else {
+                    Err(Error::stage(
+                        "import",
+                        format!(
+                            "`{}` not found: --release must name the SIMAT release folder ({})",
+                            p.display(),
+                            RELEASE_FILES.join(", ")
+                        ),
+                    ))
+                }
+            })
+            .collect()
+    }
+    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+        import(&self.config.release, &ctx.stage_dir)
+    }
+}
+
+fn csv_reader(path: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>> {
+    csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_path(path)
+        .map_err(|e| Error::data(path, e.to_string()))
+}
+
+fn column(headers: &csv::StringRecord, name: &str, path: &Path) -> Result<usize> {
+    headers
+        .iter()
+        .position(|h| h == name)
+        .ok_or_else(|| Error::data(path, format!("no `{name}` column in the header")))
+}
+
+/// A parsed field, or an error naming the row and column.
+fn field<T: std::str::FromStr>(
+    rec: &csv::StringRecord,
+    i: usize,
+    name: &str,
+    row: usize,
+    path: &Path,
+) -> Result<T> {
+    let raw = rec.get(i).unwrap_or("");
+    raw.trim().parse().map_err(|_| {
+        Error::data(
+            path,
+            format!("row {row}: `{name}` = {raw:?} is not a valid value"),
+        )
+    })
+}
+
+fn parse_box(s: &str, name: &str, row: usize, path: &Path) -> Result<[i32; 4]> {
+    let v: Vec<i32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>().map(|f| f.round() as i32))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| {
+            Error::data(
+                path,
+                format!("row {row}: `{name}` = {s:?} is not x1,y1,x2,y2"),
+            )
+        })?;
+    v.try_into().map_err(|_| {
+        Error::data(
+            path,
+            format!("row {row}: `{name}` = {s:?} is not x1,y1,x2,y2"),
+        )
+    })
+}
+
+struct DbRegion {
+    image_id: i64,
+    subj_id: i64,
+    obj_id: i64,
+    words: [String; 3],
+    attrs: [Vec<String>; 2],
+    boxes: [[i32; 4]; 3],
+}
+
+fn split_attrs(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Run the import.
+pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
+    // retrieval_db.tsv: every candidate region.
+    let db_path = release.join("retrieval_db.tsv");
+    let mut rd = csv_reader(&db_path, b'\t')?;
+    let h = rd
+        .headers()
+        .map_err(|e| Error::data(&db_path, e.to_string()))?
+        .clone();
+    let c: Vec<usize> = [
+        "region_id",
+        "image_id",
+        "subj_attr",
+        "subj",
+        "rel",
+        "obj_attr",
+        "obj",
+        "subj_id",
+        "obj_id",
+        "subj_bbox",
+        "obj_bbox",
+        "bbox",
+    ]
+    .iter()
+    .map(|n| column(&h, n, &db_path))
+    .collect::<Result<_>>()?;
+    let mut db: Vec<(i64, DbRegion)> = Vec::new();
+    let mut db_index: HashMap<i64, usize> = HashMap::new();
+    for (row, rec) in rd.records().enumerate() {
+        let row = row + 1;
+        let rec = rec.map_err(|e| Error::data(&db_path, format!("row {row}: {e}")))?;
+        let region_id: i64 = field(&rec, c[0], "region_id", row, &db_path)?;
+        let r = DbRegion {
+            image_id: field(&rec, c[1], "image_id", row, &db_path)?,
+            subj_id: field(&rec, c[7], "subj_id", row, &db_path)?,
+            obj_id: field(&rec, c[8], "obj_id", row, &db_path)?,
+            words: [
+                rec[c[3]].to_string(),
+                rec[c[4]].to_string(),
+                rec[c[6]].to_string(),
+            ],
+            attrs: [split_attrs(&rec[c[2]]), split_attrs(&rec[c[5]])],
+            boxes: [
+                parse_box(&rec[c[9]], "subj_bbox", row, &db_path)?,
+                parse_box(&rec[c[10]], "obj_bbox", row, &db_path)?,
+                parse_box(&rec[c[11]], "bbox", row, &db_path)?,
+            ],
+        };
+        if db_index.insert(region_id, db.len()).is_some() {
+            return Err(Error::data(
+                &db_path,
+                format!("row {row}: region_id {region_id} appears twice"),
+            ));
+        }
+        db.push((region_id, r));
+    }
+
+    // captions.txt: line number = caption id.
+    let cap_path = release.join("captions.txt");
+    let captions: Vec<String> = std::fs::read_to_string(&cap_path)
+        .map_err(|e| Error::io("failed to read", &cap_path, e))?
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect();
+
+    // triplets.csv: the dataset, in row order.
+    let tr_path = release.join("triplets.csv");
+    let mut rd = csv_reader(&tr_path, b',')?;
+    let h = rd
+        .headers()
+        .map_err(|e| Error::data(&tr_path, e.to_string()))?
+        .clone();
+    let (ci, cs, cr, co) = (
+        column(&h, "region_id", &tr_path)?,
+        column(&h, "subj", &tr_path)?,
+        column(&h, "rel", &tr_path)?,
+        column(&h, "obj", &tr_path)?,
+    );
+    let mut dataset = Dataset::default();
+    let mut triplet_ids: HashMap<[String; 3], i64> = HashMap::new();
+    let mut triplet_words: Vec<[String; 3]> = Vec::new();
+    let mut row_of_region: HashMap<i64, usize> = HashMap::new();
+    for (row, rec) in rd.records().enumerate() {
+        let line = row + 1;
+        let rec = rec.map_err(|e| Error::data(&tr_path, format!("row {line}: {e}")))?;
+        let region_id: i64 = field(&rec, ci, "region_id", line, &tr_path)?;
+        let words = [
+            rec[cs].to_string(),
+            rec[cr].to_string(),
+            rec[co].to_string(),
+        ];
+        let Some(&k) = db_index.get(&region_id) else {
+            return Err(Error::data(
+                &tr_path,
+                format!("row {line}: region {region_id} is not in retrieval_db.tsv"),
+            ));
+        };
+        if db[k].1.words != words {
+            return Err(Error::data(
+                &tr_path,
+                format!(
+                    "row {line}: region {region_id} is {:?} here but {:?} in retrieval_db.tsv",
+                    words, db[k].1.words
+                ),
+            ));
+        }
+        let next = triplet_ids.len() as i64;
+        let tid = *triplet_ids.entry(words.clone()).or_insert_with(|| {
+            triplet_words.push(words.clone());
+            next
+        });
+        if row_of_region.insert(region_id, row).is_some() {
+            return Err(Error::data(
+                &tr_path,
+                format!("row {line}: region {region_id} appears twice"),
+            ));
+        }
+        dataset.region_id.push(region_id);
+        dataset.image_id.push(db[k].1.image_id);
+        dataset.triplet_id.push(tid);
+        dataset.caption_id.push(tid);
+        dataset.triplet.push(words);
+        dataset.split.push(None);
+    }
+    if triplet_words.len() != captions.len() {
+        return Err(Error::data(&cap_path, format!(
+            "{} captions for {} distinct triplets in triplets.csv (one caption per triplet, in order of first appearance)",
+            captions.len(), triplet_words.len()
+        )));
+    }
+
+    // transfos.csv: the queries.
+    let q_path = release.join("transfos.csv");
+    let mut rd = csv_reader(&q_path, b',')?;
+    let h = rd
+        .headers()
+        .map_err(|e| Error::data(&q_path, e.to_string()))?
+        .clone();
+    let names = [
+        "transfo_id",
+        "region_id",
+        "field",
+        "value",
+        "target",
+        "norm",
+        "query_ids",
+        "target_ids",
+        "dataset_id",
+        "norm2",
+        "is_test",
+    ];
+    let c: Vec<usize> = names
+        .iter()
+        .map(|n| column(&h, n, &q_path))
+        .collect::<Result<_>>()?;
+    let mut q = Queries::default();
+    for (row, rec) in rd.records().enumerate() {
+        let line = row + 1;
+        let err = |m: String| Error::data(&q_path, format!("row {line}: {m}"));
+        let rec = rec.map_err(|e| err(e.to_string()))?;
+        let region_id: i64 = field(&rec, c[1], "region_id", line, &q_path)?;
+        let dataset_id: i64 = field(&rec, c[8], "dataset_id", line, &q_path)?;
+        let Some(&drow) = row_of_region.get(&region_id) else {
+            return Err(err(format!("region {region_id} is not in triplets.csv")));
+        };
+        if dataset_id != drow as i64 {
+            return Err(err(format!(
+                "dataset_id {dataset_id}, but region {region_id} is row {drow} of triplets.csv"
+            )));
+        }
+        let slot = Slot::parse(&rec[c[2]])
+            .ok_or_else(|| err(format!("field {:?} is not subj, rel or obj", &rec[c[2]])))?;
+        let (value, target) = (rec[c[3]].to_string(), rec[c[4]].to_string());
+        let source = dataset.triplet[drow].clone();
+        if source[slot.index()] != value {
+            return Err(err(format!(
+                "value {value:?}, but the region's {} is {:?}",
+                slot.as_str(),
+                source[slot.index()]
+            )));
+        }
+        let mut tgt = source.clone();
+        tgt[slot.index()] = target.clone();
+        let Some(&target_tid) = triplet_ids.get(&tgt) else {
+            return Err(err(format!(
+                "target triplet {tgt:?} is not in triplets.csv"
+            )));
+        };
+        let source_tid = dataset.triplet_id[drow];
+        let query_cap: i64 = field(&rec, c[6], "query_ids", line, &q_path)?;
+        let target_cap: i64 = field(&rec, c[7], "target_ids", line, &q_path)?;
+        for (name, cap, tid) in [
+            ("query_ids", query_cap, source_tid),
+            ("target_ids", target_cap, target_tid),
+        ] {
+            if cap < 0 || cap as usize >= captions.len() {
+                return Err(err(format!(
+                    "{name} {cap} is out of range (captions.txt has {} lines)",
+                    captions.len()
+                )));
+            }
+            if cap != tid {
+                return Err(err(format!(
+                    "{name} {cap} is not the caption of its triplet ({tid})"
+                )));
+            }
+        }
+        let is_test = match rec[c[10]].trim() {
+            "True" | "true" | "1" => "test",
+            "False" | "false" | "0" => "dev",
+            other => return Err(err(format!("is_test {other:?} is not True or False"))),
+        };
+        match &dataset.split[drow] {
+            Some(s) if s != is_test => {
+                return Err(err(format!("region {region_id} is in both splits")));
+            }
+            _ => dataset.split[drow] = Some(is_test.to_string()),
+        }
+        q.query_id
+            .push(field(&rec, c[0], "transfo_id", line, &q_path)?);
+        q.region_id.push(region_id);
+        q.dataset_id.push(dataset_id);
+        q.field.push(slot);
+        q.value.push(value);
+        q.target.push(target);
+        q.source_triplet_id.push(source_tid);
+        q.target_triplet_id.push(target_tid);
+        q.source_caption_id.push(query_cap);
+        q.target_caption_id.push(target_cap);
+        q.n_neighbours
+            .push(field(&rec, c[5], "norm", line, &q_path)?);
+        let norm2: i64 = field(&rec, c[9], "norm2", line, &q_path)?;
+        if norm2 <= 0 {
+            return Err(err(format!("norm2 {norm2} must be positive")));
+        }
+        q.n_same_value.push(norm2);
+        q.split.push(is_test.to_string());
+    }
+
+    // Triplets table: id = caption id.
+    let mut n_regions = vec![0i64; triplet_words.len()];
+    let mut images: Vec<std::collections::BTreeSet<i64>> =
+        vec![Default::default(); triplet_words.len()];
+    for i in 0..dataset.len() {
+        let t = dataset.triplet_id[i] as usize;
+        n_regions[t] += 1;
+        images[t].insert(dataset.image_id[i]);
+    }
+    let tcols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..triplet_words.len() as i64)),
+        Arc::new(StringArray::from_iter_values(
+            triplet_words.iter().map(|t| t[0].as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            triplet_words.iter().map(|t| t[1].as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            triplet_words.iter().map(|t| t[2].as_str()),
+        )),
+        Arc::new(Int64Array::from(n_regions)),
+        Arc::new(Int64Array::from_iter_values(
+            images.iter().map(|s| s.len() as i64),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            captions.iter().map(String::as_str),
+        )),
+    ];
+    let triplets = RecordBatch::try_new(crate::triplets::triplets_schema(), tcols)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+
+    let regions = regions_batch(&db, &triplet_ids)?;
+    let mut report = StageReport::default();
+    for (file, batch) in [
+        ("regions.parquet", regions),
+        ("triplets.parquet", triplets),
+        ("dataset.parquet", dataset.to_batch()),
+        ("queries.parquet", q.to_batch()),
+    ] {
+        let rows = write_table(&out_dir.join(file), &batch)?;
+        report.count(file.trim_end_matches(".parquet"), rows);
+        report.outputs.push((file.to_string(), Some(rows)));
+    }
+    report.count(
+        "dataset_regions_without_queries",
+        dataset.split.iter().filter(|s| s.is_none()).count() as u64,
+    );
+    Ok(report)
+}
+
+/// The release's candidate regions in the schema of [`crate::triplets::regions_schema`]. The
+/// release has no relationship ids nor raw predicates: `relationship_id` is −1, `n_annotations`
+/// 1, `predicate` the relation; `triplet_id` is −1 for regions whose triplet is not in the
+/// benchmark.
+fn regions_batch(
+    db: &[(i64, DbRegion)],
+    triplet_ids: &HashMap<[String; 3], i64>,
+) -> Result<RecordBatch> {
+    let n = db.len();
+    let i64s = |f: &dyn Fn(&(i64, DbRegion)) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(db.iter().map(f)))
+    };
+    let word = |k: usize| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            db.iter().map(|r| r.1.words[k].as_str()),
+        ))
+    };
+    let attrs = |k: usize| -> ArrayRef {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for r in db {
+            for a in &r.1.attrs[k] {
+                b.values().append_value(a);
+            }
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    };
+    let mut cols: Vec<ArrayRef> = vec![
+        i64s(&|r| r.0),
+        i64s(&|r| r.1.image_id),
+        i64s(&|r| r.1.subj_id),
+        i64s(&|r| r.1.obj_id),
+        Arc::new(Int64Array::from(vec![-1i64; n])),
+        Arc::new(Int64Array::from(vec![1i64; n])),
+        i64s(&|r| triplet_ids.get(&r.1.words).copied().unwrap_or(-1)),
+        word(0),
+        word(1),
+        word(2),
+        word(1),
+        attrs(0),
+        attrs(1),
+    ];
+    for b in 0..3 {
+        for k in 0..4 {
+            cols.push(Arc::new(Int32Array::from_iter_values(
+                db.iter().map(|r| r.1.boxes[b][k]),
+            )));
+        }
+    }
+    RecordBatch::try_new(crate::triplets::regions_schema(), cols)
+        .map_err(|e| Error::Internal(e.to_string()))
+}

@@ -1,0 +1,347 @@
+//! Embedding stores and matrix files.
+//!
+//! An embedding store is an Arrow IPC file with an id column (`dataset_id: Int64`, `word: Utf8`,
+//! `key: Utf8`, ...) and `embedding: FixedSizeList<Float32, D>`. It is written as one record
+//! batch, so that [`EmbeddingStore::open`] can memory-map it and hand the embeddings to the
+//! kernels as one contiguous `&[f32]` without copying.
+//!
+//! [`read_matrix`] reads a matrix from `.npy` (f16, f32 or f64), or from the embedding column of
+//! an Arrow IPC or Parquet file.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch};
+use arrow::buffer::Buffer;
+use arrow::datatypes::{DataType, Field, Float32Type, Schema};
+
+use crate::error::{Error, Result};
+use crate::linalg::Matrix;
+use crate::run::atomic::AtomicFile;
+
+/// Name of the embedding column.
+pub const EMBEDDING: &str = "embedding";
+
+/// The `embedding` field for dimension `d`.
+pub fn embedding_field(d: usize) -> Field {
+    Field::new(
+        EMBEDDING,
+        DataType::FixedSizeList(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            d as i32,
+        ),
+        false,
+    )
+}
+
+/// Write an embedding store: `id_column` (one array, `rows` long) beside the matrix.
+pub fn write_store(path: &Path, id_name: &str, ids: ArrayRef, m: &Matrix) -> Result<()> {
+    if ids.len() != m.rows {
+        return Err(Error::Internal(format!(
+            "{} ids for {} embeddings",
+            ids.len(),
+            m.rows
+        )));
+    }
+    let values = Float32Array::from(m.data.clone());
+    let list = FixedSizeListArray::try_new(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        m.cols as i32,
+        Arc::new(values),
+        None,
+    )
+    .map_err(|e| Error::columnar(path, e))?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(id_name, ids.data_type().clone(), false),
+        embedding_field(m.cols),
+    ]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![ids, Arc::new(list)])
+        .map_err(|e| Error::columnar(path, e))?;
+    let mut file = AtomicFile::create(path)?;
+    {
+        let mut w = arrow::ipc::writer::FileWriter::try_new(file.writer(), &schema)
+            .map_err(|e| Error::columnar(path, e))?;
+        w.write(&batch).map_err(|e| Error::columnar(path, e))?;
+        w.finish().map_err(|e| Error::columnar(path, e))?;
+    }
+    file.commit()?;
+    Ok(())
+}
+
+/// A memory-mapped embedding store.
+#[derive(Debug, Clone)]
+pub struct EmbeddingStore {
+    /// The record batch (its buffers point into the mapping).
+    pub batch: RecordBatch,
+    /// Rows.
+    pub rows: usize,
+    /// Dimension.
+    pub dim: usize,
+}
+
+impl EmbeddingStore {
+    /// Map `path` and decode its single record batch without copying.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
+        // SAFETY: stores are written once (temporary name, then rename) and never modified in
+        // place; a concurrent writer would replace the file, not change the mapped pages.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::io("failed to map", path, e))?;
+        let buffer = Buffer::from(bytes::Bytes::from_owner(mmap));
+        let bad = |m: &str| Error::columnar(path, format!("not an Arrow IPC file: {m}"));
+        if buffer.len() < 16 || &buffer[..6] != b"ARROW1" {
+            return Err(bad("missing ARROW1 magic"));
+        }
+        let trailer = buffer.len() - 10;
+        let footer_len =
+            arrow::ipc::reader::read_footer_length(buffer[trailer..].try_into().expect("10 bytes"))
+                .map_err(|e| Error::columnar(path, e))?;
+        if footer_len > trailer {
+            return Err(bad("footer length out of range"));
+        }
+        let footer = arrow::ipc::root_as_footer(&buffer[trailer - footer_len..trailer])
+            .map_err(|e| Error::columnar(path, e))?;
+        let schema = arrow::ipc::convert::try_fb_to_schema(
+            footer.schema().ok_or_else(|| bad("no schema in footer"))?,
+        )
+        .map_err(|e| Error::columnar(path, e))?;
+        let decoder =
+            arrow::ipc::reader::FileDecoder::new(Arc::new(schema.clone()), footer.version());
+        let blocks = footer
+            .recordBatches()
+            .ok_or_else(|| bad("no record batches"))?;
+        let mut batches = Vec::new();
+        for block in blocks.iter() {
+            let len = block.bodyLength() as usize + block.metaDataLength() as usize;
+            if block.offset() as usize + len > buffer.len() {
+                return Err(bad("record batch out of range (truncated file?)"));
+            }
+            let data = buffer.slice_with_length(block.offset() as usize, len);
+            if let Some(b) = decoder
+                .read_record_batch(block, &data)
+                .map_err(|e| Error::columnar(path, e))?
+            {
+                batches.push(b);
+            }
+        }
+        let batch = match batches.len() {
+            1 => batches.pop().expect("one batch"),
+            _ => arrow::compute::concat_batches(&Arc::new(schema), &batches)
+                .map_err(|e| Error::columnar(path, e))?,
+        };
+        let (rows, dim) = embedding_shape(&batch, path)?;
+        Ok(EmbeddingStore { batch, rows, dim })
+    }
+
+    /// The embeddings, row-major, `rows × dim`.
+    pub fn values(&self) -> &[f32] {
+        let list = self
+            .batch
+            .column_by_name(EMBEDDING)
+            .expect("checked in open")
+            .as_fixed_size_list();
+        let values = list.values().as_primitive::<Float32Type>().values();
+        let start = list.offset() * self.dim;
+        &values[start..start + self.rows * self.dim]
+    }
+
+    /// A copy as a [`Matrix`].
+    pub fn to_matrix(&self) -> Matrix {
+        Matrix {
+            rows: self.rows,
+            cols: self.dim,
+            data: self.values().to_vec(),
+        }
+    }
+}
+
+fn embedding_shape(batch: &RecordBatch, path: &Path) -> Result<(usize, usize)> {
+    let col = batch
+        .column_by_name(EMBEDDING)
+        .or_else(|| {
+            batch
+                .columns()
+                .iter()
+                .find(|c| matches!(c.data_type(), DataType::FixedSizeList(_, _)))
+        })
+        .ok_or_else(|| {
+            Error::columnar(path, "no `embedding` column (FixedSizeList<Float32, D>)")
+        })?;
+    match col.data_type() {
+        DataType::FixedSizeList(f, d) if f.data_type() == &DataType::Float32 => {
+            if col.null_count() > 0 {
+                return Err(Error::columnar(path, "the embedding column holds nulls"));
+            }
+            Ok((col.len(), *d as usize))
+        }
+        other => Err(Error::columnar(
+            path,
+            format!("embedding column is {other}, expected FixedSizeList<Float32, D>"),
+        )),
+    }
+}
+
+/// Read a matrix from `.npy` (2-D, f16/f32/f64, C order) or from the embedding column of an Arrow
+/// IPC or Parquet file.
+pub fn read_matrix(path: &Path) -> Result<Matrix> {
+    let mut head = [0u8; 6];
+    {
+        use std::io::Read;
+        let mut f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
+        let _ = f.read(&mut head);
+    }
+    if &head == b"\x93NUMPY" {
+        let (shape, data) = read_npy_f32(path)?;
+        if shape.len() != 2 {
+            return Err(Error::data(
+                path,
+                format!("expected a 2-D array, found shape {shape:?}"),
+            ));
+        }
+        return Matrix::new(shape[0], shape[1], data);
+    }
+    let batch = match crate::io::sniff(path)? {
+        crate::io::FileKind::ArrowIpc => return Ok(EmbeddingStore::open(path)?.to_matrix()),
+        crate::io::FileKind::Parquet => crate::io::read_all(path)?,
+    };
+    let (rows, dim) = embedding_shape(&batch, path)?;
+    let col = batch.column_by_name(EMBEDDING).cloned().unwrap_or_else(|| {
+        batch
+            .columns()
+            .iter()
+            .find(|c| matches!(c.data_type(), DataType::FixedSizeList(_, _)))
+            .cloned()
+            .expect("checked by embedding_shape")
+    });
+    let list = col.as_fixed_size_list();
+    let values = list.values().as_primitive::<Float32Type>().values();
+    let start = list.offset() * dim;
+    Matrix::new(rows, dim, values[start..start + rows * dim].to_vec())
+}
+
+/// Read a 1-D `.npy` of floats (a bias).
+pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
+    let (shape, data) = read_npy_f32(path)?;
+    if shape.len() != 1 {
+        return Err(Error::data(
+            path,
+            format!("expected a 1-D array, found shape {shape:?}"),
+        ));
+    }
+    Ok(data)
+}
+
+fn npy_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::data(path, format!("cannot read .npy: {e}"))
+}
+
+fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, Vec<usize>, String)> {
+    let f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
+    let npy = npyz::NpyFile::new(BufReader::new(f)).map_err(|e| npy_err(path, e))?;
+    if npy.order() == npyz::Order::Fortran {
+        return Err(Error::data(
+            path,
+            "Fortran-ordered array; save it with np.ascontiguousarray first",
+        ));
+    }
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    let descr = npy.dtype().descr().trim_matches('\'').to_string();
+    Ok((npy, shape, descr))
+}
+
+/// Shape and values of a float `.npy`, converted to f32.
+pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let (npy, shape, descr) = open_npy(path)?;
+    let data: Vec<f32> = match &descr[1..] {
+        "f2" => npy
+            .into_vec::<half::f16>()
+            .map_err(|e| npy_err(path, e))?
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        "f4" => npy.into_vec::<f32>().map_err(|e| npy_err(path, e))?,
+        "f8" => npy
+            .into_vec::<f64>()
+            .map_err(|e| npy_err(path, e))?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        _ => {
+            return Err(Error::data(
+                path,
+                format!("dtype {descr} is not a float type (f2, f4 or f8)"),
+            ))
+        }
+    };
+    Ok((shape, data))
+}
+
+/// Values of an integer `.npy` (any shape, flattened), as i64.
+pub fn read_npy_ids(path: &Path) -> Result<Vec<i64>> {
+    let (npy, _, descr) = open_npy(path)?;
+    let v: Vec<i64> = match &descr[1..] {
+        "i8" => npy.into_vec::<i64>().map_err(|e| npy_err(path, e))?,
+        "i4" => npy
+            .into_vec::<i32>()
+            .map_err(|e| npy_err(path, e))?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        "u4" => npy
+            .into_vec::<u32>()
+            .map_err(|e| npy_err(path, e))?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        "u8" => npy
+            .into_vec::<u64>()
+            .map_err(|e| npy_err(path, e))?
+            .into_iter()
+            .map(|x| x as i64)
+            .collect(),
+        _ => {
+            return Err(Error::data(
+                path,
+                format!("dtype {descr} is not an integer type (i4, i8, u4, u8)"),
+            ))
+        }
+    };
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    #[test]
+    fn store_round_trips_through_the_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.arrow");
+        let m = Matrix::new(3, 4, (0..12).map(|i| i as f32 * 0.5).collect()).unwrap();
+        write_store(
+            &path,
+            "dataset_id",
+            Arc::new(Int64Array::from(vec![0, 1, 2])),
+            &m,
+        )
+        .unwrap();
+        let store = EmbeddingStore::open(&path).unwrap();
+        assert_eq!((store.rows, store.dim), (3, 4));
+        assert_eq!(store.values(), &m.data[..]);
+        assert_eq!(read_matrix(&path).unwrap(), m);
+    }
+
+    #[test]
+    fn npy_of_every_float_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.npy");
+        npyz::to_file_1d(&p, vec![1.5f64, 2.0, -3.0, 4.25]).unwrap();
+        // to_file writes 1-D; a 1-D read works as a vector.
+        assert_eq!(read_vector(&p).unwrap(), vec![1.5, 2.0, -3.0, 4.25]);
+        let err = read_matrix(&p).unwrap_err().to_string();
+        assert!(err.contains("expected a 2-D array"), "{err}");
+    }
+}
