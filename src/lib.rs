@@ -36,6 +36,7 @@ pub mod io;
 pub mod knn;
 pub mod linalg;
 pub mod pipeline;
+pub mod queries;
 pub mod retrieve;
 pub mod run;
 pub mod schemas;

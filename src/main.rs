@@ -11,6 +11,7 @@ use simat::embed::{ImportEmbeddingsConfig, ImportEmbeddingsStage};
 use simat::import::{ImportConfig, ImportStage};
 use simat::ingest::{IngestConfig, IngestStage};
 use simat::pipeline::Pipeline;
+use simat::queries::{QueriesConfig, QueriesStage};
 use simat::retrieve::{RetrieveConfig, RetrieveStage};
 use simat::run::{describe, Engine, Freshness, Manifest, RunOptions, Stage, StageOutcome};
 use simat::score::{ScoreConfig, ScoreStage};
@@ -125,6 +126,17 @@ enum Command {
         /// Linear heads: PREFIX_{img,txt}_head_{weight,bias}.npy (PyTorch Linear layout).
         #[arg(long, value_name = "PREFIX")]
         heads: Option<PathBuf>,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
+    /// Transformation queries for the run's dataset: RUN/queries/queries.parquet.
+    Queries {
+        /// Seed of the dev/test split (by region).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Fraction of regions in the test split.
+        #[arg(long, default_value_t = 0.5)]
+        test_fraction: f64,
         #[command(flatten)]
         run: StageRunArgs,
     },
@@ -404,6 +416,21 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                     words,
                     word_vectors,
                     heads,
+                    dataset_stage: "import".into(),
+                },
+            },
+            ui,
+        ),
+        Command::Queries {
+            seed,
+            test_fraction,
+            run,
+        } => single(
+            &run,
+            &QueriesStage {
+                config: QueriesConfig {
+                    seed,
+                    test_fraction,
                     dataset_stage: "import".into(),
                 },
             },

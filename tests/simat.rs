@@ -269,3 +269,77 @@ fn label_oracle_and_freshness_of_score() {
         "{err}"
     );
 }
+
+/// `simat queries` on the release's dataset: `n_neighbours` equals the release's `norm` for every
+/// region, and every query of `transfos.csv` is among the candidates.
+#[test]
+fn regenerated_queries_cover_the_release() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    run_ok(
+        &["import-simat", "--release", s(&release()), "--run", s(&run)],
+        0,
+    );
+    run_ok(&["queries", "--run", s(&run), "--seed", "3"], 0);
+    let ours = simat::dataset::Queries::read(&run.join("queries/queries.parquet")).unwrap();
+    let theirs = simat::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
+    let mut norm_of_region: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut ours_set = std::collections::HashSet::new();
+    for i in 0..ours.len() {
+        norm_of_region.insert(ours.region_id[i], ours.n_neighbours[i]);
+        ours_set.insert((
+            ours.region_id[i],
+            ours.field[i],
+            ours.value[i].clone(),
+            ours.target[i].clone(),
+        ));
+        assert_eq!(ours.target_caption_id[i], ours.target_triplet_id[i]);
+    }
+    for i in 0..theirs.len() {
+        assert_eq!(
+            norm_of_region.get(&theirs.region_id[i]),
+            Some(&theirs.n_neighbours[i]),
+            "region {}",
+            theirs.region_id[i]
+        );
+        let key = (
+            theirs.region_id[i],
+            theirs.field[i],
+            theirs.value[i].clone(),
+            theirs.target[i].clone(),
+        );
+        assert!(
+            ours_set.contains(&key),
+            "release query {} missing",
+            theirs.query_id[i]
+        );
+    }
+    // The split is by region and about half.
+    let test = ours.split.iter().filter(|s| *s == "test").count() as f64 / ours.len() as f64;
+    assert!((0.4..0.6).contains(&test), "{test}");
+    // And retrieval/score run on the regenerated queries.
+    let inputs = dir.path().join("inputs");
+    python(&["inputs", s(&release()), s(&inputs), "--seed", "1"]);
+    run_ok(
+        &[
+            "import-embeddings",
+            "--run",
+            s(&run),
+            "--images",
+            s(&inputs.join("img.npy")),
+            "--words",
+            s(&release().join("clip_vitb32_words.txt")),
+            "--word-vectors",
+            s(&release().join("clip_vitb32_word_vectors.npy")),
+        ],
+        0,
+    );
+    let out = run_ok(&["score", "--run", s(&run), "--lambda", "1"], 0);
+    let rows: Vec<simat::score::ScoreRow> =
+        serde_json::from_slice(&std::fs::read(run.join("score/scores.json")).unwrap()).unwrap();
+    let all = rows
+        .iter()
+        .find(|r| r.split == "all" && r.field == "all")
+        .unwrap();
+    assert_eq!(all.n_queries as usize, ours.len(), "{}", stdout(&out));
+}
