@@ -221,6 +221,26 @@ pub fn read_matrix(path: &Path) -> Result<Matrix> {
     Matrix::new(rows, dim, values[start..start + rows * dim].to_vec())
 }
 
+/// Write a matrix as a 2-D f32 `.npy` (atomically).
+pub fn write_npy(path: &Path, m: &Matrix) -> Result<()> {
+    use npyz::WriterBuilder;
+    let mut file = AtomicFile::create(path)?;
+    {
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[m.rows as u64, m.cols as u64])
+            .writer(file.writer())
+            .begin_nd()
+            .map_err(|e| Error::io("failed to write", path, e))?;
+        w.extend(m.data.iter().copied())
+            .map_err(|e| Error::io("failed to write", path, e))?;
+        w.finish()
+            .map_err(|e| Error::io("failed to write", path, e))?;
+    }
+    file.commit()?;
+    Ok(())
+}
+
 /// Read a 1-D `.npy` of floats (a bias).
 pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
     let (shape, data) = read_npy_f32(path)?;
@@ -332,6 +352,9 @@ mod tests {
         assert_eq!((store.rows, store.dim), (3, 4));
         assert_eq!(store.values(), &m.data[..]);
         assert_eq!(read_matrix(&path).unwrap(), m);
+        let npy = dir.path().join("e.npy");
+        write_npy(&npy, &m).unwrap();
+        assert_eq!(read_matrix(&npy).unwrap(), m);
     }
 
     #[test]

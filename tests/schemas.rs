@@ -36,6 +36,36 @@ fn written_files_match_the_schema_documents() {
     let run = dir.path().join("run");
     run_ok(&["ingest", "--vg", s(&vg_sample()), "--run", s(&run)], 0);
     run_ok(&["triplets", "--run", s(&run)], 0);
+    let release = shared_data().join("simat-release");
+    run_ok(
+        &["import-simat", "--release", s(&release), "--run", s(&run)],
+        0,
+    );
+    // Any embeddings will do here: a deterministic pattern, one row per dataset region.
+    let n = simat::io::inspect(&run.join("import/dataset.parquet"), 0)
+        .unwrap()
+        .rows as usize;
+    let data = (0..n * 512)
+        .map(|i| ((i * 7919) % 1013) as f32 - 506.0)
+        .collect();
+    let img = dir.path().join("img.npy");
+    simat::store::write_npy(&img, &simat::linalg::Matrix::new(n, 512, data).unwrap()).unwrap();
+    run_ok(
+        &[
+            "import-embeddings",
+            "--run",
+            s(&run),
+            "--images",
+            s(&img),
+            "--words",
+            s(&release.join("clip_vitb32_words.txt")),
+            "--word-vectors",
+            s(&release.join("clip_vitb32_word_vectors.npy")),
+        ],
+        0,
+    );
+    run_ok(&["queries", "--run", s(&run)], 0);
+    run_ok(&["score", "--run", s(&run), "--lambda", "1"], 0);
     for (stage, file, _) in simat::schemas::all() {
         let written = simat::io::inspect(&run.join(stage).join(file), 0).unwrap();
         let doc: simat::io::SchemaDoc =
