@@ -320,7 +320,7 @@ pub fn sweep(
             // tops[r * n_l + l]
             let mut tops: Vec<TopK> = (0..m * n_l).map(|_| TopK::new(k)).collect();
             let mut buf = vec![0f32; m * DB_BLOCK];
-            let mut row = vec![0f32; DB_BLOCK];
+            let mut delta = vec![0f32; DB_BLOCK];
             let qa = &query_images.data[q0 * d..q1 * d];
             let mut b0 = s0;
             while b0 < s1 {
@@ -332,12 +332,12 @@ pub fn sweep(
                     let img = &buf[r * n..(r + 1) * n];
                     let wt = &word_scores[target[qi] * n_db + b0..target[qi] * n_db + b1];
                     let wv = &word_scores[value[qi] * n_db + b0..value[qi] * n_db + b1];
+                    let delta = &mut delta[..n];
+                    for j in 0..n {
+                        delta[j] = wt[j] - wv[j];
+                    }
                     for (l, &lambda) in lambdas.iter().enumerate() {
-                        let out = &mut row[..n];
-                        for j in 0..n {
-                            out[j] = img[j] + lambda * (wt[j] - wv[j]);
-                        }
-                        tops[r * n_l + l].push_row(out, b0, exclude[qi]);
+                        tops[r * n_l + l].push_combined(img, delta, lambda, b0, exclude[qi]);
                     }
                 }
                 b0 = b1;

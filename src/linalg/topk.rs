@@ -1,5 +1,8 @@
 //! A small top-k list per query: scores descending, ties by lower id.
 
+/// Scores checked at once against the threshold.
+const BLOCK: usize = 64;
+
 /// One result.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
@@ -58,37 +61,150 @@ impl TopK {
     /// Offer a row of scores for database ids `base..base + row.len()`, skipping id `skip`.
     ///
     /// Ids arrive in increasing order, so a score equal to the threshold never displaces a
-    /// kept hit; whole chunks at or under the threshold are skipped after one vector max.
+    /// kept hit; blocks of 64 scores at or under the threshold are skipped after one
+    /// branch-free compare.
     #[inline]
     pub fn push_row(&mut self, row: &[f32], base: usize, skip: i64) {
-        const LANES: usize = 16;
-        let mut thr = self.threshold();
-        let mut chunks = row.chunks_exact(LANES);
-        let mut start = 0usize;
-        for chunk in &mut chunks {
-            let full = self.hits.len() == self.k;
-            if !full || chunk.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) > thr {
-                for (j, &v) in chunk.iter().enumerate() {
+        self.push_combined(row, row, 0.0, base, skip);
+    }
+
+    /// Offer the row `img[j] + λ·delta[j]` for ids `base..`, skipping `skip`, without
+    /// materialising it. The scan is compiled for AVX-512 and AVX2 too, chosen at run time; all
+    /// paths compute the same `a + λ·d` (no fused multiply-add), so results do not depend on the
+    /// CPU.
+    #[inline]
+    pub fn push_combined(
+        &mut self,
+        img: &[f32],
+        delta: &[f32],
+        lambda: f32,
+        base: usize,
+        skip: i64,
+    ) {
+        assert_eq!(img.len(), delta.len());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                return unsafe { self.push_combined_avx512(img, delta, lambda, base, skip) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                return unsafe { self.push_combined_avx2(img, delta, lambda, base, skip) };
+            }
+        }
+        let any = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| {
+            (0..BLOCK).fold(0u64, |m, l| m | ((a[l] + lambda * d[l] > thr) as u64) << l)
+        };
+        self.push_combined_impl(img, delta, lambda, base, skip, any)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn push_combined_avx512(
+        &mut self,
+        img: &[f32],
+        delta: &[f32],
+        lambda: f32,
+        base: usize,
+        skip: i64,
+    ) {
+        use std::arch::x86_64::*;
+        let any = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| -> u64 {
+            // SAFETY: AVX-512F is enabled for this function; the loads stay inside the arrays.
+            unsafe {
+                let (l, t) = (_mm512_set1_ps(lambda), _mm512_set1_ps(thr));
+                let mut m = 0u64;
+                for i in 0..BLOCK / 16 {
+                    let va = _mm512_loadu_ps(a.as_ptr().add(16 * i));
+                    let vd = _mm512_loadu_ps(d.as_ptr().add(16 * i));
+                    let v = _mm512_add_ps(va, _mm512_mul_ps(l, vd));
+                    m |= (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t) as u64) << (16 * i);
+                }
+                m
+            }
+        };
+        self.push_combined_impl(img, delta, lambda, base, skip, any)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn push_combined_avx2(
+        &mut self,
+        img: &[f32],
+        delta: &[f32],
+        lambda: f32,
+        base: usize,
+        skip: i64,
+    ) {
+        use std::arch::x86_64::*;
+        let any = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| -> u64 {
+            // SAFETY: AVX2 is enabled for this function; the loads stay inside the arrays.
+            unsafe {
+                let (l, t) = (_mm256_set1_ps(lambda), _mm256_set1_ps(thr));
+                let mut m = 0u64;
+                for i in 0..BLOCK / 8 {
+                    let va = _mm256_loadu_ps(a.as_ptr().add(8 * i));
+                    let vd = _mm256_loadu_ps(d.as_ptr().add(8 * i));
+                    let v = _mm256_add_ps(va, _mm256_mul_ps(l, vd));
+                    let c = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, t)) as u64;
+                    m |= c << (8 * i);
+                }
+                m
+            }
+        };
+        self.push_combined_impl(img, delta, lambda, base, skip, any)
+    }
+
+    #[inline(always)]
+    fn push_combined_impl(
+        &mut self,
+        img: &[f32],
+        delta: &[f32],
+        lambda: f32,
+        base: usize,
+        skip: i64,
+        above: impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32, f32) -> u64,
+    ) {
+        let n = img.len();
+        let mut start = 0;
+        while start + BLOCK <= n {
+            let a: &[f32; BLOCK] = img[start..start + BLOCK].try_into().expect("block");
+            let d: &[f32; BLOCK] = delta[start..start + BLOCK].try_into().expect("block");
+            if self.hits.len() < self.k {
+                self.scan(a, d, lambda, base + start, skip);
+            } else {
+                // Only the lanes above the threshold, in id order; the threshold rises as they
+                // are pushed, so each is checked again.
+                let mut mask = above(a, d, lambda, self.threshold());
+                while mask != 0 {
+                    let j = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
                     let id = base + start + j;
-                    if id as i64 != skip && (v > thr || self.hits.len() < self.k) {
+                    let v = a[j] + lambda * d[j];
+                    if id as i64 != skip && v > self.threshold() {
                         self.push(Hit {
                             id: id as u32,
                             score: v,
                         });
-                        thr = self.threshold();
                     }
                 }
             }
-            start += LANES;
+            start += BLOCK;
         }
-        for (j, &v) in chunks.remainder().iter().enumerate() {
-            let id = base + start + j;
-            if id as i64 != skip && (v > thr || self.hits.len() < self.k) {
+        self.scan(&img[start..], &delta[start..], lambda, base + start, skip);
+    }
+
+    #[inline(always)]
+    fn scan(&mut self, a: &[f32], d: &[f32], lambda: f32, base: usize, skip: i64) {
+        for j in 0..a.len() {
+            let id = base + j;
+            let v = a[j] + lambda * d[j];
+            if id as i64 != skip && (v > self.threshold() || self.hits.len() < self.k) {
                 self.push(Hit {
                     id: id as u32,
                     score: v,
                 });
-                thr = self.threshold();
             }
         }
     }
@@ -117,6 +233,25 @@ mod tests {
         t.push_row(&row, 10, 12);
         let got: Vec<(u32, f32)> = t.into_sorted().iter().map(|h| (h.id, h.score)).collect();
         assert_eq!(got, vec![(15, 0.95), (11, 0.9), (14, 0.9)]);
+    }
+
+    #[test]
+    fn combined_rows_equal_materialised_rows() {
+        let img: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32 * 0.01).collect();
+        let delta: Vec<f32> = (0..300)
+            .map(|i| ((i * 53) % 89) as f32 * 0.02 - 0.9)
+            .collect();
+        for lambda in [0.0f32, 0.7, 2.0] {
+            let row: Vec<f32> = img
+                .iter()
+                .zip(&delta)
+                .map(|(a, d)| a + lambda * d)
+                .collect();
+            let (mut a, mut b) = (TopK::new(5), TopK::new(5));
+            a.push_row(&row, 7, 9);
+            b.push_combined(&img, &delta, lambda, 7, 9);
+            assert_eq!(a.into_sorted(), b.into_sorted());
+        }
     }
 
     #[test]
