@@ -336,9 +336,14 @@ pub fn sweep(
                     for j in 0..n {
                         delta[j] = wt[j] - wv[j];
                     }
-                    for (l, &lambda) in lambdas.iter().enumerate() {
-                        tops[r * n_l + l].push_combined(img, delta, lambda, b0, exclude[qi]);
-                    }
+                    topk::push_sweep(
+                        &mut tops[r * n_l..(r + 1) * n_l],
+                        img,
+                        delta,
+                        lambdas,
+                        b0,
+                        exclude[qi],
+                    );
                 }
                 b0 = b1;
             }

@@ -69,9 +69,7 @@ impl TopK {
     }
 
     /// Offer the row `img[j] + λ·delta[j]` for ids `base..`, skipping `skip`, without
-    /// materialising it. The scan is compiled for AVX-512 and AVX2 too, chosen at run time; all
-    /// paths compute the same `a + λ·d` (no fused multiply-add), so results do not depend on the
-    /// CPU.
+    /// materialising it.
     #[inline]
     pub fn push_combined(
         &mut self,
@@ -81,118 +79,14 @@ impl TopK {
         base: usize,
         skip: i64,
     ) {
-        assert_eq!(img.len(), delta.len());
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F, checked just above.
-                return unsafe { self.push_combined_avx512(img, delta, lambda, base, skip) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, checked just above.
-                return unsafe { self.push_combined_avx2(img, delta, lambda, base, skip) };
-            }
-        }
-        let any = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| {
-            (0..BLOCK).fold(0u64, |m, l| m | ((a[l] + lambda * d[l] > thr) as u64) << l)
-        };
-        self.push_combined_impl(img, delta, lambda, base, skip, any)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn push_combined_avx512(
-        &mut self,
-        img: &[f32],
-        delta: &[f32],
-        lambda: f32,
-        base: usize,
-        skip: i64,
-    ) {
-        use std::arch::x86_64::*;
-        let any = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| -> u64 {
-            // SAFETY: AVX-512F is enabled for this function; the loads stay inside the arrays.
-            unsafe {
-                let (l, t) = (_mm512_set1_ps(lambda), _mm512_set1_ps(thr));
-                let mut m = 0u64;
-                for i in 0..BLOCK / 16 {
-                    let va = _mm512_loadu_ps(a.as_ptr().add(16 * i));
-                    let vd = _mm512_loadu_ps(d.as_ptr().add(16 * i));
-                    let v = _mm512_add_ps(va, _mm512_mul_ps(l, vd));
-                    m |= (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t) as u64) << (16 * i);
-                }
-                m
-            }
-        };
-        self.push_combined_impl(img, delta, lambda, base, skip, any)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn push_combined_avx2(
-        &mut self,
-        img: &[f32],
-        delta: &[f32],
-        lambda: f32,
-        base: usize,
-        skip: i64,
-    ) {
-        use std::arch::x86_64::*;
-        let any = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| -> u64 {
-            // SAFETY: AVX2 is enabled for this function; the loads stay inside the arrays.
-            unsafe {
-                let (l, t) = (_mm256_set1_ps(lambda), _mm256_set1_ps(thr));
-                let mut m = 0u64;
-                for i in 0..BLOCK / 8 {
-                    let va = _mm256_loadu_ps(a.as_ptr().add(8 * i));
-                    let vd = _mm256_loadu_ps(d.as_ptr().add(8 * i));
-                    let v = _mm256_add_ps(va, _mm256_mul_ps(l, vd));
-                    let c = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, t)) as u64;
-                    m |= c << (8 * i);
-                }
-                m
-            }
-        };
-        self.push_combined_impl(img, delta, lambda, base, skip, any)
-    }
-
-    #[inline(always)]
-    fn push_combined_impl(
-        &mut self,
-        img: &[f32],
-        delta: &[f32],
-        lambda: f32,
-        base: usize,
-        skip: i64,
-        above: impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32, f32) -> u64,
-    ) {
-        let n = img.len();
-        let mut start = 0;
-        while start + BLOCK <= n {
-            let a: &[f32; BLOCK] = img[start..start + BLOCK].try_into().expect("block");
-            let d: &[f32; BLOCK] = delta[start..start + BLOCK].try_into().expect("block");
-            if self.hits.len() < self.k {
-                self.scan(a, d, lambda, base + start, skip);
-            } else {
-                // Only the lanes above the threshold, in id order; the threshold rises as they
-                // are pushed, so each is checked again.
-                let mut mask = above(a, d, lambda, self.threshold());
-                while mask != 0 {
-                    let j = mask.trailing_zeros() as usize;
-                    mask &= mask - 1;
-                    let id = base + start + j;
-                    let v = a[j] + lambda * d[j];
-                    if id as i64 != skip && v > self.threshold() {
-                        self.push(Hit {
-                            id: id as u32,
-                            score: v,
-                        });
-                    }
-                }
-            }
-            start += BLOCK;
-        }
-        self.scan(&img[start..], &delta[start..], lambda, base + start, skip);
+        push_sweep(
+            std::slice::from_mut(self),
+            img,
+            delta,
+            &[lambda],
+            base,
+            skip,
+        );
     }
 
     #[inline(always)]
@@ -201,6 +95,37 @@ impl TopK {
             let id = base + j;
             let v = a[j] + lambda * d[j];
             if id as i64 != skip && (v > self.threshold() || self.hits.len() < self.k) {
+                self.push(Hit {
+                    id: id as u32,
+                    score: v,
+                });
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn offer_block(
+        &mut self,
+        a: &[f32; BLOCK],
+        d: &[f32; BLOCK],
+        lambda: f32,
+        base: usize,
+        skip: i64,
+        above: &impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32, f32) -> u64,
+    ) {
+        if self.hits.len() < self.k {
+            self.scan(a, d, lambda, base, skip);
+            return;
+        }
+        // Only the lanes above the threshold, in id order; the threshold rises as they are
+        // pushed, so each is checked again.
+        let mut mask = above(a, d, lambda, self.threshold());
+        while mask != 0 {
+            let j = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let id = base + j;
+            let v = a[j] + lambda * d[j];
+            if id as i64 != skip && v > self.threshold() {
                 self.push(Hit {
                     id: id as u32,
                     score: v,
@@ -219,6 +144,120 @@ impl TopK {
     /// The hits, best first.
     pub fn into_sorted(self) -> Vec<Hit> {
         self.hits
+    }
+}
+
+/// Offer `img[j] + λ_l·delta[j]` (ids `base..`, skipping `skip`) to `tops[l]` for every λ,
+/// without materialising the rows: each block of 64 scores is compared with the threshold in
+/// one vector compare per λ while it sits in L1, and only the lanes above it are walked. The
+/// compare is compiled for AVX-512 and AVX2 too, chosen at run time; every path computes the
+/// same `a + λ·d` (no fused multiply-add), so results do not depend on the CPU.
+pub fn push_sweep(
+    tops: &mut [TopK],
+    img: &[f32],
+    delta: &[f32],
+    lambdas: &[f32],
+    base: usize,
+    skip: i64,
+) {
+    assert_eq!(img.len(), delta.len());
+    assert_eq!(tops.len(), lambdas.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { push_sweep_avx512(tops, img, delta, lambdas, base, skip) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { push_sweep_avx2(tops, img, delta, lambdas, base, skip) };
+        }
+    }
+    let above = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| {
+        (0..BLOCK).fold(0u64, |m, l| m | ((a[l] + lambda * d[l] > thr) as u64) << l)
+    };
+    push_sweep_impl(tops, img, delta, lambdas, base, skip, above)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn push_sweep_avx512(
+    tops: &mut [TopK],
+    img: &[f32],
+    delta: &[f32],
+    lambdas: &[f32],
+    base: usize,
+    skip: i64,
+) {
+    use std::arch::x86_64::*;
+    let above = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| -> u64 {
+        // SAFETY: AVX-512F is enabled for this function; the loads stay inside the arrays.
+        unsafe {
+            let (l, t) = (_mm512_set1_ps(lambda), _mm512_set1_ps(thr));
+            let mut m = 0u64;
+            for i in 0..BLOCK / 16 {
+                let va = _mm512_loadu_ps(a.as_ptr().add(16 * i));
+                let vd = _mm512_loadu_ps(d.as_ptr().add(16 * i));
+                let v = _mm512_add_ps(va, _mm512_mul_ps(l, vd));
+                m |= (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t) as u64) << (16 * i);
+            }
+            m
+        }
+    };
+    push_sweep_impl(tops, img, delta, lambdas, base, skip, above)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn push_sweep_avx2(
+    tops: &mut [TopK],
+    img: &[f32],
+    delta: &[f32],
+    lambdas: &[f32],
+    base: usize,
+    skip: i64,
+) {
+    use std::arch::x86_64::*;
+    let above = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| -> u64 {
+        // SAFETY: AVX2 is enabled for this function; the loads stay inside the arrays.
+        unsafe {
+            let (l, t) = (_mm256_set1_ps(lambda), _mm256_set1_ps(thr));
+            let mut m = 0u64;
+            for i in 0..BLOCK / 8 {
+                let va = _mm256_loadu_ps(a.as_ptr().add(8 * i));
+                let vd = _mm256_loadu_ps(d.as_ptr().add(8 * i));
+                let v = _mm256_add_ps(va, _mm256_mul_ps(l, vd));
+                let c = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, t)) as u64;
+                m |= c << (8 * i);
+            }
+            m
+        }
+    };
+    push_sweep_impl(tops, img, delta, lambdas, base, skip, above)
+}
+
+#[inline(always)]
+fn push_sweep_impl(
+    tops: &mut [TopK],
+    img: &[f32],
+    delta: &[f32],
+    lambdas: &[f32],
+    base: usize,
+    skip: i64,
+    above: impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32, f32) -> u64,
+) {
+    let n = img.len();
+    let mut start = 0;
+    while start + BLOCK <= n {
+        let a: &[f32; BLOCK] = img[start..start + BLOCK].try_into().expect("block");
+        let d: &[f32; BLOCK] = delta[start..start + BLOCK].try_into().expect("block");
+        for (top, &lambda) in tops.iter_mut().zip(lambdas) {
+            top.offer_block(a, d, lambda, base + start, skip, &above);
+        }
+        start += BLOCK;
+    }
+    for (top, &lambda) in tops.iter_mut().zip(lambdas) {
+        top.scan(&img[start..], &delta[start..], lambda, base + start, skip);
     }
 }
 
