@@ -10,6 +10,24 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRe
 
 use crate::error::{Error, Result};
 
+/// The stage whose `dataset.parquet` a config names: `select` (a regenerated dataset) or
+/// `import` (the release's; the default).
+pub fn dataset_stage(name: &str) -> &'static str {
+    match name {
+        "select" => "select",
+        _ => "import",
+    }
+}
+
+/// The stage whose `queries.parquet` a config names: `queries` (regenerated) or `import` (the
+/// release's; the default).
+pub fn queries_stage(name: &str) -> &'static str {
+    match name {
+        "queries" => "queries",
+        _ => "import",
+    }
+}
+
 /// Which slot of the triplet a query changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Slot {

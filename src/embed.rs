@@ -74,10 +74,7 @@ impl Stage for ImportEmbeddingsStage {
         1
     }
     fn upstream(&self) -> Vec<&'static str> {
-        match self.config.dataset_stage.as_str() {
-            "select" => vec!["select"],
-            _ => vec!["import"],
-        }
+        vec![crate::dataset::dataset_stage(&self.config.dataset_stage)]
     }
     fn config(&self) -> serde_json::Value {
         serde_json::json!({
@@ -105,7 +102,8 @@ impl Stage for ImportEmbeddingsStage {
         Ok(v)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        let dataset = ctx.upstream_output(&self.config.dataset_stage, "dataset.parquet");
+        let stage = crate::dataset::dataset_stage(&self.config.dataset_stage);
+        let dataset = ctx.upstream_output(stage, "dataset.parquet");
         import_embeddings(&self.config, &dataset, &ctx.stage_dir)
     }
 }

@@ -66,10 +66,7 @@ impl Stage for QueriesStage {
         1
     }
     fn upstream(&self) -> Vec<&'static str> {
-        match self.config.dataset_stage.as_str() {
-            "select" => vec!["select"],
-            _ => vec!["import"],
-        }
+        vec![crate::dataset::dataset_stage(&self.config.dataset_stage)]
     }
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("config serialises")

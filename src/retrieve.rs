@@ -79,13 +79,6 @@ pub struct RetrieveStage {
     pub config: RetrieveConfig,
 }
 
-fn queries_stage_name(s: &str) -> &'static str {
-    match s {
-        "queries" => "queries",
-        _ => "import",
-    }
-}
-
 impl Stage for RetrieveStage {
     fn name(&self) -> &'static str {
         "retrieve"
@@ -94,7 +87,10 @@ impl Stage for RetrieveStage {
         1
     }
     fn upstream(&self) -> Vec<&'static str> {
-        vec![queries_stage_name(&self.config.queries_stage), "embed"]
+        vec![
+            crate::dataset::queries_stage(&self.config.queries_stage),
+            "embed",
+        ]
     }
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("config serialises")
@@ -110,7 +106,10 @@ impl Stage for RetrieveStage {
                 "k must be ≥ 1 and at least one λ given",
             ));
         }
-        let qpath = ctx.upstream_output(queries_stage_name(&c.queries_stage), "queries.parquet");
+        let qpath = ctx.upstream_output(
+            crate::dataset::queries_stage(&c.queries_stage),
+            "queries.parquet",
+        );
         let queries = Queries::read(&qpath)?;
         let images = EmbeddingStore::open(&ctx.upstream_output("embed", "image_embeddings.arrow"))?;
         let wpath = ctx.upstream_output("embed", "word_embeddings.arrow");

@@ -100,14 +100,6 @@ pub struct ScoreStage {
     pub config: ScoreConfig,
 }
 
-fn stage_name(s: &str) -> &'static str {
-    match s {
-        "queries" => "queries",
-        "select" => "select",
-        _ => "import",
-    }
-}
-
 impl ScoreStage {
     fn oracle_path(&self) -> Option<PathBuf> {
         (self.config.oracle != "labels").then(|| PathBuf::from(&self.config.oracle))
@@ -122,8 +114,11 @@ impl Stage for ScoreStage {
         1
     }
     fn upstream(&self) -> Vec<&'static str> {
-        let mut v = vec!["retrieve", stage_name(&self.config.queries_stage)];
-        let d = stage_name(&self.config.dataset_stage);
+        let mut v = vec![
+            "retrieve",
+            crate::dataset::queries_stage(&self.config.queries_stage),
+        ];
+        let d = crate::dataset::dataset_stage(&self.config.dataset_stage);
         if !v.contains(&d) {
             v.push(d);
         }
@@ -152,10 +147,14 @@ impl Stage for ScoreStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
-        let queries =
-            Queries::read(&ctx.upstream_output(stage_name(&c.queries_stage), "queries.parquet"))?;
-        let dataset =
-            Dataset::read(&ctx.upstream_output(stage_name(&c.dataset_stage), "dataset.parquet"))?;
+        let queries = Queries::read(&ctx.upstream_output(
+            crate::dataset::queries_stage(&c.queries_stage),
+            "queries.parquet",
+        ))?;
+        let dataset = Dataset::read(&ctx.upstream_output(
+            crate::dataset::dataset_stage(&c.dataset_stage),
+            "dataset.parquet",
+        ))?;
         let rpath = ctx.upstream_output("retrieve", "retrievals.parquet");
         let (lambdas, top1) = read_top1(&rpath, &queries)?;
         let oracle = match self.oracle_path() {

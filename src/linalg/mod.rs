@@ -201,40 +201,111 @@ pub fn knn(
     k: usize,
     exclude: Option<&[i64]>,
 ) -> Vec<Vec<Hit>> {
-    assert_eq!(db.cols, queries.cols);
-    let d = db.cols;
-    let n_db = db.rows;
-    let q_blocks: Vec<(usize, usize)> = (0..queries.rows)
-        .step_by(Q_BLOCK)
-        .map(|s| (s, (s + Q_BLOCK).min(queries.rows)))
+    blocked_search(db, queries, k, 1, |qi, scores, b0, tops, _| {
+        tops[0].push_row(scores, b0, exclude.map(|e| e[qi]).unwrap_or(-1));
+    })
+}
+
+/// The λ sweep of SIMAT: for query `i` and each `λ`, the top-k database rows by
+/// `(img_i + λ·(word[target_i] − word[value_i]))·d`, skipping `exclude[i]`.
+///
+/// The image part `img·dᵀ` is one GEMM per block; the word part is `word·dᵀ`, computed once for
+/// the whole vocabulary (a few hundred words), so every λ costs only a fused add and selection.
+/// Returns `hits[λ][query]`.
+#[allow(clippy::too_many_arguments)]
+pub fn sweep(
+    db: MatrixView,
+    query_images: MatrixView,
+    words: MatrixView,
+    value: &[usize],
+    target: &[usize],
+    lambdas: &[f32],
+    k: usize,
+    exclude: &[i64],
+) -> Vec<Vec<Vec<Hit>>> {
+    let (d, n_db) = (db.cols, db.rows);
+    // word · dbᵀ, n_words × n_db.
+    let mut word_scores = vec![0f32; words.rows * n_db];
+    if n_db > 0 {
+        word_scores
+            .par_chunks_mut(n_db)
+            .enumerate()
+            .for_each(|(w, out)| matmul_nt(words.row(w), 1, db.data, n_db, d, out));
+    }
+    let n_l = lambdas.len();
+    let flat = blocked_search(db, query_images, k, n_l, |qi, img, b0, tops, delta| {
+        let n = img.len();
+        let wt = &word_scores[target[qi] * n_db + b0..][..n];
+        let wv = &word_scores[value[qi] * n_db + b0..][..n];
+        delta.clear();
+        delta.extend(wt.iter().zip(wv).map(|(t, v)| t - v));
+        topk::push_sweep(tops, img, delta, lambdas, b0, exclude[qi]);
+    });
+    // flat[query * n_l + λ] → hits[λ][query]
+    let mut hits: Vec<Vec<Vec<Hit>>> = (0..n_l)
+        .map(|_| Vec::with_capacity(query_images.rows))
         .collect();
-    let shards = shard_count(q_blocks.len(), n_db);
+    for (idx, list) in flat.into_iter().enumerate() {
+        hits[idx % n_l].push(list);
+    }
+    hits
+}
+
+/// The blocked search shared by [`knn`] and [`sweep`]: cut the queries into blocks of
+/// [`Q_BLOCK`] and the database into shards of whole [`DB_BLOCK`]s, run every (query block,
+/// shard) as one rayon task that multiplies block by block into a bounded buffer and hands each
+/// query's row of scores to `per_row(query, scores, first_db_id, its lists, scratch)`, then merge
+/// the tasks' lists. Returns `lists_per_query` lists per query, query-major.
+fn blocked_search(
+    db: MatrixView,
+    queries: MatrixView,
+    k: usize,
+    lists_per_query: usize,
+    per_row: impl Fn(usize, &[f32], usize, &mut [TopK], &mut Vec<f32>) + Sync,
+) -> Vec<Vec<Hit>> {
+    assert_eq!(
+        db.cols, queries.cols,
+        "database and queries differ in dimension"
+    );
+    let (d, n_db, n_q, per) = (db.cols, db.rows, queries.rows, lists_per_query);
+    let q_blocks: Vec<(usize, usize)> = (0..n_q)
+        .step_by(Q_BLOCK)
+        .map(|s| (s, (s + Q_BLOCK).min(n_q)))
+        .collect();
+    let shards = shard_ranges(n_db, shard_count(q_blocks.len(), n_db));
     let tasks: Vec<((usize, usize), (usize, usize))> = q_blocks
         .iter()
-        .flat_map(|&qb| shard_ranges(n_db, shards).into_iter().map(move |s| (qb, s)))
+        .flat_map(|&qb| shards.iter().map(move |&s| (qb, s)))
         .collect();
-    let partial: Vec<((usize, usize), Vec<TopK>)> = tasks
+    let partial: Vec<(usize, Vec<TopK>)> = tasks
         .into_par_iter()
         .map(|((q0, q1), (s0, s1))| {
             let m = q1 - q0;
-            let mut tops: Vec<TopK> = (0..m).map(|_| TopK::new(k)).collect();
+            let mut tops: Vec<TopK> = (0..m * per).map(|_| TopK::new(k)).collect();
             let mut buf = vec![0f32; m * DB_BLOCK];
+            let mut scratch = Vec::with_capacity(DB_BLOCK);
             let qa = &queries.data[q0 * d..q1 * d];
             let mut b0 = s0;
             while b0 < s1 {
                 let b1 = (b0 + DB_BLOCK).min(s1);
                 let n = b1 - b0;
                 matmul_nt(qa, m, &db.data[b0 * d..b1 * d], n, d, &mut buf);
-                for (r, top) in tops.iter_mut().enumerate() {
-                    let skip = exclude.map(|e| e[q0 + r]).unwrap_or(-1);
-                    top.push_row(&buf[r * n..(r + 1) * n], b0, skip);
+                for r in 0..m {
+                    let lists = &mut tops[r * per..(r + 1) * per];
+                    per_row(q0 + r, &buf[r * n..(r + 1) * n], b0, lists, &mut scratch);
                 }
                 b0 = b1;
             }
-            ((q0, q1), tops)
+            (q0, tops)
         })
         .collect();
-    merge_partials(queries.rows, k, partial)
+    let mut merged: Vec<TopK> = (0..n_q * per).map(|_| TopK::new(k)).collect();
+    for (q0, tops) in partial {
+        for (i, top) in tops.into_iter().enumerate() {
+            merged[q0 * per + i].merge(top);
+        }
+    }
+    merged.into_iter().map(TopK::into_sorted).collect()
 }
 
 /// How many database shards per query block, so that small query sets still use every core.
@@ -256,112 +327,7 @@ fn shard_ranges(n: usize, shards: usize) -> Vec<(usize, usize)> {
                 ((i + 1) * per * DB_BLOCK).min(n),
             )
         })
-        .filter(|(a, b)| a < b || n == 0)
-        .collect()
-}
-
-fn merge_partials(
-    n_q: usize,
-    k: usize,
-    partial: Vec<((usize, usize), Vec<TopK>)>,
-) -> Vec<Vec<Hit>> {
-    let mut merged: Vec<TopK> = (0..n_q).map(|_| TopK::new(k)).collect();
-    for ((q0, _), tops) in partial {
-        for (r, top) in tops.into_iter().enumerate() {
-            merged[q0 + r].merge(top);
-        }
-    }
-    merged.into_iter().map(TopK::into_sorted).collect()
-}
-
-/// The λ sweep of SIMAT: for query `i` and each `λ`, the top-k database rows by
-/// `(img_i + λ·(word[target_i] − word[value_i]))·d`, skipping `exclude[i]`.
-///
-/// The image part `img·dᵀ` is one GEMM per block; the word part is `word·dᵀ`, computed once for
-/// the whole vocabulary (a few hundred words), so every λ costs only a fused add and selection.
-/// Returns `hits[λ][query]`.
-#[allow(clippy::too_many_arguments)]
-pub fn sweep(
-    db: MatrixView,
-    query_images: MatrixView,
-    words: MatrixView,
-    value: &[usize],
-    target: &[usize],
-    lambdas: &[f32],
-    k: usize,
-    exclude: &[i64],
-) -> Vec<Vec<Vec<Hit>>> {
-    let d = db.cols;
-    let n_db = db.rows;
-    let n_q = query_images.rows;
-    let n_w = words.rows;
-    // word · dbᵀ, n_words × n_db.
-    let mut word_scores = vec![0f32; n_w * n_db];
-    if n_db > 0 {
-        word_scores
-            .par_chunks_mut(n_db)
-            .enumerate()
-            .for_each(|(w, out)| matmul_nt(words.row(w), 1, db.data, n_db, d, out));
-    }
-    let q_blocks: Vec<(usize, usize)> = (0..n_q)
-        .step_by(Q_BLOCK)
-        .map(|s| (s, (s + Q_BLOCK).min(n_q)))
-        .collect();
-    let shards = shard_count(q_blocks.len(), n_db);
-    let tasks: Vec<((usize, usize), (usize, usize))> = q_blocks
-        .iter()
-        .flat_map(|&qb| shard_ranges(n_db, shards).into_iter().map(move |s| (qb, s)))
-        .collect();
-    let n_l = lambdas.len();
-    let partial: Vec<((usize, usize), Vec<TopK>)> = tasks
-        .into_par_iter()
-        .map(|((q0, q1), (s0, s1))| {
-            let m = q1 - q0;
-            // tops[r * n_l + l]
-            let mut tops: Vec<TopK> = (0..m * n_l).map(|_| TopK::new(k)).collect();
-            let mut buf = vec![0f32; m * DB_BLOCK];
-            let mut delta = vec![0f32; DB_BLOCK];
-            let qa = &query_images.data[q0 * d..q1 * d];
-            let mut b0 = s0;
-            while b0 < s1 {
-                let b1 = (b0 + DB_BLOCK).min(s1);
-                let n = b1 - b0;
-                matmul_nt(qa, m, &db.data[b0 * d..b1 * d], n, d, &mut buf);
-                for r in 0..m {
-                    let qi = q0 + r;
-                    let img = &buf[r * n..(r + 1) * n];
-                    let wt = &word_scores[target[qi] * n_db + b0..target[qi] * n_db + b1];
-                    let wv = &word_scores[value[qi] * n_db + b0..value[qi] * n_db + b1];
-                    let delta = &mut delta[..n];
-                    for j in 0..n {
-                        delta[j] = wt[j] - wv[j];
-                    }
-                    topk::push_sweep(
-                        &mut tops[r * n_l..(r + 1) * n_l],
-                        img,
-                        delta,
-                        lambdas,
-                        b0,
-                        exclude[qi],
-                    );
-                }
-                b0 = b1;
-            }
-            ((q0, q1), tops)
-        })
-        .collect();
-    let mut merged: Vec<Vec<TopK>> = (0..n_l)
-        .map(|_| (0..n_q).map(|_| TopK::new(k)).collect())
-        .collect();
-    for ((q0, _), tops) in partial {
-        for (idx, top) in tops.into_iter().enumerate() {
-            let (r, l) = (idx / n_l, idx % n_l);
-            merged[l][q0 + r].merge(top);
-        }
-    }
-    merged
-        .into_iter()
-        .map(|per_q| per_q.into_iter().map(TopK::into_sorted).collect())
+        .filter(|(a, b)| a < b)
         .collect()
 }
 
