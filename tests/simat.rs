@@ -343,3 +343,54 @@ fn regenerated_queries_cover_the_release() {
         .unwrap();
     assert_eq!(all.n_queries as usize, ours.len(), "{}", stdout(&out));
 }
+
+/// `simat knn` equals a brute force over small integer vectors (exact scores, so ties are
+/// real and must break by lower id), with and without `--exclude`.
+#[test]
+fn knn_equals_brute_force_with_ties_by_lower_id() {
+    let dir = tempdir();
+    let (n, m, d, k) = (700usize, 37usize, 8usize, 6usize);
+    let val = |i: usize, j: usize, seed: usize| ((i * 31 + j * 17 + seed) % 7) as f32 - 3.0;
+    let db: Vec<f32> = (0..n * d).map(|x| val(x / d, x % d, 1)).collect();
+    let q: Vec<f32> = (0..m * d).map(|x| val(x / d, x % d, 5)).collect();
+    let db = simat::linalg::Matrix::new(n, d, db).unwrap();
+    let q = simat::linalg::Matrix::new(m, d, q).unwrap();
+    simat::store::write_npy(&dir.path().join("db.npy"), &db).unwrap();
+    simat::store::write_npy(&dir.path().join("q.npy"), &q).unwrap();
+    let exclude: Vec<i64> = (0..m as i64).map(|i| (i * 13) % n as i64).collect();
+    npyz::to_file_1d(dir.path().join("ex.npy"), exclude.clone()).unwrap();
+    for with_exclude in [false, true] {
+        let out = dir.path().join(format!("out-{with_exclude}.parquet"));
+        let mut args = vec![
+            "knn".to_string(),
+            "--db".into(),
+            s(&dir.path().join("db.npy")).into(),
+            "--queries".into(),
+            s(&dir.path().join("q.npy")).into(),
+            "-k".into(),
+            k.to_string(),
+            "--out".into(),
+            s(&out).into(),
+        ];
+        if with_exclude {
+            args.extend(["--exclude".into(), s(&dir.path().join("ex.npy")).into()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&refs, 0);
+        let got = simat::io::read_all(&out).unwrap();
+        let ids = got
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for qi in 0..m {
+            let mut all: Vec<(f32, usize)> = (0..n)
+                .filter(|&j| !with_exclude || j as i64 != exclude[qi])
+                .map(|j| (q.row(qi).iter().zip(db.row(j)).map(|(a, b)| a * b).sum(), j))
+                .collect();
+            all.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+            let want: Vec<i64> = all[..k].iter().map(|x| x.1 as i64).collect();
+            let have: Vec<i64> = (0..k).map(|r| ids.value(qi * k + r)).collect();
+            assert_eq!(have, want, "query {qi}, exclude {with_exclude}");
+        }
+    }
+}
