@@ -382,9 +382,9 @@ fn knn_equals_brute_force_with_ties_by_lower_id() {
             .column_by_name("id")
             .unwrap()
             .as_primitive::<Int64Type>();
-        for qi in 0..m {
+        for (qi, &skip) in exclude.iter().enumerate() {
             let mut all: Vec<(f32, usize)> = (0..n)
-                .filter(|&j| !with_exclude || j as i64 != exclude[qi])
+                .filter(|&j| !with_exclude || j as i64 != skip)
                 .map(|j| (q.row(qi).iter().zip(db.row(j)).map(|(a, b)| a * b).sum(), j))
                 .collect();
             all.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
