@@ -27,6 +27,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod crops;
 pub mod dataset;
 pub mod embed;
 pub mod error;

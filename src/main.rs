@@ -85,6 +85,17 @@ enum Command {
         #[command(flatten)]
         run: StageRunArgs,
     },
+    /// One PNG per region, cut at its union box: RUN/crops/crops/*.png and crops.parquet.
+    Crops {
+        /// Images folder (`<image_id>.jpg`, also under VG_100K/ and VG_100K_2/).
+        #[arg(long)]
+        images: PathBuf,
+        /// Images per checkpointed chunk.
+        #[arg(long, default_value_t = 512)]
+        chunk_images: usize,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
     /// Write a synthetic Visual Genome (the four JSON files, optionally JPEGs).
     Synth {
         /// Output folder.
@@ -395,6 +406,21 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&s)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Crops {
+            images,
+            chunk_images,
+            run,
+        } => single(
+            &run,
+            &simat::crops::CropsStage {
+                config: simat::crops::CropsConfig {
+                    images,
+                    regions_stage: "triplets".into(),
+                    chunk_images,
+                },
+            },
+            ui,
+        ),
         Command::ImportSimat { release, run } => single(
             &run,
             &ImportStage {

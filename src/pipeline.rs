@@ -16,6 +16,9 @@
 //! subjects = ["man", "woman"]
 //! [triplets.relations]
 //! "sitting on a" = ["sitting on", "sits on"]
+//!
+//! [crops]                          # optional: one PNG per region
+//! images = "/data/visual_genome"   # omit when [synth] renders its images
 //! ```
 //!
 //! Relative paths are resolved against the pipeline file's directory, so a pipeline runs the
@@ -25,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::crops::{CropsConfig, CropsStage};
 use crate::error::{Error, Result};
 use crate::ingest::{IngestConfig, IngestStage};
 use crate::run::Stage;
@@ -41,6 +45,16 @@ struct PipelineFile {
     ingest: Option<IngestSection>,
     #[serde(default)]
     triplets: Option<toml::Table>,
+    #[serde(default)]
+    crops: Option<CropsSection>,
+}
+
+/// The `[crops]` section: `images` may be omitted when `[synth]` renders them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CropsSection {
+    images: Option<PathBuf>,
+    chunk_images: Option<usize>,
 }
 
 /// The `[ingest]` section: like [`IngestConfig`], with `vg` optional when `[synth]` is present.
@@ -64,6 +78,8 @@ pub struct Pipeline {
     pub ingest: IngestConfig,
     /// The triplet vocabulary.
     pub triplets: TripletsConfig,
+    /// The crops stage's config, when the pipeline crops regions.
+    pub crops: Option<CropsConfig>,
 }
 
 impl Pipeline {
@@ -112,12 +128,35 @@ impl Pipeline {
                 TripletsConfig::from_toml_str(&text, path)?
             }
         };
+        let crops = match file.crops {
+            None => None,
+            Some(c) => {
+                let images = match (&c.images, &file.synth) {
+                    (Some(dir), _) => resolve(dir),
+                    (None, Some(s)) if s.render => {
+                        run_dir.join("synth").join(SYNTH_VG_DIR).join("images")
+                    }
+                    _ => {
+                        return Err(Error::config(
+                            path,
+                            "`[crops] images` is not set and `[synth]` does not render images",
+                        ))
+                    }
+                };
+                Some(CropsConfig {
+                    images,
+                    regions_stage: "triplets".into(),
+                    chunk_images: c.chunk_images.unwrap_or(512),
+                })
+            }
+        };
         Ok(Pipeline {
             path: path.to_path_buf(),
             run_dir,
             synth: file.synth,
             ingest,
             triplets,
+            crops,
         })
     }
 
@@ -133,6 +172,9 @@ impl Pipeline {
         stages.push(Box::new(TripletsStage {
             config: self.triplets.clone(),
         }));
+        if let Some(c) = &self.crops {
+            stages.push(Box::new(CropsStage { config: c.clone() }));
+        }
         stages
     }
 }

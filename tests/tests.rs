@@ -2,6 +2,7 @@
 
 mod util;
 
+mod crops;
 mod engine;
 mod ingest;
 mod schemas;

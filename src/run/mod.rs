@@ -27,7 +27,7 @@ pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
 
 /// Every stage simat knows, in pipeline order.
 pub const STAGE_ORDER: &[&str] = &[
-    "synth", "ingest", "triplets", "import", "embed", "queries", "retrieve", "score",
+    "synth", "ingest", "triplets", "crops", "import", "embed", "queries", "retrieve", "score",
 ];
 
 /// One step of a pipeline: a function from typed config and upstream outputs to files on disk.
@@ -55,6 +55,9 @@ pub struct StageContext<'a> {
     pub stage_dir: PathBuf,
     /// Terminal manners.
     pub ui: &'a Ui,
+    /// This run's fingerprint of the stage: a stage that checkpoints its work in chunks records
+    /// it beside them, and resumes only from chunks of the same fingerprint.
+    pub fingerprint: String,
 }
 
 impl StageContext<'_> {
@@ -360,6 +363,7 @@ impl<'a> Engine<'a> {
             run_dir: &self.run_dir,
             stage_dir: stage_dir.clone(),
             ui: self.ui,
+            fingerprint: detail.hash(),
         };
         let result = stage.run(&ctx);
         let wall_s = start.elapsed().as_secs_f64();

@@ -1,0 +1,334 @@
+//! `crops`: one PNG per region, cut from its image at the region's union box.
+//!
+//! Images are looked up as `<images>/<image_id>.jpg` (or `.png`), and under Visual Genome's own
+//! `VG_100K/` and `VG_100K_2/` sub-folders. Each image is decoded once for all its regions, in
+//! parallel. Every region gets a status in `crops.parquet`: `ok`, `clamped` (the box reached
+//! outside the image and was cut to it), `outside` (nothing of the box is inside the image),
+//! `missing` (no image file) or `corrupt` (the file does not decode). The last three are counted
+//! as skipped and make the exit code 1; they never stop the stage.
+//!
+//! The work is checkpointed in chunks of images: each finished chunk's rows are committed to
+//! `chunks/<n>.parquet` after its PNGs, next to `checkpoint.json` holding the stage's
+//! fingerprint; a killed run resumes from the committed chunks of the same fingerprint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::ints;
+use crate::error::{Error, Result};
+use crate::run::atomic::{write_atomic, AtomicFile};
+use crate::run::{Stage, StageContext, StageReport};
+
+/// Configuration of the crops stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CropsConfig {
+    /// The images folder. Identified in the fingerprint by its listing (names and sizes of the
+    /// image files), not by its path.
+    pub images: PathBuf,
+    /// The stage whose `regions.parquet` is cropped.
+    #[serde(default = "default_regions_stage")]
+    pub regions_stage: String,
+    /// Images per checkpointed chunk.
+    #[serde(default = "default_chunk_images")]
+    pub chunk_images: usize,
+}
+
+fn default_regions_stage() -> String {
+    "triplets".into()
+}
+fn default_chunk_images() -> usize {
+    512
+}
+
+/// Schema of `crops.parquet`.
+pub fn crops_schema() -> SchemaRef {
+    let i32f = |n: &str| Field::new(n, DataType::Int32, false);
+    Arc::new(Schema::new(vec![
+        Field::new("region_id", DataType::Int64, false),
+        Field::new("image_id", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("file", DataType::Utf8, true),
+        i32f("x1"),
+        i32f("y1"),
+        i32f("x2"),
+        i32f("y2"),
+        i32f("width"),
+        i32f("height"),
+    ]))
+}
+
+/// The stage.
+#[derive(Debug, Clone)]
+pub struct CropsStage {
+    /// Its configuration.
+    pub config: CropsConfig,
+}
+
+/// Where the image of `image_id` is, if anywhere.
+pub fn find_image(dir: &Path, image_id: i64) -> Option<PathBuf> {
+    for sub in ["", "VG_100K", "VG_100K_2"] {
+        for ext in ["jpg", "png"] {
+            let p = dir.join(sub).join(format!("{image_id}.{ext}"));
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Digest of the image files' names and sizes (not their times, not the folder's path).
+fn listing_digest(dir: &Path) -> String {
+    let mut entries: Vec<(String, u64)> = Vec::new();
+    for sub in ["", "VG_100K", "VG_100K_2"] {
+        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".jpg") || name.ends_with(".png") {
+                    let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    entries.push((format!("{sub}/{name}"), size));
+                }
+            }
+        }
+    }
+    entries.sort();
+    let mut h = blake3::Hasher::new();
+    for (n, s) in &entries {
+        h.update(n.as_bytes());
+        h.update(&s.to_le_bytes());
+    }
+    format!("{} files, {}", entries.len(), &h.finalize().to_hex()[..16])
+}
+
+impl Stage for CropsStage {
+    fn name(&self) -> &'static str {
+        "crops"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> Vec<&'static str> {
+        match self.config.regions_stage.as_str() {
+            "import" => vec!["import"],
+            _ => vec!["triplets"],
+        }
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "images": listing_digest(&self.config.images),
+            "regions_stage": self.config.regions_stage,
+            "chunk_images": self.config.chunk_images,
+        })
+    }
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        if !self.config.images.is_dir() {
+            return Err(Error::stage(
+                "crops",
+                format!("images folder `{}` not found", self.config.images.display()),
+            ));
+        }
+        Ok(vec![])
+    }
+    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+        let regions = ctx.upstream_output(self.upstream()[0], "regions.parquet");
+        crop_all(&self.config, &regions, ctx)
+    }
+}
+
+/// One region's outcome.
+#[derive(Debug, Clone)]
+struct Row {
+    region_id: i64,
+    image_id: i64,
+    status: &'static str,
+    file: Option<String>,
+    bbox: [i32; 4],
+    size: [i32; 2],
+}
+
+fn rows_batch(rows: &[Row]) -> RecordBatch {
+    let i32s = |f: &dyn Fn(&Row) -> i32| -> ArrayRef {
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(f)))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.region_id),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.image_id),
+        )),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.status))),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.file.as_deref()),
+        )),
+        i32s(&|r| r.bbox[0]),
+        i32s(&|r| r.bbox[1]),
+        i32s(&|r| r.bbox[2]),
+        i32s(&|r| r.bbox[3]),
+        i32s(&|r| r.size[0]),
+        i32s(&|r| r.size[1]),
+    ];
+    RecordBatch::try_new(crops_schema(), cols).expect("crops rows match their schema")
+}
+
+/// Crop every region of one image.
+fn crop_image(
+    dir: &Path,
+    out_dir: &Path,
+    image_id: i64,
+    regions: &[(i64, [i32; 4])],
+) -> Result<Vec<Row>> {
+    let row = |region_id: i64, status, file, bbox, size| Row {
+        region_id,
+        image_id,
+        status,
+        file,
+        bbox,
+        size,
+    };
+    let Some(path) = find_image(dir, image_id) else {
+        return Ok(regions
+            .iter()
+            .map(|(r, b)| row(*r, "missing", None, *b, [0, 0]))
+            .collect());
+    };
+    let img = match image::open(&path) {
+        Ok(i) => i,
+        Err(_) => {
+            return Ok(regions
+                .iter()
+                .map(|(r, b)| row(*r, "corrupt", None, *b, [0, 0]))
+                .collect())
+        }
+    };
+    let (w, h) = (img.width() as i32, img.height() as i32);
+    let mut out = Vec::with_capacity(regions.len());
+    for &(region_id, b) in regions {
+        let c = [b[0].max(0), b[1].max(0), b[2].min(w), b[3].min(h)];
+        if c[2] <= c[0] || c[3] <= c[1] {
+            out.push(row(region_id, "outside", None, b, [w, h]));
+            continue;
+        }
+        let status = if c == b { "ok" } else { "clamped" };
+        let crop = img.crop_imm(
+            c[0] as u32,
+            c[1] as u32,
+            (c[2] - c[0]) as u32,
+            (c[3] - c[1]) as u32,
+        );
+        let rel = format!("crops/{region_id}.png");
+        let dest = out_dir.join(&rel);
+        let mut file = AtomicFile::create(&dest)?;
+        crop.write_to(file.writer(), image::ImageFormat::Png)
+            .map_err(|e| Error::io("failed to encode", &dest, std::io::Error::other(e)))?;
+        file.commit()?;
+        out.push(row(region_id, status, Some(rel), c, [w, h]));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Checkpoint {
+    fingerprint: String,
+    chunks: usize,
+}
+
+fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<StageReport> {
+    let batch = crate::io::read_all(regions)?;
+    let ids = ints(&batch, "region_id", regions)?;
+    let images = ints(&batch, "image_id", regions)?;
+    let coord = |n: &str| -> Result<Vec<i32>> {
+        let c = batch
+            .column_by_name(n)
+            .ok_or_else(|| Error::columnar(regions, format!("column `{n}` is missing")))?;
+        Ok(
+            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int32Type>(c)
+                .values()
+                .to_vec(),
+        )
+    };
+    let (x1, y1, x2, y2) = (coord("x1")?, coord("y1")?, coord("x2")?, coord("y2")?);
+    let mut by_image: BTreeMap<i64, Vec<(i64, [i32; 4])>> = BTreeMap::new();
+    for i in 0..ids.len() {
+        by_image
+            .entry(images[i])
+            .or_default()
+            .push((ids[i], [x1[i], y1[i], x2[i], y2[i]]));
+    }
+    let by_image: Vec<(i64, Vec<(i64, [i32; 4])>)> = by_image.into_iter().collect();
+    let chunk = config.chunk_images.max(1);
+    let n_chunks = by_image.len().div_ceil(chunk);
+
+    // Resume from committed chunks only when they were made under the same fingerprint.
+    let chunk_dir = ctx.stage_dir.join("chunks");
+    let ckpt_path = ctx.stage_dir.join("checkpoint.json");
+    let want = Checkpoint {
+        fingerprint: ctx.fingerprint.clone(),
+        chunks: n_chunks,
+    };
+    let resumable = std::fs::read(&ckpt_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
+        .is_some_and(|c| c == want);
+    if !resumable {
+        let _ = std::fs::remove_dir_all(&chunk_dir);
+        std::fs::create_dir_all(&chunk_dir)
+            .map_err(|e| Error::io("failed to create directory", &chunk_dir, e))?;
+        write_atomic(&ckpt_path, &serde_json::to_vec(&want).expect("json"))?;
+    }
+    let bar = ctx.ui.progress(by_image.len() as u64, "images", "crops");
+    let mut resumed = 0u64;
+    for (k, part) in by_image.chunks(chunk).enumerate() {
+        let path = chunk_dir.join(format!("{k:06}.parquet"));
+        if path.is_file() {
+            resumed += 1;
+        } else {
+            let rows: Vec<Vec<Row>> = part
+                .par_iter()
+                .map(|(image_id, regs)| crop_image(&config.images, &ctx.stage_dir, *image_id, regs))
+                .collect::<Result<_>>()?;
+            let rows: Vec<Row> = rows.into_iter().flatten().collect();
+            crate::io::write_table(&path, &rows_batch(&rows))?;
+        }
+        bar.inc(part.len() as u64);
+    }
+    bar.finish_and_clear();
+
+    // Concatenate the chunks into the table, then drop the checkpoint.
+    let schema = crops_schema();
+    let mut w = crate::io::TableWriter::create(&ctx.output("crops.parquet"), schema)?;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for k in 0..n_chunks {
+        let b = crate::io::read_all(&chunk_dir.join(format!("{k:06}.parquet")))?;
+        let status = arrow::array::AsArray::as_string::<i32>(b.column(2));
+        for v in status.iter().flatten() {
+            *counts.entry(v.to_string()).or_default() += 1;
+        }
+        w.write(&b)?;
+    }
+    let n = w.finish()?;
+    let _ = std::fs::remove_dir_all(&chunk_dir);
+    let _ = std::fs::remove_file(&ckpt_path);
+
+    let mut report = StageReport::default();
+    report.outputs.push(("crops.parquet".into(), Some(n)));
+    report.count("chunks_resumed", resumed);
+    for status in ["ok", "clamped", "outside", "missing", "corrupt"] {
+        let c = counts.get(status).copied().unwrap_or(0);
+        report.count(&format!("regions_{status}"), c);
+        if matches!(status, "outside" | "missing" | "corrupt") && c > 0 {
+            report.skipped += c;
+            report
+                .notes
+                .push(format!("{c} region(s) not cropped: image {status}"));
+        }
+    }
+    Ok(report)
+}

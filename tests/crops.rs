@@ -1,0 +1,182 @@
+//! `simat crops`: statuses for every kind of image trouble, pixels, and resume after SIGKILL.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Int32Type, Int64Type};
+
+use crate::util::*;
+
+fn rel(id: i64, subj: (i64, i64, i64, i64, i64), obj: (i64, i64, i64, i64, i64)) -> String {
+    let o = |(oid, x, y, w, h): (i64, i64, i64, i64, i64), name: &str| {
+        format!(
+            r#"{{"object_id": {oid}, "x": {x}, "y": {y}, "w": {w}, "h": {h}, "name": "{name}"}}"#
+        )
+    };
+    format!(
+        r#"{{"relationship_id": {id}, "predicate": "sitting on", "subject": {}, "object": {}}}"#,
+        o(subj, "man"),
+        o(obj, "bench")
+    )
+}
+
+/// A tiny VG: image 1 (120×80, present) with an inside, a clamped and an outside region;
+/// image 2 missing; image 3 corrupt.
+fn tiny_vg(dir: &Path) {
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let images = r#"[{"image_id": 1, "width": 120, "height": 80}, {"image_id": 2, "width": 50, "height": 50}, {"image_id": 3, "width": 50, "height": 50}]"#;
+    std::fs::write(dir.join("image_data.json"), images).unwrap();
+    let rels = format!(
+        "[{{\"image_id\": 1, \"relationships\": [{}, {}, {}]}}, {{\"image_id\": 2, \"relationships\": [{}]}}, {{\"image_id\": 3, \"relationships\": [{}]}}]",
+        rel(1, (10, 5, 5, 40, 40), (11, 20, 30, 30, 40)),
+        rel(2, (12, 90, 40, 50, 60), (13, 100, 50, 10, 10)),
+        rel(3, (14, 300, 300, 40, 40), (15, 310, 310, 40, 40)),
+        rel(4, (16, 0, 0, 40, 40), (17, 0, 0, 40, 40)),
+        rel(5, (18, 0, 0, 40, 40), (19, 0, 0, 40, 40)),
+    );
+    std::fs::write(dir.join("relationships.json"), rels).unwrap();
+    let img = image::RgbImage::from_fn(120, 80, |x, y| {
+        image::Rgb([x as u8, y as u8, (x ^ y) as u8])
+    });
+    img.save(dir.join("images/1.png")).unwrap();
+    std::fs::write(dir.join("images/3.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
+}
+
+#[test]
+fn every_status_is_counted_and_pixels_are_right() {
+    let dir = tempdir();
+    let vg = dir.path().join("vg");
+    tiny_vg(&vg);
+    let run = dir.path().join("run");
+    run_ok(&["ingest", "--vg", s(&vg), "--run", s(&run)], 0);
+    run_ok(&["triplets", "--run", s(&run)], 0);
+    let out = run_ok(
+        &["crops", "--images", s(&vg.join("images")), "--run", s(&run)],
+        1,
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("1 region(s) not cropped: image missing"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 region(s) not cropped: image corrupt"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 region(s) not cropped: image outside"),
+        "{err}"
+    );
+
+    let b = simat::io::read_all(&run.join("crops/crops.parquet")).unwrap();
+    let status = b.column_by_name("status").unwrap().as_string::<i32>();
+    let region = b
+        .column_by_name("region_id")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let x1 = b.column_by_name("x1").unwrap().as_primitive::<Int32Type>();
+    let x2 = b.column_by_name("x2").unwrap().as_primitive::<Int32Type>();
+    let got: Vec<&str> = (0..b.num_rows()).map(|i| status.value(i)).collect();
+    // Regions are numbered by (image, subject object, ...): image 1's three, then 2, then 3.
+    assert_eq!(got, ["ok", "clamped", "outside", "missing", "corrupt"]);
+    assert_eq!(
+        (x1.value(1), x2.value(1)),
+        (90, 120),
+        "clamped to the image's width"
+    );
+
+    // The ok crop holds the source pixels of its box (5..50 × 5..70).
+    let crop = image::open(
+        run.join("crops")
+            .join(format!("crops/{}.png", region.value(0))),
+    )
+    .unwrap()
+    .to_rgb8();
+    assert_eq!(crop.dimensions(), (45, 65));
+    assert_eq!(crop.get_pixel(0, 0).0, [5, 5, 0]);
+    assert_eq!(crop.get_pixel(44, 64).0, [49, 69, 49 ^ 69]);
+}
+
+#[test]
+fn killed_crops_resume_from_their_chunks() {
+    let dir = tempdir();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "run_dir = \"run\"\n[synth]\nimages = 240\nseed = 4\nrender = true\nplant_rate = 0.2\n[crops]\nchunk_images = 8\n",
+    )
+    .unwrap();
+    run_ok(&["run", s(&p), "--until", "triplets"], 0);
+    let clean = dir.path().join("clean");
+    let vg_images = dir.path().join("run/synth/vg/images");
+    let regions_run = dir.path().join("run");
+    // An uninterrupted crops run, into a copy of the run directory.
+    copy_dir(&regions_run, &clean);
+    run_ok(
+        &[
+            "crops",
+            "--images",
+            s(&vg_images),
+            "--chunk-images",
+            "8",
+            "--run",
+            s(&clean),
+        ],
+        0,
+    );
+
+    let mut child = simat()
+        .args(["run", s(&p)])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = dir.path().join("run/crops/chunks/000003.parquet");
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "crops never got going"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "crops finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!dir.path().join("run/crops/crops.parquet").exists());
+
+    run_ok(&["run", s(&p)], 0);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/manifest.json")).unwrap())
+            .unwrap();
+    let resumed = manifest["stages"]["crops"]["counters"]["chunks_resumed"]
+        .as_u64()
+        .unwrap();
+    assert!(resumed >= 4, "resumed {resumed} chunks");
+    assert_eq!(
+        std::fs::read(dir.path().join("run/crops/crops.parquet")).unwrap(),
+        std::fs::read(clean.join("crops/crops.parquet")).unwrap()
+    );
+    assert_eq!(
+        hashes(&dir.path().join("run/crops/crops")),
+        hashes(&clean.join("crops/crops"))
+    );
+    assert!(!dir.path().join("run/crops/chunks").exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
