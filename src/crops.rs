@@ -142,6 +142,9 @@ impl Stage for CropsStage {
     }
 }
 
+/// The regions of one image: (region id, union box x1, y1, x2, y2).
+type ImageRegions = Vec<(i64, [i32; 4])>;
+
 /// One region's outcome.
 #[derive(Debug, Clone)]
 struct Row {
@@ -255,14 +258,14 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
         )
     };
     let (x1, y1, x2, y2) = (coord("x1")?, coord("y1")?, coord("x2")?, coord("y2")?);
-    let mut by_image: BTreeMap<i64, Vec<(i64, [i32; 4])>> = BTreeMap::new();
+    let mut by_image: BTreeMap<i64, ImageRegions> = BTreeMap::new();
     for i in 0..ids.len() {
         by_image
             .entry(images[i])
             .or_default()
             .push((ids[i], [x1[i], y1[i], x2[i], y2[i]]));
     }
-    let by_image: Vec<(i64, Vec<(i64, [i32; 4])>)> = by_image.into_iter().collect();
+    let by_image: Vec<(i64, ImageRegions)> = by_image.into_iter().collect();
     let chunk = config.chunk_images.max(1);
     let n_chunks = by_image.len().div_ceil(chunk);
 
