@@ -42,6 +42,7 @@ pub mod retrieve;
 pub mod run;
 pub mod schemas;
 pub mod score;
+pub mod select;
 pub mod store;
 pub mod synth;
 pub mod triplets;

@@ -114,6 +114,20 @@ enum Command {
         #[arg(long, default_value_t = 0.02)]
         plant_rate: f64,
     },
+    /// The dataset of a regenerated benchmark: RUN/select/dataset.parquet.
+    Select {
+        /// `labels`, or a regions × triplets similarity matrix (.npy).
+        #[arg(long, default_value = "labels")]
+        oracle: String,
+        /// Keep regions whose similarity with their own caption is at least this.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f64,
+        /// Drop triplets shown by fewer distinct images.
+        #[arg(long, default_value_t = 2)]
+        min_images: usize,
+        #[command(flatten)]
+        run: StageRunArgs,
+    },
     /// The official SIMAT release (retrieval_db.tsv, triplets.csv, captions.txt, transfos.csv)
     /// into RUN/import/{regions,triplets,dataset,queries}.parquet.
     ImportSimat {
@@ -421,6 +435,22 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             },
             ui,
         ),
+        Command::Select {
+            oracle,
+            threshold,
+            min_images,
+            run,
+        } => single(
+            &run,
+            &simat::select::SelectStage {
+                config: simat::select::SelectConfig {
+                    oracle,
+                    threshold,
+                    min_images,
+                },
+            },
+            ui,
+        ),
         Command::ImportSimat { release, run } => single(
             &run,
             &ImportStage {
@@ -442,7 +472,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                     words,
                     word_vectors,
                     heads,
-                    dataset_stage: "import".into(),
+                    dataset_stage: dataset_stage_of(&run.run_dir)?,
                 },
             },
             ui,
@@ -457,7 +487,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                 config: QueriesConfig {
                     seed,
                     test_fraction,
-                    dataset_stage: "import".into(),
+                    dataset_stage: dataset_stage_of(&run.run_dir)?,
                 },
             },
             ui,
@@ -483,7 +513,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                     threshold,
                     split,
                     queries_stage: rconfig.queries_stage.clone(),
-                    dataset_stage: "import".into(),
+                    dataset_stage: dataset_stage_of(&run.run_dir)?,
                 },
             };
             let mut opts = RunOptions::default();
@@ -634,6 +664,17 @@ fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a run's dataset is: `select` when that stage has run (a regenerated benchmark), else
+/// `import` (the release).
+fn dataset_stage_of(run_dir: &Path) -> Result<String> {
+    let m = Manifest::load(run_dir)?;
+    let done = m
+        .stages
+        .get("select")
+        .is_some_and(|r| r.status == simat::run::StageStatus::Done);
+    Ok(if done { "select" } else { "import" }.to_string())
 }
 
 fn print_scores(path: &Path) -> Result<()> {

@@ -19,6 +19,12 @@
 //!
 //! [crops]                          # optional: one PNG per region
 //! images = "/data/visual_genome"   # omit when [synth] renders its images
+//!
+//! [select]                         # optional: the dataset (oracle, threshold, min_images)
+//! oracle = "labels"
+//!
+//! [queries]                        # optional: transformation queries for the dataset
+//! seed = 0
 //! ```
 //!
 //! Relative paths are resolved against the pipeline file's directory, so a pipeline runs the
@@ -31,7 +37,9 @@ use serde::Deserialize;
 use crate::crops::{CropsConfig, CropsStage};
 use crate::error::{Error, Result};
 use crate::ingest::{IngestConfig, IngestStage};
+use crate::queries::{QueriesConfig, QueriesStage};
 use crate::run::Stage;
+use crate::select::{SelectConfig, SelectStage};
 use crate::synth::{SynthConfig, SynthStage, SYNTH_VG_DIR};
 use crate::triplets::{TripletsConfig, TripletsStage};
 
@@ -47,6 +55,18 @@ struct PipelineFile {
     triplets: Option<toml::Table>,
     #[serde(default)]
     crops: Option<CropsSection>,
+    #[serde(default)]
+    select: Option<SelectConfig>,
+    #[serde(default)]
+    queries: Option<QueriesSection>,
+}
+
+/// The `[queries]` section: the dataset is always the pipeline's `select` output.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueriesSection {
+    seed: Option<u64>,
+    test_fraction: Option<f64>,
 }
 
 /// The `[crops]` section: `images` may be omitted when `[synth]` renders them.
@@ -80,6 +100,10 @@ pub struct Pipeline {
     pub triplets: TripletsConfig,
     /// The crops stage's config, when the pipeline crops regions.
     pub crops: Option<CropsConfig>,
+    /// The select stage's config, when the pipeline builds a dataset.
+    pub select: Option<SelectConfig>,
+    /// The queries stage's config, when the pipeline generates queries.
+    pub queries: Option<QueriesConfig>,
 }
 
 impl Pipeline {
@@ -150,6 +174,21 @@ impl Pipeline {
                 })
             }
         };
+        let queries = match (file.queries, &file.select) {
+            (None, _) => None,
+            (Some(_), None) => return Err(Error::config(
+                path,
+                "`[queries]` needs a `[select]` section: queries are made for the selected dataset",
+            )),
+            (Some(q), Some(_)) => {
+                let d = QueriesConfig::default();
+                Some(QueriesConfig {
+                    seed: q.seed.unwrap_or(d.seed),
+                    test_fraction: q.test_fraction.unwrap_or(d.test_fraction),
+                    dataset_stage: "select".into(),
+                })
+            }
+        };
         Ok(Pipeline {
             path: path.to_path_buf(),
             run_dir,
@@ -157,6 +196,8 @@ impl Pipeline {
             ingest,
             triplets,
             crops,
+            select: file.select,
+            queries,
         })
     }
 
@@ -174,6 +215,12 @@ impl Pipeline {
         }));
         if let Some(c) = &self.crops {
             stages.push(Box::new(CropsStage { config: c.clone() }));
+        }
+        if let Some(c) = &self.select {
+            stages.push(Box::new(SelectStage { config: c.clone() }));
+        }
+        if let Some(c) = &self.queries {
+            stages.push(Box::new(QueriesStage { config: c.clone() }));
         }
         stages
     }

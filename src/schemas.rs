@@ -36,6 +36,12 @@ pub fn all() -> Vec<(&'static str, &'static str, SchemaRef)> {
             "triplets.parquet",
             crate::triplets::triplets_schema(),
         ),
+        ("crops", "crops.parquet", crate::crops::crops_schema()),
+        (
+            "select",
+            "dataset.parquet",
+            crate::dataset::dataset_schema(),
+        ),
         (
             "import",
             "regions.parquet",

@@ -66,8 +66,21 @@ fn written_files_match_the_schema_documents() {
     );
     run_ok(&["queries", "--run", s(&run)], 0);
     run_ok(&["score", "--run", s(&run), "--lambda", "1"], 0);
+    // Crops and selection, on a small rendered synthetic VG.
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "run_dir = \"synth-run\"\n[synth]\nimages = 40\nrender = true\nplant_rate = 0.3\n[crops]\n[select]\n",
+    )
+    .unwrap();
+    run_ok(&["run", s(&p)], 0);
+    let synth_run = dir.path().join("synth-run");
     for (stage, file, _) in simat::schemas::all() {
-        let written = simat::io::inspect(&run.join(stage).join(file), 0).unwrap();
+        let path = match stage {
+            "crops" | "select" => synth_run.join(stage).join(file),
+            _ => run.join(stage).join(file),
+        };
+        let written = simat::io::inspect(&path, 0).unwrap();
         let doc: simat::io::SchemaDoc =
             serde_json::from_str(&std::fs::read_to_string(doc_path(stage, file)).unwrap()).unwrap();
         assert_eq!(

@@ -27,7 +27,8 @@ pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
 
 /// Every stage simat knows, in pipeline order.
 pub const STAGE_ORDER: &[&str] = &[
-    "synth", "ingest", "triplets", "crops", "import", "embed", "queries", "retrieve", "score",
+    "synth", "ingest", "triplets", "crops", "select", "import", "embed", "queries", "retrieve",
+    "score",
 ];
 
 /// One step of a pipeline: a function from typed config and upstream outputs to files on disk.

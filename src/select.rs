@@ -1,0 +1,182 @@
+//! `select`: the dataset of a regenerated benchmark.
+//!
+//! Keeps the regions whose oracle similarity with their own triplet's caption reaches
+//! `threshold`, then drops the triplets shown by fewer than `min_images` distinct images (a
+//! query needs another image of its target), and numbers the kept regions `dataset_id`
+//! 0, 1, … in region order. The oracle is `labels` (every region matches its own caption, so
+//! only the image minimum filters) or an imported regions × triplets similarity matrix (`.npy`,
+//! rows by `region_id`, columns by `triplet_id`); a CLIP-family model oracle comes with the
+//! embedding stages.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{ints, strs, Dataset};
+use crate::error::{Error, Result};
+use crate::run::{Stage, StageContext, StageReport};
+
+/// Configuration of selection. The defaults reproduce SIMAT's rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectConfig {
+    /// `labels`, or a regions × triplets similarity matrix (`.npy`).
+    #[serde(default = "default_oracle")]
+    pub oracle: String,
+    /// A region is kept when its similarity with its own caption is at least this.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// Triplets shown by fewer distinct images are dropped.
+    #[serde(default = "default_min_images")]
+    pub min_images: usize,
+}
+
+fn default_oracle() -> String {
+    "labels".into()
+}
+fn default_threshold() -> f64 {
+    0.5
+}
+fn default_min_images() -> usize {
+    2
+}
+
+impl Default for SelectConfig {
+    fn default() -> Self {
+        SelectConfig {
+            oracle: default_oracle(),
+            threshold: default_threshold(),
+            min_images: default_min_images(),
+        }
+    }
+}
+
+/// The stage.
+#[derive(Debug, Clone)]
+pub struct SelectStage {
+    /// Its configuration.
+    pub config: SelectConfig,
+}
+
+impl SelectStage {
+    fn oracle_path(&self) -> Option<PathBuf> {
+        (self.config.oracle != "labels").then(|| PathBuf::from(&self.config.oracle))
+    }
+}
+
+impl Stage for SelectStage {
+    fn name(&self) -> &'static str {
+        "select"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> Vec<&'static str> {
+        vec!["triplets"]
+    }
+    fn config(&self) -> serde_json::Value {
+        let mut c = serde_json::to_value(&self.config).expect("config serialises");
+        if self.oracle_path().is_some() {
+            c["oracle"] = serde_json::json!("matrix");
+        }
+        c
+    }
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        match self.oracle_path() {
+            None => Ok(vec![]),
+            Some(p) if p.is_file() => Ok(vec![("oracle".into(), p)]),
+            Some(p) => Err(Error::stage(
+                "select",
+                format!(
+                    "oracle `{}` not found (give a .npy matrix or `labels`)",
+                    p.display()
+                ),
+            )),
+        }
+    }
+    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+        let rpath = ctx.upstream_output("triplets", "regions.parquet");
+        let regions = crate::io::read_all(&rpath)?;
+        let region_id = ints(&regions, "region_id", &rpath)?;
+        let image_id = ints(&regions, "image_id", &rpath)?;
+        let triplet_id = ints(&regions, "triplet_id", &rpath)?;
+        let words = [
+            strs(&regions, "subj", &rpath)?,
+            strs(&regions, "rel", &rpath)?,
+            strs(&regions, "obj", &rpath)?,
+        ];
+        let similarity: Box<dyn Fn(usize) -> f64> = match self.oracle_path() {
+            None => Box::new(|_| 1.0),
+            Some(p) => {
+                let m = crate::store::read_matrix(&p)?;
+                if m.rows != region_id.len() {
+                    return Err(Error::data(
+                        &p,
+                        format!(
+                            "{} rows, but there are {} regions (rows must be in region_id order)",
+                            m.rows,
+                            region_id.len()
+                        ),
+                    ));
+                }
+                if let Some(i) = triplet_id
+                    .iter()
+                    .position(|&t| t < 0 || t as usize >= m.cols)
+                {
+                    return Err(Error::data(
+                        &p,
+                        format!(
+                            "{} columns, but region {} has triplet {}",
+                            m.cols, region_id[i], triplet_id[i]
+                        ),
+                    ));
+                }
+                let tids = triplet_id.clone();
+                Box::new(move |i| m.row(i)[tids[i] as usize] as f64)
+            }
+        };
+        let passed: Vec<usize> = (0..region_id.len())
+            .filter(|&i| similarity(i) >= self.config.threshold)
+            .collect();
+        let mut images: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+        for &i in &passed {
+            images.entry(triplet_id[i]).or_default().insert(image_id[i]);
+        }
+        let kept_triplets: BTreeSet<i64> = images
+            .iter()
+            .filter(|(_, imgs)| imgs.len() >= self.config.min_images)
+            .map(|(t, _)| *t)
+            .collect();
+        let mut dataset = Dataset::default();
+        for &i in &passed {
+            if kept_triplets.contains(&triplet_id[i]) {
+                dataset.region_id.push(region_id[i]);
+                dataset.image_id.push(image_id[i]);
+                dataset.triplet_id.push(triplet_id[i]);
+                dataset.caption_id.push(triplet_id[i]);
+                dataset.triplet.push([
+                    words[0][i].clone(),
+                    words[1][i].clone(),
+                    words[2][i].clone(),
+                ]);
+                dataset.split.push(None);
+            }
+        }
+        let n = crate::io::write_table(&ctx.output("dataset.parquet"), &dataset.to_batch())?;
+        let mut report = StageReport::default();
+        report.outputs.push(("dataset.parquet".into(), Some(n)));
+        report.count("regions_in", region_id.len() as u64);
+        report.count(
+            "regions_below_threshold",
+            (region_id.len() - passed.len()) as u64,
+        );
+        report.count("regions_kept", n);
+        report.count("triplets_kept", kept_triplets.len() as u64);
+        report.count(
+            "triplets_below_min_images",
+            (images.len() - kept_triplets.len()) as u64,
+        );
+        Ok(report)
+    }
+}
