@@ -346,13 +346,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             until,
             force,
         } => {
-            let mut p = Pipeline::load(&pipeline)?;
-            if let Some(dir) = run_dir {
-                if p.synth.is_some() && p.ingest.vg.starts_with(&p.run_dir) {
-                    p.ingest.vg = dir.join("synth").join(simat::synth::SYNTH_VG_DIR);
-                }
-                p.run_dir = dir;
-            }
+            let p = Pipeline::load_with_run_dir(&pipeline, run_dir.as_deref())?;
             let stages = p.stages();
             let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
             let opts = RunOptions {

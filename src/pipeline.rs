@@ -109,6 +109,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// Load and validate a pipeline file.
     pub fn load(path: &Path) -> Result<Pipeline> {
+        Self::load_with_run_dir(path, None)
+    }
+
+    /// Load a pipeline file, with `run_dir` (as given on the command line) replacing the file's
+    /// `run_dir`; paths derived from the run directory (the synth stage's output) follow it.
+    pub fn load_with_run_dir(path: &Path, run_dir: Option<&Path>) -> Result<Pipeline> {
         let text =
             std::fs::read_to_string(path).map_err(|e| Error::io("failed to read", path, e))?;
         let file: PipelineFile =
@@ -121,7 +127,10 @@ impl Pipeline {
                 base.join(p)
             }
         };
-        let run_dir = resolve(&file.run_dir);
+        let run_dir = match run_dir {
+            Some(dir) => dir.to_path_buf(),
+            None => resolve(&file.run_dir),
+        };
         let section = file.ingest.unwrap_or_default();
         let vg = match (&section.vg, &file.synth) {
             (Some(vg), _) => resolve(vg),

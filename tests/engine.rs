@@ -226,3 +226,17 @@ fn select_keeps_triplets_with_enough_images_and_feeds_queries() {
     assert!(!q.is_empty());
     assert!(q.dataset_id.iter().all(|&i| (i as usize) < d.len()));
 }
+
+#[test]
+fn run_dir_flag_moves_the_whole_run() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    let other = dir.path().join("elsewhere");
+    run_ok(
+        &["run", s(&p), "--run-dir", s(&other), "--until", "ingest"],
+        0,
+    );
+    assert!(other.join("synth/vg/relationships.json").is_file());
+    assert!(other.join("ingest/relationships.parquet").is_file());
+    assert!(!dir.path().join("run").exists());
+}
