@@ -281,6 +281,8 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
         .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
         .is_some_and(|c| c == want);
     if !resumable {
+        // Crops of an earlier configuration must not linger beside the new ones.
+        let _ = std::fs::remove_dir_all(ctx.stage_dir.join("crops"));
         let _ = std::fs::remove_dir_all(&chunk_dir);
         std::fs::create_dir_all(&chunk_dir)
             .map_err(|e| Error::io("failed to create directory", &chunk_dir, e))?;

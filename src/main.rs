@@ -725,6 +725,11 @@ fn knn(
         queries.display(),
         q_m.cols
     );
+    for (m, p) in [(&db_m, db), (&q_m, queries)] {
+        if let Some(row) = simat::linalg::first_non_finite(m) {
+            anyhow::bail!("`{}`: row {row} holds NaN or infinity", p.display());
+        }
+    }
     let exclude = match exclude {
         Some(p) => {
             let ids = simat::store::read_npy_ids(p)?;
