@@ -580,10 +580,22 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
             (Some(_), Some(Freshness::Stale(reason))) => ("stale", Some(reason.to_string())),
             (Some(_), Some(Freshness::Blocked(msg))) => ("stale", Some(msg.clone())),
             (Some(r), _) => {
+                // Without the pipeline, what the manifest alone can tell: outputs present, and
+                // upstream stages unchanged since this one ran.
                 let dir = run.join(&name);
-                match r.outputs.iter().find(|o| !dir.join(&o.file).is_file()) {
-                    Some(o) => ("stale", Some(format!("output {} is missing", o.file))),
-                    None => ("fresh", None),
+                let upstream_changed = r.detail.as_ref().and_then(|d| {
+                    d.upstream.iter().find_map(|(up, digest)| {
+                        let now = manifest.stages.get(up).map(|u| u.output_digest());
+                        (now.as_deref() != Some(digest.as_str())).then(|| up.clone())
+                    })
+                });
+                match (
+                    r.outputs.iter().find(|o| !dir.join(&o.file).is_file()),
+                    upstream_changed,
+                ) {
+                    (Some(o), _) => ("stale", Some(format!("output {} is missing", o.file))),
+                    (None, Some(up)) => ("stale", Some(format!("upstream `{up}` changed"))),
+                    (None, None) => ("fresh", None),
                 }
             }
         };

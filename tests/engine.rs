@@ -240,3 +240,24 @@ fn run_dir_flag_moves_the_whole_run() {
     assert!(other.join("ingest/relationships.parquet").is_file());
     assert!(!dir.path().join("run").exists());
 }
+
+#[test]
+fn status_alone_sees_an_upstream_rerun() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "[select]\n");
+    run_ok(&["run", s(&p)], 0);
+    let run = dir.path().join("run");
+    let vocab = dir.path().join("v.toml");
+    std::fs::write(
+        &vocab,
+        "subjects = [\"man\"]\n[relations]\n\"on\" = [\"sitting on\"]\n",
+    )
+    .unwrap();
+    run_ok(&["triplets", "--run", s(&run), "--vocab", s(&vocab)], 0);
+    let status = stdout(&run_ok(&["status", s(&run)], 0));
+    let select = status.lines().find(|l| l.contains("select")).unwrap();
+    assert!(
+        select.trim_start().starts_with("stale") && select.ends_with("upstream `triplets` changed"),
+        "{status}"
+    );
+}
