@@ -70,6 +70,19 @@ pub enum Error {
         message: String,
     },
 
+    /// The ONNX Runtime library is missing or does not load.
+    #[error("{0}")]
+    Runtime(String),
+
+    /// ONNX Runtime failed on a model.
+    #[error("model `{}`: {message}", model.display())]
+    Onnx {
+        /// The model file.
+        model: PathBuf,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+
     /// A bug in simat.
     #[error(
         "internal error: {0} (this is a bug in simat; please report it with the command you ran)"

@@ -36,6 +36,7 @@ pub mod ingest;
 pub mod io;
 pub mod knn;
 pub mod linalg;
+pub mod model;
 pub mod pipeline;
 pub mod queries;
 pub mod retrieve;

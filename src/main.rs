@@ -206,6 +206,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Which ONNX Runtime simat loads, and (with --model) a model's inputs and outputs.
+    Runtime {
+        /// An ONNX model to load.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Write the documented schema of every stage output (the schemas/ folder).
     #[command(hide = true)]
     Schemas {
@@ -525,6 +531,21 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             exclude,
             out,
         } => knn(&db, &queries, k, exclude.as_deref(), &out, ui),
+        Command::Runtime { model } => {
+            let (_, path) = simat::model::environment()?;
+            println!("ONNX Runtime: {}", path.display());
+            println!("{}", simat::model::build_info()?);
+            if let Some(m) = model {
+                let model = simat::model::OnnxModel::load(&m, 0)?;
+                println!(
+                    "{}: inputs {:?}, outputs {:?}",
+                    m.display(),
+                    model.inputs(),
+                    model.outputs()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schemas { write } => {
             let n = simat::schemas::write_all(&write)?;
             ui.status("Wrote", format!("{n} schemas under {}", write.display()));

@@ -5,6 +5,7 @@ mod util;
 mod crops;
 mod engine;
 mod ingest;
+mod model;
 mod schemas;
 mod simat;
 mod triplets;

@@ -1,0 +1,156 @@
+//! The model runtime: ONNX Runtime through `ort`, loaded at run time from a shared library.
+//!
+//! simat does not link ONNX Runtime: it loads `libonnxruntime.so` when a model is first used,
+//! from `ORT_DYLIB_PATH` when set, else from a `.onnxruntime/` folder next to the executable, in
+//! one of its ancestors (a cargo build), in the working directory, or in the source tree it was
+//! built from. `scripts/setup_onnxruntime.sh` puts PyPI's `onnxruntime` wheel's library there.
+//! When none is found, the error says so in one sentence, with both ways to fix it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::Tensor;
+
+use crate::error::{Error, Result};
+
+/// The environment variable naming the ONNX Runtime library.
+pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
+
+const LIB_NAME: &str = "libonnxruntime.so";
+
+fn not_found(detail: &str) -> Error {
+    Error::Runtime(format!(
+        "ONNX Runtime was not found ({detail}): run `scripts/setup_onnxruntime.sh` to fetch it from PyPI into .onnxruntime/, or set {ORT_DYLIB_PATH} to a libonnxruntime.so"
+    ))
+}
+
+/// Where the ONNX Runtime library is.
+pub fn library_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(ORT_DYLIB_PATH) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(not_found(&format!(
+                "{ORT_DYLIB_PATH} names `{}`, which does not exist",
+                p.display()
+            )))
+        };
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).map(|d| d.join(".onnxruntime")));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        candidates.push(cwd.join(".onnxruntime"));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".onnxruntime"));
+    candidates
+        .into_iter()
+        .map(|d| d.join(LIB_NAME))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            not_found(&format!(
+                "no .onnxruntime/{LIB_NAME} beside simat, above it, or in the working directory"
+            ))
+        })
+}
+
+static ENVIRONMENT: OnceLock<std::result::Result<(Environment, PathBuf), String>> = OnceLock::new();
+
+/// The process's ONNX Runtime environment, loading the library on first use.
+pub fn environment() -> Result<(&'static Environment, &'static Path)> {
+    let env = ENVIRONMENT.get_or_init(|| {
+        let path = library_path().map_err(|e| e.to_string())?;
+        let builder = ort::init_from(&path).map_err(|e| {
+            format!(
+                "ONNX Runtime at `{}` could not be loaded: {e}",
+                path.display()
+            )
+        })?;
+        let env = builder
+            .with_name("simat")
+            .build()
+            .map_err(|e| format!("ONNX Runtime at `{}` did not start: {e}", path.display()))?;
+        Ok((env, path))
+    });
+    match env {
+        Ok((env, path)) => Ok((env, path.as_path())),
+        Err(message) => Err(Error::Runtime(message.clone())),
+    }
+}
+
+/// ONNX Runtime's own description of its build (version, commit).
+pub fn build_info() -> Result<String> {
+    environment()?;
+    Ok(ort::info().to_string())
+}
+
+/// A loaded ONNX model.
+#[derive(Debug)]
+pub struct OnnxModel {
+    session: Session,
+    path: PathBuf,
+}
+
+impl OnnxModel {
+    /// Load `path` on the CPU with `threads` intra-op threads (0: ONNX Runtime's default).
+    pub fn load(path: &Path, threads: usize) -> Result<Self> {
+        let (env, _) = environment()?;
+        let onnx = |e: &dyn std::fmt::Display| Error::Onnx {
+            model: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let mut builder = Session::builder(env).map_err(|e| onnx(&e))?;
+        if threads > 0 {
+            builder = builder.with_intra_threads(threads).map_err(|e| onnx(&e))?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| onnx(&e))?;
+        Ok(OnnxModel {
+            session,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The model's input names.
+    pub fn inputs(&self) -> Vec<String> {
+        self.session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
+    }
+
+    /// The model's output names.
+    pub fn outputs(&self) -> Vec<String> {
+        self.session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
+    }
+
+    /// Run on one f32 input of `shape`; returns the first output's shape and values.
+    pub fn run_f32(&mut self, shape: &[usize], data: Vec<f32>) -> Result<(Vec<usize>, Vec<f32>)> {
+        let path = self.path.clone();
+        let onnx = |e: &dyn std::fmt::Display| Error::Onnx {
+            model: path.clone(),
+            message: e.to_string(),
+        };
+        let shape_i64: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let tensor = Tensor::from_array((shape_i64, data)).map_err(|e| onnx(&e))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(|e| onnx(&e))?;
+        let (out_shape, values) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| onnx(&e))?;
+        Ok((
+            out_shape.iter().map(|&d| d as usize).collect(),
+            values.to_vec(),
+        ))
+    }
+}
