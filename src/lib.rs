@@ -37,6 +37,7 @@ pub mod io;
 pub mod knn;
 pub mod linalg;
 pub mod model;
+pub mod oracle;
 pub mod pipeline;
 pub mod queries;
 pub mod retrieve;

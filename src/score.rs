@@ -100,12 +100,6 @@ pub struct ScoreStage {
     pub config: ScoreConfig,
 }
 
-impl ScoreStage {
-    fn oracle_path(&self) -> Option<PathBuf> {
-        (self.config.oracle != "labels").then(|| PathBuf::from(&self.config.oracle))
-    }
-}
-
 impl Stage for ScoreStage {
     fn name(&self) -> &'static str {
         "score"
@@ -125,25 +119,10 @@ impl Stage for ScoreStage {
         v
     }
     fn config(&self) -> serde_json::Value {
-        let mut c = serde_json::to_value(&self.config).expect("config serialises");
-        // The oracle file is identified by content (see `inputs`), not by path.
-        if self.oracle_path().is_some() {
-            c["oracle"] = serde_json::json!("matrix");
-        }
-        c
+        crate::oracle::config_value(&self.config, &self.config.oracle)
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        match self.oracle_path() {
-            None => Ok(vec![]),
-            Some(p) if p.is_file() => Ok(vec![("oracle".into(), p)]),
-            Some(p) => Err(Error::stage(
-                "score",
-                format!(
-                    "oracle `{}` not found (give a .npy matrix or `labels`)",
-                    p.display()
-                ),
-            )),
-        }
+        crate::oracle::inputs("score", &self.config.oracle)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
@@ -157,7 +136,7 @@ impl Stage for ScoreStage {
         ))?;
         let rpath = ctx.upstream_output("retrieve", "retrievals.parquet");
         let (lambdas, top1) = read_top1(&rpath, &queries)?;
-        let oracle = match self.oracle_path() {
+        let oracle = match crate::oracle::matrix_file(&self.config.oracle) {
             None => Oracle::Labels,
             Some(p) => {
                 let m = crate::store::read_matrix(&p)?;

@@ -59,12 +59,6 @@ pub struct SelectStage {
     pub config: SelectConfig,
 }
 
-impl SelectStage {
-    fn oracle_path(&self) -> Option<PathBuf> {
-        (self.config.oracle != "labels").then(|| PathBuf::from(&self.config.oracle))
-    }
-}
-
 impl Stage for SelectStage {
     fn name(&self) -> &'static str {
         "select"
@@ -76,24 +70,10 @@ impl Stage for SelectStage {
         vec!["triplets"]
     }
     fn config(&self) -> serde_json::Value {
-        let mut c = serde_json::to_value(&self.config).expect("config serialises");
-        if self.oracle_path().is_some() {
-            c["oracle"] = serde_json::json!("matrix");
-        }
-        c
+        crate::oracle::config_value(&self.config, &self.config.oracle)
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        match self.oracle_path() {
-            None => Ok(vec![]),
-            Some(p) if p.is_file() => Ok(vec![("oracle".into(), p)]),
-            Some(p) => Err(Error::stage(
-                "select",
-                format!(
-                    "oracle `{}` not found (give a .npy matrix or `labels`)",
-                    p.display()
-                ),
-            )),
-        }
+        crate::oracle::inputs("select", &self.config.oracle)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let rpath = ctx.upstream_output("triplets", "regions.parquet");
@@ -106,36 +86,37 @@ impl Stage for SelectStage {
             strs(&regions, "rel", &rpath)?,
             strs(&regions, "obj", &rpath)?,
         ];
-        let similarity: Box<dyn Fn(usize) -> f64> = match self.oracle_path() {
-            None => Box::new(|_| 1.0),
-            Some(p) => {
-                let m = crate::store::read_matrix(&p)?;
-                if m.rows != region_id.len() {
-                    return Err(Error::data(
-                        &p,
-                        format!(
+        let similarity: Box<dyn Fn(usize) -> f64> =
+            match crate::oracle::matrix_file(&self.config.oracle) {
+                None => Box::new(|_| 1.0),
+                Some(p) => {
+                    let m = crate::store::read_matrix(&p)?;
+                    if m.rows != region_id.len() {
+                        return Err(Error::data(
+                            &p,
+                            format!(
                             "{} rows, but there are {} regions (rows must be in region_id order)",
                             m.rows,
                             region_id.len()
                         ),
-                    ));
+                        ));
+                    }
+                    if let Some(i) = triplet_id
+                        .iter()
+                        .position(|&t| t < 0 || t as usize >= m.cols)
+                    {
+                        return Err(Error::data(
+                            &p,
+                            format!(
+                                "{} columns, but region {} has triplet {}",
+                                m.cols, region_id[i], triplet_id[i]
+                            ),
+                        ));
+                    }
+                    let tids = triplet_id.clone();
+                    Box::new(move |i| m.row(i)[tids[i] as usize] as f64)
                 }
-                if let Some(i) = triplet_id
-                    .iter()
-                    .position(|&t| t < 0 || t as usize >= m.cols)
-                {
-                    return Err(Error::data(
-                        &p,
-                        format!(
-                            "{} columns, but region {} has triplet {}",
-                            m.cols, region_id[i], triplet_id[i]
-                        ),
-                    ));
-                }
-                let tids = triplet_id.clone();
-                Box::new(move |i| m.row(i)[tids[i] as usize] as f64)
-            }
-        };
+            };
         let passed: Vec<usize> = (0..region_id.len())
             .filter(|&i| similarity(i) >= self.config.threshold)
             .collect();
