@@ -555,7 +555,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
 }
 
 fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<ExitCode> {
-    if !Manifest::path(run).exists() && pipeline.is_none() {
+    if !run.is_dir() || (!Manifest::path(run).exists() && pipeline.is_none()) {
         anyhow::bail!(
             "`{}` has no manifest.json: not a simat run directory (or nothing has run yet)",
             run.display()
