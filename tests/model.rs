@@ -56,3 +56,34 @@ fn onnx_runtime_runs_a_model() {
         stdout(&out)
     );
 }
+
+/// The committed CLIP tokenizer gives the ids open_clip's own tokenizer gave
+/// (`scripts/build_clip_tokenizer.py --reference`), padding and truncation included.
+#[test]
+fn clip_tokens_equal_open_clip() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tok =
+        simat::model::tokenizer::ClipTokenizer::load(&root.join("data/clip_tokenizer.json"), 77)
+            .unwrap();
+    let reference: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(root.join("tests/data/clip_tokens.json")).unwrap())
+            .unwrap();
+    let texts: Vec<&str> = reference
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    let ids = tok.encode(&texts).unwrap();
+    for (i, r) in reference.iter().enumerate() {
+        let want: Vec<i64> = r["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(&ids[i * 77..(i + 1) * 77], &want[..], "{:?}", texts[i]);
+    }
+    // The long text is cut to 77 with <end_of_text> last.
+    assert!(reference
+        .iter()
+        .any(|r| r["ids"][76].as_i64().unwrap() != 0));
+}

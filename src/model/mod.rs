@@ -6,6 +6,8 @@
 //! built from. `scripts/setup_onnxruntime.sh` puts PyPI's `onnxruntime` wheel's library there.
 //! When none is found, the error says so in one sentence, with both ways to fix it.
 
+pub mod tokenizer;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
