@@ -248,14 +248,7 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
     let ids = ints(&batch, "region_id", regions)?;
     let images = ints(&batch, "image_id", regions)?;
     let coord = |n: &str| -> Result<Vec<i32>> {
-        let c = batch
-            .column_by_name(n)
-            .ok_or_else(|| Error::columnar(regions, format!("column `{n}` is missing")))?;
-        Ok(
-            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int32Type>(c)
-                .values()
-                .to_vec(),
-        )
+        Ok(crate::io::i32_column(&batch, n, regions)?.values().to_vec())
     };
     let (x1, y1, x2, y2) = (coord("x1")?, coord("y1")?, coord("x2")?, coord("y2")?);
     let mut by_image: BTreeMap<i64, ImageRegions> = BTreeMap::new();

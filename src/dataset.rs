@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
 
@@ -315,23 +315,12 @@ impl Queries {
 
 /// An Int64 column as a vector.
 pub fn ints(b: &RecordBatch, name: &str, path: &Path) -> Result<Vec<i64>> {
-    let c = b
-        .column_by_name(name)
-        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is missing")))?;
-    let a = c
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Int64")))?;
-    Ok(a.values().to_vec())
+    Ok(crate::io::i64_column(b, name, path)?.values().to_vec())
 }
 
 /// A Utf8 column as a vector (nulls become empty strings).
 pub fn strs(b: &RecordBatch, name: &str, path: &Path) -> Result<Vec<String>> {
-    let c = b
-        .column_by_name(name)
-        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is missing")))?;
-    let a = c
-        .as_string_opt::<i32>()
-        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Utf8")))?;
+    let a = crate::io::str_column(b, name, path)?;
     Ok((0..a.len())
         .map(|i| {
             if a.is_null(i) {

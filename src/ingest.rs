@@ -44,20 +44,57 @@ fn default_block() -> usize {
     DEFAULT_BLOCK
 }
 
-/// The files ingest reads, and whether each is required.
-pub const VG_FILES: &[(&str, bool)] = &[
-    ("image_data.json", true),
-    ("relationships.json", true),
-    ("objects.json", false),
-    ("attributes.json", false),
-];
+/// One Visual Genome file and the table ingest makes of it.
+#[derive(Debug)]
+pub struct VgTable {
+    /// The JSON file in the VG folder.
+    pub source: &'static str,
+    /// Whether ingest fails without it (an absent optional file gives an empty table).
+    pub required: bool,
+    /// The Parquet table written under `RUN/ingest/`.
+    pub table: &'static str,
+    /// The counter of its rows in the stage report.
+    counter: &'static str,
+    schema: fn() -> SchemaRef,
+    stream: StreamFn,
+}
 
-/// Output tables of ingest.
-pub const OUTPUTS: &[&str] = &[
-    "images.parquet",
-    "relationships.parquet",
-    "objects.parquet",
-    "attributes.parquet",
+type StreamFn = fn(&Path, &Path, SchemaRef, usize, &crate::ui::Ui) -> Result<Pending>;
+
+/// The four files, in the order ingest reads them.
+pub const VG_TABLES: [VgTable; 4] = [
+    VgTable {
+        source: "image_data.json",
+        required: true,
+        table: "images.parquet",
+        counter: "images",
+        schema: images_schema,
+        stream: stream_table::<ImageRows>,
+    },
+    VgTable {
+        source: "relationships.json",
+        required: true,
+        table: "relationships.parquet",
+        counter: "relationships",
+        schema: relationships_schema,
+        stream: stream_table::<RelationshipRows>,
+    },
+    VgTable {
+        source: "objects.json",
+        required: false,
+        table: "objects.parquet",
+        counter: "objects",
+        schema: objects_schema,
+        stream: stream_table::<ObjectRows>,
+    },
+    VgTable {
+        source: "attributes.json",
+        required: false,
+        table: "attributes.parquet",
+        counter: "attribute_rows",
+        schema: attributes_schema,
+        stream: stream_table::<AttributeRows>,
+    },
 ];
 
 /// The ingest stage.
@@ -83,11 +120,11 @@ impl Stage for IngestStage {
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         let mut out = Vec::new();
-        for (file, required) in VG_FILES {
-            let path = self.config.vg.join(file);
+        for t in &VG_TABLES {
+            let path = self.config.vg.join(t.source);
             if path.is_file() {
-                out.push((file.to_string(), path));
-            } else if *required {
+                out.push((t.source.to_string(), path));
+            } else if t.required {
                 return Err(Error::stage(
                     "ingest",
                     format!(
@@ -659,48 +696,16 @@ pub fn ingest(config: &IngestConfig, out_dir: &Path, ui: &crate::ui::Ui) -> Resu
     let mut report = StageReport::default();
     let mut tally = Tally::default();
     let block = config.block_bytes.max(1 << 12);
-    let plan: [(&str, &str, SchemaRef, &str); 4] = [
-        (
-            "image_data.json",
-            "images.parquet",
-            images_schema(),
-            "images",
-        ),
-        (
-            "relationships.json",
-            "relationships.parquet",
-            relationships_schema(),
-            "relationships",
-        ),
-        (
-            "objects.json",
-            "objects.parquet",
-            objects_schema(),
-            "objects",
-        ),
-        (
-            "attributes.json",
-            "attributes.parquet",
-            attributes_schema(),
-            "attribute_rows",
-        ),
-    ];
     // All four tables are completed under temporary names before any is renamed into place, so
     // a malformed file commits no output at all.
     let mut pending = Vec::new();
-    for (src_name, dest_name, schema, what) in plan {
-        let src = config.vg.join(src_name);
-        let dest = out_dir.join(dest_name);
-        let (file, rows, elements, t) = if src.is_file() {
-            match src_name {
-                "image_data.json" => stream_table::<ImageRows>(&src, &dest, schema, block, ui)?,
-                "relationships.json" => {
-                    stream_table::<RelationshipRows>(&src, &dest, schema, block, ui)?
-                }
-                "objects.json" => stream_table::<ObjectRows>(&src, &dest, schema, block, ui)?,
-                _ => stream_table::<AttributeRows>(&src, &dest, schema, block, ui)?,
-            }
-        } else if VG_FILES.iter().any(|(f, req)| *f == src_name && *req) {
+    for t in &VG_TABLES {
+        let src = config.vg.join(t.source);
+        let dest = out_dir.join(t.table);
+        let schema = (t.schema)();
+        let (file, rows, elements, tally_of_file) = if src.is_file() {
+            (t.stream)(&src, &dest, schema, block, ui)?
+        } else if t.required {
             return Err(Error::io(
                 "failed to open",
                 &src,
@@ -708,15 +713,16 @@ pub fn ingest(config: &IngestConfig, out_dir: &Path, ui: &crate::ui::Ui) -> Resu
             ));
         } else {
             report.notes.push(format!(
-                "{src_name} not found in the VG folder; {dest_name} is empty"
+                "{} not found in the VG folder; {} is empty",
+                t.source, t.table
             ));
             let (file, rows) = TableWriter::create(&dest, schema)?.close()?;
             (file, rows, 0, Tally::default())
         };
-        report.count(what, rows);
-        report.count(&format!("{src_name}_records"), elements);
-        report.outputs.push((dest_name.to_string(), Some(rows)));
-        tally.merge(t);
+        report.count(t.counter, rows);
+        report.count(&format!("{}_records", t.source), elements);
+        report.outputs.push((t.table.to_string(), Some(rows)));
+        tally.merge(tally_of_file);
         pending.push(file);
     }
     for file in pending {

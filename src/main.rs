@@ -240,15 +240,12 @@ impl RetrievalArgs {
         let queries_stage = match &self.queries {
             Some(q) if q == "import" || q == "queries" => q.clone(),
             Some(q) => anyhow::bail!("--queries {q}: expected `import` or `queries`"),
-            None => {
-                let m = Manifest::load(run_dir)?;
-                let done = |s: &str| {
-                    m.stages
-                        .get(s)
-                        .is_some_and(|r| r.status == simat::run::StageStatus::Done)
-                };
-                if done("queries") { "queries" } else { "import" }.to_string()
+            None => if stage_done(run_dir, "queries")? {
+                "queries"
+            } else {
+                "import"
             }
+            .to_string(),
         };
         Ok(RetrieveConfig {
             lambdas: if self.lambdas.is_empty() {
@@ -696,12 +693,20 @@ fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
 /// Where a run's dataset is: `select` when that stage has run (a regenerated benchmark), else
 /// `import` (the release).
 fn dataset_stage_of(run_dir: &Path) -> Result<String> {
+    Ok(if stage_done(run_dir, "select")? {
+        "select"
+    } else {
+        "import"
+    }
+    .to_string())
+}
+
+/// Whether `stage` has finished in the run directory's manifest.
+fn stage_done(run_dir: &Path, stage: &str) -> Result<bool> {
     let m = Manifest::load(run_dir)?;
-    let done = m
-        .stages
-        .get("select")
-        .is_some_and(|r| r.status == simat::run::StageStatus::Done);
-    Ok(if done { "select" } else { "import" }.to_string())
+    Ok(m.stages
+        .get(stage)
+        .is_some_and(|r| r.status == simat::run::StageStatus::Done))
 }
 
 fn print_scores(path: &Path) -> Result<()> {

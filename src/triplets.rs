@@ -19,11 +19,11 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Int32Array, Int64Array, Int64Builder, ListBuilder, RecordBatch,
     StringArray, StringBuilder,
 };
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::io::{read_table, write_table};
+use crate::io::{column, i32_column, i64_column, read_table, str_column, write_table};
 use crate::run::{Stage, StageContext, StageReport};
 
 /// The SIMAT vocabulary (subjects, relations and their surface forms, minimum region side).
@@ -333,36 +333,20 @@ impl Matcher {
     }
 }
 
-fn col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is missing")))
-}
+/// The four box columns of one side (`subj_` or `obj_`) of a relationships batch.
+struct BoxColumns<'a>([&'a Int32Array; 4]);
 
-fn i64_col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Int64Array> {
-    col(batch, name, path)?
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Int64")))
-}
+impl<'a> BoxColumns<'a> {
+    fn of(batch: &'a RecordBatch, side: &str, path: &Path) -> Result<Self> {
+        let c = |k: &str| i32_column(batch, &format!("{side}_{k}"), path);
+        Ok(BoxColumns([c("x")?, c("y")?, c("w")?, c("h")?]))
+    }
 
-fn i32_col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Int32Array> {
-    col(batch, name, path)?
-        .as_primitive_opt::<Int32Type>()
-        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Int32")))
-}
-
-fn str_col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray> {
-    col(batch, name, path)?
-        .as_string_opt::<i32>()
-        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Utf8")))
-}
-
-fn xyxy(batch: &RecordBatch, side: &str, i: usize, path: &Path) -> Result<Bbox> {
-    let x = i32_col(batch, &format!("{side}_x"), path)?.value(i);
-    let y = i32_col(batch, &format!("{side}_y"), path)?.value(i);
-    let w = i32_col(batch, &format!("{side}_w"), path)?.value(i);
-    let h = i32_col(batch, &format!("{side}_h"), path)?.value(i);
-    Ok([x, y, x.saturating_add(w), y.saturating_add(h)])
+    /// Row `i` as `x1, y1, x2, y2`.
+    fn xyxy(&self, i: usize) -> Bbox {
+        let [x, y, w, h] = self.0.map(|c| c.value(i));
+        [x, y, x.saturating_add(w), y.saturating_add(h)]
+    }
 }
 
 const REL_COLUMNS: &[&str] = &[
@@ -397,13 +381,15 @@ pub fn extract(
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for batch in read_table(relationships, REL_COLUMNS)? {
         let batch = batch.map_err(|e| Error::columnar(relationships, e))?;
-        let image_id = i64_col(&batch, "image_id", relationships)?;
-        let rel_id = i64_col(&batch, "relationship_id", relationships)?;
-        let predicate = str_col(&batch, "predicate", relationships)?;
-        let subj_id = i64_col(&batch, "subj_id", relationships)?;
-        let subj_name = str_col(&batch, "subj_name", relationships)?;
-        let obj_id = i64_col(&batch, "obj_id", relationships)?;
-        let obj_name = str_col(&batch, "obj_name", relationships)?;
+        let image_id = i64_column(&batch, "image_id", relationships)?;
+        let rel_id = i64_column(&batch, "relationship_id", relationships)?;
+        let predicate = str_column(&batch, "predicate", relationships)?;
+        let subj_id = i64_column(&batch, "subj_id", relationships)?;
+        let subj_name = str_column(&batch, "subj_name", relationships)?;
+        let obj_id = i64_column(&batch, "obj_id", relationships)?;
+        let obj_name = str_column(&batch, "obj_name", relationships)?;
+        let subj_boxes = BoxColumns::of(&batch, "subj", relationships)?;
+        let obj_boxes = BoxColumns::of(&batch, "obj", relationships)?;
         for i in 0..batch.num_rows() {
             read += 1;
             let subj = normalise(subj_name.value(i));
@@ -420,8 +406,8 @@ pub fn extract(
                 no_object += 1;
                 continue;
             }
-            let subj_box = xyxy(&batch, "subj", i, relationships)?;
-            let obj_box = xyxy(&batch, "obj", i, relationships)?;
+            let subj_box = subj_boxes.xyxy(i);
+            let obj_box = obj_boxes.xyxy(i);
             let u = union(&subj_box, &obj_box);
             if ((u[2] - u[0]) as i64) < matcher.min_side
                 || ((u[3] - u[1]) as i64) < matcher.min_side
@@ -523,9 +509,9 @@ fn load_attributes(path: &Path, regions: &[Region]) -> Result<HashMap<(i64, i64)
     let mut out: HashMap<(i64, i64), Vec<String>> = HashMap::new();
     for batch in read_table(path, &["image_id", "object_id", "attributes"])? {
         let batch = batch.map_err(|e| Error::columnar(path, e))?;
-        let image_id = i64_col(&batch, "image_id", path)?;
-        let object_id = i64_col(&batch, "object_id", path)?;
-        let lists = col(&batch, "attributes", path)?
+        let image_id = i64_column(&batch, "image_id", path)?;
+        let object_id = i64_column(&batch, "object_id", path)?;
+        let lists = column(&batch, "attributes", path)?
             .as_list_opt::<i32>()
             .ok_or_else(|| Error::columnar(path, "column `attributes` is not a list"))?;
         for i in 0..batch.num_rows() {

@@ -8,8 +8,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, RecordBatchReader};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::array::{
+    ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, RecordBatchReader, StringArray,
+};
+use arrow::datatypes::{Field, Int32Type, Int64Type, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
@@ -128,6 +130,34 @@ pub fn read_all(path: &Path) -> Result<RecordBatch> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::columnar(path, e))?;
     arrow::compute::concat_batches(&schema, &batches).map_err(|e| Error::columnar(path, e))
+}
+
+/// A column by name, or an error naming the file and the column.
+pub fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is missing")))
+}
+
+/// An Int64 column by name.
+pub fn i64_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Int64Array> {
+    column(batch, name, path)?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Int64")))
+}
+
+/// An Int32 column by name.
+pub fn i32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Int32Array> {
+    column(batch, name, path)?
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Int32")))
+}
+
+/// A Utf8 column by name.
+pub fn str_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray> {
+    column(batch, name, path)?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Utf8")))
 }
 
 /// A portable description of an Arrow schema, as kept in `schemas/`.
