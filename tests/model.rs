@@ -62,9 +62,11 @@ fn onnx_runtime_runs_a_model() {
 #[test]
 fn clip_tokens_equal_open_clip() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tok =
-        simat::model::tokenizer::ClipTokenizer::load(&root.join("data/clip_tokenizer.json"), 77)
-            .unwrap();
+    let tok = simat::model::tokenizer::ClipTokenizer::load(
+        &root.join("data/tiny-clip/tokenizer.json"),
+        77,
+    )
+    .unwrap();
     let reference: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(root.join("tests/data/clip_tokens.json")).unwrap())
             .unwrap();
@@ -86,4 +88,133 @@ fn clip_tokens_equal_open_clip() {
     assert!(reference
         .iter()
         .any(|r| r["ids"][76].as_i64().unwrap() != 0));
+}
+
+fn tiny_clip() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip")
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(tiny_clip().join("reference/reference.json")).unwrap())
+        .unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The tiny CLIP (`scripts/export_clip.py tiny --reference`): simat's token ids equal
+/// open_clip's, and both towers give PyTorch's embeddings within 1e-4 on the same inputs.
+#[test]
+fn tiny_clip_equals_pytorch() {
+    use simat::model::clip::ClipModel;
+    let mut model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
+    let r = reference();
+    let texts: Vec<&str> = r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    let ids = model.tokenizer().encode(&texts).unwrap();
+    for (i, t) in r["texts"].as_array().unwrap().iter().enumerate() {
+        let want: Vec<i64> = t["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(&ids[i * 77..(i + 1) * 77], &want[..], "{:?}", texts[i]);
+    }
+    // Batches of 4 over 6 texts: a partial last batch too.
+    let text = model.embed_texts(&texts, 4).unwrap();
+    assert_eq!((text.rows, text.cols), (texts.len(), 32));
+    for (i, t) in r["texts"].as_array().unwrap().iter().enumerate() {
+        let d = max_abs_diff(text.row(i), &floats(&t["embedding"]));
+        assert!(d < 1e-4, "text {i}: {d}");
+    }
+
+    let (shape, pixels) =
+        simat::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
+    assert_eq!(&shape[1..], &[3, 224, 224]);
+    let image = model.embed_pixels(shape[0], &pixels).unwrap();
+    for (i, im) in r["images"].as_array().unwrap().iter().enumerate() {
+        let d = max_abs_diff(image.row(i), &floats(&im["embedding"]));
+        assert!(d < 1e-4, "image {i}: {d}");
+    }
+}
+
+/// simat's preprocessing of PNG files (upscaled, downscaled, odd centre crop, grey) equals
+/// open_clip's `image_transform(224)` within 1e-2 per value (the reference is stored as f16,
+/// which adds at most 2e-3).
+#[test]
+fn preprocessing_equals_open_clip() {
+    use simat::model::clip::ClipModel;
+    let model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
+    let (shape, want) =
+        simat::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
+    let per = shape[1..].iter().product::<usize>();
+    for (i, im) in reference()["images"].as_array().unwrap().iter().enumerate() {
+        let file = tiny_clip()
+            .join("reference")
+            .join(im["file"].as_str().unwrap());
+        let mut got = vec![0f32; per];
+        model.preprocess().file(&file, &mut got).unwrap();
+        let d = max_abs_diff(&got, &want[i * per..(i + 1) * per]);
+        assert!(d < 1e-2, "{}: max difference {d}", file.display());
+    }
+}
+
+/// Images are embedded in input order in batches; a missing and a corrupt file are reported
+/// with their positions and the others still embedded, equal to embedding them alone.
+#[test]
+fn image_files_stream_through_batches() {
+    use simat::model::clip::ClipModel;
+    let dir = tempdir();
+    let corrupt = dir.path().join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let refs = tiny_clip().join("reference");
+    let mut files: Vec<std::path::PathBuf> = reference()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|im| refs.join(im["file"].as_str().unwrap()))
+        .collect();
+    files.insert(1, dir.path().join("missing.png"));
+    files.insert(3, corrupt);
+    let mut model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
+    let mut ok = vec![];
+    let mut failed = vec![];
+    let mut rows = vec![];
+    model
+        .embed_image_files(&files, 4, |b| {
+            assert_eq!(b.ok.len(), b.embeddings.rows);
+            ok.extend(b.ok.iter().copied());
+            failed.extend(b.failed.iter().map(|(i, f)| (*i, f.kind())));
+            rows.extend((0..b.embeddings.rows).map(|r| b.embeddings.row(r).to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(ok, [0, 2, 4, 5]);
+    assert_eq!(failed, [(1, "missing"), (3, "corrupt")]);
+    let mut alone = vec![];
+    model
+        .embed_image_files(&files[5..], 1, |b| {
+            alone.push(b.embeddings.row(0).to_vec());
+            Ok(())
+        })
+        .unwrap();
+    assert!(max_abs_diff(&rows[3], &alone[0]) < 1e-5);
 }

@@ -6,14 +6,18 @@
 //! built from. `scripts/setup_onnxruntime.sh` puts PyPI's `onnxruntime` wheel's library there.
 //! When none is found, the error says so in one sentence, with both ways to fix it.
 
+pub mod clip;
+pub mod preprocess;
+pub mod resample;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
+use ort::ep::ExecutionProvider;
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::TensorRef;
 
 use crate::error::{Error, Result};
 
@@ -90,6 +94,54 @@ pub fn build_info() -> Result<String> {
     Ok(ort::info().to_string())
 }
 
+/// Where inference runs: ONNX Runtime's CPU provider, or its CUDA provider on one GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Device {
+    /// The CPU provider.
+    #[default]
+    Cpu,
+    /// The CUDA provider on GPU `n` (needs the `onnxruntime-gpu` build of the library).
+    Cuda(u32),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// A loaded ONNX model.
 #[derive(Debug)]
 pub struct OnnxModel {
@@ -100,7 +152,13 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Load `path` on the CPU with `threads` intra-op threads (0: ONNX Runtime's default).
     pub fn load(path: &Path, threads: usize) -> Result<Self> {
-        let (env, _) = environment()?;
+        Self::load_on(path, threads, Device::Cpu)
+    }
+
+    /// Load `path` for `device`. Intra-op threads do not spin between runs, so that image
+    /// decoding, which runs beside inference, gets the cores while a batch is being assembled.
+    pub fn load_on(path: &Path, threads: usize, device: Device) -> Result<Self> {
+        let (env, library) = environment()?;
         let onnx = |e: &dyn std::fmt::Display| Error::Onnx {
             model: path.to_path_buf(),
             message: e.to_string(),
@@ -109,11 +167,38 @@ impl OnnxModel {
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| onnx(&e))?;
         }
+        builder = builder
+            .with_intra_op_spinning(false)
+            .map_err(|e| onnx(&e))?;
+        if let Device::Cuda(n) = device {
+            let cuda = ort::ep::CUDA::default();
+            if !ort::ep::CUDA::is_available().unwrap_or(false) {
+                return Err(Error::Runtime(format!(
+                    "--device {device}: the ONNX Runtime library at `{}` was built without CUDA; install the GPU build (`pip download --no-deps onnxruntime-gpu`, its onnxruntime/capi/libonnxruntime.so.*) and point {ORT_DYLIB_PATH} at it",
+                    library.display()
+                )));
+            }
+            builder = builder
+                .with_execution_providers([cuda
+                    .with_device_id(n as i32)
+                    .build()
+                    .error_on_failure()])
+                .map_err(|e| {
+                    Error::Runtime(format!(
+                        "--device {device}: ONNX Runtime's CUDA provider did not start: {e}"
+                    ))
+                })?;
+        }
         let session = builder.commit_from_file(path).map_err(|e| onnx(&e))?;
         Ok(OnnxModel {
             session,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The model's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The model's input names.
@@ -136,13 +221,22 @@ impl OnnxModel {
 
     /// Run on one f32 input of `shape`; returns the first output's shape and values.
     pub fn run_f32(&mut self, shape: &[usize], data: Vec<f32>) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.run(shape, &data)
+    }
+
+    /// Run on one input of `shape` (f32 or i64); returns the first output's shape and f32 values.
+    pub fn run<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+        &mut self,
+        shape: &[usize],
+        data: &[T],
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
         let path = self.path.clone();
         let onnx = |e: &dyn std::fmt::Display| Error::Onnx {
             model: path.clone(),
             message: e.to_string(),
         };
         let shape_i64: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::from_array((shape_i64, data)).map_err(|e| onnx(&e))?;
+        let tensor = TensorRef::from_array_view((shape_i64, data)).map_err(|e| onnx(&e))?;
         let outputs = self
             .session
             .run(ort::inputs![tensor])

@@ -1,0 +1,182 @@
+//! CLIP's image preprocessing, as open_clip's `image_transform(size, is_train=False)` does it on
+//! a Pillow image: resize the short side to `size` with Pillow's bicubic (a = −0.5, antialiased
+//! when shrinking, two passes rounded to 8 bits), centre-crop `size × size` (offsets rounded half
+//! to even, as Python's `round`), scale to [0, 1] and normalise with the model's mean and std, in
+//! f32 in that order, as torchvision does. The resize is [`super::resample`], which rounds as
+//! Pillow does, and only computes the kept window.
+//!
+//! Differences from open_clip that remain: paletted images are expanded to RGB before resizing
+//! (Pillow resizes a `P` image with nearest neighbour), 16-bit images are reduced to 8 bits
+//! first, and JPEG decoding may differ from libjpeg-turbo by a level in rare pixels.
+
+use std::path::Path;
+
+use super::resample::bicubic_resize_crop;
+
+/// Why an image could not be preprocessed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageFailure {
+    /// The file does not exist or cannot be read.
+    Missing(String),
+    /// The file is not a decodable image.
+    Corrupt(String),
+}
+
+impl ImageFailure {
+    /// `missing` or `corrupt`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImageFailure::Missing(_) => "missing",
+            ImageFailure::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageFailure::Missing(m) => write!(f, "missing: {m}"),
+            ImageFailure::Corrupt(m) => write!(f, "corrupt: {m}"),
+        }
+    }
+}
+
+/// The transform of one model: square side and per-channel normalisation.
+#[derive(Debug, Clone)]
+pub struct Preprocess {
+    size: u32,
+    /// `((v / 255) − mean[c]) / std[c]` for every 8-bit level `v`, computed in f32 as torchvision
+    /// does, so a table lookup gives its values bit for bit.
+    table: Vec<[f32; 256]>,
+}
+
+/// The size of the short-side resize: the short side becomes `size`, the long side
+/// `int(size · long / short)` (torchvision truncates).
+pub fn resized_size(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let long = |l: u32, s: u32| ((size as f64 * l as f64 / s as f64) as u32).max(size);
+    if width <= height {
+        (size, long(height, width))
+    } else {
+        (long(width, height), size)
+    }
+}
+
+/// The offset of a centred `size` window in `len`: `int(round((len − size) / 2))` with Python's
+/// half-to-even rounding.
+pub fn centre_offset(len: u32, size: u32) -> u32 {
+    let twice = len.saturating_sub(size);
+    let (q, half) = (twice / 2, twice % 2 == 1);
+    if half && q % 2 == 1 {
+        q + 1
+    } else {
+        q
+    }
+}
+
+impl Preprocess {
+    /// The transform for `size`-pixel squares with CLIP-style `mean` and `std`.
+    pub fn new(size: u32, mean: [f32; 3], std: [f32; 3]) -> Self {
+        let table = (0..3)
+            .map(|c| {
+                let mut t = [0f32; 256];
+                for (v, slot) in t.iter_mut().enumerate() {
+                    *slot = ((v as f32) / 255.0 - mean[c]) / std[c];
+                }
+                t
+            })
+            .collect();
+        Preprocess { size, table }
+    }
+
+    /// Values per image: `3 × size × size`.
+    pub fn len(&self) -> usize {
+        3 * (self.size as usize).pow(2)
+    }
+
+    /// Never: an image always has values.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The square side.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Decode `path` and write its `3 × size × size` values (channels first) into `out`.
+    pub fn file(&self, path: &Path, out: &mut [f32]) -> Result<(), ImageFailure> {
+        let bytes = std::fs::read(path).map_err(|e| ImageFailure::Missing(e.to_string()))?;
+        let image = image::ImageReader::new(std::io::Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|e| ImageFailure::Corrupt(e.to_string()))?
+            .decode()
+            .map_err(|e| ImageFailure::Corrupt(e.to_string()))?;
+        let rgb = image.into_rgb8();
+        let (w, h) = rgb.dimensions();
+        if w == 0 || h == 0 {
+            return Err(ImageFailure::Corrupt("the image has no pixels".into()));
+        }
+        self.rgb(w, h, &rgb.into_raw(), out);
+        Ok(())
+    }
+
+    /// Preprocess an 8-bit RGB image (`width × height × 3` bytes, rows top to bottom).
+    pub fn rgb(&self, width: u32, height: u32, pixels: &[u8], out: &mut [f32]) {
+        assert_eq!(out.len(), self.len(), "output slice of one image");
+        let size = self.size;
+        let (rw, rh) = resized_size(width, height, size);
+        let (x0, y0) = (centre_offset(rw, size), centre_offset(rh, size));
+        let side = size as usize;
+        let window = bicubic_resize_crop(
+            pixels,
+            width as usize,
+            height as usize,
+            3,
+            (rw as usize, rh as usize),
+            (x0 as usize, y0 as usize),
+            (side, side),
+        );
+        let plane = side * side;
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (i, px) in window.chunks_exact(3).enumerate() {
+            r[i] = self.table[0][px[0] as usize];
+            g[i] = self.table[1][px[1] as usize];
+            b[i] = self.table[2][px[2] as usize];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_keeps_the_short_side_and_truncates_the_long_one() {
+        assert_eq!(resized_size(37, 81, 224), (224, 490));
+        assert_eq!(resized_size(500, 333, 224), (336, 224));
+        assert_eq!(resized_size(224, 224, 224), (224, 224));
+        // 224 · 301 / 225 = 299.66…
+        assert_eq!(resized_size(225, 301, 224), (224, 299));
+    }
+
+    #[test]
+    fn centre_offsets_round_half_to_even() {
+        assert_eq!(centre_offset(224, 224), 0);
+        assert_eq!(centre_offset(225, 224), 0); // round(0.5) = 0
+        assert_eq!(centre_offset(227, 224), 2); // round(1.5) = 2
+        assert_eq!(centre_offset(229, 224), 2); // round(2.5) = 2
+        assert_eq!(centre_offset(226, 224), 1);
+    }
+
+    #[test]
+    fn values_are_normalised_levels() {
+        let p = Preprocess::new(2, [0.5, 0.25, 0.0], [0.5, 0.25, 1.0]);
+        let mut out = vec![0f32; p.len()];
+        let px = vec![255, 0, 51, 0, 255, 102, 255, 255, 153, 0, 0, 204];
+        p.rgb(2, 2, &px, &mut out);
+        assert_eq!(&out[..4], &[1.0, -1.0, 1.0, -1.0]);
+        assert_eq!(&out[4..8], &[-1.0, 3.0, 3.0, -1.0]);
+        assert!((out[8] - 0.2).abs() < 1e-6 && (out[11] - 0.8).abs() < 1e-6);
+    }
+}
