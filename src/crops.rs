@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::ints;
 use crate::error::{Error, Result};
-use crate::run::atomic::{write_atomic, AtomicFile};
+use crate::run::atomic::AtomicFile;
+use crate::run::chunks::Chunks;
 use crate::run::{Stage, StageContext, StageReport};
 
 /// Configuration of the crops stage.
@@ -237,12 +238,6 @@ fn crop_image(
     Ok(out)
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct Checkpoint {
-    fingerprint: String,
-    chunks: usize,
-}
-
 fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<StageReport> {
     let batch = crate::io::read_all(regions)?;
     let ids = ints(&batch, "region_id", regions)?;
@@ -262,29 +257,12 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
     let chunk = config.chunk_images.max(1);
     let n_chunks = by_image.len().div_ceil(chunk);
 
-    // Resume from committed chunks only when they were made under the same fingerprint.
-    let chunk_dir = ctx.stage_dir.join("chunks");
-    let ckpt_path = ctx.stage_dir.join("checkpoint.json");
-    let want = Checkpoint {
-        fingerprint: ctx.fingerprint.clone(),
-        chunks: n_chunks,
-    };
-    let resumable = std::fs::read(&ckpt_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
-        .is_some_and(|c| c == want);
-    if !resumable {
-        // Crops of an earlier configuration must not linger beside the new ones.
-        let _ = std::fs::remove_dir_all(ctx.stage_dir.join("crops"));
-        let _ = std::fs::remove_dir_all(&chunk_dir);
-        std::fs::create_dir_all(&chunk_dir)
-            .map_err(|e| Error::io("failed to create directory", &chunk_dir, e))?;
-        write_atomic(&ckpt_path, &serde_json::to_vec(&want).expect("json"))?;
-    }
+    // Crops of an earlier configuration must not linger beside the new ones.
+    let chunks = Chunks::open(&ctx.stage_dir, &ctx.fingerprint, n_chunks, &["crops"])?;
     let bar = ctx.ui.progress(by_image.len() as u64, "images", "crops");
     let mut resumed = 0u64;
     for (k, part) in by_image.chunks(chunk).enumerate() {
-        let path = chunk_dir.join(format!("{k:06}.parquet"));
+        let path = chunks.file(k, "parquet");
         if path.is_file() {
             resumed += 1;
         } else {
@@ -304,7 +282,7 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
     let mut w = crate::io::TableWriter::create(&ctx.output("crops.parquet"), schema)?;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for k in 0..n_chunks {
-        let b = crate::io::read_all(&chunk_dir.join(format!("{k:06}.parquet")))?;
+        let b = crate::io::read_all(&chunks.file(k, "parquet"))?;
         let status = arrow::array::AsArray::as_string::<i32>(b.column(2));
         for v in status.iter().flatten() {
             *counts.entry(v.to_string()).or_default() += 1;
@@ -312,8 +290,7 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
         w.write(&b)?;
     }
     let n = w.finish()?;
-    let _ = std::fs::remove_dir_all(&chunk_dir);
-    let _ = std::fs::remove_file(&ckpt_path);
+    chunks.finish();
 
     let mut report = StageReport::default();
     report.outputs.push(("crops.parquet".into(), Some(n)));

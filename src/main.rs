@@ -669,6 +669,11 @@ fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
             describe(&o.stage, &o.record)
         );
     }
+    let scores = run_dir.join("score").join("scores.json");
+    if outcomes.iter().any(|o| o.stage == "score") && scores.is_file() {
+        println!("SIMAT scores (% of queries whose first image the oracle accepts):");
+        return print_scores(&scores);
+    }
     let triplets = run_dir.join("triplets").join("triplets.parquet");
     if outcomes.iter().any(|o| o.stage == "triplets") && triplets.is_file() {
         let batch = simat::io::read_all(&triplets)?;

@@ -1,6 +1,8 @@
-//! Oracles: what judges whether an image shows a caption. A stage names one by a string, either
-//! `labels` (the annotation decides: an image shows its own triplet's caption) or the path of a
-//! similarity matrix (`.npy`), which is identified in fingerprints by its content, not its path.
+//! Oracles: what judges whether an image shows a caption. A stage names one by a string:
+//! `labels` (the annotation decides: an image shows its own triplet's caption), `model` (the
+//! `oracle` stage's CLIP-family model: cosine similarity of the region's crop and the caption),
+//! or the path of a similarity matrix (`.npy`), which is identified in fingerprints by its
+//! content, not its path.
 
 use std::path::PathBuf;
 
@@ -9,9 +11,14 @@ use crate::error::{Error, Result};
 /// The oracle that needs no file.
 pub const LABELS: &str = "labels";
 
-/// The matrix file an oracle string names, if it is not `labels`.
+/// The matrix file an oracle string names, if it is not `labels` or `model`.
 pub fn matrix_file(oracle: &str) -> Option<PathBuf> {
-    (oracle != LABELS).then(|| PathBuf::from(oracle))
+    (oracle != LABELS && oracle != MODEL).then(|| PathBuf::from(oracle))
+}
+
+/// The stage an oracle string depends on (`oracle` for `model`).
+pub fn upstream(oracle: &str) -> Option<&'static str> {
+    (oracle == MODEL).then_some("oracle")
 }
 
 /// A stage's config as JSON, with an oracle path replaced by `"matrix"` (its content is hashed
@@ -32,9 +39,172 @@ pub fn inputs(stage: &str, oracle: &str) -> Result<Vec<(String, PathBuf)>> {
         Some(p) => Err(Error::stage(
             stage,
             format!(
-                "oracle `{}` not found (give a .npy matrix or `{LABELS}`)",
+                "oracle `{}` not found (give a .npy matrix, `{LABELS}` or `{MODEL}`)",
                 p.display()
             ),
         )),
+    }
+}
+
+/// The oracle that the `oracle` stage computes with a CLIP-family model.
+pub const MODEL: &str = "model";
+
+/// The `oracle` stage: a CLIP-family model judges every cropped region against every triplet's
+/// caption by cosine similarity. It writes the normalised embeddings
+/// (`region_embeddings.arrow` by `region_id`, `caption_embeddings.arrow` by `triplet_id`), from
+/// which any region × caption similarity is one inner product, and `region_scores.parquet`:
+/// each embedded region's similarity with its own caption, which `select` thresholds. Regions
+/// without a usable crop, or whose crop cannot be read, are counted and left out.
+#[derive(Debug, Clone)]
+pub struct OracleStage {
+    /// How the model runs.
+    pub config: crate::embed::model::ModelRunConfig,
+}
+
+/// Schema of `region_scores.parquet`.
+pub fn region_scores_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("region_id", DataType::Int64, false),
+        Field::new("triplet_id", DataType::Int64, false),
+        Field::new("similarity", DataType::Float32, false),
+    ]))
+}
+
+impl crate::run::Stage for OracleStage {
+    fn name(&self) -> &'static str {
+        "oracle"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> Vec<&'static str> {
+        vec!["triplets", "crops"]
+    }
+    fn config(&self) -> serde_json::Value {
+        self.config.fingerprint_value("model")
+    }
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        self.config.inputs("oracle")
+    }
+    fn run(&self, ctx: &crate::run::StageContext) -> Result<crate::run::StageReport> {
+        use std::sync::Arc;
+
+        use arrow::array::{Float32Array, Int64Array, RecordBatch};
+
+        use crate::embed::model::{captions, crop_files, embed_images_chunked, embed_texts};
+
+        let rpath = ctx.upstream_output("triplets", "regions.parquet");
+        let regions = crate::io::read_all(&rpath)?;
+        let region_id = crate::dataset::ints(&regions, "region_id", &rpath)?;
+        let triplet_id = crate::dataset::ints(&regions, "triplet_id", &rpath)?;
+        let (files, _) = crop_files(&ctx.run_dir.join("crops"))?;
+        let cropped: Vec<usize> = (0..region_id.len())
+            .filter(|&i| files.contains_key(&region_id[i]))
+            .collect();
+        let inputs: Vec<PathBuf> = cropped
+            .iter()
+            .map(|&i| files[&region_id[i]].clone())
+            .collect();
+        let mut model = self.config.open()?;
+        let (images, chunks) = embed_images_chunked(
+            &mut model,
+            &inputs,
+            &self.config,
+            &ctx.stage_dir,
+            &ctx.fingerprint,
+            ctx.ui,
+        )?;
+        let all_captions = captions(&ctx.run_dir.join("triplets"))?;
+        let caption_ids: Vec<i64> = all_captions.keys().copied().collect();
+        let texts: Vec<&str> = all_captions.values().map(String::as_str).collect();
+        let caption_m = embed_texts(&mut model, &texts, self.config.batch_size)?;
+        let caption_row: std::collections::HashMap<i64, usize> = caption_ids
+            .iter()
+            .enumerate()
+            .map(|(r, &t)| (t, r))
+            .collect();
+
+        let embedded: Vec<usize> = images.positions.iter().map(|&p| cropped[p]).collect();
+        let mut scores = Vec::with_capacity(embedded.len());
+        for (row, &i) in embedded.iter().enumerate() {
+            let c = caption_row.get(&triplet_id[i]).ok_or_else(|| {
+                Error::data(
+                    &rpath,
+                    format!(
+                        "region {} has triplet {}, which has no caption",
+                        region_id[i], triplet_id[i]
+                    ),
+                )
+            })?;
+            let dot: f32 = images
+                .matrix
+                .row(row)
+                .iter()
+                .zip(caption_m.row(*c))
+                .map(|(a, b)| a * b)
+                .sum();
+            scores.push(dot);
+        }
+        let ids: Vec<i64> = embedded.iter().map(|&i| region_id[i]).collect();
+        let tids: Vec<i64> = embedded.iter().map(|&i| triplet_id[i]).collect();
+        crate::store::write_store(
+            &ctx.output("region_embeddings.arrow"),
+            "region_id",
+            Arc::new(Int64Array::from(ids.clone())),
+            &images.matrix,
+        )?;
+        crate::store::write_store(
+            &ctx.output("caption_embeddings.arrow"),
+            "triplet_id",
+            Arc::new(Int64Array::from(caption_ids)),
+            &caption_m,
+        )?;
+        let batch = RecordBatch::try_new(
+            region_scores_schema(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(Int64Array::from(tids)),
+                Arc::new(Float32Array::from(scores)),
+            ],
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let n = crate::io::write_table(&ctx.output("region_scores.parquet"), &batch)?;
+        crate::embed::model::write_model_json(
+            &ctx.stage_dir,
+            &model,
+            &self.config,
+            images.matrix.cols,
+        )?;
+        chunks.finish();
+
+        let mut report = crate::run::StageReport {
+            outputs: vec![
+                ("region_embeddings.arrow".into(), Some(n)),
+                (
+                    "caption_embeddings.arrow".into(),
+                    Some(caption_m.rows as u64),
+                ),
+                ("region_scores.parquet".into(), Some(n)),
+                ("model.json".into(), None),
+            ],
+            ..Default::default()
+        };
+        let uncropped = (region_id.len() - cropped.len()) as u64;
+        report.count("regions_scored", n);
+        report.count("regions_without_crop", uncropped);
+        report.count("crops_unreadable", images.failed.len() as u64);
+        report.count("captions", caption_m.rows as u64);
+        report.count("chunks_resumed", images.chunks_resumed as u64);
+        if !images.failed.is_empty() {
+            report.skipped += images.failed.len() as u64;
+            let (p, f) = &images.failed[0];
+            report.notes.push(format!(
+                "{} crop(s) could not be read, e.g. `{}`: {f}",
+                images.failed.len(),
+                inputs[*p].display()
+            ));
+        }
+        Ok(report)
     }
 }

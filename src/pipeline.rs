@@ -20,11 +20,26 @@
 //! [crops]                          # optional: one PNG per region
 //! images = "/data/visual_genome"   # omit when [synth] renders its images
 //!
+//! [oracle]                         # optional: a CLIP-family model judges crops × captions
+//! model = "../data/tiny-clip"      # a folder from scripts/export_clip.py
+//!
 //! [select]                         # optional: the dataset (oracle, threshold, min_images)
-//! oracle = "labels"
+//! oracle = "model"                 # or "labels", or a regions × triplets .npy
+//! threshold = 0.25
 //!
 //! [queries]                        # optional: transformation queries for the dataset
 //! seed = 0
+//!
+//! [embed]                          # optional: the evaluated model embeds crops and words
+//! model = "../data/tiny-clip"
+//! device = "cpu"                   # or "cuda:0"
+//!
+//! [retrieve]                       # optional: λ sweep (needs [queries] and [embed])
+//! lambdas = [0.0, 1.0, 2.0]
+//!
+//! [score]                          # optional: SIMAT scores (oracle and threshold)
+//! oracle = "model"
+//! threshold = 0.25
 //! ```
 //!
 //! Relative paths are resolved against the pipeline file's directory, so a pipeline runs the
@@ -35,10 +50,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::crops::{CropsConfig, CropsStage};
+use crate::embed::model::{EmbedStage, ModelRunConfig};
 use crate::error::{Error, Result};
 use crate::ingest::{IngestConfig, IngestStage};
+use crate::oracle::OracleStage;
 use crate::queries::{QueriesConfig, QueriesStage};
+use crate::retrieve::{RetrieveConfig, RetrieveStage};
 use crate::run::Stage;
+use crate::score::{ScoreConfig, ScoreStage};
 use crate::select::{SelectConfig, SelectStage};
 use crate::synth::{SynthConfig, SynthStage, SYNTH_VG_DIR};
 use crate::triplets::{TripletsConfig, TripletsStage};
@@ -56,9 +75,34 @@ struct PipelineFile {
     #[serde(default)]
     crops: Option<CropsSection>,
     #[serde(default)]
+    oracle: Option<ModelRunConfig>,
+    #[serde(default)]
     select: Option<SelectConfig>,
     #[serde(default)]
     queries: Option<QueriesSection>,
+    #[serde(default)]
+    embed: Option<ModelRunConfig>,
+    #[serde(default)]
+    retrieve: Option<RetrieveSection>,
+    #[serde(default)]
+    score: Option<ScoreSection>,
+}
+
+/// The `[retrieve]` section: the queries are always the pipeline's `queries` output.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrieveSection {
+    lambdas: Option<Vec<f64>>,
+    k: Option<usize>,
+}
+
+/// The `[score]` section: queries and dataset are the pipeline's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreSection {
+    oracle: Option<String>,
+    threshold: Option<f64>,
+    split: Option<String>,
 }
 
 /// The `[queries]` section: the dataset is always the pipeline's `select` output.
@@ -100,10 +144,18 @@ pub struct Pipeline {
     pub triplets: TripletsConfig,
     /// The crops stage's config, when the pipeline crops regions.
     pub crops: Option<CropsConfig>,
+    /// The oracle stage's config, when a model judges the crops.
+    pub oracle: Option<ModelRunConfig>,
     /// The select stage's config, when the pipeline builds a dataset.
     pub select: Option<SelectConfig>,
     /// The queries stage's config, when the pipeline generates queries.
     pub queries: Option<QueriesConfig>,
+    /// The embed stage's config, when a model embeds the dataset.
+    pub embed: Option<ModelRunConfig>,
+    /// The retrieve stage's config.
+    pub retrieve: Option<RetrieveConfig>,
+    /// The score stage's config.
+    pub score: Option<ScoreConfig>,
 }
 
 impl Pipeline {
@@ -198,6 +250,85 @@ impl Pipeline {
                 })
             }
         };
+        let with_model = |c: Option<ModelRunConfig>, section: &str| -> Result<_> {
+            match c {
+                Some(_) if crops.is_none() => Err(Error::config(
+                    path,
+                    format!("`[{section}]` embeds crops: it needs a `[crops]` section"),
+                )),
+                Some(mut c) => {
+                    c.model = resolve(&c.model);
+                    Ok(Some(c))
+                }
+                None => Ok(None),
+            }
+        };
+        let oracle = with_model(file.oracle, "oracle")?;
+        let embed = with_model(file.embed, "embed")?;
+        let mut select = file.select;
+        if let Some(s) = &mut select {
+            if s.oracle == crate::oracle::MODEL && oracle.is_none() {
+                return Err(Error::config(
+                    path,
+                    "`[select] oracle = \"model\"` needs an `[oracle]` section naming the model",
+                ));
+            }
+            if let Some(m) = crate::oracle::matrix_file(&s.oracle) {
+                s.oracle = resolve(&m).to_string_lossy().into_owned();
+            }
+        }
+        if embed.is_some() && select.is_none() {
+            return Err(Error::config(
+                path,
+                "`[embed]` embeds the selected dataset: it needs a `[select]` section",
+            ));
+        }
+        let retrieve = match file.retrieve {
+            None => None,
+            Some(_) if queries.is_none() || embed.is_none() => {
+                return Err(Error::config(
+                    path,
+                    "`[retrieve]` needs `[queries]` and `[embed]` sections",
+                ))
+            }
+            Some(r) => {
+                let d = RetrieveConfig::default();
+                Some(RetrieveConfig {
+                    lambdas: r.lambdas.unwrap_or(d.lambdas),
+                    k: r.k.unwrap_or(d.k),
+                    queries_stage: "queries".into(),
+                })
+            }
+        };
+        let score = match file.score {
+            None => None,
+            Some(_) if retrieve.is_none() => {
+                return Err(Error::config(
+                    path,
+                    "`[score]` needs a `[retrieve]` section",
+                ))
+            }
+            Some(sc) => {
+                let d = ScoreConfig::default();
+                let mut oracle_s = sc.oracle.unwrap_or(d.oracle);
+                if oracle_s == crate::oracle::MODEL && oracle.is_none() {
+                    return Err(Error::config(
+                        path,
+                        "`[score] oracle = \"model\"` needs an `[oracle]` section naming the model",
+                    ));
+                }
+                if let Some(m) = crate::oracle::matrix_file(&oracle_s) {
+                    oracle_s = resolve(&m).to_string_lossy().into_owned();
+                }
+                Some(ScoreConfig {
+                    oracle: oracle_s,
+                    threshold: sc.threshold.unwrap_or(d.threshold),
+                    split: sc.split.unwrap_or(d.split),
+                    queries_stage: "queries".into(),
+                    dataset_stage: "select".into(),
+                })
+            }
+        };
         Ok(Pipeline {
             path: path.to_path_buf(),
             run_dir,
@@ -205,8 +336,12 @@ impl Pipeline {
             ingest,
             triplets,
             crops,
-            select: file.select,
+            oracle,
+            select,
             queries,
+            embed,
+            retrieve,
+            score,
         })
     }
 
@@ -225,11 +360,26 @@ impl Pipeline {
         if let Some(c) = &self.crops {
             stages.push(Box::new(CropsStage { config: c.clone() }));
         }
+        if let Some(c) = &self.oracle {
+            stages.push(Box::new(OracleStage { config: c.clone() }));
+        }
         if let Some(c) = &self.select {
             stages.push(Box::new(SelectStage { config: c.clone() }));
         }
         if let Some(c) = &self.queries {
             stages.push(Box::new(QueriesStage { config: c.clone() }));
+        }
+        if let Some(c) = &self.embed {
+            stages.push(Box::new(EmbedStage {
+                config: c.clone(),
+                dataset_stage: "select".into(),
+            }));
+        }
+        if let Some(c) = &self.retrieve {
+            stages.push(Box::new(RetrieveStage { config: c.clone() }));
+        }
+        if let Some(c) = &self.score {
+            stages.push(Box::new(ScoreStage { config: c.clone() }));
         }
         stages
     }

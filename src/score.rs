@@ -116,6 +116,7 @@ impl Stage for ScoreStage {
         if !v.contains(&d) {
             v.push(d);
         }
+        v.extend(crate::oracle::upstream(&self.config.oracle));
         v
     }
     fn config(&self) -> serde_json::Value {
@@ -137,6 +138,7 @@ impl Stage for ScoreStage {
         let rpath = ctx.upstream_output("retrieve", "retrievals.parquet");
         let (lambdas, top1) = read_top1(&rpath, &queries)?;
         let oracle = match crate::oracle::matrix_file(&self.config.oracle) {
+            None if self.config.oracle == crate::oracle::MODEL => model_oracle(ctx, &dataset)?,
             None => Oracle::Labels,
             Some(p) => {
                 let m = crate::store::read_matrix(&p)?;
@@ -246,6 +248,52 @@ impl Stage for ScoreStage {
 enum Oracle {
     Labels,
     Matrix(Matrix),
+    /// The `oracle` stage's embeddings: regions by dataset_id, captions by triplet_id.
+    Model {
+        regions: Matrix,
+        captions: Matrix,
+        caption_row: HashMap<i64, usize>,
+    },
+}
+
+/// The `model` oracle for a dataset: the `oracle` stage's region embeddings gathered into
+/// dataset_id order, and its caption embeddings.
+fn model_oracle(ctx: &StageContext, dataset: &Dataset) -> Result<Oracle> {
+    use crate::store::EmbeddingStore;
+    let rpath = ctx.upstream_output("oracle", "region_embeddings.arrow");
+    let regions = EmbeddingStore::open(&rpath)?;
+    let ids = crate::io::i64_column(&regions.batch, "region_id", &rpath)?;
+    let row: HashMap<i64, usize> = ids
+        .values()
+        .iter()
+        .enumerate()
+        .map(|(r, &id)| (id, r))
+        .collect();
+    let mut idx = Vec::with_capacity(dataset.len());
+    for (i, r) in dataset.region_id.iter().enumerate() {
+        idx.push(*row.get(r).ok_or_else(|| {
+            Error::data(
+                &rpath,
+                format!("no embedding for region {r} (dataset_id {i}): the dataset was not selected with this oracle"),
+            )
+        })?);
+    }
+    let regions =
+        crate::linalg::MatrixView::new(regions.rows, regions.dim, regions.values()).gather(&idx);
+    let cpath = ctx.upstream_output("oracle", "caption_embeddings.arrow");
+    let captions = EmbeddingStore::open(&cpath)?;
+    let tids = crate::io::i64_column(&captions.batch, "triplet_id", &cpath)?;
+    let caption_row = tids
+        .values()
+        .iter()
+        .enumerate()
+        .map(|(r, &t)| (t, r))
+        .collect();
+    Ok(Oracle::Model {
+        regions,
+        captions: captions.to_matrix(),
+        caption_row,
+    })
 }
 
 impl Oracle {
@@ -262,6 +310,19 @@ impl Oracle {
             Oracle::Matrix(m) => {
                 m.row(retrieved)[q.target_caption_id[i] as usize] as f64 > threshold
             }
+            Oracle::Model {
+                regions,
+                captions,
+                caption_row,
+            } => caption_row.get(&q.target_triplet_id[i]).is_some_and(|&c| {
+                let dot: f32 = regions
+                    .row(retrieved)
+                    .iter()
+                    .zip(captions.row(c))
+                    .map(|(a, b)| a * b)
+                    .sum();
+                dot as f64 > threshold
+            }),
         }
     }
 }

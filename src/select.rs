@@ -4,9 +4,9 @@
 //! `threshold`, then drops the triplets shown by fewer than `min_images` distinct images (a
 //! query needs another image of its target), and numbers the kept regions `dataset_id`
 //! 0, 1, … in region order. The oracle is `labels` (every region matches its own caption, so
-//! only the image minimum filters) or an imported regions × triplets similarity matrix (`.npy`,
-//! rows by `region_id`, columns by `triplet_id`); a CLIP-family model oracle comes with the
-//! embedding stages.
+//! only the image minimum filters), `model` (the `oracle` stage's similarity of each region's crop
+//! with its caption; regions it could not score are dropped and counted) or an imported
+//! regions × triplets similarity matrix (`.npy`, rows by `region_id`, columns by `triplet_id`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -21,10 +21,12 @@ use crate::run::{Stage, StageContext, StageReport};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelectConfig {
-    /// `labels`, or a regions × triplets similarity matrix (`.npy`).
+    /// `labels`, `model` (the `oracle` stage), or a regions × triplets similarity matrix
+    /// (`.npy`).
     #[serde(default = "default_oracle")]
     pub oracle: String,
-    /// A region is kept when its similarity with its own caption is at least this.
+    /// A region is kept when its similarity with its own caption is at least this (0.5 suits
+    /// SIMAT's probability-like oracle; a CLIP cosine oracle wants about 0.25).
     #[serde(default = "default_threshold")]
     pub threshold: f64,
     /// Triplets shown by fewer distinct images are dropped.
@@ -67,7 +69,9 @@ impl Stage for SelectStage {
         1
     }
     fn upstream(&self) -> Vec<&'static str> {
-        vec!["triplets"]
+        let mut v = vec!["triplets"];
+        v.extend(crate::oracle::upstream(&self.config.oracle));
+        v
     }
     fn config(&self) -> serde_json::Value {
         crate::oracle::config_value(&self.config, &self.config.oracle)
@@ -86,8 +90,27 @@ impl Stage for SelectStage {
             strs(&regions, "rel", &rpath)?,
             strs(&regions, "obj", &rpath)?,
         ];
+        let mut unscored = 0u64;
         let similarity: Box<dyn Fn(usize) -> f64> =
             match crate::oracle::matrix_file(&self.config.oracle) {
+                None if self.config.oracle == crate::oracle::MODEL => {
+                    let spath = ctx.upstream_output("oracle", "region_scores.parquet");
+                    let b = crate::io::read_all(&spath)?;
+                    let ids = ints(&b, "region_id", &spath)?;
+                    let sim = crate::io::column(&b, "similarity", &spath)?;
+                    let sim =
+                        arrow::array::AsArray::as_primitive::<arrow::datatypes::Float32Type>(sim);
+                    let by_region: std::collections::HashMap<i64, f64> = ids
+                        .into_iter()
+                        .zip(sim.values().iter().map(|&v| v as f64))
+                        .collect();
+                    let scores: Vec<f64> = region_id
+                        .iter()
+                        .map(|r| by_region.get(r).copied().unwrap_or(f64::NEG_INFINITY))
+                        .collect();
+                    unscored = scores.iter().filter(|s| s.is_infinite()).count() as u64;
+                    Box::new(move |i| scores[i])
+                }
                 None => Box::new(|_| 1.0),
                 Some(p) => {
                     let m = crate::store::read_matrix(&p)?;
@@ -152,6 +175,9 @@ impl Stage for SelectStage {
             "regions_below_threshold",
             (region_id.len() - passed.len()) as u64,
         );
+        if self.config.oracle == crate::oracle::MODEL {
+            report.count("regions_unscored", unscored);
+        }
         report.count("regions_kept", n);
         report.count("triplets_kept", kept_triplets.len() as u64);
         report.count(

@@ -13,6 +13,7 @@
 //! `--force STAGE` reruns that stage and every later stage that depends on it.
 
 pub mod atomic;
+pub mod chunks;
 pub mod fingerprint;
 pub mod manifest;
 
@@ -27,8 +28,8 @@ pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
 
 /// Every stage simat knows, in pipeline order.
 pub const STAGE_ORDER: &[&str] = &[
-    "synth", "ingest", "triplets", "crops", "select", "import", "embed", "queries", "retrieve",
-    "score",
+    "synth", "ingest", "triplets", "crops", "oracle", "select", "import", "embed", "queries",
+    "retrieve", "score",
 ];
 
 /// One step of a pipeline: a function from typed config and upstream outputs to files on disk.

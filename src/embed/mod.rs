@@ -7,6 +7,8 @@
 //! stored vectors are `normalise(x·Wᵀ + b)`, as in the SIMAT release; without, `normalise(x)`.
 //! Retrieval then only takes inner products.
 
+pub mod model;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -1,0 +1,401 @@
+//! Embedding with a CLIP-family model folder (`scripts/export_clip.py`): the `embed` stage of a
+//! regenerated benchmark (crops of the dataset's regions, the dataset's words and captions), the
+//! shared chunked image embedding that the `oracle` stage also uses, and `simat embed` for a
+//! user's own images and texts.
+//!
+//! Image embeddings are committed in chunks (`chunks/<n>.arrow`, with `<n>.failed.json` listing
+//! the inputs of the chunk that could not be read) under a checkpoint of the stage's
+//! fingerprint, so a killed run resumes at the last finished chunk. Every stored vector is L2
+//! normalised.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Int64Array, StringArray};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{ints, strs, Dataset};
+use crate::error::{Error, Result};
+use crate::linalg::{normalize_rows, Matrix};
+use crate::model::clip::{ClipModel, MODEL_FILES};
+use crate::model::preprocess::ImageFailure;
+use crate::model::Device;
+use crate::run::chunks::Chunks;
+use crate::run::{Stage, StageContext, StageReport};
+use crate::store::{write_store, EmbeddingStore};
+use crate::ui::Ui;
+
+/// How a stage runs a model: the `[embed]` and `[oracle]` sections of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRunConfig {
+    /// The model folder. Identified in fingerprints by its files' content, not its path.
+    pub model: PathBuf,
+    /// `cpu`, or `cuda:N` with the GPU build of ONNX Runtime.
+    #[serde(default)]
+    pub device: Device,
+    /// Images (or texts) per inference batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads; 0 lets it use every core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Images per checkpointed chunk.
+    #[serde(default = "default_chunk_images")]
+    pub chunk_images: usize,
+}
+
+fn default_batch_size() -> usize {
+    32
+}
+fn default_chunk_images() -> usize {
+    1024
+}
+
+impl ModelRunConfig {
+    /// A config for `model` with the defaults.
+    pub fn new(model: PathBuf) -> Self {
+        ModelRunConfig {
+            model,
+            device: Device::Cpu,
+            batch_size: default_batch_size(),
+            threads: 0,
+            chunk_images: default_chunk_images(),
+        }
+    }
+
+    /// The fingerprinted part: the device (a GPU may round differently); the model enters by
+    /// [`Self::inputs`], and batch size, threads and chunking do not change the vectors.
+    pub fn fingerprint_value(&self, source: &str) -> serde_json::Value {
+        serde_json::json!({"source": source, "device": self.device.to_string()})
+    }
+
+    /// The model's files as stage inputs.
+    pub fn inputs(&self, stage: &str) -> Result<Vec<(String, PathBuf)>> {
+        let mut v = Vec::new();
+        for f in MODEL_FILES {
+            let p = self.model.join(f);
+            if p.is_file() {
+                v.push((format!("model/{f}"), p));
+            } else if f != "model.toml" {
+                return Err(Error::stage(
+                    stage,
+                    format!(
+                        "model folder `{}` has no {f} (scripts/export_clip.py writes one)",
+                        self.model.display()
+                    ),
+                ));
+            }
+        }
+        Ok(v)
+    }
+
+    /// Open the model.
+    pub fn open(&self) -> Result<ClipModel> {
+        ClipModel::open(&self.model, self.device, self.threads)
+    }
+}
+
+/// Normalised image embeddings of a list of files.
+#[derive(Debug)]
+pub struct ImageEmbeddings {
+    /// Input positions embedded, ascending; row `i` of `matrix` embeds input `positions[i]`.
+    pub positions: Vec<usize>,
+    /// The embeddings.
+    pub matrix: Matrix,
+    /// Inputs that could not be read.
+    pub failed: Vec<(usize, ImageFailure)>,
+    /// Chunks found committed by an earlier, interrupted run.
+    pub chunks_resumed: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FailedInput {
+    position: usize,
+    status: String,
+    message: String,
+}
+
+/// Embed `files` in checkpointed chunks of `config.chunk_images` under `dir/chunks`; the chunks
+/// are kept until the caller has written its outputs and calls [`Chunks::finish`].
+pub fn embed_images_chunked(
+    model: &mut ClipModel,
+    files: &[PathBuf],
+    config: &ModelRunConfig,
+    dir: &Path,
+    fingerprint: &str,
+    ui: &Ui,
+) -> Result<(ImageEmbeddings, Chunks)> {
+    let per_chunk = config.chunk_images.max(1);
+    let n_chunks = files.len().div_ceil(per_chunk);
+    let chunks = Chunks::open(dir, fingerprint, n_chunks, &[])?;
+    let bar = ui.progress(files.len() as u64, "images", "embedding");
+    let mut out = ImageEmbeddings {
+        positions: Vec::with_capacity(files.len()),
+        matrix: Matrix::new(0, 0, vec![])?,
+        failed: Vec::new(),
+        chunks_resumed: 0,
+    };
+    let mut data: Vec<f32> = Vec::new();
+    let mut dim = 0;
+    for (k, part) in files.chunks(per_chunk).enumerate() {
+        let store_path = chunks.file(k, "arrow");
+        let failed_path = chunks.file(k, "failed.json");
+        if store_path.is_file() && failed_path.is_file() {
+            out.chunks_resumed += 1;
+        } else {
+            let start = k * per_chunk;
+            let mut positions: Vec<i64> = Vec::with_capacity(part.len());
+            let mut failed = Vec::new();
+            let mut chunk_data = Vec::new();
+            let mut chunk_dim = model.config.embed_dim.unwrap_or(0);
+            model.embed_image_files(part, config.batch_size, |b| {
+                bar.inc((b.ok.len() + b.failed.len()) as u64);
+                positions.extend(b.ok.iter().map(|&i| (start + i) as i64));
+                failed.extend(b.failed.into_iter().map(|(i, f)| FailedInput {
+                    position: start + i,
+                    status: f.kind().to_string(),
+                    message: f.to_string(),
+                }));
+                if b.embeddings.rows > 0 {
+                    chunk_dim = b.embeddings.cols;
+                }
+                chunk_data.extend_from_slice(&b.embeddings.data);
+                Ok(())
+            })?;
+            let mut m = Matrix::new(positions.len(), chunk_dim, chunk_data)?;
+            normalize_rows(&mut m);
+            crate::run::atomic::write_atomic(
+                &failed_path,
+                &serde_json::to_vec(&failed).expect("json"),
+            )?;
+            write_store(
+                &store_path,
+                "position",
+                Arc::new(Int64Array::from(positions)),
+                &m,
+            )?;
+        }
+        let store = EmbeddingStore::open(&store_path)?;
+        let pos = crate::io::i64_column(&store.batch, "position", &store_path)?;
+        out.positions
+            .extend(pos.values().iter().map(|&p| p as usize));
+        if store.rows > 0 {
+            if dim != 0 && store.dim != dim {
+                return Err(Error::data(
+                    &store_path,
+                    format!("dimension {} after chunks of dimension {dim}", store.dim),
+                ));
+            }
+            dim = store.dim;
+            data.extend_from_slice(store.values());
+        }
+        let failed: Vec<FailedInput> = serde_json::from_slice(
+            &std::fs::read(&failed_path)
+                .map_err(|e| Error::io("failed to read", &failed_path, e))?,
+        )
+        .map_err(|e| Error::data(&failed_path, e.to_string()))?;
+        out.failed.extend(failed.into_iter().map(|f| {
+            let failure = if f.status == "missing" {
+                ImageFailure::Missing(f.message)
+            } else {
+                ImageFailure::Corrupt(f.message)
+            };
+            (f.position, failure)
+        }));
+    }
+    bar.finish_and_clear();
+    if dim == 0 {
+        dim = model.config.embed_dim.unwrap_or(0);
+    }
+    out.matrix = Matrix::new(out.positions.len(), dim, data)?;
+    Ok((out, chunks))
+}
+
+/// Normalised text embeddings.
+pub fn embed_texts(model: &mut ClipModel, texts: &[&str], batch: usize) -> Result<Matrix> {
+    let mut m = model.embed_texts(texts, batch)?;
+    normalize_rows(&mut m);
+    Ok(m)
+}
+
+/// Usable crops of the crops stage: region id → PNG path, and every region's status.
+pub fn crop_files(crops_dir: &Path) -> Result<(BTreeMap<i64, PathBuf>, BTreeMap<i64, String>)> {
+    let path = crops_dir.join("crops.parquet");
+    let batch = crate::io::read_all(&path)?;
+    let region = ints(&batch, "region_id", &path)?;
+    let status = strs(&batch, "status", &path)?;
+    let file = crate::io::column(&batch, "file", &path)?.as_string::<i32>();
+    let mut files = BTreeMap::new();
+    let mut statuses = BTreeMap::new();
+    for i in 0..region.len() {
+        if matches!(status[i].as_str(), "ok" | "clamped") && file.is_valid(i) {
+            files.insert(region[i], crops_dir.join(file.value(i)));
+        }
+        statuses.insert(region[i], status[i].clone());
+    }
+    Ok((files, statuses))
+}
+
+/// Captions of the triplets stage by `triplet_id`.
+pub fn captions(triplets_dir: &Path) -> Result<BTreeMap<i64, String>> {
+    let path = triplets_dir.join("triplets.parquet");
+    let batch = crate::io::read_all(&path)?;
+    let ids = ints(&batch, "triplet_id", &path)?;
+    let captions = strs(&batch, "caption", &path)?;
+    Ok(ids.into_iter().zip(captions).collect())
+}
+
+/// Write `model.json`: where a stage's embeddings came from.
+pub fn write_model_json(
+    out_dir: &Path,
+    model: &ClipModel,
+    config: &ModelRunConfig,
+    dim: usize,
+) -> Result<()> {
+    let doc = serde_json::json!({
+        "source": "model",
+        "model": model.identity()?,
+        "device": config.device.to_string(),
+        "dim": dim,
+        "normalised": true,
+    });
+    crate::run::atomic::write_atomic(
+        out_dir.join("model.json"),
+        (serde_json::to_string_pretty(&doc).expect("json") + "\n").as_bytes(),
+    )
+}
+
+/// The `embed` stage from a model: the dataset's crops, words and captions.
+#[derive(Debug, Clone)]
+pub struct EmbedStage {
+    /// How the model runs.
+    pub config: ModelRunConfig,
+    /// The stage holding `dataset.parquet`.
+    pub dataset_stage: String,
+}
+
+impl Stage for EmbedStage {
+    fn name(&self) -> &'static str {
+        "embed"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn upstream(&self) -> Vec<&'static str> {
+        vec![
+            "triplets",
+            "crops",
+            crate::dataset::dataset_stage(&self.dataset_stage),
+        ]
+    }
+    fn config(&self) -> serde_json::Value {
+        self.config.fingerprint_value("model")
+    }
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        self.config.inputs("embed")
+    }
+    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+        let stage = crate::dataset::dataset_stage(&self.dataset_stage);
+        let dataset = Dataset::read(&ctx.upstream_output(stage, "dataset.parquet"))?;
+        let (files, statuses) = crop_files(&ctx.run_dir.join("crops"))?;
+        let mut inputs = Vec::with_capacity(dataset.len());
+        for (i, r) in dataset.region_id.iter().enumerate() {
+            match files.get(r) {
+                Some(f) => inputs.push(f.clone()),
+                None => {
+                    return Err(Error::stage(
+                        "embed",
+                        format!(
+                            "region {r} (dataset_id {i}) has no crop (status {}); select with a model oracle keeps only cropped regions",
+                            statuses.get(r).map(String::as_str).unwrap_or("absent")
+                        ),
+                    ))
+                }
+            }
+        }
+        let mut model = self.config.open()?;
+        let (images, chunks) = embed_images_chunked(
+            &mut model,
+            &inputs,
+            &self.config,
+            &ctx.stage_dir,
+            &ctx.fingerprint,
+            ctx.ui,
+        )?;
+        if let Some((i, f)) = images.failed.first() {
+            return Err(Error::data(
+                &inputs[*i],
+                format!(
+                    "crop of region {} (dataset_id {i}) cannot be embedded: {f}",
+                    dataset.region_id[*i]
+                ),
+            ));
+        }
+        let words: BTreeSet<&str> = dataset
+            .triplet
+            .iter()
+            .flat_map(|t| t.iter().map(String::as_str))
+            .collect();
+        let words: Vec<&str> = words.into_iter().collect();
+        let word_m = embed_texts(&mut model, &words, self.config.batch_size)?;
+        let all_captions = captions(&ctx.run_dir.join("triplets"))?;
+        let triplet_ids: BTreeSet<i64> = dataset.triplet_id.iter().copied().collect();
+        let mut caption_ids = Vec::new();
+        let mut caption_texts = Vec::new();
+        for t in triplet_ids {
+            let c = all_captions.get(&t).ok_or_else(|| {
+                Error::stage(
+                    "embed",
+                    format!("triplet {t} of the dataset has no caption"),
+                )
+            })?;
+            caption_ids.push(t);
+            caption_texts.push(c.as_str());
+        }
+        let caption_m = embed_texts(&mut model, &caption_texts, self.config.batch_size)?;
+
+        write_store(
+            &ctx.output("image_embeddings.arrow"),
+            "dataset_id",
+            Arc::new(Int64Array::from_iter_values(0..images.matrix.rows as i64)),
+            &images.matrix,
+        )?;
+        write_store(
+            &ctx.output("word_embeddings.arrow"),
+            "word",
+            Arc::new(StringArray::from_iter_values(words.iter().copied())),
+            &word_m,
+        )?;
+        write_store(
+            &ctx.output("caption_embeddings.arrow"),
+            "triplet_id",
+            Arc::new(Int64Array::from(caption_ids)),
+            &caption_m,
+        )?;
+        write_model_json(&ctx.stage_dir, &model, &self.config, images.matrix.cols)?;
+        chunks.finish();
+        let mut report = StageReport {
+            outputs: vec![
+                (
+                    "image_embeddings.arrow".into(),
+                    Some(images.matrix.rows as u64),
+                ),
+                ("word_embeddings.arrow".into(), Some(word_m.rows as u64)),
+                (
+                    "caption_embeddings.arrow".into(),
+                    Some(caption_m.rows as u64),
+                ),
+                ("model.json".into(), None),
+            ],
+            ..Default::default()
+        };
+        report.count("images", images.matrix.rows as u64);
+        report.count("words", word_m.rows as u64);
+        report.count("captions", caption_m.rows as u64);
+        report.count("dim", images.matrix.cols as u64);
+        report.count("chunks_resumed", images.chunks_resumed as u64);
+        Ok(report)
+    }
+}
