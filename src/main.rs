@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use simat::embed::model::ModelRunConfig;
 use simat::embed::{ImportEmbeddingsConfig, ImportEmbeddingsStage};
 use simat::import::{ImportConfig, ImportStage};
 use simat::ingest::{IngestConfig, IngestStage};
@@ -205,6 +206,32 @@ enum Command {
         /// Output Parquet: query, rank, id, score.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Embed your own images and texts with a model folder (scripts/export_clip.py):
+    /// OUT/image_embeddings.arrow (key, embedding) and OUT/text_embeddings.arrow (text,
+    /// embedding), rows in input order, L2-normalised.
+    Embed {
+        /// The model folder (image.onnx, text.onnx, tokenizer.json, model.toml).
+        #[arg(long)]
+        model: PathBuf,
+        /// Image files, or folders of PNG/JPEG files (sorted by name); repeatable.
+        #[arg(long, num_args = 1..)]
+        images: Vec<PathBuf>,
+        /// A text file: one text per line.
+        #[arg(long)]
+        texts: Option<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// `cpu`, or `cuda:N` (needs the onnxruntime-gpu library).
+        #[arg(long, default_value = "cpu")]
+        device: simat::model::Device,
+        /// Images or texts per inference batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// ONNX Runtime intra-op threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Which ONNX Runtime simat loads, and (with --model) a model's inputs and outputs.
     Runtime {
@@ -528,6 +555,48 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             exclude,
             out,
         } => knn(&db, &queries, k, exclude.as_deref(), &out, ui),
+        Command::Embed {
+            model,
+            images,
+            texts,
+            out,
+            device,
+            batch_size,
+            threads,
+        } => {
+            anyhow::ensure!(
+                !images.is_empty() || texts.is_some(),
+                "nothing to embed: give --images and/or --texts"
+            );
+            let config = ModelRunConfig {
+                device,
+                batch_size,
+                threads,
+                ..ModelRunConfig::new(model)
+            };
+            let start = std::time::Instant::now();
+            let r =
+                simat::embed::model::embed_files(&config, &images, texts.as_deref(), &out, &ui)?;
+            let secs = start.elapsed().as_secs_f64();
+            ui.status(
+                "Embedded",
+                format!(
+                    "{} images and {} texts (D = {}) in {secs:.2}s into {}",
+                    r.images,
+                    r.texts,
+                    r.dim,
+                    out.display()
+                ),
+            );
+            for (p, f) in &r.failed {
+                ui.warn(format!("skipped `{}`: {f}", p.display()));
+            }
+            Ok(if r.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Runtime { model } => {
             let (_, path) = simat::model::environment()?;
             println!("ONNX Runtime: {}", path.display());

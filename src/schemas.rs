@@ -38,6 +38,11 @@ pub fn all() -> Vec<(&'static str, &'static str, SchemaRef)> {
         ),
         ("crops", "crops.parquet", crate::crops::crops_schema()),
         (
+            "oracle",
+            "region_scores.parquet",
+            crate::oracle::region_scores_schema(),
+        ),
+        (
             "select",
             "dataset.parquet",
             crate::dataset::dataset_schema(),

@@ -70,14 +70,17 @@ fn written_files_match_the_schema_documents() {
     let p = dir.path().join("p.toml");
     std::fs::write(
         &p,
-        "run_dir = \"synth-run\"\n[synth]\nimages = 40\nrender = true\nplant_rate = 0.3\n[crops]\n[select]\n",
+        format!(
+            "run_dir = \"synth-run\"\n[synth]\nimages = 40\nrender = true\nplant_rate = 0.3\n[crops]\n[oracle]\nmodel = \"{}\"\n[select]\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip").display()
+        ),
     )
     .unwrap();
     run_ok(&["run", s(&p)], 0);
     let synth_run = dir.path().join("synth-run");
     for (stage, file, _) in simat::schemas::all() {
         let path = match stage {
-            "crops" | "select" => synth_run.join(stage).join(file),
+            "crops" | "select" | "oracle" => synth_run.join(stage).join(file),
             _ => run.join(stage).join(file),
         };
         let written = simat::io::inspect(&path, 0).unwrap();

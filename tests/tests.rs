@@ -3,6 +3,7 @@
 mod util;
 
 mod crops;
+mod embed;
 mod engine;
 mod ingest;
 mod model;

@@ -156,7 +156,7 @@ pub fn embed_images_chunked(
                 failed.extend(b.failed.into_iter().map(|(i, f)| FailedInput {
                     position: start + i,
                     status: f.kind().to_string(),
-                    message: f.to_string(),
+                    message: f.message().to_string(),
                 }));
                 if b.embeddings.rows > 0 {
                     chunk_dim = b.embeddings.cols;
@@ -398,4 +398,112 @@ impl Stage for EmbedStage {
         report.count("chunks_resumed", images.chunks_resumed as u64);
         Ok(report)
     }
+}
+
+/// What `simat embed` did.
+#[derive(Debug, Default)]
+pub struct EmbedFilesReport {
+    /// Images embedded.
+    pub images: usize,
+    /// Images that could not be read: the path and why.
+    pub failed: Vec<(PathBuf, ImageFailure)>,
+    /// Texts embedded.
+    pub texts: usize,
+    /// The embedding dimension.
+    pub dim: usize,
+    /// Chunks of images resumed from an interrupted run.
+    pub chunks_resumed: usize,
+}
+
+const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// The image files named by `inputs`: files as given, folders as their PNG and JPEG files
+/// sorted by name (not recursive).
+pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| Error::io("failed to list", p, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.is_file()
+                        && f.extension().is_some_and(|x| {
+                            IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str())
+                        })
+                })
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::data(p, "no such image file or folder"));
+        }
+    }
+    Ok(out)
+}
+
+/// `simat embed`: `out/image_embeddings.arrow` (`key` = the image path, `embedding`) and
+/// `out/text_embeddings.arrow` (`text`, `embedding`, one row per line of `texts`), rows in input
+/// order, normalised. Images that cannot be read are left out and reported; the image work is
+/// checkpointed under `out/chunks` and resumes after a crash.
+pub fn embed_files(
+    config: &ModelRunConfig,
+    images: &[PathBuf],
+    texts: Option<&Path>,
+    out: &Path,
+    ui: &Ui,
+) -> Result<EmbedFilesReport> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io("failed to create directory", out, e))?;
+    let mut model = config.open()?;
+    let mut report = EmbedFilesReport::default();
+    if !images.is_empty() {
+        let files = list_images(images)?;
+        let mut h = blake3::Hasher::new();
+        h.update(model.identity()?.to_string().as_bytes());
+        for f in &files {
+            h.update(f.to_string_lossy().as_bytes());
+            h.update(b"\0");
+        }
+        let fingerprint = h.finalize().to_hex().to_string();
+        let (emb, chunks) =
+            embed_images_chunked(&mut model, &files, config, out, &fingerprint, ui)?;
+        let keys = StringArray::from_iter_values(
+            emb.positions
+                .iter()
+                .map(|&p| files[p].to_string_lossy().into_owned()),
+        );
+        write_store(
+            &out.join("image_embeddings.arrow"),
+            "key",
+            Arc::new(keys),
+            &emb.matrix,
+        )?;
+        chunks.finish();
+        report.images = emb.matrix.rows;
+        report.dim = emb.matrix.cols;
+        report.chunks_resumed = emb.chunks_resumed;
+        report.failed = emb
+            .failed
+            .into_iter()
+            .map(|(p, f)| (files[p].clone(), f))
+            .collect();
+    }
+    if let Some(path) = texts {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("failed to read", path, e))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let m = embed_texts(&mut model, &lines, config.batch_size)?;
+        write_store(
+            &out.join("text_embeddings.arrow"),
+            "text",
+            Arc::new(StringArray::from_iter_values(lines.iter().copied())),
+            &m,
+        )?;
+        report.texts = m.rows;
+        report.dim = m.cols;
+    }
+    write_model_json(out, &model, config, report.dim)?;
+    Ok(report)
 }

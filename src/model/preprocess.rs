@@ -30,6 +30,13 @@ impl ImageFailure {
             ImageFailure::Corrupt(_) => "corrupt",
         }
     }
+
+    /// What the reader or decoder said.
+    pub fn message(&self) -> &str {
+        match self {
+            ImageFailure::Missing(m) | ImageFailure::Corrupt(m) => m,
+        }
+    }
 }
 
 impl std::fmt::Display for ImageFailure {

@@ -1,0 +1,293 @@
+//! Embedding with the committed tiny CLIP (data/tiny-clip): `simat embed`, the model oracle,
+//! selection, and a killed embed stage resuming.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+
+use crate::util::*;
+
+fn tiny_clip() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip")
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(tiny_clip().join("reference/reference.json")).unwrap())
+        .unwrap()
+}
+
+fn normalised(v: &serde_json::Value) -> Vec<f32> {
+    let v: Vec<f32> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn store(path: &Path) -> simat::store::EmbeddingStore {
+    simat::store::EmbeddingStore::open(path).unwrap()
+}
+
+/// `simat embed`: rows in input order keyed by path and text, normalised PyTorch embeddings;
+/// a corrupt image is skipped, named, and makes the exit code 1.
+#[test]
+fn embed_command_writes_stores_in_input_order() {
+    let dir = tempdir();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let r = reference();
+    let refs = tiny_clip().join("reference");
+    for im in r["images"].as_array().unwrap() {
+        let f = im["file"].as_str().unwrap();
+        std::fs::copy(refs.join(f), images.join(f)).unwrap();
+    }
+    std::fs::write(images.join("image_9_bad.png"), b"not an image").unwrap();
+    let texts: Vec<&str> = r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    let tfile = dir.path().join("texts.txt");
+    std::fs::write(&tfile, texts.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let o = run_ok(
+        &[
+            "embed",
+            "--model",
+            s(&tiny_clip()),
+            "--images",
+            s(&images),
+            "--texts",
+            s(&tfile),
+            "--out",
+            s(&out),
+            "--batch-size",
+            "3",
+        ],
+        1,
+    );
+    assert!(stderr(&o).contains("image_9_bad.png"), "{}", stderr(&o));
+
+    let st = store(&out.join("text_embeddings.arrow"));
+    assert_eq!(st.rows, texts.len());
+    let col = st.batch.column_by_name("text").unwrap().as_string::<i32>();
+    for (i, t) in r["texts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(col.value(i), texts[i]);
+        let d = max_abs_diff(
+            &st.values()[i * 32..(i + 1) * 32],
+            &normalised(&t["embedding"]),
+        );
+        assert!(d < 1e-4, "text {i}: {d}");
+    }
+
+    let si = store(&out.join("image_embeddings.arrow"));
+    assert_eq!(si.rows, 4);
+    let keys = si.batch.column_by_name("key").unwrap().as_string::<i32>();
+    for (i, im) in r["images"].as_array().unwrap().iter().enumerate() {
+        let want = images.join(im["file"].as_str().unwrap());
+        assert_eq!(keys.value(i), want.to_str().unwrap());
+        // From the file through simat's preprocessing: within the preprocessing tolerance.
+        let d = max_abs_diff(
+            &si.values()[i * 32..(i + 1) * 32],
+            &normalised(&im["embedding"]),
+        );
+        assert!(d < 1e-2, "image {i}: {d}");
+    }
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(model["model"]["name"], "tiny");
+    assert_eq!(
+        model["model"]["files"]["image.onnx"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert!(!out.join("chunks").exists());
+}
+
+fn pipeline(dir: &Path, chunk: usize) -> PathBuf {
+    let p = dir.join("p.toml");
+    let model = tiny_clip();
+    std::fs::write(
+        &p,
+        format!(
+            r#"run_dir = "run"
+[synth]
+images = 160
+seed = 3
+render = true
+plant_rate = 0.2
+[crops]
+[oracle]
+model = "{m}"
+threads = 1
+batch_size = 4
+chunk_images = {chunk}
+[select]
+oracle = "model"
+threshold = -0.05
+min_images = 2
+[queries]
+[embed]
+model = "{m}"
+threads = 1
+batch_size = 4
+chunk_images = {chunk}
+[retrieve]
+lambdas = [0.0, 1.0]
+[score]
+oracle = "model"
+threshold = 0.0
+"#,
+            m = model.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Selection with the model oracle keeps exactly the scored regions at or above the threshold
+/// in triplets with two images; embed stores one row per dataset region; the run ends in scores
+/// and a second run finds every stage fresh.
+#[test]
+fn model_oracle_selects_and_the_run_scores() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), 64);
+    run_ok(&["run", s(&p)], 0);
+    let run = dir.path().join("run");
+    let scores = simat::io::read_all(&run.join("oracle/region_scores.parquet")).unwrap();
+    let ids = scores
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    let sims = scores
+        .column(2)
+        .as_primitive::<arrow::datatypes::Float32Type>();
+    let regions = simat::io::read_all(&run.join("triplets/regions.parquet")).unwrap();
+    let rid = simat::io::i64_column(&regions, "region_id", Path::new("r")).unwrap();
+    let iid = simat::io::i64_column(&regions, "image_id", Path::new("r")).unwrap();
+    let tid = simat::io::i64_column(&regions, "triplet_id", Path::new("r")).unwrap();
+    let sim: std::collections::HashMap<i64, f32> = ids
+        .values()
+        .iter()
+        .copied()
+        .zip(sims.values().iter().copied())
+        .collect();
+    let mut images: std::collections::HashMap<i64, std::collections::BTreeSet<i64>> =
+        Default::default();
+    let passed: Vec<usize> = (0..rid.len())
+        .filter(|&i| sim.get(&rid.value(i)).is_some_and(|&s| s as f64 >= -0.05))
+        .collect();
+    for &i in &passed {
+        images.entry(tid.value(i)).or_default().insert(iid.value(i));
+    }
+    let want: Vec<i64> = passed
+        .iter()
+        .filter(|&&i| images[&tid.value(i)].len() >= 2)
+        .map(|&i| rid.value(i))
+        .collect();
+    let dataset = simat::dataset::Dataset::read(&run.join("select/dataset.parquet")).unwrap();
+    assert!(!want.is_empty() && want.len() < rid.len());
+    assert_eq!(dataset.region_id, want);
+
+    let images = store(&run.join("embed/image_embeddings.arrow"));
+    assert_eq!(images.rows, dataset.len());
+    let norms: Vec<f32> = images
+        .values()
+        .chunks(images.dim)
+        .map(|r| r.iter().map(|x| x * x).sum::<f32>())
+        .collect();
+    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4));
+    // The evaluated model is the oracle model here: the embed stage's vector of a region equals
+    // the oracle stage's.
+    let oracle = store(&run.join("oracle/region_embeddings.arrow"));
+    let orow = (0..oracle.rows)
+        .find(|&r| {
+            oracle
+                .batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(r)
+                == dataset.region_id[0]
+        })
+        .unwrap();
+    assert!(
+        max_abs_diff(
+            &images.values()[..images.dim],
+            &oracle.values()[orow * oracle.dim..(orow + 1) * oracle.dim]
+        ) < 1e-5
+    );
+    assert!(run.join("score/scores.json").is_file());
+    let second = run_ok(&["run", s(&p)], 0);
+    assert!(!stdout(&second).contains(" ran "), "{}", stdout(&second));
+}
+
+/// A killed embed stage resumes at its last committed chunk and writes the same store as an
+/// uninterrupted run.
+#[test]
+fn killed_embed_resumes_to_the_same_store() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), 8);
+    run_ok(&["run", s(&p), "--until", "queries"], 0);
+    let run = dir.path().join("run");
+    let clean_dir = dir.path().join("clean");
+    std::fs::create_dir(&clean_dir).unwrap();
+    copy_dir(&run, &clean_dir.join("run"));
+    let clean_p = pipeline(&clean_dir, 8);
+    run_ok(&["run", s(&clean_p), "--until", "embed"], 0);
+
+    let mut child = simat()
+        .args(["run", s(&p), "--until", "embed"])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = run.join("embed/chunks/000002.arrow");
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "embed never got going"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "embed finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!run.join("embed/image_embeddings.arrow").exists());
+
+    run_ok(&["run", s(&p), "--until", "embed"], 0);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
+    let resumed = manifest["stages"]["embed"]["counters"]["chunks_resumed"]
+        .as_u64()
+        .unwrap();
+    assert!(resumed >= 3, "resumed {resumed} chunks");
+    for f in [
+        "image_embeddings.arrow",
+        "word_embeddings.arrow",
+        "caption_embeddings.arrow",
+    ] {
+        assert_eq!(
+            std::fs::read(run.join("embed").join(f)).unwrap(),
+            std::fs::read(clean_dir.join("run/embed").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(!run.join("embed/chunks").exists());
+}
