@@ -575,8 +575,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                 ..ModelRunConfig::new(model)
             };
             let start = std::time::Instant::now();
-            let r =
-                simat::embed::model::embed_files(&config, &images, texts.as_deref(), &out, &ui)?;
+            let r = simat::embed::model::embed_files(&config, &images, texts.as_deref(), &out, ui)?;
             let secs = start.elapsed().as_secs_f64();
             ui.status(
                 "Embedded",
