@@ -8,7 +8,10 @@
 //!
 //! - [`run`]: the run engine (stages, fingerprints, manifest, atomic outputs);
 //! - [`io`]: Parquet/Arrow I/O and the streaming JSON splitter;
-//! - [`synth`], [`ingest`], [`triplets`]: one module per stage;
+//! - [`synth`], [`ingest`], [`triplets`], [`crops`], [`oracle`], [`select`], [`import`],
+//!   [`embed`], [`queries`], [`retrieve`], [`score`]: one module per stage;
+//! - [`model`]: ONNX Runtime, CLIP model folders, preprocessing and tokenizer; [`store`]: the
+//!   memory-mapped embedding stores; [`linalg`]: the blocked GEMM, top-k and λ sweep;
 //! - [`pipeline`]: pipeline TOML files; [`schemas`]: the documented output schemas.
 //!
 //! ```no_run
