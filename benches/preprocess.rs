@@ -39,13 +39,16 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs_f64(secs));
     g.sample_size(10);
     g.throughput(Throughput::Elements(files.len() as u64));
-    g.bench_function(format!("{} PNGs, decode + resize + normalise", files.len()), |b| {
-        b.iter(|| {
-            for f in &files {
-                p.file(f, &mut out).unwrap();
-            }
-        })
-    });
+    g.bench_function(
+        format!("{} PNGs, decode + resize + normalise", files.len()),
+        |b| {
+            b.iter(|| {
+                for f in &files {
+                    p.file(f, &mut out).unwrap();
+                }
+            })
+        },
+    );
     g.finish();
 }
 

@@ -37,9 +37,11 @@ REFERENCE_TEXTS = [
     "dog",
     "a giraffe licking a leaf " * 20,
 ]
-# (width, height) of the reference images: smaller than 224 (crops usually are; upscaling), a
-# portrait larger than 224 (antialiased downscaling), an odd margin (centre-crop rounding), grey.
-REFERENCE_IMAGES = [(37, 81, "RGB"), (500, 333, "RGB"), (225, 301, "RGB"), (120, 90, "L")]
+# (width, height, mode, format) of the reference images: smaller than 224 (upscaling), larger
+# than 224 (antialiased downscaling), an odd margin (centre-crop rounding), grey, and a JPEG
+# (Pillow's default 4:2:0 chroma subsampling, as Visual Genome's images).
+REFERENCE_IMAGES = [(37, 81, "RGB", "png"), (500, 333, "RGB", "png"), (225, 301, "RGB", "png"),
+                    (120, 90, "L", "png"), (333, 250, "RGB", "jpg")]
 
 
 def tiny_model(torch, open_clip):
@@ -160,9 +162,9 @@ def main():
         ref_dir = os.path.join(args.out, "reference")
         os.makedirs(ref_dir, exist_ok=True)
         tensors, images = [], []
-        for i, (w, h, mode) in enumerate(REFERENCE_IMAGES):
-            name = f"image_{i}_{w}x{h}_{mode}.png"
-            synthetic_image(w, h, mode, i).save(os.path.join(ref_dir, name))
+        for i, (w, h, mode, fmt) in enumerate(REFERENCE_IMAGES):
+            name = f"image_{i}_{w}x{h}_{mode}.{fmt}"
+            synthetic_image(w, h, mode, i).save(os.path.join(ref_dir, name), quality=90)
             # Read back from the file, as a user's pipeline would.
             tensors.append(preprocess(Image.open(os.path.join(ref_dir, name))))
             images.append(name)

@@ -203,8 +203,12 @@ fn crop_image(
             .map(|(r, b)| row(*r, "missing", None, *b, [0, 0]))
             .collect());
     };
-    let img = match image::open(&path) {
-        Ok(i) => i,
+    // Decoded as Pillow decodes (libjpeg-turbo for JPEG), so crops equal the original pipeline's.
+    let decoded = std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| crate::model::preprocess::decode_rgb(&b));
+    let img = match decoded {
+        Ok(i) => image::DynamicImage::ImageRgb8(i),
         Err(_) => {
             return Ok(regions
                 .iter()

@@ -93,7 +93,7 @@ fn embed_command_writes_stores_in_input_order() {
     }
 
     let si = store(&out.join("image_embeddings.arrow"));
-    assert_eq!(si.rows, 4);
+    assert_eq!(si.rows, 5);
     let keys = si.batch.column_by_name("key").unwrap().as_string::<i32>();
     for (i, im) in r["images"].as_array().unwrap().iter().enumerate() {
         let want = images.join(im["file"].as_str().unwrap());

@@ -156,9 +156,9 @@ fn tiny_clip_equals_pytorch() {
     }
 }
 
-/// simat's preprocessing of PNG files (upscaled, downscaled, odd centre crop, grey) equals
-/// open_clip's `image_transform(224)` within 1e-2 per value (the reference is stored as f16,
-/// which adds at most 2e-3).
+/// simat's preprocessing of image files (PNGs upscaled, downscaled, with an odd centre crop,
+/// grey; a 4:2:0 JPEG) equals open_clip's `image_transform(224)` within 1e-2 per value (the
+/// reference is stored as f16, which adds at most 2e-3).
 #[test]
 fn preprocessing_equals_open_clip() {
     use simat::model::clip::ClipModel;
@@ -194,6 +194,11 @@ fn image_files_stream_through_batches() {
         .collect();
     files.insert(1, dir.path().join("missing.png"));
     files.insert(3, corrupt);
+    // A JPEG cut short: libjpeg would pad it with grey; like Pillow, simat calls it corrupt.
+    let jpeg = std::fs::read(refs.join("image_4_333x250_RGB.jpg")).unwrap();
+    let truncated = dir.path().join("truncated.jpg");
+    std::fs::write(&truncated, &jpeg[..jpeg.len() / 2]).unwrap();
+    files.push(truncated);
     let mut model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
     let mut ok = vec![];
     let mut failed = vec![];
@@ -207,11 +212,11 @@ fn image_files_stream_through_batches() {
             Ok(())
         })
         .unwrap();
-    assert_eq!(ok, [0, 2, 4, 5]);
-    assert_eq!(failed, [(1, "missing"), (3, "corrupt")]);
+    assert_eq!(ok, [0, 2, 4, 5, 6]);
+    assert_eq!(failed, [(1, "missing"), (3, "corrupt"), (7, "corrupt")]);
     let mut alone = vec![];
     model
-        .embed_image_files(&files[5..], 1, |b| {
+        .embed_image_files(&files[5..6], 1, |b| {
             alone.push(b.embeddings.row(0).to_vec());
             Ok(())
         })
