@@ -471,6 +471,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                     oracle,
                     threshold,
                     min_images,
+                    require_crop: false,
                 },
             },
             ui,

@@ -267,6 +267,7 @@ impl Pipeline {
         let embed = with_model(file.embed, "embed")?;
         let mut select = file.select;
         if let Some(s) = &mut select {
+            s.require_crop |= crops.is_some();
             if s.oracle == crate::oracle::MODEL && oracle.is_none() {
                 return Err(Error::config(
                     path,

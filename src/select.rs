@@ -32,6 +32,10 @@ pub struct SelectConfig {
     /// Triplets shown by fewer distinct images are dropped.
     #[serde(default = "default_min_images")]
     pub min_images: usize,
+    /// Keep only regions with a usable crop (crops status `ok` or `clamped`), so that a model
+    /// can embed every selected region. A pipeline with a `[crops]` section sets it.
+    #[serde(default)]
+    pub require_crop: bool,
 }
 
 fn default_oracle() -> String {
@@ -50,6 +54,7 @@ impl Default for SelectConfig {
             oracle: default_oracle(),
             threshold: default_threshold(),
             min_images: default_min_images(),
+            require_crop: false,
         }
     }
 }
@@ -70,6 +75,9 @@ impl Stage for SelectStage {
     }
     fn upstream(&self) -> Vec<&'static str> {
         let mut v = vec!["triplets"];
+        if self.config.require_crop {
+            v.push("crops");
+        }
         v.extend(crate::oracle::upstream(&self.config.oracle));
         v
     }
@@ -140,8 +148,20 @@ impl Stage for SelectStage {
                     Box::new(move |i| m.row(i)[tids[i] as usize] as f64)
                 }
             };
+        let cropped = if self.config.require_crop {
+            let (files, _) = crate::embed::model::crop_files(&ctx.run_dir.join("crops"))?;
+            Some(files)
+        } else {
+            None
+        };
+        let has_crop = |i: usize| {
+            cropped
+                .as_ref()
+                .is_none_or(|f| f.contains_key(&region_id[i]))
+        };
+        let uncropped = (0..region_id.len()).filter(|&i| !has_crop(i)).count() as u64;
         let passed: Vec<usize> = (0..region_id.len())
-            .filter(|&i| similarity(i) >= self.config.threshold)
+            .filter(|&i| has_crop(i) && similarity(i) >= self.config.threshold)
             .collect();
         let mut images: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
         for &i in &passed {
@@ -171,9 +191,12 @@ impl Stage for SelectStage {
         let mut report = StageReport::default();
         report.outputs.push(("dataset.parquet".into(), Some(n)));
         report.count("regions_in", region_id.len() as u64);
+        if self.config.require_crop {
+            report.count("regions_without_crop", uncropped);
+        }
         report.count(
             "regions_below_threshold",
-            (region_id.len() - passed.len()) as u64,
+            (region_id.len() as u64 - uncropped) - passed.len() as u64,
         );
         if self.config.oracle == crate::oracle::MODEL {
             report.count("regions_unscored", unscored);

@@ -291,3 +291,41 @@ fn killed_embed_resumes_to_the_same_store() {
     }
     assert!(!run.join("embed/chunks").exists());
 }
+
+/// With `labels` selection in a pipeline that crops, regions whose image is missing are not
+/// selected (counted), so the model can embed every selected region.
+#[test]
+fn labels_selection_keeps_only_cropped_regions() {
+    let dir = tempdir();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "run_dir = \"run\"\n[synth]\nimages = 120\nseed = 5\nrender = true\nplant_rate = 0.3\n[crops]\n[select]\noracle = \"labels\"\n[queries]\n[embed]\nmodel = \"{}\"\nthreads = 1\n",
+            tiny_clip().display()
+        ),
+    )
+    .unwrap();
+    run_ok(&["run", s(&p), "--until", "triplets"], 0);
+    let run = dir.path().join("run");
+    let regions = simat::io::read_all(&run.join("triplets/regions.parquet")).unwrap();
+    let image = simat::io::i64_column(&regions, "image_id", Path::new("r"))
+        .unwrap()
+        .value(0);
+    std::fs::remove_file(run.join(format!("synth/vg/images/{image}.jpg"))).unwrap();
+    // crops counts the missing image (exit 1); the rest goes on.
+    run_ok(&["run", s(&p)], 1);
+    run_ok(&["run", s(&p)], 0);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
+    let without = manifest["stages"]["select"]["counters"]["regions_without_crop"]
+        .as_u64()
+        .unwrap();
+    assert!(without >= 1);
+    let dataset = simat::dataset::Dataset::read(&run.join("select/dataset.parquet")).unwrap();
+    assert!(!dataset.image_id.contains(&image));
+    assert_eq!(
+        store(&run.join("embed/image_embeddings.arrow")).rows,
+        dataset.len()
+    );
+}
