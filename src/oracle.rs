@@ -137,14 +137,10 @@ impl crate::run::Stage for OracleStage {
                     ),
                 )
             })?;
-            let dot: f32 = images
-                .matrix
-                .row(row)
-                .iter()
-                .zip(caption_m.row(*c))
-                .map(|(a, b)| a * b)
-                .sum();
-            scores.push(dot);
+            scores.push(crate::linalg::dot(
+                images.matrix.row(row),
+                caption_m.row(*c),
+            ));
         }
         let ids: Vec<i64> = embedded.iter().map(|&i| region_id[i]).collect();
         let tids: Vec<i64> = embedded.iter().map(|&i| triplet_id[i]).collect();

@@ -315,13 +315,7 @@ impl Oracle {
                 captions,
                 caption_row,
             } => caption_row.get(&q.target_triplet_id[i]).is_some_and(|&c| {
-                let dot: f32 = regions
-                    .row(retrieved)
-                    .iter()
-                    .zip(captions.row(c))
-                    .map(|(a, b)| a * b)
-                    .sum();
-                dot as f64 > threshold
+                crate::linalg::dot(regions.row(retrieved), captions.row(c)) as f64 > threshold
             }),
         }
     }

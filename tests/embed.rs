@@ -8,31 +8,10 @@ use arrow::array::AsArray;
 
 use crate::util::*;
 
-fn tiny_clip() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip")
-}
-
-fn reference() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(tiny_clip().join("reference/reference.json")).unwrap())
-        .unwrap()
-}
-
 fn normalised(v: &serde_json::Value) -> Vec<f32> {
-    let v: Vec<f32> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
+    let v = floats(v);
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter().map(|x| x / n).collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn store(path: &Path) -> simat::store::EmbeddingStore {
@@ -46,7 +25,7 @@ fn embed_command_writes_stores_in_input_order() {
     let dir = tempdir();
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
-    let r = reference();
+    let r = clip_reference();
     let refs = tiny_clip().join("reference");
     for im in r["images"].as_array().unwrap() {
         let f = im["file"].as_str().unwrap();

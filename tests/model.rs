@@ -90,38 +90,13 @@ fn clip_tokens_equal_open_clip() {
         .any(|r| r["ids"][76].as_i64().unwrap() != 0));
 }
 
-fn tiny_clip() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip")
-}
-
-fn reference() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(tiny_clip().join("reference/reference.json")).unwrap())
-        .unwrap()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// The tiny CLIP (`scripts/export_clip.py tiny --reference`): simat's token ids equal
 /// open_clip's, and both towers give PyTorch's embeddings within 1e-4 on the same inputs.
 #[test]
 fn tiny_clip_equals_pytorch() {
     use simat::model::clip::ClipModel;
     let mut model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
-    let r = reference();
+    let r = clip_reference();
     let texts: Vec<&str> = r["texts"]
         .as_array()
         .unwrap()
@@ -166,7 +141,12 @@ fn preprocessing_equals_open_clip() {
     let (shape, want) =
         simat::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
     let per = shape[1..].iter().product::<usize>();
-    for (i, im) in reference()["images"].as_array().unwrap().iter().enumerate() {
+    for (i, im) in clip_reference()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let file = tiny_clip()
             .join("reference")
             .join(im["file"].as_str().unwrap());
@@ -186,7 +166,7 @@ fn image_files_stream_through_batches() {
     let corrupt = dir.path().join("corrupt.png");
     std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let refs = tiny_clip().join("reference");
-    let mut files: Vec<std::path::PathBuf> = reference()["images"]
+    let mut files: Vec<std::path::PathBuf> = clip_reference()["images"]
         .as_array()
         .unwrap()
         .iter()

@@ -106,3 +106,32 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The committed tiny CLIP (`scripts/export_clip.py tiny --reference`).
+pub fn tiny_clip() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip")
+}
+
+/// The tiny CLIP's PyTorch references (`reference/reference.json`).
+pub fn clip_reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(tiny_clip().join("reference/reference.json")).unwrap())
+        .unwrap()
+}
+
+/// A JSON array of numbers as f32.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

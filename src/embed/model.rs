@@ -308,7 +308,7 @@ impl Stage for EmbedStage {
                     return Err(Error::stage(
                         "embed",
                         format!(
-                            "region {r} (dataset_id {i}) has no crop (status {}); select with a model oracle keeps only cropped regions",
+                            "region {r} (dataset_id {i}) has no crop (status {}); a pipeline with [crops] selects only cropped regions",
                             statuses.get(r).map(String::as_str).unwrap_or("absent")
                         ),
                     ))

@@ -186,6 +186,11 @@ pub fn normalize_rows(m: &mut Matrix) {
     });
 }
 
+/// The inner product of two rows (one pair at a time; many pairs go through [`matmul_nt`]).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// The first row holding a NaN or an infinity, if any.
 pub fn first_non_finite(m: &Matrix) -> Option<usize> {
     m.data
