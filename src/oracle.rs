@@ -168,7 +168,7 @@ impl crate::run::Stage for OracleStage {
         let n = crate::io::write_table(&ctx.output("region_scores.parquet"), &batch)?;
         crate::embed::model::write_model_json(
             &ctx.stage_dir,
-            &model,
+            crate::embed::model::stage_identity(&model, ctx),
             &self.config,
             images.matrix.cols,
         )?;

@@ -265,18 +265,23 @@ impl Pipeline {
         };
         let oracle = with_model(file.oracle, "oracle")?;
         let embed = with_model(file.embed, "embed")?;
+        // An oracle string of a section: `model` needs `[oracle]`, a matrix path is resolved.
+        let oracle_of = |section: &str, o: String| -> Result<String> {
+            if o == crate::oracle::MODEL && oracle.is_none() {
+                return Err(Error::config(
+                    path,
+                    format!("`[{section}] oracle = \"model\"` needs an `[oracle]` section naming the model"),
+                ));
+            }
+            Ok(match crate::oracle::matrix_file(&o) {
+                Some(m) => resolve(&m).to_string_lossy().into_owned(),
+                None => o,
+            })
+        };
         let mut select = file.select;
         if let Some(s) = &mut select {
             s.require_crop |= crops.is_some();
-            if s.oracle == crate::oracle::MODEL && oracle.is_none() {
-                return Err(Error::config(
-                    path,
-                    "`[select] oracle = \"model\"` needs an `[oracle]` section naming the model",
-                ));
-            }
-            if let Some(m) = crate::oracle::matrix_file(&s.oracle) {
-                s.oracle = resolve(&m).to_string_lossy().into_owned();
-            }
+            s.oracle = oracle_of("select", std::mem::take(&mut s.oracle))?;
         }
         if embed.is_some() && select.is_none() {
             return Err(Error::config(
@@ -311,16 +316,7 @@ impl Pipeline {
             }
             Some(sc) => {
                 let d = ScoreConfig::default();
-                let mut oracle_s = sc.oracle.unwrap_or(d.oracle);
-                if oracle_s == crate::oracle::MODEL && oracle.is_none() {
-                    return Err(Error::config(
-                        path,
-                        "`[score] oracle = \"model\"` needs an `[oracle]` section naming the model",
-                    ));
-                }
-                if let Some(m) = crate::oracle::matrix_file(&oracle_s) {
-                    oracle_s = resolve(&m).to_string_lossy().into_owned();
-                }
+                let oracle_s = oracle_of("score", sc.oracle.unwrap_or(d.oracle))?;
                 Some(ScoreConfig {
                     oracle: oracle_s,
                     threshold: sc.threshold.unwrap_or(d.threshold),

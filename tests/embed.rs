@@ -32,12 +32,7 @@ fn embed_command_writes_stores_in_input_order() {
         std::fs::copy(refs.join(f), images.join(f)).unwrap();
     }
     std::fs::write(images.join("image_9_bad.png"), b"not an image").unwrap();
-    let texts: Vec<&str> = r["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["text"].as_str().unwrap())
-        .collect();
+    let texts = texts_of(r["texts"].as_array().unwrap());
     let tfile = dir.path().join("texts.txt");
     std::fs::write(&tfile, texts.join("\n") + "\n").unwrap();
     let out = dir.path().join("out");

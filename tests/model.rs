@@ -57,6 +57,21 @@ fn onnx_runtime_runs_a_model() {
     );
 }
 
+/// `tok` gives each row's `text` the 77 `ids` of the row.
+fn assert_token_ids(tok: &simat::model::tokenizer::ClipTokenizer, rows: &[serde_json::Value]) {
+    let texts = texts_of(rows);
+    let ids = tok.encode(&texts).unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        let want: Vec<i64> = r["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(&ids[i * 77..(i + 1) * 77], &want[..], "{:?}", texts[i]);
+    }
+}
+
 /// The committed CLIP tokenizer gives the ids open_clip's own tokenizer gave
 /// (`scripts/build_clip_tokenizer.py --reference`), padding and truncation included.
 #[test]
@@ -70,20 +85,7 @@ fn clip_tokens_equal_open_clip() {
     let reference: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(root.join("tests/data/clip_tokens.json")).unwrap())
             .unwrap();
-    let texts: Vec<&str> = reference
-        .iter()
-        .map(|r| r["text"].as_str().unwrap())
-        .collect();
-    let ids = tok.encode(&texts).unwrap();
-    for (i, r) in reference.iter().enumerate() {
-        let want: Vec<i64> = r["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
-        assert_eq!(&ids[i * 77..(i + 1) * 77], &want[..], "{:?}", texts[i]);
-    }
+    assert_token_ids(&tok, &reference);
     // The long text is cut to 77 with <end_of_text> last.
     assert!(reference
         .iter()
@@ -97,22 +99,9 @@ fn tiny_clip_equals_pytorch() {
     use simat::model::clip::ClipModel;
     let mut model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
     let r = clip_reference();
-    let texts: Vec<&str> = r["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["text"].as_str().unwrap())
-        .collect();
-    let ids = model.tokenizer().encode(&texts).unwrap();
-    for (i, t) in r["texts"].as_array().unwrap().iter().enumerate() {
-        let want: Vec<i64> = t["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
-        assert_eq!(&ids[i * 77..(i + 1) * 77], &want[..], "{:?}", texts[i]);
-    }
+    let rows = r["texts"].as_array().unwrap();
+    assert_token_ids(model.tokenizer(), rows);
+    let texts = texts_of(rows);
     // Batches of 4 over 6 texts: a partial last batch too.
     let text = model.embed_texts(&texts, 4).unwrap();
     assert_eq!((text.rows, text.cols), (texts.len(), 32));

@@ -135,3 +135,8 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// The `text` field of each reference row.
+pub fn texts_of(rows: &[serde_json::Value]) -> Vec<&str> {
+    rows.iter().map(|r| r["text"].as_str().unwrap()).collect()
+}

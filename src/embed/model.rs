@@ -131,72 +131,48 @@ pub fn embed_images_chunked(
     let n_chunks = files.len().div_ceil(per_chunk);
     let chunks = Chunks::open(dir, fingerprint, n_chunks, &[])?;
     let bar = ui.progress(files.len() as u64, "images", "embedding");
-    let mut out = ImageEmbeddings {
-        positions: Vec::with_capacity(files.len()),
-        matrix: Matrix::new(0, 0, vec![])?,
-        failed: Vec::new(),
-        chunks_resumed: 0,
-    };
+    let mut positions = Vec::with_capacity(files.len());
+    let mut failed = Vec::new();
+    let mut chunks_resumed = 0;
     let mut data: Vec<f32> = Vec::new();
-    let mut dim = 0;
+    let mut dim = model.config.embed_dim.unwrap_or(0);
     for (k, part) in files.chunks(per_chunk).enumerate() {
         let store_path = chunks.file(k, "arrow");
         let failed_path = chunks.file(k, "failed.json");
-        if store_path.is_file() && failed_path.is_file() {
-            out.chunks_resumed += 1;
+        let chunk = if store_path.is_file() && failed_path.is_file() {
+            chunks_resumed += 1;
+            read_chunk(&store_path, &failed_path)?
         } else {
-            let start = k * per_chunk;
-            let mut positions: Vec<i64> = Vec::with_capacity(part.len());
-            let mut failed = Vec::new();
-            let mut chunk_data = Vec::new();
-            let mut chunk_dim = model.config.embed_dim.unwrap_or(0);
-            model.embed_image_files(part, config.batch_size, |b| {
-                bar.inc((b.ok.len() + b.failed.len()) as u64);
-                positions.extend(b.ok.iter().map(|&i| (start + i) as i64));
-                failed.extend(b.failed.into_iter().map(|(i, f)| FailedInput {
-                    position: start + i,
-                    status: f.kind().to_string(),
-                    message: f.message().to_string(),
-                }));
-                if b.embeddings.rows > 0 {
-                    chunk_dim = b.embeddings.cols;
-                }
-                chunk_data.extend_from_slice(&b.embeddings.data);
-                Ok(())
-            })?;
-            let mut m = Matrix::new(positions.len(), chunk_dim, chunk_data)?;
-            normalize_rows(&mut m);
+            let chunk = embed_chunk(model, part, k * per_chunk, config.batch_size, &bar)?;
+            // The failures first: the store's presence marks the chunk committed.
             crate::run::atomic::write_atomic(
                 &failed_path,
-                &serde_json::to_vec(&failed).expect("json"),
+                &serde_json::to_vec(&chunk.failed).expect("json"),
             )?;
+            let ids = chunk.positions.iter().map(|&p| p as i64);
             write_store(
                 &store_path,
                 "position",
-                Arc::new(Int64Array::from(positions)),
-                &m,
+                Arc::new(Int64Array::from_iter_values(ids)),
+                &chunk.matrix,
             )?;
-        }
-        let store = EmbeddingStore::open(&store_path)?;
-        let pos = crate::io::i64_column(&store.batch, "position", &store_path)?;
-        out.positions
-            .extend(pos.values().iter().map(|&p| p as usize));
-        if store.rows > 0 {
-            if dim != 0 && store.dim != dim {
+            chunk
+        };
+        if chunk.matrix.rows > 0 {
+            if !data.is_empty() && chunk.matrix.cols != dim {
                 return Err(Error::data(
                     &store_path,
-                    format!("dimension {} after chunks of dimension {dim}", store.dim),
+                    format!(
+                        "dimension {} after chunks of dimension {dim}",
+                        chunk.matrix.cols
+                    ),
                 ));
             }
-            dim = store.dim;
-            data.extend_from_slice(store.values());
+            dim = chunk.matrix.cols;
+            data.extend_from_slice(&chunk.matrix.data);
         }
-        let failed: Vec<FailedInput> = serde_json::from_slice(
-            &std::fs::read(&failed_path)
-                .map_err(|e| Error::io("failed to read", &failed_path, e))?,
-        )
-        .map_err(|e| Error::data(&failed_path, e.to_string()))?;
-        out.failed.extend(failed.into_iter().map(|f| {
+        positions.extend(chunk.positions);
+        failed.extend(chunk.failed.into_iter().map(|f| {
             let failure = if f.status == "missing" {
                 ImageFailure::Missing(f.message)
             } else {
@@ -206,11 +182,69 @@ pub fn embed_images_chunked(
         }));
     }
     bar.finish_and_clear();
-    if dim == 0 {
-        dim = model.config.embed_dim.unwrap_or(0);
-    }
-    out.matrix = Matrix::new(out.positions.len(), dim, data)?;
+    let matrix = Matrix::new(positions.len(), dim, data)?;
+    let out = ImageEmbeddings {
+        positions,
+        matrix,
+        failed,
+        chunks_resumed,
+    };
     Ok((out, chunks))
+}
+
+/// One chunk's normalised embeddings, by input position, and its unreadable inputs.
+struct ChunkEmbeddings {
+    positions: Vec<usize>,
+    matrix: Matrix,
+    failed: Vec<FailedInput>,
+}
+
+fn embed_chunk(
+    model: &mut ClipModel,
+    part: &[PathBuf],
+    start: usize,
+    batch: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<ChunkEmbeddings> {
+    let mut positions = Vec::with_capacity(part.len());
+    let mut failed = Vec::new();
+    let mut data = Vec::new();
+    let mut dim = model.config.embed_dim.unwrap_or(0);
+    model.embed_image_files(part, batch, |b| {
+        bar.inc((b.ok.len() + b.failed.len()) as u64);
+        positions.extend(b.ok.iter().map(|&i| start + i));
+        failed.extend(b.failed.into_iter().map(|(i, f)| FailedInput {
+            position: start + i,
+            status: f.kind().to_string(),
+            message: f.message().to_string(),
+        }));
+        if b.embeddings.rows > 0 {
+            dim = b.embeddings.cols;
+        }
+        data.extend_from_slice(&b.embeddings.data);
+        Ok(())
+    })?;
+    let mut matrix = Matrix::new(positions.len(), dim, data)?;
+    normalize_rows(&mut matrix);
+    Ok(ChunkEmbeddings {
+        positions,
+        matrix,
+        failed,
+    })
+}
+
+fn read_chunk(store_path: &Path, failed_path: &Path) -> Result<ChunkEmbeddings> {
+    let store = EmbeddingStore::open(store_path)?;
+    let pos = crate::io::i64_column(&store.batch, "position", store_path)?;
+    let failed = serde_json::from_slice(
+        &std::fs::read(failed_path).map_err(|e| Error::io("failed to read", failed_path, e))?,
+    )
+    .map_err(|e| Error::data(failed_path, e.to_string()))?;
+    Ok(ChunkEmbeddings {
+        positions: pos.values().iter().map(|&p| p as usize).collect(),
+        matrix: store.to_matrix(),
+        failed,
+    })
 }
 
 /// Normalised text embeddings.
@@ -247,16 +281,17 @@ pub fn captions(triplets_dir: &Path) -> Result<BTreeMap<i64, String>> {
     Ok(ids.into_iter().zip(captions).collect())
 }
 
-/// Write `model.json`: where a stage's embeddings came from.
+/// Write `model.json`: where a stage's embeddings came from (`identity` from
+/// [`ClipModel::identity`] or [`stage_identity`]).
 pub fn write_model_json(
     out_dir: &Path,
-    model: &ClipModel,
+    identity: serde_json::Value,
     config: &ModelRunConfig,
     dim: usize,
 ) -> Result<()> {
     let doc = serde_json::json!({
         "source": "model",
-        "model": model.identity()?,
+        "model": identity,
         "device": config.device.to_string(),
         "dim": dim,
         "normalised": true,
@@ -265,6 +300,21 @@ pub fn write_model_json(
         out_dir.join("model.json"),
         (serde_json::to_string_pretty(&doc).expect("json") + "\n").as_bytes(),
     )
+}
+
+/// A stage's model identity from the hashes the engine took of the model files (its inputs
+/// labelled `model/<file>`), not hashing them a second time.
+pub fn stage_identity(model: &ClipModel, ctx: &StageContext) -> serde_json::Value {
+    let files = ctx
+        .input_hashes
+        .iter()
+        .filter_map(|(label, h)| {
+            label
+                .strip_prefix("model/")
+                .map(|f| (f.to_string(), h.clone()))
+        })
+        .collect();
+    model.identity_from(files)
 }
 
 /// The `embed` stage from a model: the dataset's crops, words and captions.
@@ -374,7 +424,12 @@ impl Stage for EmbedStage {
             Arc::new(Int64Array::from(caption_ids)),
             &caption_m,
         )?;
-        write_model_json(&ctx.stage_dir, &model, &self.config, images.matrix.cols)?;
+        write_model_json(
+            &ctx.stage_dir,
+            stage_identity(&model, ctx),
+            &self.config,
+            images.matrix.cols,
+        )?;
         chunks.finish();
         let mut report = StageReport {
             outputs: vec![
@@ -457,11 +512,12 @@ pub fn embed_files(
 ) -> Result<EmbedFilesReport> {
     std::fs::create_dir_all(out).map_err(|e| Error::io("failed to create directory", out, e))?;
     let mut model = config.open()?;
+    let identity = model.identity()?;
     let mut report = EmbedFilesReport::default();
     if !images.is_empty() {
         let files = list_images(images)?;
         let mut h = blake3::Hasher::new();
-        h.update(model.identity()?.to_string().as_bytes());
+        h.update(identity.to_string().as_bytes());
         for f in &files {
             h.update(f.to_string_lossy().as_bytes());
             h.update(b"\0");
@@ -504,6 +560,6 @@ pub fn embed_files(
         report.texts = m.rows;
         report.dim = m.cols;
     }
-    write_model_json(out, &model, config, report.dim)?;
+    write_model_json(out, identity, config, report.dim)?;
     Ok(report)
 }

@@ -194,21 +194,26 @@ impl ClipModel {
 
     /// The model's identity: its name and the BLAKE3 of each of its files.
     pub fn identity(&self) -> Result<serde_json::Value> {
-        let mut files = serde_json::Map::new();
+        let mut files = std::collections::BTreeMap::new();
         for f in MODEL_FILES {
             let p = self.dir.join(f);
             if p.is_file() {
-                files.insert(
-                    f.to_string(),
-                    crate::run::fingerprint::hash_file(&p)?.into(),
-                );
+                files.insert(f.to_string(), crate::run::fingerprint::hash_file(&p)?);
             }
         }
-        Ok(serde_json::json!({
+        Ok(self.identity_from(files))
+    }
+
+    /// The identity from file hashes already computed (by file name).
+    pub fn identity_from(
+        &self,
+        file_hashes: std::collections::BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        serde_json::json!({
             "name": self.config.name,
             "pretrained": self.config.pretrained,
-            "files": files,
-        }))
+            "files": file_hashes,
+        })
     }
 
     fn tower(&mut self, image: bool) -> Result<&mut OnnxModel> {

@@ -60,6 +60,9 @@ pub struct StageContext<'a> {
     /// This run's fingerprint of the stage: a stage that checkpoints its work in chunks records
     /// it beside them, and resumes only from chunks of the same fingerprint.
     pub fingerprint: String,
+    /// The BLAKE3 of each input file (by the labels of [`Stage::inputs`]), as the fingerprint
+    /// holds them, so that a stage can record them without hashing the files again.
+    pub input_hashes: BTreeMap<String, String>,
 }
 
 impl StageContext<'_> {
@@ -366,6 +369,7 @@ impl<'a> Engine<'a> {
             stage_dir: stage_dir.clone(),
             ui: self.ui,
             fingerprint: detail.hash(),
+            input_hashes: detail.inputs.clone(),
         };
         let result = stage.run(&ctx);
         let wall_s = start.elapsed().as_secs_f64();
