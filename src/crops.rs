@@ -3,9 +3,14 @@
 //! Images are looked up as `<images>/<image_id>.jpg` (or `.png`), and under Visual Genome's own
 //! `VG_100K/` and `VG_100K_2/` sub-folders. Each image is decoded once for all its regions, in
 //! parallel. Every region gets a status in `crops.parquet`: `ok`, `clamped` (the box reached
-//! outside the image and was cut to it), `outside` (nothing of the box is inside the image),
-//! `missing` (no image file) or `corrupt` (the file does not decode). The last three are counted
-//! as skipped and make the exit code 1; they never stop the stage.
+//! outside the image and was cut to it), `padded` (the box reached outside the image and the
+//! outside was filled with black, as Pillow's `Image.crop` does — the release's
+//! `prepare_dataset.py` cut SIMAT's crops that way), `outside` (nothing of the box is inside the
+//! image), `missing` (no image file) or `corrupt` (the file does not decode). The last three are
+//! counted as skipped and make the exit code 1; they never stop the stage.
+//!
+//! From the official release (`regions_stage = "import"`), only the regions of its dataset (the
+//! 5,859 of `triplets.csv`) are cropped, at the union box of `retrieval_db.tsv`.
 //!
 //! The work is checkpointed in chunks of images: each finished chunk's rows are committed to
 //! `chunks/<n>.parquet` after its PNGs, next to `checkpoint.json` holding the stage's
@@ -39,6 +44,21 @@ pub struct CropsConfig {
     /// Images per checkpointed chunk.
     #[serde(default = "default_chunk_images")]
     pub chunk_images: usize,
+    /// What a box reaching outside its image gives: `clamp` (cut to the image) or `pad` (black
+    /// outside, as Pillow's `Image.crop` and the release's `prepare_dataset.py`).
+    #[serde(default)]
+    pub outside: Outside,
+}
+
+/// What a box that reaches outside its image gives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Outside {
+    /// Cut the box to the image (status `clamped`).
+    #[default]
+    Clamp,
+    /// Keep the box, black outside the image (status `padded`), as Pillow's `Image.crop`.
+    Pad,
 }
 
 fn default_regions_stage() -> String {
@@ -126,6 +146,7 @@ impl Stage for CropsStage {
             "images": listing_digest(&self.config.images),
             "regions_stage": self.config.regions_stage,
             "chunk_images": self.config.chunk_images,
+            "outside": self.config.outside,
         })
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
@@ -139,7 +160,15 @@ impl Stage for CropsStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let regions = ctx.upstream_output(self.upstream()[0], "regions.parquet");
-        crop_all(&self.config, &regions, ctx)
+        // The release lists 11,160 candidate regions; its benchmark is the dataset's.
+        let only = if self.config.regions_stage == "import" {
+            let d =
+                crate::dataset::Dataset::read(&ctx.upstream_output("import", "dataset.parquet"))?;
+            Some(d.region_id.into_iter().collect())
+        } else {
+            None
+        };
+        crop_all(&self.config, &regions, only.as_ref(), ctx)
     }
 }
 
@@ -188,6 +217,7 @@ fn crop_image(
     out_dir: &Path,
     image_id: i64,
     regions: &[(i64, [i32; 4])],
+    outside: Outside,
 ) -> Result<Vec<Row>> {
     let row = |region_id: i64, status, file, bbox, size| Row {
         region_id,
@@ -224,13 +254,27 @@ fn crop_image(
             out.push(row(region_id, "outside", None, b, [w, h]));
             continue;
         }
-        let status = if c == b { "ok" } else { "clamped" };
-        let crop = img.crop_imm(
+        let inside = img.crop_imm(
             c[0] as u32,
             c[1] as u32,
             (c[2] - c[0]) as u32,
             (c[3] - c[1]) as u32,
         );
+        let (status, crop, c) = if c == b {
+            ("ok", inside, c)
+        } else if outside == Outside::Clamp {
+            ("clamped", inside, c)
+        } else {
+            // Pillow's crop: the box as given, zeros where it leaves the image.
+            let mut canvas = image::RgbImage::new((b[2] - b[0]) as u32, (b[3] - b[1]) as u32);
+            image::imageops::replace(
+                &mut canvas,
+                &inside.to_rgb8(),
+                (c[0] - b[0]) as i64,
+                (c[1] - b[1]) as i64,
+            );
+            ("padded", image::DynamicImage::ImageRgb8(canvas), b)
+        };
         let rel = format!("crops/{region_id}.png");
         let dest = out_dir.join(&rel);
         let mut file = AtomicFile::create(&dest)?;
@@ -242,7 +286,12 @@ fn crop_image(
     Ok(out)
 }
 
-fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<StageReport> {
+fn crop_all(
+    config: &CropsConfig,
+    regions: &Path,
+    only: Option<&std::collections::HashSet<i64>>,
+    ctx: &StageContext,
+) -> Result<StageReport> {
     let batch = crate::io::read_all(regions)?;
     let ids = ints(&batch, "region_id", regions)?;
     let images = ints(&batch, "image_id", regions)?;
@@ -252,6 +301,9 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
     let (x1, y1, x2, y2) = (coord("x1")?, coord("y1")?, coord("x2")?, coord("y2")?);
     let mut by_image: BTreeMap<i64, ImageRegions> = BTreeMap::new();
     for i in 0..ids.len() {
+        if only.is_some_and(|o| !o.contains(&ids[i])) {
+            continue;
+        }
         by_image
             .entry(images[i])
             .or_default()
@@ -272,7 +324,15 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
         } else {
             let rows: Vec<Vec<Row>> = part
                 .par_iter()
-                .map(|(image_id, regs)| crop_image(&config.images, &ctx.stage_dir, *image_id, regs))
+                .map(|(image_id, regs)| {
+                    crop_image(
+                        &config.images,
+                        &ctx.stage_dir,
+                        *image_id,
+                        regs,
+                        config.outside,
+                    )
+                })
                 .collect::<Result<_>>()?;
             let rows: Vec<Row> = rows.into_iter().flatten().collect();
             crate::io::write_table(&path, &rows_batch(&rows))?;
@@ -299,7 +359,7 @@ fn crop_all(config: &CropsConfig, regions: &Path, ctx: &StageContext) -> Result<
     let mut report = StageReport::default();
     report.outputs.push(("crops.parquet".into(), Some(n)));
     report.count("chunks_resumed", resumed);
-    for status in ["ok", "clamped", "outside", "missing", "corrupt"] {
+    for status in ["ok", "clamped", "padded", "outside", "missing", "corrupt"] {
         let c = counts.get(status).copied().unwrap_or(0);
         report.count(&format!("regions_{status}"), c);
         if matches!(status, "outside" | "missing" | "corrupt") && c > 0 {

@@ -5,11 +5,17 @@
 //! `triplets.parquet`, `dataset.parquet` and `queries.parquet`. Facts of the release this
 //! relies on, each checked row by row with errors that name the row:
 //!
-//! - `transfos.csv`'s `dataset_id` is the row number of the query's region in `triplets.csv`
-//!   (the row of its image embedding); `triplets.csv`'s own `dataset_id` column is a different
-//!   numbering and is not used;
+//! - images are numbered by **`triplets.csv`'s `dataset_id` column**, as the release's
+//!   `eval.py` numbers them (at its last commit, the one that reproduces the paper):
+//!   `img_embs_stacked[i]` is the embedding of the region whose `dataset_id` is `i`, the query
+//!   image and its excluded self are `rid2did[region_id]`, and the rows of the OSCAR matrix
+//!   follow the same numbering. The column must number the regions `0..N-1`, each once;
+//! - `transfos.csv`'s `dataset_id` is the row of the query's region in `triplets.csv`, a
+//!   different order on 84 % of rows (indexing by it was the bug of the release's issue #3). It
+//!   is checked against the row and otherwise unused; the row is kept in `dataset.parquet` as
+//!   `triplets_row`;
 //! - caption ids (`query_ids`, `target_ids`) number the distinct triplets of `triplets.csv` in
-//!   order of first appearance, which is the line order of `captions.txt`;
+//!   order of first appearance (row order), which is the line order of `captions.txt`;
 //! - `is_test` is constant per region.
 
 use std::collections::HashMap;
@@ -226,13 +232,16 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
         .headers()
         .map_err(|e| Error::data(&tr_path, e.to_string()))?
         .clone();
-    let (ci, cs, cr, co) = (
+    let (ci, cs, cr, co, cd) = (
         column(&h, "region_id", &tr_path)?,
         column(&h, "subj", &tr_path)?,
         column(&h, "rel", &tr_path)?,
         column(&h, "obj", &tr_path)?,
+        column(&h, "dataset_id", &tr_path)?,
     );
-    let mut dataset = Dataset::default();
+    // Built in row order, then stored in dataset_id order.
+    let mut by_row = Dataset::default();
+    let mut dataset_id_of_row: Vec<i64> = Vec::new();
     let mut triplet_ids: HashMap<[String; 3], i64> = HashMap::new();
     let mut triplet_words: Vec<[String; 3]> = Vec::new();
     let mut row_of_region: HashMap<i64, usize> = HashMap::new();
@@ -240,6 +249,7 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
         let line = row + 1;
         let rec = rec.map_err(|e| Error::data(&tr_path, format!("row {line}: {e}")))?;
         let region_id: i64 = field(&rec, ci, "region_id", line, &tr_path)?;
+        dataset_id_of_row.push(field(&rec, cd, "dataset_id", line, &tr_path)?);
         let words = [
             rec[cs].to_string(),
             rec[cr].to_string(),
@@ -271,13 +281,15 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
                 format!("row {line}: region {region_id} appears twice"),
             ));
         }
-        dataset.region_id.push(region_id);
-        dataset.image_id.push(db[k].1.image_id);
-        dataset.triplet_id.push(tid);
-        dataset.caption_id.push(tid);
-        dataset.triplet.push(words);
-        dataset.split.push(None);
+        by_row.region_id.push(region_id);
+        by_row.image_id.push(db[k].1.image_id);
+        by_row.triplet_id.push(tid);
+        by_row.caption_id.push(tid);
+        by_row.triplet.push(words);
+        by_row.split.push(None);
+        by_row.triplets_row.push(Some(row as i64));
     }
+    let row_of_dataset_id = numbering(&dataset_id_of_row, &tr_path)?;
     if triplet_words.len() != captions.len() {
         return Err(Error::data(&cap_path, format!(
             "{} captions for {} distinct triplets in triplets.csv (one caption per triplet, in order of first appearance)",
@@ -319,15 +331,16 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
         let Some(&drow) = row_of_region.get(&region_id) else {
             return Err(err(format!("region {region_id} is not in triplets.csv")));
         };
+        // transfos.csv's dataset_id is the region's row in triplets.csv: checked, not used.
         if dataset_id != drow as i64 {
             return Err(err(format!(
-                "dataset_id {dataset_id}, but region {region_id} is row {drow} of triplets.csv"
+                "dataset_id {dataset_id}, but region {region_id} is row {drow} of triplets.csv (transfos.csv's dataset_id is the row of the query's region there)"
             )));
         }
         let slot = Slot::parse(&rec[c[2]])
             .ok_or_else(|| err(format!("field {:?} is not subj, rel or obj", &rec[c[2]])))?;
         let (value, target) = (rec[c[3]].to_string(), rec[c[4]].to_string());
-        let source = dataset.triplet[drow].clone();
+        let source = by_row.triplet[drow].clone();
         if source[slot.index()] != value {
             return Err(err(format!(
                 "value {value:?}, but the region's {} is {:?}",
@@ -342,7 +355,7 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
                 "target triplet {tgt:?} is not in triplets.csv"
             )));
         };
-        let source_tid = dataset.triplet_id[drow];
+        let source_tid = by_row.triplet_id[drow];
         let query_cap: i64 = field(&rec, c[6], "query_ids", line, &q_path)?;
         let target_cap: i64 = field(&rec, c[7], "target_ids", line, &q_path)?;
         for (name, cap, tid) in [
@@ -366,16 +379,16 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
             "False" | "false" | "0" => "dev",
             other => return Err(err(format!("is_test {other:?} is not True or False"))),
         };
-        match &dataset.split[drow] {
+        match &by_row.split[drow] {
             Some(s) if s != is_test => {
                 return Err(err(format!("region {region_id} is in both splits")));
             }
-            _ => dataset.split[drow] = Some(is_test.to_string()),
+            _ => by_row.split[drow] = Some(is_test.to_string()),
         }
         q.query_id
             .push(field(&rec, c[0], "transfo_id", line, &q_path)?);
         q.region_id.push(region_id);
-        q.dataset_id.push(dataset_id);
+        q.dataset_id.push(dataset_id_of_row[drow]);
         q.field.push(slot);
         q.value.push(value);
         q.target.push(target);
@@ -392,6 +405,8 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
         q.n_same_value.push(norm2);
         q.split.push(is_test.to_string());
     }
+
+    let dataset = by_row.reorder(&row_of_dataset_id);
 
     // Triplets table: id = caption id.
     let mut n_regions = vec![0i64; triplet_words.len()];
@@ -441,6 +456,38 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
         dataset.split.iter().filter(|s| s.is_none()).count() as u64,
     );
     Ok(report)
+}
+
+/// For each `dataset_id` `0..N-1`, the `triplets.csv` row that carries it; an error naming the
+/// row when the column is not a numbering of the rows.
+fn numbering(dataset_id_of_row: &[i64], path: &Path) -> Result<Vec<usize>> {
+    let n = dataset_id_of_row.len();
+    let mut row_of = vec![usize::MAX; n];
+    for (row, &d) in dataset_id_of_row.iter().enumerate() {
+        if d < 0 || d as usize >= n {
+            return Err(Error::data(
+                path,
+                format!(
+                    "row {}: dataset_id {d} is out of range: the column must number the {n} regions 0..{} (eval.py's numbering of images)",
+                    row + 1,
+                    n.saturating_sub(1)
+                ),
+            ));
+        }
+        let slot = &mut row_of[d as usize];
+        if *slot != usize::MAX {
+            return Err(Error::data(
+                path,
+                format!(
+                    "row {}: dataset_id {d} is also the dataset_id of row {}: each region needs its own",
+                    row + 1,
+                    *slot + 1
+                ),
+            ));
+        }
+        *slot = row;
+    }
+    Ok(row_of)
 }
 
 /// The release's candidate regions in the schema of [`crate::triplets::regions_schema`]. The

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use simat::dataset::QuerySet;
 use simat::embed::model::ModelRunConfig;
 use simat::embed::{ImportEmbeddingsConfig, ImportEmbeddingsStage};
 use simat::import::{ImportConfig, ImportStage};
@@ -94,6 +95,13 @@ enum Command {
         /// Images per checkpointed chunk.
         #[arg(long, default_value_t = 512)]
         chunk_images: usize,
+        /// A box reaching outside its image: `clamp` it to the image, or `pad` with black as
+        /// Pillow's `Image.crop` (and the release's prepare_dataset.py) does.
+        #[arg(long, value_enum, default_value = "clamp")]
+        outside: simat::crops::Outside,
+        /// Crop the regions of the imported release's dataset instead of the triplets stage's.
+        #[arg(long)]
+        from_import: bool,
         #[command(flatten)]
         run: StageRunArgs,
     },
@@ -138,20 +146,20 @@ enum Command {
         #[command(flatten)]
         run: StageRunArgs,
     },
-    /// Image and word embeddings from files into RUN/embed/*.arrow (head, then L2 normalisation).
+    /// Raw image and word embeddings from files into RUN/embed/*.arrow, joined by key.
     ImportEmbeddings {
-        /// Image embeddings, rows in dataset_id order (.npy f16/f32, Arrow IPC or Parquet).
+        /// Raw image embeddings: keyed by region (a PyTorch dict region_id → vector such as the
+        /// release's simat_img_clip.pt; Arrow/Parquet with a region_id, key or dataset_id
+        /// column), or a .npy with one row per dataset_id, in dataset_id order.
         #[arg(long)]
         images: PathBuf,
-        /// Words, one per line.
-        #[arg(long)]
-        words: PathBuf,
-        /// Word embeddings, rows in the order of the words file.
+        /// Raw word embeddings: keyed by word (the release's simat_words_clip.ptd; Arrow/Parquet
+        /// with a word column), or a .npy whose rows follow --words.
         #[arg(long)]
         word_vectors: PathBuf,
-        /// Linear heads: PREFIX_{img,txt}_head_{weight,bias}.npy (PyTorch Linear layout).
-        #[arg(long, value_name = "PREFIX")]
-        heads: Option<PathBuf>,
+        /// Words, one per line: the row order of a .npy of word vectors.
+        #[arg(long)]
+        words: Option<PathBuf>,
         #[command(flatten)]
         run: StageRunArgs,
     },
@@ -256,23 +264,40 @@ struct RetrievalArgs {
     /// Results kept per query and λ.
     #[arg(short, default_value_t = 5)]
     k: usize,
-    /// Where the queries come from: `import` (the release) or `queries` (regenerated).
-    /// Default: `queries` when that stage has run, else `import`.
+    /// The queries: `release` (transfos.csv, from import-simat) or `regenerated` (the queries
+    /// stage). Needed when the run has both; otherwise the one it has.
+    #[arg(long, value_enum)]
+    queries: Option<QuerySet>,
+    /// Linear heads on the raw embeddings: a PyTorch file (the release's head_clip_t=0.1.pt) or
+    /// the prefix of PREFIX_{img,txt}_head_{weight,bias}.npy.
+    #[arg(long, value_name = "FILE_OR_PREFIX")]
+    heads: Option<PathBuf>,
+    /// Apply --heads even to embeddings that are already unit-norm (heads trained on
+    /// normalised vectors).
     #[arg(long)]
-    queries: Option<String>,
+    allow_normalised: bool,
 }
 
 impl RetrievalArgs {
-    fn config(&self, run_dir: &Path) -> Result<RetrieveConfig> {
-        let queries_stage = match &self.queries {
-            Some(q) if q == "import" || q == "queries" => q.clone(),
-            Some(q) => anyhow::bail!("--queries {q}: expected `import` or `queries`"),
-            None => if stage_done(run_dir, "queries")? {
-                "queries"
-            } else {
-                "import"
+    fn config(&self, run_dir: &Path, ui: &Ui) -> Result<RetrieveConfig> {
+        let have: Vec<QuerySet> = [QuerySet::Release, QuerySet::Regenerated]
+            .into_iter()
+            .filter(|q| stage_done(run_dir, q.stage()).unwrap_or(false))
+            .collect();
+        let queries = match (self.queries, have.as_slice()) {
+            (Some(q), _) => q,
+            (None, [only]) => {
+                ui.status("Queries", only.describe());
+                *only
             }
-            .to_string(),
+            (None, []) => anyhow::bail!(
+                "`{}` has no queries: run `simat import-simat` (the release's) or `simat queries` (regenerated) first",
+                run_dir.display()
+            ),
+            (None, _) => anyhow::bail!(
+                "`{}` has both the release's queries (import) and regenerated ones (queries): say which with --queries release or --queries regenerated",
+                run_dir.display()
+            ),
         };
         Ok(RetrieveConfig {
             lambdas: if self.lambdas.is_empty() {
@@ -281,7 +306,9 @@ impl RetrievalArgs {
                 self.lambdas.clone()
             },
             k: self.k,
-            queries_stage,
+            queries,
+            heads: self.heads.clone(),
+            allow_normalised: self.allow_normalised,
         })
     }
 }
@@ -447,14 +474,17 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
         Command::Crops {
             images,
             chunk_images,
+            outside,
+            from_import,
             run,
         } => single(
             &run,
             &simat::crops::CropsStage {
                 config: simat::crops::CropsConfig {
                     images,
-                    regions_stage: "triplets".into(),
+                    regions_stage: if from_import { "import" } else { "triplets" }.into(),
                     chunk_images,
+                    outside,
                 },
             },
             ui,
@@ -487,7 +517,6 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             images,
             words,
             word_vectors,
-            heads,
             run,
         } => single(
             &run,
@@ -496,7 +525,6 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                     images,
                     words,
                     word_vectors,
-                    heads,
                     dataset_stage: dataset_stage_of(&run.run_dir)?,
                 },
             },
@@ -518,7 +546,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             ui,
         ),
         Command::Retrieve { retrieval, run } => {
-            let config = retrieval.config(&run.run_dir)?;
+            let config = retrieval.config(&run.run_dir, ui)?;
             single(&run, &RetrieveStage { config }, ui)
         }
         Command::Score {
@@ -528,7 +556,7 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             retrieval,
             run,
         } => {
-            let rconfig = retrieval.config(&run.run_dir)?;
+            let rconfig = retrieval.config(&run.run_dir, ui)?;
             let retrieve = RetrieveStage {
                 config: rconfig.clone(),
             };
@@ -537,8 +565,12 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                     oracle,
                     threshold,
                     split,
-                    queries_stage: rconfig.queries_stage.clone(),
-                    dataset_stage: dataset_stage_of(&run.run_dir)?,
+                    queries: rconfig.queries,
+                    // The release's queries are of the release's dataset.
+                    dataset_stage: match rconfig.queries {
+                        QuerySet::Release => "import".into(),
+                        QuerySet::Regenerated => dataset_stage_of(&run.run_dir)?,
+                    },
                 },
             };
             let mut opts = RunOptions::default();
@@ -784,9 +816,35 @@ fn stage_done(run_dir: &Path, stage: &str) -> Result<bool> {
 }
 
 fn print_scores(path: &Path) -> Result<()> {
-    let rows: Vec<simat::score::ScoreRow> = serde_json::from_slice(
-        &std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?,
-    )?;
+    let file = simat::score::ScoresFile::read(path)?;
+    let p = &file.provenance;
+    let set = p["query_set"].as_str().unwrap_or("?");
+    let described = match set {
+        "release" => QuerySet::Release.describe(),
+        "regenerated" => QuerySet::Regenerated.describe(),
+        _ => "unknown queries",
+    };
+    let model = match (
+        &p["embeddings"]["model"]["name"],
+        &p["embeddings"]["source"],
+    ) {
+        (serde_json::Value::String(name), _) => format!("model {name}"),
+        (_, serde_json::Value::String(source)) => format!("embeddings from {source}"),
+        _ => "embeddings".to_string(),
+    };
+    let heads = p["heads"]["name"]
+        .as_str()
+        .map(|h| format!("heads {h}"))
+        .unwrap_or_else(|| "no heads".into());
+    let oracle = p["oracle"]["file"]
+        .as_str()
+        .or(p["oracle"]["kind"].as_str())
+        .unwrap_or("?");
+    println!(
+        "{} {} queries; {model}, {heads}; oracle {oracle} > {}",
+        described, p["queries"]["rows"], p["threshold"]
+    );
+    let rows = file.scores;
     let fields = ["subj", "rel", "obj", "all"];
     println!(
         "{:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",

@@ -50,15 +50,18 @@ pub fn inputs(stage: &str, oracle: &str) -> Result<Vec<(String, PathBuf)>> {
 pub const MODEL: &str = "model";
 
 /// The `oracle` stage: a CLIP-family model judges every cropped region against every triplet's
-/// caption by cosine similarity. It writes the normalised embeddings
+/// caption by cosine similarity. It writes the raw embeddings
 /// (`region_embeddings.arrow` by `region_id`, `caption_embeddings.arrow` by `triplet_id`), from
-/// which any region × caption similarity is one inner product, and `region_scores.parquet`:
+/// which any region × caption similarity is one inner product once normalised, and
+/// `region_scores.parquet`:
 /// each embedded region's similarity with its own caption, which `select` thresholds. Regions
 /// without a usable crop, or whose crop cannot be read, are counted and left out.
 #[derive(Debug, Clone)]
 pub struct OracleStage {
     /// How the model runs.
     pub config: crate::embed::model::ModelRunConfig,
+    /// The stage holding the regions and the triplets' captions: `triplets` or `import`.
+    pub regions_stage: String,
 }
 
 /// Schema of `region_scores.parquet`.
@@ -76,10 +79,14 @@ impl crate::run::Stage for OracleStage {
         "oracle"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn upstream(&self) -> Vec<&'static str> {
-        vec!["triplets", "crops"]
+        if self.regions_stage == "import" {
+            vec!["import", "crops"]
+        } else {
+            vec!["triplets", "crops"]
+        }
     }
     fn config(&self) -> serde_json::Value {
         self.config.fingerprint_value("model")
@@ -94,7 +101,8 @@ impl crate::run::Stage for OracleStage {
 
         use crate::embed::model::{captions, crop_files, embed_images_chunked, embed_texts};
 
-        let rpath = ctx.upstream_output("triplets", "regions.parquet");
+        let from = self.upstream()[0];
+        let rpath = ctx.upstream_output(from, "regions.parquet");
         let regions = crate::io::read_all(&rpath)?;
         let region_id = crate::dataset::ints(&regions, "region_id", &rpath)?;
         let triplet_id = crate::dataset::ints(&regions, "triplet_id", &rpath)?;
@@ -115,7 +123,7 @@ impl crate::run::Stage for OracleStage {
             &ctx.fingerprint,
             ctx.ui,
         )?;
-        let all_captions = captions(&ctx.run_dir.join("triplets"))?;
+        let all_captions = captions(&ctx.run_dir.join(from))?;
         let caption_ids: Vec<i64> = all_captions.keys().copied().collect();
         let texts: Vec<&str> = all_captions.values().map(String::as_str).collect();
         let caption_m = embed_texts(&mut model, &texts, self.config.batch_size)?;
@@ -127,6 +135,11 @@ impl crate::run::Stage for OracleStage {
 
         let embedded: Vec<usize> = images.positions.iter().map(|&p| cropped[p]).collect();
         let mut scores = Vec::with_capacity(embedded.len());
+        // Cosine similarity: the stores keep raw vectors.
+        let mut unit_images = images.matrix.clone();
+        crate::linalg::normalize_rows(&mut unit_images);
+        let mut unit_captions = caption_m.clone();
+        crate::linalg::normalize_rows(&mut unit_captions);
         for (row, &i) in embedded.iter().enumerate() {
             let c = caption_row.get(&triplet_id[i]).ok_or_else(|| {
                 Error::data(
@@ -138,22 +151,20 @@ impl crate::run::Stage for OracleStage {
                 )
             })?;
             scores.push(crate::linalg::dot(
-                images.matrix.row(row),
-                caption_m.row(*c),
+                unit_images.row(row),
+                unit_captions.row(*c),
             ));
         }
         let ids: Vec<i64> = embedded.iter().map(|&i| region_id[i]).collect();
         let tids: Vec<i64> = embedded.iter().map(|&i| triplet_id[i]).collect();
         crate::store::write_store(
             &ctx.output("region_embeddings.arrow"),
-            "region_id",
-            Arc::new(Int64Array::from(ids.clone())),
+            &[("region_id", Arc::new(Int64Array::from(ids.clone())))],
             &images.matrix,
         )?;
         crate::store::write_store(
             &ctx.output("caption_embeddings.arrow"),
-            "triplet_id",
-            Arc::new(Int64Array::from(caption_ids)),
+            &[("triplet_id", Arc::new(Int64Array::from(caption_ids)))],
             &caption_m,
         )?;
         let batch = RecordBatch::try_new(

@@ -34,13 +34,19 @@
 //! model = "../data/tiny-clip"
 //! device = "cpu"                   # or "cuda:0"
 //!
-//! [retrieve]                       # optional: λ sweep (needs [queries] and [embed])
+//! [retrieve]                       # optional: λ sweep (needs queries and [embed])
 //! lambdas = [0.0, 1.0, 2.0]
+//! heads = "../heads/head_clip_t=0.1.pt"   # optional: linear heads on the raw embeddings
 //!
 //! [score]                          # optional: SIMAT scores (oracle and threshold)
 //! oracle = "model"
 //! threshold = 0.25
 //! ```
+//!
+//! The official benchmark replaces `[synth]`, `[ingest]`, `[triplets]` and `[select]` by
+//! `[import] release = "…"` (see `pipelines/official.toml`): its regions, dataset and queries are
+//! the release's. Where a run has both the release's queries and regenerated ones
+//! (`[import]` with `[queries]`), `[retrieve] queries = "release"` or `"regenerated"` says which.
 //!
 //! Relative paths are resolved against the pipeline file's directory, so a pipeline runs the
 //! same from any working directory.
@@ -50,8 +56,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::crops::{CropsConfig, CropsStage};
+use crate::dataset::QuerySet;
 use crate::embed::model::{EmbedStage, ModelRunConfig};
 use crate::error::{Error, Result};
+use crate::import::{ImportConfig, ImportStage};
 use crate::ingest::{IngestConfig, IngestStage};
 use crate::oracle::OracleStage;
 use crate::queries::{QueriesConfig, QueriesStage};
@@ -68,6 +76,8 @@ struct PipelineFile {
     run_dir: PathBuf,
     #[serde(default)]
     synth: Option<SynthConfig>,
+    #[serde(default)]
+    import: Option<ImportConfig>,
     #[serde(default)]
     ingest: Option<IngestSection>,
     #[serde(default)]
@@ -88,12 +98,16 @@ struct PipelineFile {
     score: Option<ScoreSection>,
 }
 
-/// The `[retrieve]` section: the queries are always the pipeline's `queries` output.
+/// The `[retrieve]` section: the query set is the pipeline's, named when it has two.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetrieveSection {
     lambdas: Option<Vec<f64>>,
     k: Option<usize>,
+    queries: Option<QuerySet>,
+    heads: Option<PathBuf>,
+    #[serde(default)]
+    allow_normalised: bool,
 }
 
 /// The `[score]` section: queries and dataset are the pipeline's.
@@ -119,6 +133,7 @@ struct QueriesSection {
 struct CropsSection {
     images: Option<PathBuf>,
     chunk_images: Option<usize>,
+    outside: Option<crate::crops::Outside>,
 }
 
 /// The `[ingest]` section: like [`IngestConfig`], with `vg` optional when `[synth]` is present.
@@ -138,10 +153,12 @@ pub struct Pipeline {
     pub run_dir: PathBuf,
     /// The synth stage's config, when the pipeline generates its input.
     pub synth: Option<SynthConfig>,
-    /// The ingest stage's config.
-    pub ingest: IngestConfig,
-    /// The triplet vocabulary.
-    pub triplets: TripletsConfig,
+    /// The import stage's config, when the pipeline scores the official release.
+    pub import: Option<ImportConfig>,
+    /// The ingest stage's config, when the pipeline builds from Visual Genome.
+    pub ingest: Option<IngestConfig>,
+    /// The triplet vocabulary, when the pipeline builds from Visual Genome.
+    pub triplets: Option<TripletsConfig>,
     /// The crops stage's config, when the pipeline crops regions.
     pub crops: Option<CropsConfig>,
     /// The oracle stage's config, when a model judges the crops.
@@ -183,35 +200,62 @@ impl Pipeline {
             Some(dir) => dir.to_path_buf(),
             None => resolve(&file.run_dir),
         };
-        let section = file.ingest.unwrap_or_default();
-        let vg = match (&section.vg, &file.synth) {
-            (Some(vg), _) => resolve(vg),
-            (None, Some(_)) => run_dir.join("synth").join(SYNTH_VG_DIR),
-            (None, None) => {
-                return Err(Error::config(
-                    path,
-                    "`[ingest] vg` is not set and there is no `[synth]` section: name the Visual Genome folder",
-                ))
-            }
+        let import = file.import.map(|mut c| {
+            c.release = resolve(&c.release);
+            c
+        });
+        if import.is_some()
+            && (file.synth.is_some()
+                || file.ingest.is_some()
+                || file.triplets.is_some()
+                || file.select.is_some())
+        {
+            return Err(Error::config(
+                path,
+                "`[import]` scores the official release, whose regions and dataset are given: it does not go with `[synth]`, `[ingest]`, `[triplets]` or `[select]`",
+            ));
+        }
+        let (ingest, triplets) = if import.is_some() {
+            (None, None)
+        } else {
+            let section = file.ingest.unwrap_or_default();
+            let vg = match (&section.vg, &file.synth) {
+                (Some(vg), _) => resolve(vg),
+                (None, Some(_)) => run_dir.join("synth").join(SYNTH_VG_DIR),
+                (None, None) => {
+                    return Err(Error::config(
+                        path,
+                        "`[ingest] vg` is not set and there is no `[synth]` section: name the Visual Genome folder (or `[import] release` for the official benchmark)",
+                    ))
+                }
+            };
+            let ingest = IngestConfig {
+                vg,
+                block_bytes: section
+                    .block_bytes
+                    .unwrap_or(crate::io::json_stream::DEFAULT_BLOCK),
+            };
+            let triplets = match file.triplets {
+                None => TripletsConfig::default(),
+                Some(table) => {
+                    let mut merged = toml::Table::new();
+                    let defaults = TripletsConfig::default();
+                    let default_table = toml::Table::try_from(&defaults)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    merged.extend(default_table);
+                    merged.extend(table);
+                    let text =
+                        toml::to_string(&merged).map_err(|e| Error::Internal(e.to_string()))?;
+                    TripletsConfig::from_toml_str(&text, path)?
+                }
+            };
+            (Some(ingest), Some(triplets))
         };
-        let ingest = IngestConfig {
-            vg,
-            block_bytes: section
-                .block_bytes
-                .unwrap_or(crate::io::json_stream::DEFAULT_BLOCK),
-        };
-        let triplets = match file.triplets {
-            None => TripletsConfig::default(),
-            Some(table) => {
-                let mut merged = toml::Table::new();
-                let defaults = TripletsConfig::default();
-                let default_table =
-                    toml::Table::try_from(&defaults).map_err(|e| Error::Internal(e.to_string()))?;
-                merged.extend(default_table);
-                merged.extend(table);
-                let text = toml::to_string(&merged).map_err(|e| Error::Internal(e.to_string()))?;
-                TripletsConfig::from_toml_str(&text, path)?
-            }
+        // Where regions, the dataset and its captions come from.
+        let (regions_stage, dataset_stage) = if import.is_some() {
+            ("import", "import")
+        } else {
+            ("triplets", "select")
         };
         let crops = match file.crops {
             None => None,
@@ -230,23 +274,31 @@ impl Pipeline {
                 };
                 Some(CropsConfig {
                     images,
-                    regions_stage: "triplets".into(),
+                    regions_stage: regions_stage.into(),
                     chunk_images: c.chunk_images.unwrap_or(512),
+                    outside: c.outside.unwrap_or_default(),
                 })
             }
         };
-        let queries = match (file.queries, &file.select) {
+        let has_dataset = import.is_some() || file.select.is_some();
+        let queries = match (file.queries, has_dataset) {
             (None, _) => None,
-            (Some(_), None) => return Err(Error::config(
+            (Some(_), false) => return Err(Error::config(
                 path,
-                "`[queries]` needs a `[select]` section: queries are made for the selected dataset",
+                "`[queries]` needs a `[select]` (or `[import]`) section: queries are made for a dataset",
             )),
-            (Some(q), Some(_)) => {
+            (Some(q), true) => {
                 let d = QueriesConfig::default();
+                if !(0.0..=1.0).contains(&q.test_fraction.unwrap_or(d.test_fraction)) {
+                    return Err(Error::config(
+                        path,
+                        "`[queries] test_fraction` must be between 0 and 1",
+                    ));
+                }
                 Some(QueriesConfig {
                     seed: q.seed.unwrap_or(d.seed),
                     test_fraction: q.test_fraction.unwrap_or(d.test_fraction),
-                    dataset_stage: "select".into(),
+                    dataset_stage: dataset_stage.into(),
                 })
             }
         };
@@ -283,27 +335,62 @@ impl Pipeline {
             s.require_crop |= crops.is_some();
             s.oracle = oracle_of("select", std::mem::take(&mut s.oracle))?;
         }
-        if embed.is_some() && select.is_none() {
+        if embed.is_some() && !has_dataset {
             return Err(Error::config(
                 path,
-                "`[embed]` embeds the selected dataset: it needs a `[select]` section",
+                "`[embed]` embeds the dataset: it needs a `[select]` (or `[import]`) section",
             ));
         }
+        // The query sets this pipeline makes.
+        let query_sets: Vec<QuerySet> = [
+            import.as_ref().map(|_| QuerySet::Release),
+            queries.as_ref().map(|_| QuerySet::Regenerated),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let retrieve = match file.retrieve {
             None => None,
-            Some(_) if queries.is_none() || embed.is_none() => {
-                return Err(Error::config(
-                    path,
-                    "`[retrieve]` needs `[queries]` and `[embed]` sections",
-                ))
-            }
+            Some(_) if query_sets.is_empty() || embed.is_none() => return Err(Error::config(
+                path,
+                "`[retrieve]` needs queries (`[queries]` or `[import]`) and an `[embed]` section",
+            )),
             Some(r) => {
-                let d = RetrieveConfig::default();
-                Some(RetrieveConfig {
+                let set = match (r.queries, query_sets.as_slice()) {
+                    (Some(q), sets) if sets.contains(&q) => q,
+                    (Some(q), _) => {
+                        return Err(Error::config(
+                            path,
+                            format!("`[retrieve] queries = \"{q}\"`, but this pipeline does not make that query set"),
+                        ))
+                    }
+                    (None, [only]) => *only,
+                    (None, _) => {
+                        return Err(Error::config(
+                            path,
+                            "this pipeline makes both the release's queries and regenerated ones: say which to answer with `[retrieve] queries = \"release\"` or `\"regenerated\"`",
+                        ))
+                    }
+                };
+                let d = RetrieveConfig::new(set);
+                let c = RetrieveConfig {
                     lambdas: r.lambdas.unwrap_or(d.lambdas),
                     k: r.k.unwrap_or(d.k),
-                    queries_stage: "queries".into(),
-                })
+                    queries: set,
+                    heads: r.heads.as_deref().map(resolve),
+                    allow_normalised: r.allow_normalised,
+                };
+                if c.k == 0 || c.lambdas.is_empty() || c.lambdas.iter().any(|l| !l.is_finite()) {
+                    return Err(Error::config(
+                        path,
+                        "`[retrieve]` needs k ≥ 1 and at least one finite λ",
+                    ));
+                }
+                if let Some(h) = &c.heads {
+                    crate::model::heads::files(h)
+                        .map_err(|e| Error::config(path, format!("`[retrieve] heads`: {e}")))?;
+                }
+                Some(c)
             }
         };
         let score = match file.score {
@@ -315,14 +402,26 @@ impl Pipeline {
                 ))
             }
             Some(sc) => {
-                let d = ScoreConfig::default();
+                let set = retrieve.as_ref().expect("checked").queries;
+                let d = ScoreConfig::new(set);
                 let oracle_s = oracle_of("score", sc.oracle.unwrap_or(d.oracle))?;
+                let threshold = sc.threshold.unwrap_or(d.threshold);
+                if !threshold.is_finite() {
+                    return Err(Error::config(path, "`[score] threshold` must be a number"));
+                }
+                let split = sc.split.unwrap_or(d.split);
+                if !["dev", "test", "all"].contains(&split.as_str()) {
+                    return Err(Error::config(
+                        path,
+                        format!("`[score] split = \"{split}\"`: expected dev, test or all"),
+                    ));
+                }
                 Some(ScoreConfig {
                     oracle: oracle_s,
-                    threshold: sc.threshold.unwrap_or(d.threshold),
-                    split: sc.split.unwrap_or(d.split),
-                    queries_stage: "queries".into(),
-                    dataset_stage: "select".into(),
+                    threshold,
+                    split,
+                    queries: set,
+                    dataset_stage: dataset_stage.into(),
                 })
             }
         };
@@ -330,6 +429,7 @@ impl Pipeline {
             path: path.to_path_buf(),
             run_dir,
             synth: file.synth,
+            import,
             ingest,
             triplets,
             crops,
@@ -348,17 +448,28 @@ impl Pipeline {
         if let Some(s) = &self.synth {
             stages.push(Box::new(SynthStage { config: s.clone() }));
         }
-        stages.push(Box::new(IngestStage {
-            config: self.ingest.clone(),
-        }));
-        stages.push(Box::new(TripletsStage {
-            config: self.triplets.clone(),
-        }));
+        if let Some(c) = &self.import {
+            stages.push(Box::new(ImportStage { config: c.clone() }));
+        }
+        if let Some(c) = &self.ingest {
+            stages.push(Box::new(IngestStage { config: c.clone() }));
+        }
+        if let Some(c) = &self.triplets {
+            stages.push(Box::new(TripletsStage { config: c.clone() }));
+        }
+        let from = if self.import.is_some() {
+            "import"
+        } else {
+            "triplets"
+        };
         if let Some(c) = &self.crops {
             stages.push(Box::new(CropsStage { config: c.clone() }));
         }
         if let Some(c) = &self.oracle {
-            stages.push(Box::new(OracleStage { config: c.clone() }));
+            stages.push(Box::new(OracleStage {
+                config: c.clone(),
+                regions_stage: from.into(),
+            }));
         }
         if let Some(c) = &self.select {
             stages.push(Box::new(SelectStage { config: c.clone() }));
@@ -369,7 +480,13 @@ impl Pipeline {
         if let Some(c) = &self.embed {
             stages.push(Box::new(EmbedStage {
                 config: c.clone(),
-                dataset_stage: "select".into(),
+                dataset_stage: if self.import.is_some() {
+                    "import"
+                } else {
+                    "select"
+                }
+                .into(),
+                regions_stage: from.into(),
             }));
         }
         if let Some(c) = &self.retrieve {

@@ -229,6 +229,7 @@ mod tests {
                 t("dog", "on", "bench"),
             ],
             split: vec![None; 3],
+            triplets_row: vec![None; 3],
         };
         let q = generate(&dataset, &QueriesConfig::default());
         // cat→dog from region 10 (image 1): region 12 shows the target in image 2. dog→cat from

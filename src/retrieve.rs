@@ -1,14 +1,21 @@
 //! `retrieve`: answer every transformation query for every λ.
 //!
-//! For query `i` with image `dataset_id_i`, slot word `value_i` → `target_i`:
+//! The embedding stores hold raw vectors. With heads, image embeddings become
+//! `normalise(img_head(x))` and word embeddings `normalise(txt_head(w))`; without,
+//! `normalise(x)` and `normalise(w)` — the release's `eval.py` exactly. For query `i` with image
+//! `dataset_id_i`, slot word `value_i` → `target_i`:
 //! `q = img[dataset_id_i] + λ·(word[target_i] − word[value_i])`, scored by inner product against
 //! every dataset image, the query's own image excluded; the top `k` are written to
-//! `retrievals.parquet` (`query_id, lambda, rank, dataset_id, score`). Embeddings are already
-//! `normalise(head(x))` (see [`crate::embed`]). The λ sweep shares one GEMM across all λ
-//! ([`crate::linalg::sweep`]).
+//! `retrievals.parquet` (`query_id, lambda, rank, dataset_id, score`), and `provenance.json`
+//! says which queries, embeddings and heads they come from. The λ sweep shares one GEMM across
+//! all λ ([`crate::linalg::sweep`]).
+//!
+//! Heads trained on raw outputs (the release's) give a different space when applied to vectors
+//! that are already unit-norm: such embeddings with heads are refused unless
+//! `allow_normalised` says the heads were trained on normalised vectors.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -17,9 +24,10 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::Queries;
+use crate::dataset::{Queries, QuerySet};
 use crate::error::{Error, Result};
-use crate::linalg::{sweep, MatrixView};
+use crate::linalg::{first_non_finite, normalize_rows, sweep, Matrix};
+use crate::model::heads::{self, Heads};
 use crate::run::{Stage, StageContext, StageReport};
 use crate::store::EmbeddingStore;
 
@@ -36,9 +44,16 @@ pub struct RetrieveConfig {
     /// Results kept per query and λ.
     #[serde(default = "default_k")]
     pub k: usize,
-    /// The stage holding `queries.parquet`: `import` (the release) or `queries` (regenerated).
-    #[serde(default = "default_queries_stage")]
-    pub queries_stage: String,
+    /// The queries answered.
+    pub queries: QuerySet,
+    /// Linear heads applied to the raw embeddings: a PyTorch file (the release's
+    /// `head_clip_t=0.1.pt`) or the prefix of `PREFIX_{img,txt}_head_{weight,bias}.npy`.
+    /// Identified in fingerprints by content, not path.
+    #[serde(default)]
+    pub heads: Option<PathBuf>,
+    /// Apply heads even to embeddings that are already unit-norm.
+    #[serde(default)]
+    pub allow_normalised: bool,
 }
 
 fn default_lambdas() -> Vec<f64> {
@@ -47,16 +62,16 @@ fn default_lambdas() -> Vec<f64> {
 fn default_k() -> usize {
     5
 }
-fn default_queries_stage() -> String {
-    "import".into()
-}
 
-impl Default for RetrieveConfig {
-    fn default() -> Self {
+impl RetrieveConfig {
+    /// A config for `queries` with the defaults.
+    pub fn new(queries: QuerySet) -> Self {
         RetrieveConfig {
             lambdas: default_lambdas(),
             k: default_k(),
-            queries_stage: default_queries_stage(),
+            queries,
+            heads: None,
+            allow_normalised: false,
         }
     }
 }
@@ -84,35 +99,37 @@ impl Stage for RetrieveStage {
         "retrieve"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn upstream(&self) -> Vec<&'static str> {
-        vec![
-            crate::dataset::queries_stage(&self.config.queries_stage),
-            "embed",
-        ]
+        vec![self.config.queries.stage(), "embed"]
     }
     fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).expect("config serialises")
+        let mut c = serde_json::to_value(&self.config).expect("config serialises");
+        if self.config.heads.is_some() {
+            c["heads"] = serde_json::json!("file"); // its content is an input
+        }
+        c
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        Ok(vec![])
+        match &self.config.heads {
+            None => Ok(vec![]),
+            Some(p) => heads::files(p).map_err(|e| Error::stage("retrieve", e.to_string())),
+        }
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
-        if c.k == 0 || c.lambdas.is_empty() {
+        if c.k == 0 || c.lambdas.is_empty() || c.lambdas.iter().any(|l| !l.is_finite()) {
             return Err(Error::stage(
                 "retrieve",
-                "k must be ≥ 1 and at least one λ given",
+                "k must be ≥ 1 and at least one finite λ given",
             ));
         }
-        let qpath = ctx.upstream_output(
-            crate::dataset::queries_stage(&c.queries_stage),
-            "queries.parquet",
-        );
+        let qpath = ctx.upstream_output(c.queries.stage(), "queries.parquet");
         let queries = Queries::read(&qpath)?;
-        let images = EmbeddingStore::open(&ctx.upstream_output("embed", "image_embeddings.arrow"))?;
+        let ipath = ctx.upstream_output("embed", "image_embeddings.arrow");
         let wpath = ctx.upstream_output("embed", "word_embeddings.arrow");
+        let images = EmbeddingStore::open(&ipath)?;
         let words = EmbeddingStore::open(&wpath)?;
         let word_col = words
             .batch
@@ -120,6 +137,26 @@ impl Stage for RetrieveStage {
             .ok_or_else(|| Error::columnar(&wpath, "column `word` is missing"))?
             .as_string::<i32>()
             .clone();
+        let heads = match &c.heads {
+            None => None,
+            Some(p) => Some(Heads::load(p)?),
+        };
+        let origin = embeddings_origin(&ctx.upstream_output("embed", "model.json"));
+        let (db, word_m) = embedding_space(
+            &images.to_matrix(),
+            &ipath,
+            &words.to_matrix(),
+            &wpath,
+            heads.as_ref(),
+            c.allow_normalised,
+        )
+        .map_err(|e| match (e, origin) {
+            (Error::Data { path, message }, Some(o)) => Error::Data {
+                path,
+                message: format!("{message} ({o})"),
+            },
+            (e, _) => e,
+        })?;
         let index: HashMap<&str, usize> = (0..words.rows).map(|i| (word_col.value(i), i)).collect();
         let lookup = |w: &str, qi: usize| -> Result<usize> {
             index.get(w).copied().ok_or_else(|| {
@@ -139,26 +176,24 @@ impl Stage for RetrieveStage {
             value.push(lookup(&queries.value[i], i)?);
             target.push(lookup(&queries.target[i], i)?);
             let d = queries.dataset_id[i];
-            if d < 0 || d as usize >= images.rows {
+            if d < 0 || d as usize >= db.rows {
                 return Err(Error::data(
                     &qpath,
                     format!(
                         "query {}: dataset_id {d} is outside the {} image embeddings",
-                        queries.query_id[i], images.rows
+                        queries.query_id[i], db.rows
                     ),
                 ));
             }
             rows.push(d as usize);
         }
-        let db = MatrixView::new(images.rows, images.dim, images.values());
         let query_images = db.gather(&rows);
-        let word_view = MatrixView::new(words.rows, words.dim, words.values());
         let lambdas: Vec<f32> = c.lambdas.iter().map(|&l| l as f32).collect();
         let exclude: Vec<i64> = queries.dataset_id.clone();
         let hits = sweep(
-            db,
+            db.view(),
             query_images.view(),
-            word_view,
+            word_m.view(),
             &value,
             &target,
             &lambdas,
@@ -198,13 +233,117 @@ impl Stage for RetrieveStage {
         let batch = RecordBatch::try_new(retrievals_schema(), cols)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let written = crate::io::write_table(&ctx.output("retrievals.parquet"), &batch)?;
+        let provenance = self.provenance(ctx, &qpath, queries.len())?;
+        crate::run::atomic::write_atomic(
+            ctx.output("provenance.json"),
+            (serde_json::to_string_pretty(&provenance).expect("json") + "\n").as_bytes(),
+        )?;
         let mut report = StageReport::default();
         report
             .outputs
             .push(("retrievals.parquet".into(), Some(written)));
+        report.outputs.push(("provenance.json".into(), None));
         report.count("queries", queries.len() as u64);
-        report.count("database", images.rows as u64);
+        report.count("database", db.rows as u64);
         report.count("lambdas", c.lambdas.len() as u64);
         Ok(report)
     }
+}
+
+impl RetrieveStage {
+    /// What the retrievals come from: the query set, the embeddings (`embed/model.json`), the
+    /// heads (file names and BLAKE3), λ and k.
+    fn provenance(
+        &self,
+        ctx: &StageContext,
+        qpath: &Path,
+        n_queries: usize,
+    ) -> Result<serde_json::Value> {
+        let c = &self.config;
+        let model_path = ctx.upstream_output("embed", "model.json");
+        let embeddings: serde_json::Value = match std::fs::read(&model_path) {
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| Error::data(&model_path, e.to_string()))?
+            }
+            Err(_) => serde_json::Value::Null,
+        };
+        let heads = c.heads.as_ref().map(|p| {
+            serde_json::json!({
+                "name": p.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "files": ctx.input_hashes,
+            })
+        });
+        Ok(serde_json::json!({
+            "query_set": c.queries,
+            "queries": {
+                "file": format!("{}/queries.parquet", c.queries.stage()),
+                "rows": n_queries,
+                "blake3": crate::run::fingerprint::hash_file(qpath)?,
+            },
+            "embeddings": embeddings,
+            "heads": heads,
+            "lambdas": c.lambdas,
+            "k": c.k,
+            "simat_version": crate::ENGINE_VERSION,
+        }))
+    }
+}
+
+/// Where the embed stage's vectors came from, for messages: `imported from img.pt and
+/// words.ptd`, or the model's name.
+fn embeddings_origin(model_json: &Path) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(model_json).ok()?).ok()?;
+    match (
+        v["images"]["file"].as_str(),
+        v["word_vectors"]["file"].as_str(),
+    ) {
+        (Some(i), Some(w)) => Some(format!("imported from {i} and {w}")),
+        _ => v["model"]["name"]
+            .as_str()
+            .map(|m| format!("embedded by the model {m}")),
+    }
+}
+
+/// The space retrieval compares in: `normalise(head(x))` with heads, `normalise(x)` without,
+/// for the raw image and word embeddings. Refuses unit-norm embeddings with heads unless
+/// `allow_normalised`, and NaN anywhere.
+pub fn embedding_space(
+    images: &Matrix,
+    image_file: &Path,
+    words: &Matrix,
+    word_file: &Path,
+    heads: Option<&Heads>,
+    allow_normalised: bool,
+) -> Result<(Matrix, Matrix)> {
+    for (m, p) in [(images, image_file), (words, word_file)] {
+        if let Some(row) = first_non_finite(m) {
+            return Err(Error::data(p, format!("row {row} holds NaN or infinity")));
+        }
+    }
+    let (mut img, mut wrd) = match heads {
+        None => (images.clone(), words.clone()),
+        Some(h) => {
+            for (m, p) in [(images, image_file), (words, word_file)] {
+                if !allow_normalised && heads::unit_norm(m) {
+                    return Err(Error::data(
+                        p,
+                        "these embeddings are already unit-norm, and heads like the release's were trained on raw (unnormalised) model outputs: applied to normalised vectors they give a different space. Import the raw outputs (simat's model stages keep them), or pass --allow-normalised (allow_normalised = true) if these heads were trained on normalised vectors",
+                    ));
+                }
+            }
+            (h.images(images, image_file)?, h.texts(words, word_file)?)
+        }
+    };
+    normalize_rows(&mut img);
+    normalize_rows(&mut wrd);
+    if img.cols != wrd.cols {
+        return Err(Error::data(
+            word_file,
+            format!(
+                "word embeddings have dimension {}, image embeddings {}",
+                wrd.cols, img.cols
+            ),
+        ));
+    }
+    Ok((img, wrd))
 }

@@ -1,21 +1,32 @@
 //! `score`: the SIMAT score of the retrievals.
 //!
 //! A query succeeds at λ when the oracle judges its first retrieved image against the target
-//! caption above `threshold` (0.5): `oracle[retrieved dataset_id, target caption id]` from an
-//! image × caption matrix (e.g. the release's OSCAR similarities), or, with the `labels` oracle,
-//! when the retrieved region's triplet is the target triplet. The SIMAT score is
-//! `100 · Σ wᵢ·successᵢ / Σ wᵢ` with `wᵢ = 1/sqrt(n_same_value)`, within a split, reported per
-//! λ × split × field (`subj`, `rel`, `obj`, `all`).
+//! caption above `threshold` (0.5). The oracle is
+//!
+//! - `labels`: success when the retrieved region's triplet is the target triplet;
+//! - `model`: the `oracle` stage's CLIP-family model, cosine of the crop and the caption;
+//! - a matrix file, images × captions (`.npy`, or a PyTorch file holding one 2-D tensor such as
+//!   the release's `oscar_similarity_matrix.pt`): rows by `dataset_id` (for the release,
+//!   `triplets.csv`'s `dataset_id` column, as `eval.py` indexes its OSCAR matrix), columns by
+//!   caption id (the line of `captions.txt`);
+//! - a long table (Parquet, Arrow IPC or CSV) with columns `region_id, caption_id, score`
+//!   (or `similarity`), joined by key: no order to get wrong. A pair a query needs and the table
+//!   lacks is an error naming it.
+//!
+//! The SIMAT score is `100 · Σ wᵢ·successᵢ / Σ wᵢ` with `wᵢ = 1/sqrt(n_same_value)`, within a
+//! split, reported per λ × split × field (`subj`, `rel`, `obj`, `all`). `scores.json` and the
+//! metadata of `scores.parquet` record what the number is of: the query set, the embeddings'
+//! model, the heads, the oracle, the threshold and simat's version.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Dataset, Queries, Slot};
+use crate::dataset::{Dataset, Queries, QuerySet, Slot};
 use crate::error::{Error, Result};
 use crate::linalg::Matrix;
 use crate::run::{Stage, StageContext, StageReport};
@@ -24,8 +35,8 @@ use crate::run::{Stage, StageContext, StageReport};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreConfig {
-    /// `labels`, or an images × captions similarity matrix (`.npy`, rows by `dataset_id`,
-    /// columns by caption id).
+    /// `labels`, `model`, an images × captions matrix file, or a long table
+    /// `region_id, caption_id, score`.
     #[serde(default = "default_oracle")]
     pub oracle: String,
     /// Success when the oracle's similarity is above this.
@@ -34,9 +45,8 @@ pub struct ScoreConfig {
     /// The splits reported: `dev`, `test`, or `all` (dev, test and both together).
     #[serde(default = "default_split")]
     pub split: String,
-    /// The stage holding `queries.parquet`.
-    #[serde(default = "default_stage")]
-    pub queries_stage: String,
+    /// The queries scored (the retrievals must be of the same set).
+    pub queries: QuerySet,
     /// The stage holding `dataset.parquet`.
     #[serde(default = "default_stage")]
     pub dataset_stage: String,
@@ -55,13 +65,14 @@ fn default_stage() -> String {
     "import".into()
 }
 
-impl Default for ScoreConfig {
-    fn default() -> Self {
+impl ScoreConfig {
+    /// A config for `queries` with the defaults.
+    pub fn new(queries: QuerySet) -> Self {
         ScoreConfig {
             oracle: default_oracle(),
             threshold: default_threshold(),
             split: default_split(),
-            queries_stage: default_stage(),
+            queries,
             dataset_stage: default_stage(),
         }
     }
@@ -82,7 +93,27 @@ pub struct ScoreRow {
     pub n_queries: u64,
 }
 
-/// Schema of `scores.parquet`.
+/// `scores.json`: the scores and what they are of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScoresFile {
+    /// The query set, embeddings, heads, oracle, threshold and simat version.
+    pub provenance: serde_json::Value,
+    /// One row per λ × split × field.
+    pub scores: Vec<ScoreRow>,
+}
+
+impl ScoresFile {
+    /// Read `scores.json`.
+    pub fn read(path: &Path) -> Result<ScoresFile> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("failed to read", path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::data(path, e.to_string()))
+    }
+}
+
+/// Schema metadata key of `scores.parquet` holding the provenance as JSON.
+pub const PROVENANCE_KEY: &str = "simat:provenance";
+
+/// Schema of `scores.parquet` (its metadata holds the provenance as JSON).
 pub fn scores_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("lambda", DataType::Float64, false),
@@ -90,6 +121,10 @@ pub fn scores_schema() -> SchemaRef {
         Field::new("field", DataType::Utf8, false),
         Field::new("score", DataType::Float64, false),
         Field::new("n_queries", DataType::Int64, false),
+        Field::new("query_set", DataType::Utf8, false),
+        Field::new("heads", DataType::Utf8, true),
+        Field::new("oracle", DataType::Utf8, false),
+        Field::new("threshold", DataType::Float64, false),
     ]))
 }
 
@@ -105,13 +140,10 @@ impl Stage for ScoreStage {
         "score"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn upstream(&self) -> Vec<&'static str> {
-        let mut v = vec![
-            "retrieve",
-            crate::dataset::queries_stage(&self.config.queries_stage),
-        ];
+        let mut v = vec!["retrieve", self.config.queries.stage()];
         let d = crate::dataset::dataset_stage(&self.config.dataset_stage);
         if !v.contains(&d) {
             v.push(d);
@@ -127,43 +159,43 @@ impl Stage for ScoreStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
-        let queries = Queries::read(&ctx.upstream_output(
-            crate::dataset::queries_stage(&c.queries_stage),
-            "queries.parquet",
-        ))?;
+        if !c.threshold.is_finite() {
+            return Err(Error::stage(
+                "score",
+                format!("threshold {} is not a number", c.threshold),
+            ));
+        }
+        let queries = Queries::read(&ctx.upstream_output(c.queries.stage(), "queries.parquet"))?;
         let dataset = Dataset::read(&ctx.upstream_output(
             crate::dataset::dataset_stage(&c.dataset_stage),
             "dataset.parquet",
         ))?;
+        let retrieve_provenance = read_json(&ctx.upstream_output("retrieve", "provenance.json"))?;
+        if retrieve_provenance["query_set"] != serde_json::json!(c.queries) {
+            return Err(Error::stage(
+                "score",
+                format!(
+                    "the retrievals answer the {} query set, the score counts {}: rerun retrieve with --queries {}",
+                    retrieve_provenance["query_set"], c.queries, c.queries
+                ),
+            ));
+        }
         let rpath = ctx.upstream_output("retrieve", "retrievals.parquet");
         let (lambdas, top1) = read_top1(&rpath, &queries)?;
-        let oracle = match crate::oracle::matrix_file(&self.config.oracle) {
-            None if self.config.oracle == crate::oracle::MODEL => model_oracle(ctx, &dataset)?,
-            None => Oracle::Labels,
+        let (oracle, oracle_provenance) = match crate::oracle::matrix_file(&self.config.oracle) {
+            None if self.config.oracle == crate::oracle::MODEL => (
+                model_oracle(ctx, &dataset)?,
+                serde_json::json!({"kind": "model", "model": read_json(&ctx.upstream_output("oracle", "model.json"))?["model"]}),
+            ),
+            None => (Oracle::Labels, serde_json::json!({"kind": "labels"})),
             Some(p) => {
-                let m = crate::store::read_matrix(&p)?;
-                if m.rows != dataset.len() {
-                    return Err(Error::data(
-                        &p,
-                        format!(
-                            "{} rows, but the dataset has {} regions",
-                            m.rows,
-                            dataset.len()
-                        ),
-                    ));
-                }
-                if let Some(i) =
-                    (0..queries.len()).find(|&i| queries.target_caption_id[i] as usize >= m.cols)
-                {
-                    return Err(Error::data(
-                        &p,
-                        format!(
-                            "{} caption columns, but query {} targets caption {}",
-                            m.cols, queries.query_id[i], queries.target_caption_id[i]
-                        ),
-                    ));
-                }
-                Oracle::Matrix(m)
+                let (o, kind) = file_oracle(&p, &dataset, &queries)?;
+                let prov = serde_json::json!({
+                    "kind": kind,
+                    "file": p.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "blake3": ctx.input_hashes.get("oracle"),
+                });
+                (o, prov)
             }
         };
         let splits: Vec<&str> = match c.split.as_str() {
@@ -181,7 +213,7 @@ impl Stage for ScoreStage {
         for (l, &lambda) in lambdas.iter().enumerate() {
             let success: Vec<bool> = (0..queries.len())
                 .map(|i| oracle.success(top1[l][i], &queries, &dataset, i, c.threshold))
-                .collect();
+                .collect::<Result<_>>()?;
             for split in &splits {
                 for field in ["subj", "rel", "obj", "all"] {
                     let keep = |i: usize| {
@@ -215,6 +247,25 @@ impl Stage for ScoreStage {
                 }
             }
         }
+        let provenance = serde_json::json!({
+            "query_set": c.queries,
+            "queries": retrieve_provenance["queries"],
+            "embeddings": retrieve_provenance["embeddings"],
+            "heads": retrieve_provenance["heads"],
+            "k": retrieve_provenance["k"],
+            "oracle": oracle_provenance,
+            "threshold": c.threshold,
+            "simat_version": crate::ENGINE_VERSION,
+        });
+        let heads_name = provenance["heads"]["name"].as_str().map(str::to_string);
+        let oracle_name = match &oracle_provenance["file"] {
+            serde_json::Value::String(f) => f.clone(),
+            _ => oracle_provenance["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        let n_rows = rows.len();
         let cols: Vec<ArrayRef> = vec![
             Arc::new(Float64Array::from_iter_values(
                 rows.iter().map(|r| r.lambda),
@@ -229,13 +280,35 @@ impl Stage for ScoreStage {
             Arc::new(Int64Array::from_iter_values(
                 rows.iter().map(|r| r.n_queries as i64),
             )),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                c.queries.as_str(),
+                n_rows,
+            ))),
+            Arc::new(StringArray::from(vec![heads_name.as_deref(); n_rows])),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                oracle_name.as_str(),
+                n_rows,
+            ))),
+            Arc::new(Float64Array::from_iter_values(std::iter::repeat_n(
+                c.threshold,
+                n_rows,
+            ))),
         ];
-        let batch = RecordBatch::try_new(scores_schema(), cols)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let schema = scores_schema();
+        let schema = Arc::new(Schema::new_with_metadata(
+            schema.fields().clone(),
+            HashMap::from([(PROVENANCE_KEY.to_string(), provenance.to_string())]),
+        ));
+        let batch =
+            RecordBatch::try_new(schema, cols).map_err(|e| Error::Internal(e.to_string()))?;
         let n = crate::io::write_table(&ctx.output("scores.parquet"), &batch)?;
+        let file = ScoresFile {
+            provenance,
+            scores: rows,
+        };
         crate::run::atomic::write_atomic(
             ctx.output("scores.json"),
-            (serde_json::to_string_pretty(&rows).expect("json") + "\n").as_bytes(),
+            (serde_json::to_string_pretty(&file).expect("json") + "\n").as_bytes(),
         )?;
         let mut report = StageReport::default();
         report.outputs.push(("scores.parquet".into(), Some(n)));
@@ -245,9 +318,172 @@ impl Stage for ScoreStage {
     }
 }
 
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("failed to read", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::data(path, e.to_string()))
+}
+
+/// An oracle from a file: a matrix (`.npy`, PyTorch) by `dataset_id` × caption id, or a long
+/// table `region_id, caption_id, score` joined by key. Returns it and its kind.
+fn file_oracle(
+    path: &Path,
+    dataset: &Dataset,
+    queries: &Queries,
+) -> Result<(Oracle, &'static str)> {
+    let n_captions = queries
+        .target_caption_id
+        .iter()
+        .chain(&queries.source_caption_id)
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1);
+    if crate::store::is_npy(path)? || crate::io::torch::is_torch_zip(path) {
+        let m = crate::store::read_matrix(path)?;
+        if m.rows != dataset.len() {
+            return Err(Error::data(
+                path,
+                format!(
+                    "{} rows, but the dataset has {} regions: an oracle matrix has one row per dataset_id (for the release, triplets.csv's dataset_id column, as eval.py indexes the OSCAR matrix) and one column per caption id (the line of captions.txt); a long table region_id, caption_id, score needs no order",
+                    m.rows,
+                    dataset.len()
+                ),
+            ));
+        }
+        if let Some(i) =
+            (0..queries.len()).find(|&i| queries.target_caption_id[i] as usize >= m.cols)
+        {
+            return Err(Error::data(
+                path,
+                format!(
+                    "{} caption columns, but query {} targets caption {}",
+                    m.cols, queries.query_id[i], queries.target_caption_id[i]
+                ),
+            ));
+        }
+        if let Some(r) = crate::linalg::first_non_finite(&m) {
+            return Err(Error::data(
+                path,
+                format!("row {r} (dataset_id {r}) holds NaN or infinity"),
+            ));
+        }
+        return Ok((Oracle::Matrix(m, path.to_path_buf()), "matrix"));
+    }
+    // A long table.
+    let batch = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        read_csv_table(path)?
+    } else {
+        crate::io::read_all(path)?
+    };
+    let col = |names: &[&str], ty: &DataType| -> Result<ArrayRef> {
+        let c = names
+            .iter()
+            .find_map(|n| batch.column_by_name(n))
+            .ok_or_else(|| {
+                Error::columnar(
+                    path,
+                    format!(
+                        "no `{}` column: an oracle table has columns region_id, caption_id, score",
+                        names[0]
+                    ),
+                )
+            })?;
+        if c.null_count() > 0 {
+            return Err(Error::columnar(
+                path,
+                format!("column `{}` holds nulls", names[0]),
+            ));
+        }
+        arrow::compute::cast(c, ty).map_err(|e| Error::columnar(path, e.to_string()))
+    };
+    let region = col(&["region_id"], &DataType::Int64)?;
+    let caption = col(&["caption_id"], &DataType::Int64)?;
+    let score = col(&["score", "similarity"], &DataType::Float64)?;
+    let (region, caption, score) = (
+        region.as_primitive::<Int64Type>(),
+        caption.as_primitive::<Int64Type>(),
+        score.as_primitive::<Float64Type>(),
+    );
+    let did: HashMap<i64, usize> = dataset
+        .region_id
+        .iter()
+        .enumerate()
+        .map(|(d, &r)| (r, d))
+        .collect();
+    let mut m = Matrix::new(
+        dataset.len(),
+        n_captions,
+        vec![f32::NAN; dataset.len() * n_captions],
+    )?;
+    for i in 0..batch.num_rows() {
+        let (r, c, v) = (region.value(i), caption.value(i), score.value(i));
+        if !v.is_finite() {
+            return Err(Error::data(
+                path,
+                format!("row {i}: score {v} for region {r}, caption {c}"),
+            ));
+        }
+        let (Some(&d), true) = (did.get(&r), (0..n_captions as i64).contains(&c)) else {
+            continue; // a pair no query can ask for
+        };
+        let cell = &mut m.data[d * n_captions + c as usize];
+        if !cell.is_nan() {
+            return Err(Error::data(
+                path,
+                format!("row {i}: region {r} and caption {c} appear twice"),
+            ));
+        }
+        *cell = v as f32;
+    }
+    Ok((Oracle::Matrix(m, path.to_path_buf()), "table"))
+}
+
+/// A CSV file as a record batch of Int64/Float64/Utf8 columns (types inferred per column).
+fn read_csv_table(path: &Path) -> Result<RecordBatch> {
+    let mut rd = csv::Reader::from_path(path).map_err(|e| Error::data(path, e.to_string()))?;
+    let headers = rd
+        .headers()
+        .map_err(|e| Error::data(path, e.to_string()))?
+        .clone();
+    let mut cols: Vec<Vec<String>> = vec![Vec::new(); headers.len()];
+    for (row, rec) in rd.records().enumerate() {
+        let rec = rec.map_err(|e| Error::data(path, format!("row {}: {e}", row + 1)))?;
+        for (k, v) in rec.iter().enumerate().take(headers.len()) {
+            cols[k].push(v.trim().to_string());
+        }
+    }
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (name, values) in headers.iter().zip(cols) {
+        if let Ok(v) = values
+            .iter()
+            .map(|x| x.parse::<i64>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+        {
+            fields.push(Field::new(name, DataType::Int64, false));
+            arrays.push(Arc::new(Int64Array::from(v)));
+        } else if let Ok(v) = values
+            .iter()
+            .map(|x| x.parse::<f64>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+        {
+            fields.push(Field::new(name, DataType::Float64, false));
+            arrays.push(Arc::new(Float64Array::from(v)));
+        } else {
+            fields.push(Field::new(name, DataType::Utf8, false));
+            arrays.push(Arc::new(StringArray::from(values)));
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| Error::columnar(path, e.to_string()))
+}
+
 enum Oracle {
     Labels,
-    Matrix(Matrix),
+    /// Images × captions; NaN where a long table had no pair.
+    Matrix(Matrix, PathBuf),
     /// The `oracle` stage's embeddings: regions by dataset_id, captions by triplet_id.
     Model {
         regions: Matrix,
@@ -278,8 +514,7 @@ fn model_oracle(ctx: &StageContext, dataset: &Dataset) -> Result<Oracle> {
             )
         })?);
     }
-    let regions =
-        crate::linalg::MatrixView::new(regions.rows, regions.dim, regions.values()).gather(&idx);
+    let regions = regions.normalised().gather(&idx);
     let cpath = ctx.upstream_output("oracle", "caption_embeddings.arrow");
     let captions = EmbeddingStore::open(&cpath)?;
     let tids = crate::io::i64_column(&captions.batch, "triplet_id", &cpath)?;
@@ -291,7 +526,7 @@ fn model_oracle(ctx: &StageContext, dataset: &Dataset) -> Result<Oracle> {
         .collect();
     Ok(Oracle::Model {
         regions,
-        captions: captions.to_matrix(),
+        captions: captions.normalised(),
         caption_row,
     })
 }
@@ -304,11 +539,21 @@ impl Oracle {
         d: &Dataset,
         i: usize,
         threshold: f64,
-    ) -> bool {
-        match self {
+    ) -> Result<bool> {
+        Ok(match self {
             Oracle::Labels => d.triplet_id[retrieved] == q.target_triplet_id[i],
-            Oracle::Matrix(m) => {
-                m.row(retrieved)[q.target_caption_id[i] as usize] as f64 > threshold
+            Oracle::Matrix(m, path) => {
+                let v = m.row(retrieved)[q.target_caption_id[i] as usize];
+                if v.is_nan() {
+                    return Err(Error::data(
+                        path,
+                        format!(
+                            "no score for region {} (dataset_id {retrieved}) and caption {}, which query {} needs",
+                            d.region_id[retrieved], q.target_caption_id[i], q.query_id[i]
+                        ),
+                    ));
+                }
+                v as f64 > threshold
             }
             Oracle::Model {
                 regions,
@@ -317,7 +562,7 @@ impl Oracle {
             } => caption_row.get(&q.target_triplet_id[i]).is_some_and(|&c| {
                 crate::linalg::dot(regions.row(retrieved), captions.row(c)) as f64 > threshold
             }),
-        }
+        })
     }
 }
 

@@ -185,6 +185,7 @@ impl Stage for SelectStage {
                     words[2][i].clone(),
                 ]);
                 dataset.split.push(None);
+                dataset.triplets_row.push(None);
             }
         }
         let n = crate::io::write_table(&ctx.output("dataset.parquet"), &dataset.to_batch())?;

@@ -1,12 +1,16 @@
 //! Embedding stores and matrix files.
 //!
-//! An embedding store is an Arrow IPC file with an id column (`dataset_id: Int64`, `word: Utf8`,
-//! `key: Utf8`, ...) and `embedding: FixedSizeList<Float32, D>`. It is written as one record
-//! batch, so that [`EmbeddingStore::open`] can memory-map it and hand the embeddings to the
-//! kernels as one contiguous `&[f32]` without copying.
+//! An embedding store is an Arrow IPC file with key columns (`dataset_id: Int64`,
+//! `region_id: Int64`, `word: Utf8`, `key: Utf8`, ...) and `embedding: FixedSizeList<Float32,
+//! D>`. It is written as one record batch, so that [`EmbeddingStore::open`] can memory-map it and
+//! hand the embeddings to the kernels as one contiguous `&[f32]` without copying.
 //!
-//! [`read_matrix`] reads a matrix from `.npy` (f16, f32 or f64), or from the embedding column of
-//! an Arrow IPC or Parquet file.
+//! Stores hold a model's **raw** outputs, as its towers give them (the schema's metadata says
+//! so: `simat:vectors = raw`): heads apply to raw outputs, and whoever compares vectors
+//! normalises them when reading ([`EmbeddingStore::normalised`]).
+//!
+//! [`read_matrix`] reads a matrix from `.npy` (f16, f32 or f64), a PyTorch file holding one 2-D
+//! tensor, or the embedding column of an Arrow IPC or Parquet file.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -36,11 +40,15 @@ pub fn embedding_field(d: usize) -> Field {
     )
 }
 
-/// Write an embedding store: `id_column` (one array, `rows` long) beside the matrix.
-pub fn write_store(path: &Path, id_name: &str, ids: ArrayRef, m: &Matrix) -> Result<()> {
-    if ids.len() != m.rows {
+/// Schema metadata key saying what the vectors of a store are.
+pub const VECTORS_KEY: &str = "simat:vectors";
+
+/// Write an embedding store of raw vectors: the key columns (each `rows` long) beside the
+/// matrix.
+pub fn write_store(path: &Path, keys: &[(&str, ArrayRef)], m: &Matrix) -> Result<()> {
+    if let Some((name, ids)) = keys.iter().find(|(_, ids)| ids.len() != m.rows) {
         return Err(Error::Internal(format!(
-            "{} ids for {} embeddings",
+            "{} values of `{name}` for {} embeddings",
             ids.len(),
             m.rows
         )));
@@ -53,12 +61,19 @@ pub fn write_store(path: &Path, id_name: &str, ids: ArrayRef, m: &Matrix) -> Res
         None,
     )
     .map_err(|e| Error::columnar(path, e))?;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new(id_name, ids.data_type().clone(), false),
-        embedding_field(m.cols),
-    ]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![ids, Arc::new(list)])
-        .map_err(|e| Error::columnar(path, e))?;
+    let mut fields: Vec<Field> = keys
+        .iter()
+        .map(|(name, ids)| Field::new(*name, ids.data_type().clone(), false))
+        .collect();
+    fields.push(embedding_field(m.cols));
+    let schema = Arc::new(Schema::new_with_metadata(
+        fields,
+        std::collections::HashMap::from([(VECTORS_KEY.to_string(), "raw".to_string())]),
+    ));
+    let mut columns: Vec<ArrayRef> = keys.iter().map(|(_, ids)| ids.clone()).collect();
+    columns.push(Arc::new(list));
+    let batch =
+        RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::columnar(path, e))?;
     let mut file = AtomicFile::create(path)?;
     {
         let mut w = arrow::ipc::writer::FileWriter::try_new(file.writer(), &schema)
@@ -155,6 +170,13 @@ impl EmbeddingStore {
             data: self.values().to_vec(),
         }
     }
+
+    /// A copy with every row L2-normalised, for comparing by inner product.
+    pub fn normalised(&self) -> Matrix {
+        let mut m = self.to_matrix();
+        crate::linalg::normalize_rows(&mut m);
+        m
+    }
 }
 
 fn embedding_shape(batch: &RecordBatch, path: &Path) -> Result<(usize, usize)> {
@@ -183,16 +205,19 @@ fn embedding_shape(batch: &RecordBatch, path: &Path) -> Result<(usize, usize)> {
     }
 }
 
-/// Read a matrix from `.npy` (2-D, f16/f32/f64, C order) or from the embedding column of an Arrow
-/// IPC or Parquet file.
-pub fn read_matrix(path: &Path) -> Result<Matrix> {
+/// Whether `path` is a `.npy` file (by its magic).
+pub fn is_npy(path: &Path) -> Result<bool> {
     let mut head = [0u8; 6];
-    {
-        use std::io::Read;
-        let mut f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
-        let _ = f.read(&mut head);
-    }
-    if &head == b"\x93NUMPY" {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
+    let _ = f.read(&mut head);
+    Ok(&head == b"\x93NUMPY")
+}
+
+/// Read a matrix from `.npy` (2-D, f16/f32/f64, C order), a PyTorch file holding one 2-D
+/// tensor, or the embedding column of an Arrow IPC or Parquet file.
+pub fn read_matrix(path: &Path) -> Result<Matrix> {
+    if is_npy(path)? {
         let (shape, data) = read_npy_f32(path)?;
         if shape.len() != 2 {
             return Err(Error::data(
@@ -202,8 +227,21 @@ pub fn read_matrix(path: &Path) -> Result<Matrix> {
         }
         return Matrix::new(shape[0], shape[1], data);
     }
+    if crate::io::torch::is_torch_zip(path) {
+        return crate::io::torch::read_matrix(path);
+    }
+    Ok(read_table_embeddings(path)?.1)
+}
+
+/// The rows of an Arrow IPC or Parquet file with an embedding column: the whole batch (for its
+/// key columns) and the embeddings as a matrix.
+pub fn read_table_embeddings(path: &Path) -> Result<(RecordBatch, Matrix)> {
     let batch = match crate::io::sniff(path)? {
-        crate::io::FileKind::ArrowIpc => return Ok(EmbeddingStore::open(path)?.to_matrix()),
+        crate::io::FileKind::ArrowIpc => {
+            let store = EmbeddingStore::open(path)?;
+            let m = store.to_matrix();
+            return Ok((store.batch, m));
+        }
         crate::io::FileKind::Parquet => crate::io::read_all(path)?,
     };
     let (rows, dim) = embedding_shape(&batch, path)?;
@@ -218,7 +256,8 @@ pub fn read_matrix(path: &Path) -> Result<Matrix> {
     let list = col.as_fixed_size_list();
     let values = list.values().as_primitive::<Float32Type>().values();
     let start = list.offset() * dim;
-    Matrix::new(rows, dim, values[start..start + rows * dim].to_vec())
+    let m = Matrix::new(rows, dim, values[start..start + rows * dim].to_vec())?;
+    Ok((batch, m))
 }
 
 /// Write a matrix as a 2-D f32 `.npy` (atomically).
@@ -343,8 +382,7 @@ mod tests {
         let m = Matrix::new(3, 4, (0..12).map(|i| i as f32 * 0.5).collect()).unwrap();
         write_store(
             &path,
-            "dataset_id",
-            Arc::new(Int64Array::from(vec![0, 1, 2])),
+            &[("dataset_id", Arc::new(Int64Array::from(vec![0, 1, 2])))],
             &m,
         )
         .unwrap();

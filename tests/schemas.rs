@@ -65,7 +65,18 @@ fn written_files_match_the_schema_documents() {
         0,
     );
     run_ok(&["queries", "--run", s(&run)], 0);
-    run_ok(&["score", "--run", s(&run), "--lambda", "1"], 0);
+    run_ok(
+        &[
+            "score",
+            "--run",
+            s(&run),
+            "--lambda",
+            "1",
+            "--queries",
+            "regenerated",
+        ],
+        0,
+    );
     // Crops and selection, on a small rendered synthetic VG.
     let p = dir.path().join("p.toml");
     std::fs::write(

@@ -1,5 +1,6 @@
 //! The official benchmark: import, embeddings, retrieval and the SIMAT score, against an
-//! independent numpy reference on the real release tables.
+//! independent reference that follows the release's eval.py line by line, on the real release
+//! tables.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,10 +33,42 @@ fn python(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Import the release and seeded random embeddings into `run`; returns the inputs folder.
-fn import_release(dir: &Path, run: &Path) -> PathBuf {
-    let inputs = dir.join("inputs");
-    python(&["inputs", s(&release()), s(&inputs), "--seed", "7"]);
+fn words_ptd() -> PathBuf {
+    release().join("original/simat_words_clip.ptd")
+}
+
+fn heads_pt() -> PathBuf {
+    release().join("original/head_clip_t=0.1.pt")
+}
+
+/// The reference's inputs: `img.pt` (region id → raw vector, no near-ties for λ in 0, 0.5, 1, 2
+/// with and without the τ = 0.1 heads) and `oracle.npy` (rows by eval.py's numbering). Made once
+/// per test process: it takes half a minute.
+fn reference_inputs() -> PathBuf {
+    static INPUTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INPUTS
+        .get_or_init(|| {
+            let dir = tempdir().keep();
+            let inputs = dir.join("inputs");
+            python(&[
+                "inputs",
+                s(&release()),
+                s(&inputs),
+                "--seed",
+                "7",
+                "--heads",
+                s(&heads_pt()),
+                "--lambdas",
+                "0,0.5,1,2",
+            ]);
+            inputs
+        })
+        .clone()
+}
+
+/// Import the release and the reference's keyed image embeddings into `run`.
+fn import_release(run: &Path) -> PathBuf {
+    let inputs = reference_inputs();
     run_ok(
         &["import-simat", "--release", s(&release()), "--run", s(run)],
         0,
@@ -46,17 +79,28 @@ fn import_release(dir: &Path, run: &Path) -> PathBuf {
             "--run",
             s(run),
             "--images",
-            s(&inputs.join("img.npy")),
-            "--words",
-            s(&release().join("clip_vitb32_words.txt")),
+            s(&inputs.join("img.pt")),
             "--word-vectors",
-            s(&release().join("clip_vitb32_word_vectors.npy")),
-            "--heads",
-            s(&release().join("head_tau0.1")),
+            s(&words_ptd()),
         ],
         0,
     );
     inputs
+}
+
+fn read_scores(run: &Path) -> simat::score::ScoresFile {
+    simat::score::ScoresFile::read(&run.join("score/scores.json")).unwrap()
+}
+
+/// triplets.csv's rows as (region_id, dataset_id).
+fn triplets_csv() -> Vec<(i64, i64)> {
+    let mut rd = csv::Reader::from_path(release().join("triplets.csv")).unwrap();
+    rd.records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].parse().unwrap(), r[4].parse().unwrap())
+        })
+        .collect()
 }
 
 #[test]
@@ -88,6 +132,33 @@ fn import_reproduces_the_release_tables() {
     assert_eq!(regions.num_rows(), 11_160);
 }
 
+/// Images are numbered as eval.py numbers them: by triplets.csv's dataset_id column, not by its
+/// row; the row is kept.
+#[test]
+fn import_numbers_images_by_the_dataset_id_column() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    run_ok(
+        &["import-simat", "--release", s(&release()), "--run", s(&run)],
+        0,
+    );
+    let d = simat::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
+    let rows = triplets_csv();
+    let mut differ = 0;
+    for (row, &(region, did)) in rows.iter().enumerate() {
+        assert_eq!(d.region_id[did as usize], region, "triplets.csv row {row}");
+        assert_eq!(d.triplets_row[did as usize], Some(row as i64));
+        differ += usize::from(did != row as i64);
+    }
+    // The two numberings differ on most rows: a wrong one would give a plausible wrong score.
+    assert!(differ as f64 > 0.8 * rows.len() as f64, "{differ}");
+    let q = simat::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
+    let did_of: BTreeMap<i64, i64> = rows.iter().copied().collect();
+    for i in 0..q.len() {
+        assert_eq!(q.dataset_id[i], did_of[&q.region_id[i]]);
+    }
+}
+
 #[test]
 fn import_errors_name_the_row() {
     let dir = tempdir();
@@ -96,126 +167,424 @@ fn import_errors_name_the_row() {
     for f in simat::import::RELEASE_FILES {
         std::fs::copy(release().join(f), rel.join(f)).unwrap();
     }
-    let path = rel.join("transfos.csv");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    // Row 3: point the query at another region's embedding row.
-    let mut cells: Vec<String> = lines[3].split(',').map(str::to_string).collect();
-    cells[9] = "0".into();
-    lines[3] = cells.join(",");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let out = run_ok(
-        &[
-            "import-simat",
-            "--release",
-            s(&rel),
-            "--run",
-            s(&dir.path().join("run")),
-        ],
-        2,
-    );
-    let err = stderr(&out);
+    let edit = |file: &str, line: usize, col: usize, value: &str| {
+        let path = rel.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut cells: Vec<String> = lines[line].split(',').map(str::to_string).collect();
+        cells[col] = value.into();
+        lines[line] = cells.join(",");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    };
+    let import = |name: &str| {
+        stderr(&run_ok(
+            &[
+                "import-simat",
+                "--release",
+                s(&rel),
+                "--run",
+                s(&dir.path().join(name)),
+            ],
+            2,
+        ))
+    };
+    // transfos.csv row 3: its dataset_id (the region's triplets.csv row) is wrong.
+    edit("transfos.csv", 3, 9, "0");
+    let err = import("a");
     assert!(
         err.contains("transfos.csv") && err.contains("row 3: dataset_id 0"),
         "{err}"
     );
+    std::fs::copy(release().join("transfos.csv"), rel.join("transfos.csv")).unwrap();
+    // triplets.csv row 2 takes row 1's dataset_id.
+    let first = triplets_csv()[0].1;
+    edit("triplets.csv", 2, 4, &first.to_string());
+    let err = import("b");
+    assert!(
+        err.contains("triplets.csv")
+            && err.contains(&format!(
+                "row 2: dataset_id {first} is also the dataset_id of row 1"
+            )),
+        "{err}"
+    );
 }
 
-/// The acceptance test of the scoring issue.
+/// The acceptance test of the official-SIMAT issue: simat's scores equal a reference that
+/// follows the release's eval.py line by line, on the release tables, with seeded random raw
+/// embeddings keyed by region id (as eval.py loads simat_img_clip.pt) and a seeded random oracle
+/// in eval.py's row order, for several λ, both splits, with and without the τ = 0.1 heads read
+/// from the original .pt file. The data has no near-ties: the reference checks that the
+/// float32 retrieval is the float64 one, and reports the smallest top-1/top-2 gap.
 #[test]
-fn scores_equal_the_numpy_reference() {
-    let dir = tempdir();
-    let run = dir.path().join("run");
-    let inputs = import_release(dir.path(), &run);
-    let lambdas = "0,0.5,1,2";
-    let out = run_ok(
-        &[
+fn scores_equal_eval_py() {
+    let inputs = reference_inputs();
+    let (release, heads) = (release(), heads_pt());
+    let oracle = inputs.join("oracle.npy");
+    for with_heads in [false, true] {
+        let dir = tempdir();
+        let run = dir.path().join("run");
+        import_release(&run);
+        let mut args = vec![
             "score",
             "--run",
             s(&run),
             "--oracle",
-            s(&inputs.join("oracle.npy")),
+            s(&oracle),
             "--lambda",
-            lambdas,
+            "0,0.5,1,2",
             "--split",
             "all",
+        ];
+        if with_heads {
+            args.extend(["--heads", s(&heads)]);
+        }
+        run_ok(&args, 0);
+        let ours = read_scores(&run);
+        assert_eq!(ours.provenance["query_set"], "release");
+        assert_eq!(
+            ours.provenance["heads"]["name"].as_str(),
+            with_heads.then_some("head_clip_t=0.1.pt")
+        );
+
+        // simat's first retrieved image per query and λ.
+        let queries = simat::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
+        let index: BTreeMap<i64, usize> = queries
+            .query_id
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| (q, i))
+            .collect();
+        let r = simat::io::read_all(&run.join("retrieve/retrievals.parquet")).unwrap();
+        let (qid, lam, rank, did) = (
+            r.column_by_name("query_id")
+                .unwrap()
+                .as_primitive::<Int64Type>(),
+            r.column_by_name("lambda")
+                .unwrap()
+                .as_primitive::<Float64Type>(),
+            r.column_by_name("rank")
+                .unwrap()
+                .as_primitive::<Int32Type>(),
+            r.column_by_name("dataset_id")
+                .unwrap()
+                .as_primitive::<Int64Type>(),
+        );
+        let mut picks: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for i in 0..r.num_rows() {
+            if rank.value(i) == 0 {
+                let v = picks
+                    .entry(format!("{:?}", lam.value(i)))
+                    .or_insert_with(|| vec![-1; queries.len()]);
+                v[index[&qid.value(i)]] = did.value(i);
+            }
+        }
+
+        for domain in ["dev", "test"] {
+            let mut args = vec![
+                "score",
+                s(&release),
+                s(&inputs),
+                "--domain",
+                domain,
+                "--lambdas",
+                "0,0.5,1,2",
+            ];
+            if with_heads {
+                args.extend(["--heads", s(&heads)]);
+            }
+            let reference: serde_json::Value = serde_json::from_str(&python(&args)).unwrap();
+            let gap = reference["min_gap"].as_f64().unwrap();
+            assert!(gap > 2e-5, "the data has a near-tie: gap {gap}");
+            // The domain's queries, in transfos.csv order.
+            let in_domain: Vec<usize> = (0..queries.len())
+                .filter(|&i| queries.split[i] == domain)
+                .collect();
+            assert_eq!(reference["n"].as_u64().unwrap() as usize, in_domain.len());
+            for (lambda, score) in reference["scores"].as_object().unwrap() {
+                let lambda: f64 = lambda.parse().unwrap();
+                let theirs: Vec<i64> = reference["retrieved"][format!("{lambda:?}")]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect();
+                let mine: Vec<i64> = in_domain
+                    .iter()
+                    .map(|&i| picks[&format!("{lambda:?}")][i])
+                    .collect();
+                assert_eq!(
+                    mine, theirs,
+                    "retrievals, λ = {lambda}, {domain}, heads {with_heads}"
+                );
+                let o = ours
+                    .scores
+                    .iter()
+                    .find(|o| o.lambda == lambda && o.split == domain && o.field == "all")
+                    .unwrap();
+                let want = score.as_f64().unwrap();
+                assert!(
+                    (o.score - want).abs() < 1e-6,
+                    "λ = {lambda}, {domain}, heads {with_heads}: simat {} vs eval.py {want}",
+                    o.score
+                );
+            }
+        }
+    }
+}
+
+/// Keys decide which vector is whose: the same embeddings given as a PyTorch dict, as Parquet
+/// keyed by region id in another order, and as a .npy in dataset_id order make the same store;
+/// a .npy of the wrong length, a missing or duplicate key and a table without keys are errors
+/// that say what is expected.
+#[test]
+fn image_embeddings_are_joined_by_key() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    let inputs = import_release(&run);
+    let store = |run: &Path| {
+        simat::store::EmbeddingStore::open(&run.join("embed/image_embeddings.arrow"))
+            .unwrap()
+            .to_matrix()
+    };
+    let by_pt = store(&run);
+    let d = simat::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
+    let n = d.len();
+    let import = |images: &Path, code: i32| {
+        let other = dir.path().join(format!("run-{code}"));
+        std::fs::remove_dir_all(&other).ok();
+        run_ok(
+            &[
+                "import-simat",
+                "--release",
+                s(&release()),
+                "--run",
+                s(&other),
+            ],
+            0,
+        );
+        let out = run_ok(
+            &[
+                "import-embeddings",
+                "--run",
+                s(&other),
+                "--images",
+                s(images),
+                "--word-vectors",
+                s(&words_ptd()),
+            ],
+            code,
+        );
+        (other, stderr(&out))
+    };
+    // Parquet keyed by region id, rows reversed.
+    let order: Vec<usize> = (0..n).rev().collect();
+    let reversed = by_pt.gather(&order);
+    let regions: Vec<i64> = order.iter().map(|&i| d.region_id[i]).collect();
+    let keyed = dir.path().join("keyed.arrow");
+    simat::store::write_store(
+        &keyed,
+        &[(
+            "region_id",
+            std::sync::Arc::new(arrow::array::Int64Array::from(regions.clone())),
+        )],
+        &reversed,
+    )
+    .unwrap();
+    let (other, _) = import(&keyed, 0);
+    assert_eq!(store(&other), by_pt);
+    // A .npy in dataset_id order.
+    let npy = dir.path().join("img.npy");
+    simat::store::write_npy(&npy, &by_pt).unwrap();
+    let (other, _) = import(&npy, 0);
+    assert_eq!(store(&other), by_pt);
+    // The wrong length of .npy says which order a .npy must have.
+    let short = dir.path().join("short.npy");
+    simat::store::write_npy(&short, &by_pt.gather(&(0..n - 1).collect::<Vec<_>>())).unwrap();
+    let (_, err) = import(&short, 2);
+    assert!(
+        err.contains("short.npy")
+            && err.contains(&format!("{} rows, but the dataset has {n} regions", n - 1))
+            && err.contains("dataset_id order"),
+        "{err}"
+    );
+    // A missing key names the region; a duplicate names both entries.
+    let missing = dir.path().join("missing.arrow");
+    simat::store::write_store(
+        &missing,
+        &[(
+            "region_id",
+            std::sync::Arc::new(arrow::array::Int64Array::from(regions[1..].to_vec())),
+        )],
+        &reversed.gather(&(1..n).collect::<Vec<_>>()),
+    )
+    .unwrap();
+    let (_, err) = import(&missing, 2);
+    assert!(
+        err.contains(&format!(
+            "no embedding for region {} (dataset_id {})",
+            regions[0],
+            n - 1
+        )),
+        "{err}"
+    );
+    let mut dup = regions.clone();
+    dup[1] = dup[0];
+    let dup_path = dir.path().join("dup.arrow");
+    simat::store::write_store(
+        &dup_path,
+        &[(
+            "region_id",
+            std::sync::Arc::new(arrow::array::Int64Array::from(dup)),
+        )],
+        &reversed,
+    )
+    .unwrap();
+    let (_, err) = import(&dup_path, 2);
+    assert!(
+        err.contains(&format!(
+            "region {} appears twice (entries 0 and 1)",
+            regions[0]
+        )),
+        "{err}"
+    );
+    // No key column.
+    let unkeyed = dir.path().join("unkeyed.arrow");
+    simat::store::write_store(
+        &unkeyed,
+        &[(
+            "row",
+            std::sync::Arc::new(arrow::array::Int64Array::from_iter_values(0..n as i64)),
+        )],
+        &by_pt,
+    )
+    .unwrap();
+    let (_, err) = import(&unkeyed, 2);
+    assert!(
+        err.contains("no key column") && err.contains("region_id"),
+        "{err}"
+    );
+    let _ = inputs;
+}
+
+/// Heads are for raw outputs: unit-norm embeddings with heads are refused with the reason,
+/// unless --allow-normalised.
+#[test]
+fn heads_on_normalised_embeddings_are_refused() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    import_release(&run);
+    let mut m = simat::store::EmbeddingStore::open(&run.join("embed/image_embeddings.arrow"))
+        .unwrap()
+        .to_matrix();
+    simat::linalg::normalize_rows(&mut m);
+    let npy = dir.path().join("unit.npy");
+    simat::store::write_npy(&npy, &m).unwrap();
+    run_ok(
+        &[
+            "import-embeddings",
+            "--run",
+            s(&run),
+            "--images",
+            s(&npy),
+            "--word-vectors",
+            s(&words_ptd()),
         ],
         0,
     );
-    assert!(stdout(&out).contains("lambda"), "{}", stdout(&out));
-
-    // simat's first retrieved image per query and λ, in transfos.csv order.
-    let queries = simat::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
-    let index: BTreeMap<i64, usize> = queries
-        .query_id
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| (q, i))
-        .collect();
-    let r = simat::io::read_all(&run.join("retrieve/retrievals.parquet")).unwrap();
-    let (qid, lam, rank, did) = (
-        r.column_by_name("query_id")
-            .unwrap()
-            .as_primitive::<Int64Type>(),
-        r.column_by_name("lambda")
-            .unwrap()
-            .as_primitive::<Float64Type>(),
-        r.column_by_name("rank")
-            .unwrap()
-            .as_primitive::<Int32Type>(),
-        r.column_by_name("dataset_id")
-            .unwrap()
-            .as_primitive::<Int64Type>(),
+    let score = |extra: &[&str], code: i32| {
+        let mut args = vec!["score", "--run", s(&run), "--lambda", "1", "--heads"];
+        let h = heads_pt();
+        args.push(s(&h));
+        args.extend(extra);
+        stderr(&run_ok(&args, code))
+    };
+    let err = score(&[], 2);
+    assert!(
+        err.contains("unit.npy")
+            && err.contains("already unit-norm")
+            && err.contains("--allow-normalised"),
+        "{err}"
     );
-    let mut picks: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for i in 0..r.num_rows() {
-        if rank.value(i) == 0 {
-            let v = picks
-                .entry(format!("{:?}", lam.value(i)))
-                .or_insert_with(|| vec![-1; queries.len()]);
-            v[index[&qid.value(i)]] = did.value(i);
+    score(&["--allow-normalised"], 0);
+}
+
+/// An oracle given as a long table (region_id, caption_id, score), in any order, scores as the
+/// matrix does; a pair a query needs and the table lacks is named.
+#[test]
+fn a_long_table_oracle_equals_the_matrix() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    let inputs = import_release(&run);
+    let base = [
+        "score",
+        "--run",
+        s(&run),
+        "--lambda",
+        "0,1",
+        "--split",
+        "all",
+    ];
+    let mut args = base.to_vec();
+    let oracle = inputs.join("oracle.npy");
+    args.extend(["--oracle", s(&oracle)]);
+    run_ok(&args, 0);
+    let want = read_scores(&run).scores;
+    let m = simat::store::read_matrix(&oracle).unwrap();
+    let d = simat::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
+    // Rows by caption, then region from the last: no order in common with the matrix.
+    let (mut region, mut caption, mut score) = (vec![], vec![], vec![]);
+    for c in 0..m.cols {
+        for did in (0..m.rows).rev() {
+            region.push(d.region_id[did]);
+            caption.push(c as i64);
+            score.push(m.row(did)[c] as f64);
         }
     }
-    assert_eq!(picks.len(), 4);
-    let picks_path = dir.path().join("picks.json");
-    std::fs::write(&picks_path, serde_json::to_vec(&picks).unwrap()).unwrap();
-
-    let reference: serde_json::Value = serde_json::from_str(&python(&[
-        "score",
-        s(&release()),
-        s(&inputs),
-        "--heads",
-        s(&release().join("head_tau0.1")),
-        "--lambdas",
-        "0.0,0.5,1.0,2.0",
-        "--picks",
-        s(&picks_path),
-    ]))
-    .unwrap();
-    // Retrieval: every pick is the float64 best, or within 1e-5 of it (a near tie).
-    let exact = reference["exact"].as_u64().unwrap();
-    let ties = reference["ties"].as_u64().unwrap();
-    assert!(
-        exact as f64 >= 0.999 * (exact + ties) as f64,
-        "{exact} exact, {ties} ties"
-    );
-
-    let ours: Vec<simat::score::ScoreRow> =
-        serde_json::from_slice(&std::fs::read(run.join("score/scores.json")).unwrap()).unwrap();
-    let theirs: Vec<simat::score::ScoreRow> =
-        serde_json::from_value(reference["scores"].clone()).unwrap();
-    assert_eq!(ours.len(), theirs.len());
-    assert_eq!(ours.len(), 4 * 3 * 4);
-    for t in &theirs {
-        let o = ours
-            .iter()
-            .find(|o| o.lambda == t.lambda && o.split == t.split && o.field == t.field)
-            .unwrap_or_else(|| panic!("no score for {t:?}"));
-        assert_eq!(o.n_queries, t.n_queries, "{t:?}");
+    let write = |path: &Path, skip_first: bool| {
+        let k = usize::from(skip_first);
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("region_id", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("caption_id", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("score", arrow::datatypes::DataType::Float64, false),
+        ]));
+        let batch = arrow::array::RecordBatch::try_new(
+            schema,
+            vec![
+                std::sync::Arc::new(arrow::array::Int64Array::from(region[k..].to_vec())),
+                std::sync::Arc::new(arrow::array::Int64Array::from(caption[k..].to_vec())),
+                std::sync::Arc::new(arrow::array::Float64Array::from(score[k..].to_vec())),
+            ],
+        )
+        .unwrap();
+        simat::io::write_table(path, &batch).unwrap();
+    };
+    let table = dir.path().join("oracle.parquet");
+    write(&table, false);
+    let mut args = base.to_vec();
+    args.extend(["--oracle", s(&table)]);
+    run_ok(&args, 0);
+    let got = read_scores(&run);
+    assert_eq!(got.scores, want);
+    assert_eq!(got.provenance["oracle"]["kind"], "table");
+    // Without the pair of caption 0 and the last dataset_id's region, a query that retrieved
+    // that region for caption 0 cannot be judged — or no query needs it, and all is well.
+    let partial = dir.path().join("partial.parquet");
+    write(&partial, true);
+    let mut args = base.to_vec();
+    args.extend(["--oracle", s(&partial)]);
+    let out = crate::util::run(&args);
+    if out.status.code() == Some(2) {
+        let err = stderr(&out);
         assert!(
-            (o.score - t.score).abs() < 1e-6,
-            "simat {o:?} vs numpy {t:?}"
+            err.contains(&format!(
+                "no score for region {} (dataset_id {})",
+                region[0],
+                m.rows - 1
+            )),
+            "{err}"
         );
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
 }
 
@@ -223,7 +592,7 @@ fn scores_equal_the_numpy_reference() {
 fn label_oracle_and_freshness_of_score() {
     let dir = tempdir();
     let run = dir.path().join("run");
-    import_release(dir.path(), &run);
+    import_release(&run);
     run_ok(
         &[
             "score",
@@ -236,8 +605,7 @@ fn label_oracle_and_freshness_of_score() {
         ],
         0,
     );
-    let rows: Vec<simat::score::ScoreRow> =
-        serde_json::from_slice(&std::fs::read(run.join("score/scores.json")).unwrap()).unwrap();
+    let rows = read_scores(&run).scores;
     assert_eq!(rows.len(), 4);
     assert!(rows
         .iter()
@@ -317,16 +685,15 @@ fn regenerated_queries_cover_the_release() {
     // The split is by region and about half.
     let test = ours.split.iter().filter(|s| *s == "test").count() as f64 / ours.len() as f64;
     assert!((0.4..0.6).contains(&test), "{test}");
-    // And retrieval/score run on the regenerated queries.
-    let inputs = dir.path().join("inputs");
-    python(&["inputs", s(&release()), s(&inputs), "--seed", "1"]);
+    // And retrieval/score run on the regenerated queries — once said which: the run has both.
+    let inputs = reference_inputs();
     run_ok(
         &[
             "import-embeddings",
             "--run",
             s(&run),
             "--images",
-            s(&inputs.join("img.npy")),
+            s(&inputs.join("img.pt")),
             "--words",
             s(&release().join("clip_vitb32_words.txt")),
             "--word-vectors",
@@ -334,14 +701,56 @@ fn regenerated_queries_cover_the_release() {
         ],
         0,
     );
-    let out = run_ok(&["score", "--run", s(&run), "--lambda", "1"], 0);
-    let rows: Vec<simat::score::ScoreRow> =
-        serde_json::from_slice(&std::fs::read(run.join("score/scores.json")).unwrap()).unwrap();
-    let all = rows
+    let err = stderr(&run_ok(&["score", "--run", s(&run), "--lambda", "1"], 2));
+    assert!(
+        err.contains("has both the release's queries (import) and regenerated ones")
+            && err.contains("--queries regenerated"),
+        "{err}"
+    );
+    let out = run_ok(
+        &[
+            "score",
+            "--run",
+            s(&run),
+            "--lambda",
+            "1",
+            "--queries",
+            "regenerated",
+        ],
+        0,
+    );
+    assert!(
+        stdout(&out).contains("regenerated queries"),
+        "{}",
+        stdout(&out)
+    );
+    let scores = read_scores(&run);
+    assert_eq!(scores.provenance["query_set"], "regenerated");
+    let all = scores
+        .scores
         .iter()
         .find(|r| r.split == "all" && r.field == "all")
         .unwrap();
     assert_eq!(all.n_queries as usize, ours.len(), "{}", stdout(&out));
+    // Switching to the release's queries reruns retrieval, and says so.
+    let err = stderr(&run_ok(
+        &[
+            "-v",
+            "score",
+            "--run",
+            s(&run),
+            "--lambda",
+            "1",
+            "--queries",
+            "release",
+        ],
+        0,
+    ));
+    assert!(
+        err.contains("Stale retrieve: config `queries` changed"),
+        "{err}"
+    );
+    assert_eq!(read_scores(&run).provenance["query_set"], "release");
 }
 
 /// `simat knn` equals a brute force over small integer vectors (exact scores, so ties are

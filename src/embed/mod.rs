@@ -1,37 +1,52 @@
-//! Embedding stores of a run: `RUN/embed/image_embeddings.arrow` (one row per dataset region,
-//! in `dataset_id` order) and `RUN/embed/word_embeddings.arrow` (one row per word), both
-//! `FixedSizeList<Float32, D>`, with `model.json` naming where they came from.
+//! Embedding stores of a run: `RUN/embed/image_embeddings.arrow` (one row per dataset region, in
+//! `dataset_id` order, with its `region_id`) and `RUN/embed/word_embeddings.arrow` (one row per
+//! word), both `FixedSizeList<Float32, D>` of **raw** vectors (heads, when a retrieval uses
+//! them, apply to raw outputs; vectors are normalised when compared), with `model.json` naming
+//! where they came from.
 //!
-//! `import-embeddings` fills them from files a user already has (`.npy` f16/f32, Arrow IPC or
-//! Parquet). With heads (`PREFIX_{img,txt}_head_{weight,bias}.npy`, PyTorch `Linear` layout), the
-//! stored vectors are `normalise(x·Wᵀ + b)`, as in the SIMAT release; without, `normalise(x)`.
-//! Retrieval then only takes inner products.
+//! `import-embeddings` fills them from files a user already has, joined by key wherever the
+//! file has keys, so that no order is ever guessed:
+//!
+//! | input | image embeddings | word vectors |
+//! |---|---|---|
+//! | PyTorch (`.pt`, `.ptd`) | a dict region id → vector (the release's `simat_img_clip.pt`) | a list of (word, vector) pairs or a dict word → vector (its `simat_words_clip.ptd`) |
+//! | Arrow IPC / Parquet | an `embedding` column and a key column: `region_id`, `key` (a crop path `…/<region_id>.png`, as `simat embed` writes) or `dataset_id` | `embedding` and `word` (or `text`, as `simat embed --texts` writes) |
+//! | `.npy` (no keys) | rows in `dataset_id` order — the one order convention: for the release, `triplets.csv`'s `dataset_id` column, as `eval.py` numbers images | rows in the line order of `--words` |
+//!
+//! A region of the dataset without an embedding, or a key given twice, is an error naming it;
+//! embeddings of regions outside the dataset are counted and left out.
 
 pub mod model;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::linalg::{first_non_finite, normalize_rows, LinearHead, Matrix};
+use crate::io::torch::{self, Key};
+use crate::linalg::{first_non_finite, Matrix};
 use crate::run::{Stage, StageContext, StageReport};
-use crate::store::{read_matrix, read_vector, write_store};
+use crate::store::{is_npy, read_matrix, read_table_embeddings, write_store};
 
 /// Configuration of `import-embeddings`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportEmbeddingsConfig {
-    /// Image embeddings, rows in `dataset_id` order.
+    /// Raw image embeddings: keyed by region (PyTorch dict, Arrow/Parquet with a key column) or
+    /// a `.npy` in `dataset_id` order.
     pub images: PathBuf,
-    /// Words, one per line; row `i` of `word_vectors` embeds line `i`.
-    pub words: PathBuf,
-    /// Word embeddings.
+    /// Raw word embeddings: keyed by word (PyTorch `.ptd`/`.pt`, Arrow/Parquet with a `word`
+    /// column) or a `.npy` whose rows follow `words`.
     pub word_vectors: PathBuf,
-    /// Prefix of the linear heads' `.npy` files, if any.
-    pub heads: Option<PathBuf>,
+    /// Words, one per line: the row order of a `.npy` of word vectors (with a keyed file, a check
+    /// that it holds these words).
+    #[serde(default)]
+    pub words: Option<PathBuf>,
     /// The stage holding `dataset.parquet` (`import` for the release).
     #[serde(default = "default_dataset_stage")]
     pub dataset_stage: String,
@@ -39,26 +54,6 @@ pub struct ImportEmbeddingsConfig {
 
 fn default_dataset_stage() -> String {
     "import".into()
-}
-
-/// The four head files of a prefix.
-pub fn head_files(prefix: &Path) -> [(String, PathBuf); 4] {
-    let name = prefix
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    [
-        "img_head_weight",
-        "img_head_bias",
-        "txt_head_weight",
-        "txt_head_bias",
-    ]
-    .map(|part| {
-        (
-            format!("{part}.npy"),
-            prefix.with_file_name(format!("{name}_{part}.npy")),
-        )
-    })
 }
 
 /// The stage.
@@ -73,25 +68,21 @@ impl Stage for ImportEmbeddingsStage {
         "embed"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn upstream(&self) -> Vec<&'static str> {
         vec![crate::dataset::dataset_stage(&self.config.dataset_stage)]
     }
     fn config(&self) -> serde_json::Value {
-        serde_json::json!({
-            "source": "import-embeddings",
-            "heads": self.config.heads.is_some(),
-        })
+        serde_json::json!({"source": "import-embeddings", "words": self.config.words.is_some()})
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         let mut v = vec![
             ("images".to_string(), self.config.images.clone()),
-            ("words".to_string(), self.config.words.clone()),
             ("word_vectors".to_string(), self.config.word_vectors.clone()),
         ];
-        if let Some(prefix) = &self.config.heads {
-            v.extend(head_files(prefix));
+        if let Some(w) = &self.config.words {
+            v.push(("words".to_string(), w.clone()));
         }
         for (label, p) in &v {
             if !p.is_file() {
@@ -105,140 +96,330 @@ impl Stage for ImportEmbeddingsStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let stage = crate::dataset::dataset_stage(&self.config.dataset_stage);
-        let dataset = ctx.upstream_output(stage, "dataset.parquet");
-        import_embeddings(&self.config, &dataset, &ctx.stage_dir)
+        let dataset = Dataset::read(&ctx.upstream_output(stage, "dataset.parquet"))?;
+        import_embeddings(&self.config, &dataset, &ctx.stage_dir, &ctx.input_hashes)
     }
 }
 
-fn load_head(prefix: &Path, which: &str) -> Result<LinearHead> {
-    let files = head_files(prefix);
-    let find = |part: &str| {
-        files
-            .iter()
-            .find(|(l, _)| l == &format!("{which}_head_{part}.npy"))
-            .map(|(_, p)| p.clone())
-            .expect("four files")
-    };
-    let wpath = find("weight");
-    let weight = read_matrix(&wpath)?;
-    let bpath = find("bias");
-    let bias = read_vector(&bpath)?;
-    if bias.len() != weight.rows {
-        return Err(Error::data(
-            &bpath,
-            format!(
-                "bias has {} values, the weight has {} output rows",
-                bias.len(),
-                weight.rows
-            ),
-        ));
-    }
-    Ok(LinearHead { weight, bias })
+/// How an input's rows were matched to the dataset or to words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinedBy {
+    /// A region id key.
+    RegionId,
+    /// A crop path key, `…/<region_id>.png`.
+    CropPath,
+    /// A dataset id key.
+    DatasetId,
+    /// Row order (a `.npy`: rows in `dataset_id` order, or the words file's line order).
+    RowOrder,
+    /// A word key.
+    Word,
 }
 
-fn prepare(mut m: Matrix, head: Option<&LinearHead>, path: &Path) -> Result<Matrix> {
-    if let Some(row) = first_non_finite(&m) {
-        return Err(Error::data(
-            path,
-            format!("row {row} holds NaN or infinity"),
-        ));
-    }
-    if let Some(h) = head {
-        if h.weight.cols != m.cols {
+/// Image embeddings in `dataset_id` order, and how they were matched.
+#[derive(Debug)]
+pub struct JoinedImages {
+    /// `dataset.len() × D`, raw.
+    pub matrix: Matrix,
+    /// How rows were matched.
+    pub joined_by: JoinedBy,
+    /// Embeddings in the file for regions outside the dataset (left out).
+    pub unused: usize,
+}
+
+fn keyed_error(path: &Path, m: String) -> Error {
+    Error::data(path, m)
+}
+
+/// The region id in a crop path `…/<region_id>.png` (or `.jpg`).
+fn region_of_path(key: &str) -> Option<i64> {
+    Path::new(key).file_stem()?.to_str()?.parse().ok()
+}
+
+/// Read raw image embeddings for `dataset`, joined by key (see the module docs).
+pub fn read_images(path: &Path, dataset: &Dataset) -> Result<JoinedImages> {
+    let n = dataset.len();
+    if is_npy(path)? {
+        let m = read_matrix(path)?;
+        if m.rows != n {
             return Err(Error::data(
                 path,
                 format!(
-                    "embeddings have dimension {}, the head expects {}",
-                    m.cols, h.weight.cols
+                    "{} rows, but the dataset has {n} regions: a .npy of image embeddings has one row per dataset_id, in dataset_id order (for the release, triplets.csv's dataset_id column, as eval.py numbers images); to give them in another order, use a keyed file (a PyTorch dict region_id → vector, or Arrow/Parquet with a region_id column)",
+                    m.rows
                 ),
             ));
         }
-        m = h.apply(&m)?;
+        return Ok(JoinedImages {
+            matrix: m,
+            joined_by: JoinedBy::RowOrder,
+            unused: 0,
+        });
     }
-    normalize_rows(&mut m);
-    Ok(m)
+    // (region id or dataset id) per row of the file, and the vectors.
+    let (keys, m, joined_by): (Vec<i64>, Matrix, JoinedBy) = if torch::is_torch_zip(path) {
+        let (keys, m) = torch::read_keyed_vectors(path)?;
+        let mut ids = Vec::with_capacity(keys.len());
+        let mut by = JoinedBy::RegionId;
+        for k in keys {
+            ids.push(match k {
+                Key::Int(i) => i,
+                Key::Str(s) => {
+                    by = JoinedBy::CropPath;
+                    region_of_path(&s).ok_or_else(|| {
+                        keyed_error(path, format!("key {s:?} is neither a region id nor a crop path `…/<region_id>.png`"))
+                    })?
+                }
+            });
+        }
+        (ids, m, by)
+    } else {
+        let (batch, m) = read_table_embeddings(path)?;
+        let int_column = |name: &str| -> Result<Option<Vec<i64>>> {
+            let Some(col) = batch.column_by_name(name) else {
+                return Ok(None);
+            };
+            let col = arrow::compute::cast(col, &DataType::Int64)
+                .map_err(|e| Error::columnar(path, format!("column `{name}`: {e}")))?;
+            if col.null_count() > 0 {
+                return Err(Error::columnar(
+                    path,
+                    format!("column `{name}` holds nulls"),
+                ));
+            }
+            Ok(Some(col.as_primitive::<Int64Type>().values().to_vec()))
+        };
+        if let Some(ids) = int_column("region_id")? {
+            (ids, m, JoinedBy::RegionId)
+        } else if let Some(col) = batch.column_by_name("key") {
+            let col = arrow::compute::cast(col, &DataType::Utf8)
+                .map_err(|e| Error::columnar(path, format!("column `key`: {e}")))?;
+            let keys = col.as_string::<i32>();
+            let ids = (0..keys.len())
+                .map(|i| {
+                    region_of_path(keys.value(i)).ok_or_else(|| {
+                        keyed_error(
+                            path,
+                            format!(
+                                "row {i}: key {:?} is not a crop path `…/<region_id>.png`",
+                                keys.value(i)
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            (ids, m, JoinedBy::CropPath)
+        } else if let Some(ids) = int_column("dataset_id")? {
+            (ids, m, JoinedBy::DatasetId)
+        } else {
+            return Err(Error::columnar(
+                path,
+                "no key column: image embeddings in Arrow or Parquet need a `region_id`, `key` (crop path) or `dataset_id` column beside `embedding`; only a .npy is taken in dataset_id order",
+            ));
+        }
+    };
+    let what = match joined_by {
+        JoinedBy::DatasetId => "dataset_id",
+        _ => "region",
+    };
+    let mut row_of: HashMap<i64, usize> = HashMap::with_capacity(keys.len());
+    for (row, &k) in keys.iter().enumerate() {
+        if let Some(first) = row_of.insert(k, row) {
+            return Err(keyed_error(
+                path,
+                format!("{what} {k} appears twice (entries {first} and {row})"),
+            ));
+        }
+    }
+    let mut rows = Vec::with_capacity(n);
+    for d in 0..n {
+        let key = match joined_by {
+            JoinedBy::DatasetId => d as i64,
+            _ => dataset.region_id[d],
+        };
+        let row = row_of.get(&key).copied().ok_or_else(|| {
+            keyed_error(
+                path,
+                format!(
+                    "no embedding for region {} (dataset_id {d}): every region of the dataset needs one",
+                    dataset.region_id[d]
+                ),
+            )
+        })?;
+        rows.push(row);
+    }
+    Ok(JoinedImages {
+        matrix: m.gather(&rows),
+        joined_by,
+        unused: keys.len() - n,
+    })
 }
 
-/// Run `import-embeddings`.
+/// Read raw word embeddings: the words and their vectors.
+pub fn read_words(path: &Path, words_file: Option<&Path>) -> Result<(Vec<String>, Matrix)> {
+    let listed: Option<Vec<String>> = match words_file {
+        None => None,
+        Some(w) => {
+            let text = std::fs::read_to_string(w).map_err(|e| Error::io("failed to read", w, e))?;
+            let words: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
+            if let Some(dup) = (1..words.len()).find(|&i| words[..i].contains(&words[i])) {
+                return Err(Error::data(
+                    w,
+                    format!("line {}: word `{}` appears twice", dup + 1, words[dup]),
+                ));
+            }
+            Some(words)
+        }
+    };
+    let (words, m) = if is_npy(path)? {
+        let m = read_matrix(path)?;
+        let Some(words) = listed.clone() else {
+            return Err(Error::data(
+                path,
+                "a .npy of word vectors has no words: name them with --words (one per line, in the rows' order), or give a keyed file (the release's .ptd, or Arrow/Parquet with a `word` column)",
+            ));
+        };
+        if m.rows != words.len() {
+            return Err(Error::data(
+                path,
+                format!(
+                    "{} rows for {} words in `{}` (row i embeds line i)",
+                    m.rows,
+                    words.len(),
+                    words_file.expect("listed").display()
+                ),
+            ));
+        }
+        (words, m)
+    } else if torch::is_torch_zip(path) {
+        let (keys, m) = torch::read_keyed_vectors(path)?;
+        let words = keys
+            .into_iter()
+            .map(|k| match k {
+                Key::Str(s) => Ok(s),
+                Key::Int(i) => Err(Error::data(
+                    path,
+                    format!("key {i} is an int: word vectors are keyed by word"),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        (words, m)
+    } else {
+        let (batch, m) = read_table_embeddings(path)?;
+        let col = batch
+            .column_by_name("word")
+            .or_else(|| batch.column_by_name("text"))
+            .ok_or_else(|| {
+                Error::columnar(
+                    path,
+                    "no `word` (or `text`) column beside `embedding`: word vectors in Arrow or Parquet are keyed by word",
+                )
+            })?;
+        let col = arrow::compute::cast(col, &DataType::Utf8)
+            .map_err(|e| Error::columnar(path, e.to_string()))?;
+        let words: Vec<String> = col
+            .as_string::<i32>()
+            .iter()
+            .map(|w| w.unwrap_or_default().to_string())
+            .collect();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, w) in words.iter().enumerate() {
+            if let Some(first) = seen.insert(w, i) {
+                return Err(Error::data(
+                    path,
+                    format!("word `{w}` appears twice (rows {first} and {i})"),
+                ));
+            }
+        }
+        (words, m)
+    };
+    if let (Some(listed), false) = (&listed, is_npy(path)?) {
+        let mut a = listed.clone();
+        let mut b = words.clone();
+        a.sort();
+        b.sort();
+        if a != b {
+            let missing: Vec<&String> = listed.iter().filter(|w| !words.contains(w)).collect();
+            return Err(Error::data(
+                path,
+                format!(
+                    "holds {} words, the words file {} (not in this file: {:?})",
+                    words.len(),
+                    listed.len(),
+                    missing.iter().take(5).collect::<Vec<_>>()
+                ),
+            ));
+        }
+    }
+    Ok((words, m))
+}
+
+/// Run `import-embeddings`: raw image embeddings in `dataset_id` order and raw word embeddings.
 pub fn import_embeddings(
     config: &ImportEmbeddingsConfig,
-    dataset: &Path,
+    dataset: &Dataset,
     out_dir: &Path,
+    input_hashes: &std::collections::BTreeMap<String, String>,
 ) -> Result<StageReport> {
-    let n_dataset = crate::io::inspect(dataset, 0)?.rows as usize;
-    let images = read_matrix(&config.images)?;
-    if images.rows != n_dataset {
-        return Err(Error::data(
-            &config.images,
-            format!(
-                "{} rows, but the dataset has {n_dataset} regions (rows must be in dataset_id order)",
-                images.rows
-            ),
-        ));
+    let images = read_images(&config.images, dataset)?;
+    let (words, vectors) = read_words(&config.word_vectors, config.words.as_deref())?;
+    for (m, p) in [
+        (&images.matrix, &config.images),
+        (&vectors, &config.word_vectors),
+    ] {
+        if let Some(row) = first_non_finite(m) {
+            return Err(Error::data(p, format!("row {row} holds NaN or infinity")));
+        }
     }
-    let words_text = std::fs::read_to_string(&config.words)
-        .map_err(|e| Error::io("failed to read", &config.words, e))?;
-    let words: Vec<&str> = words_text.lines().map(str::trim_end).collect();
-    let vectors = read_matrix(&config.word_vectors)?;
-    if vectors.rows != words.len() {
-        return Err(Error::data(
-            &config.word_vectors,
-            format!(
-                "{} rows for {} words in `{}`",
-                vectors.rows,
-                words.len(),
-                config.words.display()
-            ),
-        ));
-    }
-    if let Some(dup) = (1..words.len()).find(|&i| words[..i].contains(&words[i])) {
-        return Err(Error::data(
-            &config.words,
-            format!("line {}: word `{}` appears twice", dup + 1, words[dup]),
-        ));
-    }
-    let (img_head, txt_head) = match &config.heads {
-        Some(p) => (Some(load_head(p, "img")?), Some(load_head(p, "txt")?)),
-        None => (None, None),
-    };
-    let images = prepare(images, img_head.as_ref(), &config.images)?;
-    let vectors = prepare(vectors, txt_head.as_ref(), &config.word_vectors)?;
-    if images.cols != vectors.cols {
+    if images.matrix.cols != vectors.cols {
         return Err(Error::data(
             &config.word_vectors,
             format!(
                 "word embeddings have dimension {}, image embeddings {}",
-                vectors.cols, images.cols
+                vectors.cols, images.matrix.cols
             ),
         ));
     }
+    let n = dataset.len() as i64;
     write_store(
         &out_dir.join("image_embeddings.arrow"),
-        "dataset_id",
-        Arc::new(Int64Array::from_iter_values(0..images.rows as i64)),
-        &images,
+        &[
+            (
+                "dataset_id",
+                Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+            ),
+            (
+                "region_id",
+                Arc::new(Int64Array::from(dataset.region_id.clone())),
+            ),
+        ],
+        &images.matrix,
     )?;
     write_store(
         &out_dir.join("word_embeddings.arrow"),
-        "word",
-        Arc::new(StringArray::from_iter_values(words.iter().copied())),
+        &[(
+            "word",
+            Arc::new(StringArray::from_iter_values(
+                words.iter().map(String::as_str),
+            )) as ArrayRef,
+        )],
         &vectors,
     )?;
-    let hash = |p: &Path| crate::run::fingerprint::hash_file(p);
+    let unit_images = crate::model::heads::unit_norm(&images.matrix);
+    let unit_words = crate::model::heads::unit_norm(&vectors);
+    let file = |label: &str, p: &Path| serde_json::json!({"file": file_name(p), "blake3": input_hashes.get(label)});
     let mut model = serde_json::json!({
         "source": "import-embeddings",
-        "dim": images.cols,
-        "images": {"file": file_name(&config.images), "blake3": hash(&config.images)?},
-        "words": {"file": file_name(&config.words), "blake3": hash(&config.words)?},
-        "word_vectors": {"file": file_name(&config.word_vectors), "blake3": hash(&config.word_vectors)?},
-        "normalised": true,
+        "dim": images.matrix.cols,
+        "images": file("images", &config.images),
+        "images_joined_by": images.joined_by,
+        "word_vectors": file("word_vectors", &config.word_vectors),
+        "vectors": "raw",
+        "unit_norm": {"images": unit_images, "words": unit_words},
     });
-    if let Some(prefix) = &config.heads {
-        let mut heads = serde_json::Map::new();
-        for (label, p) in head_files(prefix) {
-            heads.insert(label, serde_json::json!(hash(&p)?));
-        }
-        model["heads"] = serde_json::Value::Object(heads);
+    if let Some(w) = &config.words {
+        model["words"] = file("words", w);
     }
     crate::run::atomic::write_atomic(
         out_dir.join("model.json"),
@@ -246,15 +427,25 @@ pub fn import_embeddings(
     )?;
     let mut report = StageReport {
         outputs: vec![
-            ("image_embeddings.arrow".into(), Some(images.rows as u64)),
+            (
+                "image_embeddings.arrow".into(),
+                Some(images.matrix.rows as u64),
+            ),
             ("word_embeddings.arrow".into(), Some(vectors.rows as u64)),
             ("model.json".into(), None),
         ],
         ..Default::default()
     };
-    report.count("images", images.rows as u64);
+    report.count("images", images.matrix.rows as u64);
+    report.count("images_not_in_dataset", images.unused as u64);
     report.count("words", vectors.rows as u64);
-    report.count("dim", images.cols as u64);
+    report.count("dim", images.matrix.cols as u64);
+    if images.unused > 0 {
+        report.notes.push(format!(
+            "{} image embedding(s) of regions outside the dataset left out",
+            images.unused
+        ));
+    }
     Ok(report)
 }
 

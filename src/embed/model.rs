@@ -5,8 +5,9 @@
 //!
 //! Image embeddings are committed in chunks (`chunks/<n>.arrow`, with `<n>.failed.json` listing
 //! the inputs of the chunk that could not be read) under a checkpoint of the stage's
-//! fingerprint, so a killed run resumes at the last finished chunk. Every stored vector is L2
-//! normalised.
+//! fingerprint, so a killed run resumes at the last finished chunk. Every stored vector is the
+//! tower's raw output (heads apply to raw outputs, as in the release's `eval.py`); readers
+//! normalise when they compare.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{ints, strs, Dataset};
 use crate::error::{Error, Result};
-use crate::linalg::{normalize_rows, Matrix};
+use crate::linalg::Matrix;
 use crate::model::clip::{ClipModel, MODEL_FILES};
 use crate::model::preprocess::ImageFailure;
 use crate::model::Device;
@@ -97,7 +98,7 @@ impl ModelRunConfig {
     }
 }
 
-/// Normalised image embeddings of a list of files.
+/// Raw image embeddings of a list of files.
 #[derive(Debug)]
 pub struct ImageEmbeddings {
     /// Input positions embedded, ascending; row `i` of `matrix` embeds input `positions[i]`.
@@ -152,8 +153,7 @@ pub fn embed_images_chunked(
             let ids = chunk.positions.iter().map(|&p| p as i64);
             write_store(
                 &store_path,
-                "position",
-                Arc::new(Int64Array::from_iter_values(ids)),
+                &[("position", Arc::new(Int64Array::from_iter_values(ids)))],
                 &chunk.matrix,
             )?;
             chunk
@@ -192,7 +192,7 @@ pub fn embed_images_chunked(
     Ok((out, chunks))
 }
 
-/// One chunk's normalised embeddings, by input position, and its unreadable inputs.
+/// One chunk's raw embeddings, by input position, and its unreadable inputs.
 struct ChunkEmbeddings {
     positions: Vec<usize>,
     matrix: Matrix,
@@ -224,8 +224,7 @@ fn embed_chunk(
         data.extend_from_slice(&b.embeddings.data);
         Ok(())
     })?;
-    let mut matrix = Matrix::new(positions.len(), dim, data)?;
-    normalize_rows(&mut matrix);
+    let matrix = Matrix::new(positions.len(), dim, data)?;
     Ok(ChunkEmbeddings {
         positions,
         matrix,
@@ -247,11 +246,9 @@ fn read_chunk(store_path: &Path, failed_path: &Path) -> Result<ChunkEmbeddings> 
     })
 }
 
-/// Normalised text embeddings.
+/// Raw text embeddings.
 pub fn embed_texts(model: &mut ClipModel, texts: &[&str], batch: usize) -> Result<Matrix> {
-    let mut m = model.embed_texts(texts, batch)?;
-    normalize_rows(&mut m);
-    Ok(m)
+    model.embed_texts(texts, batch)
 }
 
 /// Usable crops of the crops stage: region id → PNG path, and every region's status.
@@ -264,7 +261,7 @@ pub fn crop_files(crops_dir: &Path) -> Result<(BTreeMap<i64, PathBuf>, BTreeMap<
     let mut files = BTreeMap::new();
     let mut statuses = BTreeMap::new();
     for i in 0..region.len() {
-        if matches!(status[i].as_str(), "ok" | "clamped") && file.is_valid(i) {
+        if matches!(status[i].as_str(), "ok" | "clamped" | "padded") && file.is_valid(i) {
             files.insert(region[i], crops_dir.join(file.value(i)));
         }
         statuses.insert(region[i], status[i].clone());
@@ -294,7 +291,7 @@ pub fn write_model_json(
         "model": identity,
         "device": config.device.to_string(),
         "dim": dim,
-        "normalised": true,
+        "vectors": "raw",
     });
     crate::run::atomic::write_atomic(
         out_dir.join("model.json"),
@@ -324,6 +321,9 @@ pub struct EmbedStage {
     pub config: ModelRunConfig,
     /// The stage holding `dataset.parquet`.
     pub dataset_stage: String,
+    /// The stage holding the regions and the triplets' captions: `triplets` (a regenerated
+    /// benchmark) or `import` (the release).
+    pub regions_stage: String,
 }
 
 impl Stage for EmbedStage {
@@ -331,14 +331,20 @@ impl Stage for EmbedStage {
         "embed"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn upstream(&self) -> Vec<&'static str> {
-        vec![
-            "triplets",
-            "crops",
-            crate::dataset::dataset_stage(&self.dataset_stage),
-        ]
+        let regions = if self.regions_stage == "import" {
+            "import"
+        } else {
+            "triplets"
+        };
+        let mut v = vec![regions, "crops"];
+        let d = crate::dataset::dataset_stage(&self.dataset_stage);
+        if !v.contains(&d) {
+            v.push(d);
+        }
+        v
     }
     fn config(&self) -> serde_json::Value {
         self.config.fingerprint_value("model")
@@ -390,7 +396,7 @@ impl Stage for EmbedStage {
             .collect();
         let words: Vec<&str> = words.into_iter().collect();
         let word_m = embed_texts(&mut model, &words, self.config.batch_size)?;
-        let all_captions = captions(&ctx.run_dir.join("triplets"))?;
+        let all_captions = captions(&ctx.run_dir.join(self.upstream()[0]))?;
         let triplet_ids: BTreeSet<i64> = dataset.triplet_id.iter().copied().collect();
         let mut caption_ids = Vec::new();
         let mut caption_texts = Vec::new();
@@ -408,20 +414,29 @@ impl Stage for EmbedStage {
 
         write_store(
             &ctx.output("image_embeddings.arrow"),
-            "dataset_id",
-            Arc::new(Int64Array::from_iter_values(0..images.matrix.rows as i64)),
+            &[
+                (
+                    "dataset_id",
+                    Arc::new(Int64Array::from_iter_values(0..images.matrix.rows as i64)),
+                ),
+                (
+                    "region_id",
+                    Arc::new(Int64Array::from(dataset.region_id.clone())),
+                ),
+            ],
             &images.matrix,
         )?;
         write_store(
             &ctx.output("word_embeddings.arrow"),
-            "word",
-            Arc::new(StringArray::from_iter_values(words.iter().copied())),
+            &[(
+                "word",
+                Arc::new(StringArray::from_iter_values(words.iter().copied())),
+            )],
             &word_m,
         )?;
         write_store(
             &ctx.output("caption_embeddings.arrow"),
-            "triplet_id",
-            Arc::new(Int64Array::from(caption_ids)),
+            &[("triplet_id", Arc::new(Int64Array::from(caption_ids)))],
             &caption_m,
         )?;
         write_model_json(
@@ -501,7 +516,7 @@ pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// `simat embed`: `out/image_embeddings.arrow` (`key` = the image path, `embedding`) and
 /// `out/text_embeddings.arrow` (`text`, `embedding`, one row per line of `texts`), rows in input
-/// order, normalised. Images that cannot be read are left out and reported; the image work is
+/// order, the raw outputs of the towers. Images that cannot be read are left out and reported; the image work is
 /// checkpointed under `out/chunks` and resumes after a crash.
 pub fn embed_files(
     config: &ModelRunConfig,
@@ -517,6 +532,8 @@ pub fn embed_files(
     if !images.is_empty() {
         let files = list_images(images)?;
         let mut h = blake3::Hasher::new();
+        // Chunks of an older simat (normalised vectors) must not be resumed.
+        h.update(b"raw vectors\0");
         h.update(identity.to_string().as_bytes());
         for f in &files {
             h.update(f.to_string_lossy().as_bytes());
@@ -532,8 +549,7 @@ pub fn embed_files(
         );
         write_store(
             &out.join("image_embeddings.arrow"),
-            "key",
-            Arc::new(keys),
+            &[("key", Arc::new(keys))],
             &emb.matrix,
         )?;
         chunks.finish();
@@ -553,8 +569,10 @@ pub fn embed_files(
         let m = embed_texts(&mut model, &lines, config.batch_size)?;
         write_store(
             &out.join("text_embeddings.arrow"),
-            "text",
-            Arc::new(StringArray::from_iter_values(lines.iter().copied())),
+            &[(
+                "text",
+                Arc::new(StringArray::from_iter_values(lines.iter().copied())),
+            )],
             &m,
         )?;
         report.texts = m.rows;

@@ -2,6 +2,7 @@
 //! schema descriptions kept under `schemas/`.
 
 pub mod json_stream;
+pub mod torch;
 
 use std::fs::File;
 use std::io::Read;

@@ -7,6 +7,7 @@
 //! When none is found, the error says so in one sentence, with both ways to fix it.
 
 pub mod clip;
+pub mod heads;
 pub mod preprocess;
 pub mod resample;
 pub mod tokenizer;

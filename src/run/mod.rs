@@ -28,7 +28,7 @@ pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
 
 /// Every stage simat knows, in pipeline order.
 pub const STAGE_ORDER: &[&str] = &[
-    "synth", "ingest", "triplets", "crops", "oracle", "select", "import", "embed", "queries",
+    "synth", "import", "ingest", "triplets", "crops", "oracle", "select", "embed", "queries",
     "retrieve", "score",
 ];
 
