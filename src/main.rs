@@ -122,6 +122,11 @@ enum Command {
         /// Fraction of relationships planted with the SIMAT vocabulary.
         #[arg(long, default_value_t = 0.02)]
         plant_rate: f64,
+        /// Instead: render stand-in JPEGs for the images of this SIMAT release's benchmark
+        /// regions (boxes and names drawn), for running the official pipeline without Visual
+        /// Genome's images.
+        #[arg(long, value_name = "RELEASE")]
+        stand_in_for: Option<PathBuf>,
     },
     /// The dataset of a regenerated benchmark: RUN/select/dataset.parquet.
     Select {
@@ -444,7 +449,22 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             seed,
             render,
             plant_rate,
+            stand_in_for,
         } => {
+            if let Some(release) = stand_in_for {
+                let start = std::time::Instant::now();
+                let n = simat::synth::render_stand_ins(&release, &out, ui)?;
+                ui.status(
+                    "Finished",
+                    format!(
+                        "{n} stand-in images for {} in {} in {:.2}s",
+                        release.display(),
+                        out.display(),
+                        start.elapsed().as_secs_f64()
+                    ),
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             if !(0.0..=1.0).contains(&plant_rate) {
                 anyhow::bail!("--plant-rate must be between 0 and 1, got {plant_rate}");
             }

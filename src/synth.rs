@@ -761,19 +761,25 @@ fn colour_of(name: &str) -> Rgb<u8> {
 }
 
 fn draw_rect(img: &mut RgbImage, o: &SynObject, colour: Rgb<u8>) {
+    draw_box(img, [o.x, o.y, o.x + o.w, o.y + o.h], colour);
+}
+
+/// A two-pixel frame of the box `x1, y1, x2, y2` (exclusive ends), cut to the image.
+fn draw_box(img: &mut RgbImage, b: [i64; 4], colour: Rgb<u8>) {
     let (w, h) = (img.width() as i64, img.height() as i64);
-    let x2 = (o.x + o.w).min(w) - 1;
-    let y2 = (o.y + o.h).min(h) - 1;
+    let (x1, y1) = (b[0], b[1]);
+    let x2 = b[2].min(w) - 1;
+    let y2 = b[3].min(h) - 1;
     for t in 0..2 {
-        for x in o.x..=x2 {
-            for y in [o.y + t, y2 - t] {
+        for x in x1..=x2 {
+            for y in [y1 + t, y2 - t] {
                 if (0..h).contains(&y) && (0..w).contains(&x) {
                     img.put_pixel(x as u32, y as u32, colour);
                 }
             }
         }
-        for y in o.y..=y2 {
-            for x in [o.x + t, x2 - t] {
+        for y in y1..=y2 {
+            for x in [x1 + t, x2 - t] {
                 if (0..h).contains(&y) && (0..w).contains(&x) {
                     img.put_pixel(x as u32, y as u32, colour);
                 }
@@ -822,6 +828,126 @@ fn render_image(img: &SynImage, dir: &Path) -> Result<PathBuf> {
         .write_with_encoder(encoder)
         .map_err(|e| Error::io("failed to encode", &path, std::io::Error::other(e)))?;
     file.commit()
+}
+
+/// Stand-in images for the official release: one JPEG `<image_id>.jpg` per image of its
+/// benchmark regions (the regions of `triplets.csv`), large enough for every box of the image in
+/// `retrieval_db.tsv`, each subject and object drawn as a box in a colour of its name with the
+/// name written in it. They let the official pipeline run end to end where Visual Genome's
+/// images are not at hand; scores on them say nothing about a model. Returns the images written.
+pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Result<u64> {
+    use std::collections::{BTreeMap, HashSet};
+    let tr = release.join("triplets.csv");
+    let mut rd = csv::Reader::from_path(&tr).map_err(|e| Error::data(&tr, e.to_string()))?;
+    let col = |h: &csv::StringRecord, name: &str, p: &Path| {
+        h.iter()
+            .position(|c| c == name)
+            .ok_or_else(|| Error::data(p, format!("no `{name}` column")))
+    };
+    let h = rd
+        .headers()
+        .map_err(|e| Error::data(&tr, e.to_string()))?
+        .clone();
+    let ci = col(&h, "region_id", &tr)?;
+    let mut benchmark: HashSet<i64> = HashSet::new();
+    for (row, rec) in rd.records().enumerate() {
+        let rec = rec.map_err(|e| Error::data(&tr, format!("row {}: {e}", row + 1)))?;
+        let id = rec[ci]
+            .trim()
+            .parse()
+            .map_err(|_| Error::data(&tr, format!("row {}: region_id {:?}", row + 1, &rec[ci])))?;
+        benchmark.insert(id);
+    }
+    let db = release.join("retrieval_db.tsv");
+    let mut rd = csv::ReaderBuilder::new()
+        .delimiter(b'\t')
+        .from_path(&db)
+        .map_err(|e| Error::data(&db, e.to_string()))?;
+    let h = rd
+        .headers()
+        .map_err(|e| Error::data(&db, e.to_string()))?
+        .clone();
+    let c: Vec<usize> = [
+        "region_id",
+        "image_id",
+        "subj",
+        "obj",
+        "subj_bbox",
+        "obj_bbox",
+    ]
+    .iter()
+    .map(|n| col(&h, n, &db))
+    .collect::<Result<_>>()?;
+    type Drawn = Vec<(String, [i64; 4])>;
+    let mut images: BTreeMap<i64, Drawn> = BTreeMap::new();
+    let parse_box = |s: &str, row: usize| -> Result<[i64; 4]> {
+        let v: Vec<i64> = s
+            .split(',')
+            .map(|x| x.trim().parse::<f64>().map(|f| f.round() as i64))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::data(&db, format!("row {row}: box {s:?} is not x1,y1,x2,y2")))?;
+        v.try_into()
+            .map_err(|_| Error::data(&db, format!("row {row}: box {s:?} is not x1,y1,x2,y2")))
+    };
+    for (row, rec) in rd.records().enumerate() {
+        let row = row + 1;
+        let rec = rec.map_err(|e| Error::data(&db, format!("row {row}: {e}")))?;
+        let (Ok(region), Ok(image)) = (
+            rec[c[0]].trim().parse::<i64>(),
+            rec[c[1]].trim().parse::<i64>(),
+        ) else {
+            return Err(Error::data(
+                &db,
+                format!("row {row}: region_id or image_id is not a number"),
+            ));
+        };
+        if !benchmark.contains(&region) {
+            continue;
+        }
+        let e = images.entry(image).or_default();
+        e.push((rec[c[2]].to_string(), parse_box(&rec[c[4]], row)?));
+        e.push((rec[c[3]].to_string(), parse_box(&rec[c[5]], row)?));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io("failed to create directory", out, e))?;
+    let images: Vec<(i64, Drawn)> = images.into_iter().collect();
+    let bar = ui.progress(images.len() as u64, "images", "rendering");
+    images
+        .par_iter()
+        .try_for_each(|(image_id, boxes)| -> Result<()> {
+            let w = boxes
+                .iter()
+                .map(|b| b.1[2])
+                .max()
+                .unwrap_or(64)
+                .clamp(64, 4096)
+                + 16;
+            let h = boxes
+                .iter()
+                .map(|b| b.1[3])
+                .max()
+                .unwrap_or(64)
+                .clamp(64, 4096)
+                + 16;
+            let tint = (image_id % 40) as u8;
+            let mut canvas =
+                RgbImage::from_pixel(w as u32, h as u32, Rgb([215 + tint, 220, 225 - tint]));
+            for (name, b) in boxes {
+                let colour = colour_of(name);
+                draw_box(&mut canvas, *b, colour);
+                draw_text(&mut canvas, name, b[0].max(0) + 3, b[1].max(0) + 3, colour);
+            }
+            let path = out.join(format!("{image_id}.jpg"));
+            let mut file = AtomicFile::create(&path)?;
+            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(file.writer(), 85);
+            canvas
+                .write_with_encoder(encoder)
+                .map_err(|e| Error::io("failed to encode", &path, std::io::Error::other(e)))?;
+            file.commit()?;
+            bar.inc(1);
+            Ok(())
+        })?;
+    bar.finish_and_clear();
+    Ok(images.len() as u64)
 }
 
 /// The synth stage of a pipeline: writes a synthetic VG under `RUN/synth/vg/`.

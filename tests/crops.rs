@@ -96,6 +96,36 @@ fn every_status_is_counted_and_pixels_are_right() {
     assert_eq!(crop.dimensions(), (45, 65));
     assert_eq!(crop.get_pixel(0, 0).0, [5, 5, 0]);
     assert_eq!(crop.get_pixel(44, 64).0, [49, 69, 49 ^ 69]);
+
+    // `--outside pad`, as Pillow's Image.crop: the box as given, black outside the image.
+    run_ok(
+        &[
+            "crops",
+            "--images",
+            s(&vg.join("images")),
+            "--outside",
+            "pad",
+            "--run",
+            s(&run),
+        ],
+        1,
+    );
+    let b = simat::io::read_all(&run.join("crops/crops.parquet")).unwrap();
+    let status = b.column_by_name("status").unwrap().as_string::<i32>();
+    assert_eq!(status.value(1), "padded");
+    let crop = image::open(
+        run.join("crops")
+            .join(format!("crops/{}.png", region.value(1))),
+    )
+    .unwrap()
+    .to_rgb8();
+    // The union box 90..140 × 40..100 of a 120 × 80 image.
+    assert_eq!(crop.dimensions(), (50, 60));
+    assert_eq!(crop.get_pixel(0, 0).0, [90, 40, 90 ^ 40]);
+    assert_eq!(crop.get_pixel(29, 39).0, [119, 79, 119 ^ 79]);
+    assert_eq!(crop.get_pixel(30, 0).0, [0, 0, 0]);
+    assert_eq!(crop.get_pixel(0, 40).0, [0, 0, 0]);
+    assert_eq!(crop.get_pixel(49, 59).0, [0, 0, 0]);
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod embed;
 mod engine;
 mod ingest;
 mod model;
+mod official;
 mod schemas;
 mod simat;
 mod triplets;
