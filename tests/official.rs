@@ -150,13 +150,11 @@ fn official_pipeline_equals_its_steps_one_by_one() {
         ],
         0,
     );
-    for stage in ["retrieve/retrievals.parquet"] {
-        assert_eq!(
-            simat::io::read_all(&steps.join(stage)).unwrap(),
-            simat::io::read_all(&run.join(stage)).unwrap(),
-            "{stage}"
-        );
-    }
+    let retrievals = "retrieve/retrievals.parquet";
+    assert_eq!(
+        simat::io::read_all(&steps.join(retrievals)).unwrap(),
+        simat::io::read_all(&run.join(retrievals)).unwrap()
+    );
     let a = simat::score::ScoresFile::read(&run.join("score/scores.json")).unwrap();
     let b = simat::score::ScoresFile::read(&steps.join("score/scores.json")).unwrap();
     assert_eq!(a.scores, b.scores);
