@@ -192,3 +192,116 @@ fn image_files_stream_through_batches() {
         .unwrap();
     assert!(max_abs_diff(&rows[3], &alone[0]) < 1e-5);
 }
+
+/// The same tiny CLIP in Hugging Face's layouts (`scripts/export_clip.py tiny --hf`: a
+/// transformers CLIPModel holding the same weights, optimum's names, CLIPTokenizerFast's
+/// tokenizer.json, preprocessor_config.json and no model.toml) embeds to the same vectors as the
+/// open_clip layout: the separate towers give the raw outputs, the combined model.onnx the
+/// normalised ones (as CLIPModel returns them).
+#[test]
+fn hugging_face_layouts_embed_as_open_clip() {
+    use simat::model::clip::ClipModel;
+    use simat::model::tokenizer::Convention;
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip-hf");
+    let r = clip_reference();
+    let rows = r["texts"].as_array().unwrap();
+    let texts = texts_of(rows);
+    // Token ids: open_clip's, padded with <|endoftext|> instead of 0, with the mask.
+    let mut model = ClipModel::open(&hf, simat::model::Device::Cpu, 1).unwrap();
+    assert_eq!(model.tokenizer().convention, Convention::HuggingFace);
+    let enc = model.tokenizer().encode_with_mask(&texts).unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let want: Vec<i64> = row["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let used = want.iter().rposition(|&t| t != 0).unwrap() + 1;
+        assert_eq!(
+            &enc.ids[i * 77..i * 77 + used],
+            &want[..used],
+            "{:?}",
+            texts[i]
+        );
+        assert!(enc.ids[i * 77 + used..(i + 1) * 77]
+            .iter()
+            .all(|&t| t == 49407));
+        assert!(enc.mask[i * 77..i * 77 + used].iter().all(|&m| m == 1));
+        assert!(enc.mask[i * 77 + used..(i + 1) * 77]
+            .iter()
+            .all(|&m| m == 0));
+    }
+    let mut open_clip = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
+    let want_t = open_clip.embed_texts(&texts, 4).unwrap();
+    let got_t = model.embed_texts(&texts, 4).unwrap();
+    assert!(max_abs_diff(&got_t.data, &want_t.data) < 1e-5);
+    let refs = tiny_clip().join("reference");
+    let images: Vec<std::path::PathBuf> = r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|im| refs.join(im["file"].as_str().unwrap()))
+        .collect();
+    let embed_images = |m: &mut ClipModel| {
+        let mut data = Vec::new();
+        m.embed_image_files(&images, 2, |b| {
+            assert!(b.failed.is_empty());
+            data.extend_from_slice(&b.embeddings.data);
+            Ok(())
+        })
+        .unwrap();
+        simat::linalg::Matrix::new(images.len(), 32, data).unwrap()
+    };
+    let want_i = embed_images(&mut open_clip);
+    assert!(max_abs_diff(&embed_images(&mut model).data, &want_i.data) < 1e-5);
+
+    // The combined graph alone: normalised outputs, placeholders for the other tower.
+    let dir = tempdir();
+    for f in ["model.onnx", "tokenizer.json", "preprocessor_config.json"] {
+        std::fs::copy(hf.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut combined = ClipModel::open(dir.path(), simat::model::Device::Cpu, 1).unwrap();
+    let unit = |mut m: simat::linalg::Matrix| {
+        simat::linalg::normalize_rows(&mut m);
+        m
+    };
+    let got = combined.embed_texts(&texts, 4).unwrap();
+    assert!(max_abs_diff(&got.data, &unit(want_t).data) < 1e-5);
+    assert!(max_abs_diff(&embed_images(&mut combined).data, &unit(want_i).data) < 1e-5);
+}
+
+/// A graph without the inputs and outputs of a CLIP tower is refused before the first batch,
+/// with what it has.
+#[test]
+fn a_graph_with_other_names_is_refused_with_its_names() {
+    let dir = tempdir();
+    for f in ["image.onnx", "text.onnx"] {
+        std::fs::copy(tiny_model(), dir.path().join(f)).unwrap();
+    }
+    std::fs::copy(
+        tiny_clip().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let texts = dir.path().join("t.txt");
+    std::fs::write(&texts, "a cat\n").unwrap();
+    let err = stderr(&run_ok(
+        &[
+            "embed",
+            "--model",
+            s(dir.path()),
+            "--texts",
+            s(&texts),
+            "--out",
+            s(&dir.path().join("out")),
+        ],
+        2,
+    ));
+    assert!(
+        err.contains("text.onnx")
+            && err.contains(r#"inputs ["input"] and outputs ["embeds"]"#)
+            && err.contains("input_ids"),
+        "{err}"
+    );
+}

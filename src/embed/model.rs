@@ -74,22 +74,22 @@ impl ModelRunConfig {
 
     /// The model's files as stage inputs.
     pub fn inputs(&self, stage: &str) -> Result<Vec<(String, PathBuf)>> {
-        let mut v = Vec::new();
-        for f in MODEL_FILES {
-            let p = self.model.join(f);
-            if p.is_file() {
-                v.push((format!("model/{f}"), p));
-            } else if f != "model.toml" {
-                return Err(Error::stage(
-                    stage,
-                    format!(
-                        "model folder `{}` has no {f} (scripts/export_clip.py writes one)",
-                        self.model.display()
-                    ),
-                ));
-            }
+        crate::model::clip::tower_files(&self.model)
+            .map_err(|e| Error::stage(stage, e.to_string()))?;
+        if !self.model.join("tokenizer.json").is_file() {
+            return Err(Error::stage(
+                stage,
+                format!(
+                    "model folder `{}` has no tokenizer.json (scripts/export_clip.py writes one)",
+                    self.model.display()
+                ),
+            ));
         }
-        Ok(v)
+        Ok(MODEL_FILES
+            .iter()
+            .map(|f| (format!("model/{f}"), self.model.join(f)))
+            .filter(|(_, p)| p.is_file())
+            .collect())
     }
 
     /// Open the model.

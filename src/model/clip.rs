@@ -1,9 +1,20 @@
-//! A CLIP-family model folder, as `scripts/export_clip.py` writes it:
+//! A CLIP-family model folder, in one of two layouts:
 //!
-//! - `image.onnx`: `pixel_values [N,3,H,W] f32 → embeds [N,D]`
-//! - `text.onnx`: `input_ids [N,context] i64 → embeds [N,D]`
-//! - `tokenizer.json`: CLIP's BPE (Hugging Face `tokenizers`)
-//! - `model.toml` (optional): image size, mean, std, context length; CLIP's values when absent.
+//! - **open_clip** (`scripts/export_clip.py`): `image.onnx` (`pixel_values [N,3,H,W] f32 →
+//!   embeds [N,D]`), `text.onnx` (`input_ids [N,context] i64 → embeds [N,D]`), `tokenizer.json`
+//!   (CLIP's BPE, open_clip's special tokens), `model.toml` (optional: image size, mean, std,
+//!   context length; CLIP's values when absent).
+//! - **Hugging Face** (an optimum export, `scripts/export_clip.py --hf`): `vision_model.onnx` and
+//!   `text_model.onnx`, or one combined `model.onnx`; inputs `pixel_values`, `input_ids` and
+//!   `attention_mask`; outputs `image_embeds` and `text_embeds`; `tokenizer.json` of
+//!   `CLIPTokenizerFast`; `preprocessor_config.json` (`image_mean`, `image_std`, `crop_size`)
+//!   when there is no `model.toml`. Note that Hugging Face's `CLIPModel` (what a combined
+//!   `model.onnx` holds) normalises its embeddings, so its raw outputs are not available; the
+//!   separate `*WithProjection` towers give them.
+//!
+//! Inputs and outputs are found by name when a tower is loaded, before its first batch, and a
+//! graph that lacks them is refused with the list of what it has. A combined graph is fed a
+//! one-image (or one-text) placeholder for the tower that is not wanted.
 //!
 //! The towers are loaded when first used, so a text-only job never loads the image tower. Image
 //! files are decoded and preprocessed on a pool of decoder threads, a batch ahead of inference,
@@ -20,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::preprocess::{ImageFailure, Preprocess};
 use super::tokenizer::ClipTokenizer;
-use super::{Device, OnnxModel};
+use super::{Device, Input, OnnxModel};
 use crate::error::{Error, Result};
 use crate::linalg::Matrix;
 
@@ -30,8 +41,92 @@ pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)] // open_clip's constants, digit for digit
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
-/// The files of a model folder.
-pub const MODEL_FILES: [&str; 4] = ["image.onnx", "text.onnx", "tokenizer.json", "model.toml"];
+/// The files a model folder may hold (the fingerprint covers those present).
+pub const MODEL_FILES: [&str; 8] = [
+    "image.onnx",
+    "text.onnx",
+    "vision_model.onnx",
+    "text_model.onnx",
+    "model.onnx",
+    "tokenizer.json",
+    "model.toml",
+    "preprocessor_config.json",
+];
+
+/// The graphs of a folder: (image tower, text tower), possibly the same combined file.
+pub fn tower_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let find = |names: &[&str]| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
+    let combined = dir.join("model.onnx");
+    let image = find(&["image.onnx", "vision_model.onnx"]);
+    let text = find(&["text.onnx", "text_model.onnx"]);
+    match (image, text) {
+        (Some(i), Some(t)) => Ok((i, t)),
+        (i, t) if combined.is_file() => Ok((
+            i.unwrap_or_else(|| combined.clone()),
+            t.unwrap_or_else(|| combined.clone()),
+        )),
+        _ => Err(Error::Config {
+            path: dir.to_path_buf(),
+            message: "not a model folder: it needs image.onnx and text.onnx (open_clip, scripts/export_clip.py), vision_model.onnx and text_model.onnx, or one model.onnx (Hugging Face / optimum), and tokenizer.json".into(),
+        }),
+    }
+}
+
+/// How a tower's graph is fed and read, resolved from its input and output names.
+#[derive(Debug, Clone)]
+struct TowerIo {
+    ids: Option<String>,
+    mask: Option<String>,
+    pixels: Option<String>,
+    output: String,
+}
+
+const IDS_NAMES: [&str; 3] = ["input_ids", "text", "tokens"];
+const PIXEL_NAMES: [&str; 3] = ["pixel_values", "image", "images"];
+const TEXT_OUTPUTS: [&str; 3] = ["text_embeds", "text_features", "embeds"];
+const IMAGE_OUTPUTS: [&str; 3] = ["image_embeds", "image_features", "embeds"];
+
+impl TowerIo {
+    fn resolve(model: &OnnxModel, image: bool) -> Result<TowerIo> {
+        let (inputs, outputs) = (model.inputs(), model.outputs());
+        let pick = |names: &[&str], from: &[String]| {
+            names
+                .iter()
+                .find(|n| from.iter().any(|f| f == *n))
+                .map(|n| n.to_string())
+        };
+        let io = TowerIo {
+            ids: pick(&IDS_NAMES, &inputs),
+            mask: inputs.iter().find(|i| *i == "attention_mask").cloned(),
+            pixels: pick(&PIXEL_NAMES, &inputs),
+            output: pick(if image { &IMAGE_OUTPUTS } else { &TEXT_OUTPUTS }, &outputs)
+                .unwrap_or_default(),
+        };
+        let known = |i: &String| {
+            Some(i) == io.ids.as_ref()
+                || Some(i) == io.mask.as_ref()
+                || Some(i) == io.pixels.as_ref()
+        };
+        let needed = if image {
+            io.pixels.is_some()
+        } else {
+            io.ids.is_some()
+        };
+        if !needed || io.output.is_empty() || !inputs.iter().all(known) {
+            return Err(Error::Onnx {
+                model: model.path().to_path_buf(),
+                message: format!(
+                    "the graph has inputs {inputs:?} and outputs {outputs:?}; as the {} tower simat needs the input {} (with optionally attention_mask{}) and an output named one of {:?}",
+                    if image { "image" } else { "text" },
+                    if image { "pixel_values" } else { "input_ids" },
+                    if image { ", input_ids for a combined graph" } else { ", pixel_values for a combined graph" },
+                    if image { IMAGE_OUTPUTS } else { TEXT_OUTPUTS },
+                ),
+            });
+        }
+        Ok(io)
+    }
+}
 
 /// `model.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +167,68 @@ fn default_context_length() -> usize {
     77
 }
 
+/// Hugging Face's `preprocessor_config.json` (the fields simat uses).
+#[derive(Debug, Deserialize)]
+struct PreprocessorConfig {
+    image_mean: Option<[f32; 3]>,
+    image_std: Option<[f32; 3]>,
+    crop_size: Option<serde_json::Value>,
+    size: Option<serde_json::Value>,
+    resample: Option<u32>,
+}
+
+fn side_of(v: &serde_json::Value) -> Option<u32> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
+        serde_json::Value::Object(o) => o
+            .get("shortest_edge")
+            .or_else(|| o.get("height"))
+            .and_then(|n| n.as_u64())
+            .map(|n| n as u32),
+        _ => None,
+    }
+}
+
+impl ModelConfig {
+    /// The preprocessing of a Hugging Face `preprocessor_config.json`: shortest side to
+    /// `size`, centre crop of `crop_size` (they must be equal, as CLIP's are), bicubic.
+    pub fn from_preprocessor_config(path: &Path) -> Result<ModelConfig> {
+        let bad = |m: String| Error::Config {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("failed to read", path, e))?;
+        let p: PreprocessorConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut c = ModelConfig::default();
+        if let Some(m) = p.image_mean {
+            c.mean = m;
+        }
+        if let Some(s) = p.image_std {
+            c.std = s;
+        }
+        let crop = p.crop_size.as_ref().and_then(side_of);
+        let size = p.size.as_ref().and_then(side_of);
+        if let (Some(a), Some(b)) = (crop, size) {
+            if a != b {
+                return Err(bad(format!(
+                    "resize to {b} then crop {a}: simat's preprocessing resizes the short side to the crop size (CLIP's)"
+                )));
+            }
+        }
+        if let Some(side) = crop.or(size) {
+            c.image_size = side;
+        }
+        if p.resample.is_some_and(|r| r != 3) {
+            return Err(bad(format!(
+                "resample {} is not bicubic (3), which simat's preprocessing is",
+                p.resample.unwrap_or_default()
+            )));
+        }
+        Ok(c)
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         toml::from_str("").expect("defaults")
@@ -108,8 +265,10 @@ pub struct ClipModel {
     preprocess: Preprocess,
     device: Device,
     threads: usize,
-    image: Option<OnnxModel>,
-    text: Option<OnnxModel>,
+    image_file: PathBuf,
+    text_file: PathBuf,
+    image: Option<(OnnxModel, TowerIo)>,
+    text: Option<(OnnxModel, TowerIo)>,
     decoders: Option<rayon::ThreadPool>,
 }
 
@@ -134,18 +293,15 @@ impl ClipModel {
                 message: "model folder not found (make one with scripts/export_clip.py)".into(),
             });
         }
-        for f in &MODEL_FILES[..3] {
-            if !dir.join(f).is_file() {
-                return Err(Error::Config {
-                    path: dir.to_path_buf(),
-                    message: format!(
-                        "not a model folder: no {f} (expected {}; scripts/export_clip.py writes them)",
-                        MODEL_FILES.join(", ")
-                    ),
-                });
-            }
+        let (image_file, text_file) = tower_files(dir)?;
+        if !dir.join("tokenizer.json").is_file() {
+            return Err(Error::Config {
+                path: dir.to_path_buf(),
+                message: "not a model folder: no tokenizer.json".into(),
+            });
         }
         let toml_path = dir.join("model.toml");
+        let hf_path = dir.join("preprocessor_config.json");
         let config: ModelConfig = if toml_path.is_file() {
             let text = std::fs::read_to_string(&toml_path)
                 .map_err(|e| Error::io("failed to read", &toml_path, e))?;
@@ -153,6 +309,8 @@ impl ClipModel {
                 path: toml_path.clone(),
                 message: e.to_string(),
             })?
+        } else if hf_path.is_file() {
+            ModelConfig::from_preprocessor_config(&hf_path)?
         } else {
             ModelConfig::default()
         };
@@ -171,6 +329,8 @@ impl ClipModel {
             preprocess,
             device,
             threads,
+            image_file,
+            text_file,
             image: None,
             text: None,
             decoders: None,
@@ -216,31 +376,74 @@ impl ClipModel {
         })
     }
 
-    fn tower(&mut self, image: bool) -> Result<&mut OnnxModel> {
+    /// Load a tower and resolve its inputs and outputs (before its first batch).
+    fn tower(&mut self, image: bool) -> Result<&mut (OnnxModel, TowerIo)> {
         let (slot, file) = if image {
-            (&mut self.image, "image.onnx")
+            (&mut self.image, &self.image_file)
         } else {
-            (&mut self.text, "text.onnx")
+            (&mut self.text, &self.text_file)
         };
         if slot.is_none() {
-            *slot = Some(OnnxModel::load_on(
-                &self.dir.join(file),
-                self.threads,
-                self.device,
-            )?);
+            let model = OnnxModel::load_on(file, self.threads, self.device)?;
+            let io = TowerIo::resolve(&model, image)?;
+            *slot = Some((model, io));
         }
         Ok(slot.as_mut().expect("loaded"))
     }
 
+    /// Run a tower on `n` texts (`ids`, `mask`) or `n` images (`pixels`), with placeholders for
+    /// the other inputs of a combined graph.
+    fn run_tower(
+        &mut self,
+        image: bool,
+        n: usize,
+        ids: &[i64],
+        mask: &[i64],
+        pixels: &[f32],
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let context = self.config.context_length;
+        let side = self.config.image_size as usize;
+        // Placeholders: one start/end text, one black image.
+        let one_text = self.tokenizer.encode_with_mask(&[""])?;
+        let one_image = vec![0f32; 3 * side * side];
+        let (model, io) = self.tower(image)?;
+        let (text_n, ids, mask) = if image {
+            (1, &one_text.ids[..], &one_text.mask[..])
+        } else {
+            (n, ids, mask)
+        };
+        let (image_n, pixels) = if image {
+            (n, pixels)
+        } else {
+            (1, &one_image[..])
+        };
+        let mut feed: Vec<(&str, Vec<usize>, Input<'_>)> = Vec::new();
+        if let Some(name) = &io.ids {
+            feed.push((name, vec![text_n, context], Input::I64(ids)));
+        }
+        if let Some(name) = &io.mask {
+            feed.push((name, vec![text_n, context], Input::I64(mask)));
+        }
+        if let Some(name) = &io.pixels {
+            feed.push((name, vec![image_n, 3, side, side], Input::F32(pixels)));
+        }
+        let output = io.output.clone();
+        model.run_named(&feed, &output)
+    }
+
     fn check_output(
         &self,
-        file: &str,
+        image: bool,
         n: usize,
         shape: &[usize],
         values: Vec<f32>,
     ) -> Result<Matrix> {
         let bad = |m: String| Error::Onnx {
-            model: self.dir.join(file),
+            model: if image {
+                self.image_file.clone()
+            } else {
+                self.text_file.clone()
+            },
             message: m,
         };
         if shape.len() != 2 || shape[0] != n {
@@ -263,9 +466,10 @@ impl ClipModel {
         let mut data = Vec::new();
         let mut dim = self.config.embed_dim.unwrap_or(0);
         for chunk in texts.chunks(batch.max(1)) {
-            let ids = self.tokenizer.encode(chunk)?;
-            let (shape, values) = self.tower(false)?.run(&[chunk.len(), context], &ids)?;
-            let m = self.check_output("text.onnx", chunk.len(), &shape, values)?;
+            let enc = self.tokenizer.encode_with_mask(chunk)?;
+            debug_assert_eq!(enc.ids.len(), chunk.len() * context);
+            let (shape, values) = self.run_tower(false, chunk.len(), &enc.ids, &enc.mask, &[])?;
+            let m = self.check_output(false, chunk.len(), &shape, values)?;
             dim = m.cols;
             data.extend_from_slice(&m.data);
         }
@@ -274,9 +478,8 @@ impl ClipModel {
 
     /// Raw image embeddings of preprocessed pixels (`n × 3 × size × size`).
     pub fn embed_pixels(&mut self, n: usize, pixels: &[f32]) -> Result<Matrix> {
-        let side = self.config.image_size as usize;
-        let (shape, values) = self.tower(true)?.run(&[n, 3, side, side], pixels)?;
-        self.check_output("image.onnx", n, &shape, values)
+        let (shape, values) = self.run_tower(true, n, &[], &[], pixels)?;
+        self.check_output(true, n, &shape, values)
     }
 
     /// Embed image files `batch` at a time, calling `sink` with each batch in input order.

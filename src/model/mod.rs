@@ -143,6 +143,15 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// The values of one named input.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// Floats (pixels).
+    F32(&'a [f32]),
+    /// Integers (token ids, attention masks).
+    I64(&'a [i64]),
+}
+
 /// A loaded ONNX model.
 #[derive(Debug)]
 pub struct OnnxModel {
@@ -216,6 +225,44 @@ impl OnnxModel {
             .iter()
             .map(|o| o.name().to_string())
             .collect()
+    }
+
+    /// Run with named inputs; returns the shape and values of the output `output`.
+    pub fn run_named(
+        &mut self,
+        inputs: &[(&str, Vec<usize>, Input<'_>)],
+        output: &str,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let path = self.path.clone();
+        let onnx = |e: &dyn std::fmt::Display| Error::Onnx {
+            model: path.clone(),
+            message: e.to_string(),
+        };
+        let mut feed: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = Vec::with_capacity(inputs.len());
+        for (name, shape, data) in inputs {
+            let shape_i64: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let value: ort::session::SessionInputValue<'_> = match data {
+                Input::F32(v) => TensorRef::from_array_view((shape_i64, *v))
+                    .map_err(|e| onnx(&e))?
+                    .into(),
+                Input::I64(v) => TensorRef::from_array_view((shape_i64, *v))
+                    .map_err(|e| onnx(&e))?
+                    .into(),
+            };
+            feed.push((std::borrow::Cow::Owned(name.to_string()), value));
+        }
+        let outputs = self.session.run(feed).map_err(|e| onnx(&e))?;
+        let value = outputs
+            .get(output)
+            .ok_or_else(|| onnx(&format!("the graph has no output `{output}`")))?;
+        let (out_shape, values) = value.try_extract_tensor::<f32>().map_err(|e| onnx(&e))?;
+        Ok((
+            out_shape.iter().map(|&d| d as usize).collect(),
+            values.to_vec(),
+        ))
     }
 
     /// Run on one f32 input of `shape`; returns the first output's shape and values.
