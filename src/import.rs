@@ -93,14 +93,14 @@ impl Stage for ImportStage {
     }
 }
 
-fn csv_reader(path: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>> {
+pub(crate) fn csv_reader(path: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>> {
     csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .from_path(path)
         .map_err(|e| Error::data(path, e.to_string()))
 }
 
-fn column(headers: &csv::StringRecord, name: &str, path: &Path) -> Result<usize> {
+pub(crate) fn column(headers: &csv::StringRecord, name: &str, path: &Path) -> Result<usize> {
     headers
         .iter()
         .position(|h| h == name)
@@ -124,7 +124,7 @@ fn field<T: std::str::FromStr>(
     })
 }
 
-fn parse_box(s: &str, name: &str, row: usize, path: &Path) -> Result<[i32; 4]> {
+pub(crate) fn parse_box(s: &str, name: &str, row: usize, path: &Path) -> Result<[i32; 4]> {
     let v: Vec<i32> = s
         .split(',')
         .map(|x| x.trim().parse::<f64>().map(|f| f.round() as i32))

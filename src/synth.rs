@@ -836,19 +836,15 @@ fn render_image(img: &SynImage, dir: &Path) -> Result<PathBuf> {
 /// name written in it. They let the official pipeline run end to end where Visual Genome's
 /// images are not at hand; scores on them say nothing about a model. Returns the images written.
 pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Result<u64> {
+    use crate::import::{column, csv_reader, parse_box};
     use std::collections::{BTreeMap, HashSet};
     let tr = release.join("triplets.csv");
-    let mut rd = csv::Reader::from_path(&tr).map_err(|e| Error::data(&tr, e.to_string()))?;
-    let col = |h: &csv::StringRecord, name: &str, p: &Path| {
-        h.iter()
-            .position(|c| c == name)
-            .ok_or_else(|| Error::data(p, format!("no `{name}` column")))
-    };
+    let mut rd = csv_reader(&tr, b',')?;
     let h = rd
         .headers()
         .map_err(|e| Error::data(&tr, e.to_string()))?
         .clone();
-    let ci = col(&h, "region_id", &tr)?;
+    let ci = column(&h, "region_id", &tr)?;
     let mut benchmark: HashSet<i64> = HashSet::new();
     for (row, rec) in rd.records().enumerate() {
         let rec = rec.map_err(|e| Error::data(&tr, format!("row {}: {e}", row + 1)))?;
@@ -859,10 +855,7 @@ pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Resul
         benchmark.insert(id);
     }
     let db = release.join("retrieval_db.tsv");
-    let mut rd = csv::ReaderBuilder::new()
-        .delimiter(b'\t')
-        .from_path(&db)
-        .map_err(|e| Error::data(&db, e.to_string()))?;
+    let mut rd = csv_reader(&db, b'\t')?;
     let h = rd
         .headers()
         .map_err(|e| Error::data(&db, e.to_string()))?
@@ -876,19 +869,10 @@ pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Resul
         "obj_bbox",
     ]
     .iter()
-    .map(|n| col(&h, n, &db))
+    .map(|n| column(&h, n, &db))
     .collect::<Result<_>>()?;
     type Drawn = Vec<(String, [i64; 4])>;
     let mut images: BTreeMap<i64, Drawn> = BTreeMap::new();
-    let parse_box = |s: &str, row: usize| -> Result<[i64; 4]> {
-        let v: Vec<i64> = s
-            .split(',')
-            .map(|x| x.trim().parse::<f64>().map(|f| f.round() as i64))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::data(&db, format!("row {row}: box {s:?} is not x1,y1,x2,y2")))?;
-        v.try_into()
-            .map_err(|_| Error::data(&db, format!("row {row}: box {s:?} is not x1,y1,x2,y2")))
-    };
     for (row, rec) in rd.records().enumerate() {
         let row = row + 1;
         let rec = rec.map_err(|e| Error::data(&db, format!("row {row}: {e}")))?;
@@ -905,8 +889,10 @@ pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Resul
             continue;
         }
         let e = images.entry(image).or_default();
-        e.push((rec[c[2]].to_string(), parse_box(&rec[c[4]], row)?));
-        e.push((rec[c[3]].to_string(), parse_box(&rec[c[5]], row)?));
+        for (word, bbox, name) in [(c[2], c[4], "subj_bbox"), (c[3], c[5], "obj_bbox")] {
+            let b = parse_box(&rec[bbox], name, row, &db)?;
+            e.push((rec[word].to_string(), b.map(i64::from)));
+        }
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io("failed to create directory", out, e))?;
     let images: Vec<(i64, Drawn)> = images.into_iter().collect();
