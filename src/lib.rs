@@ -21,7 +21,7 @@
 //! let ui = Ui::quiet();
 //! let engine = Engine::new(&pipeline.run_dir, &ui)?;
 //! let stages = pipeline.stages();
-//! let refs: Vec<&dyn simat::run::Stage> = stages.iter().map(|s| s.as_ref()).collect();
+//! let refs: Vec<&dyn simat::engine::Stage> = stages.iter().map(|s| s.as_ref()).collect();
 //! let outcomes = engine.run(&refs, &RunOptions::default())?;
 //! for o in outcomes {
 //!     println!("{}: {:?}", o.stage, o.ran_because);
@@ -30,27 +30,16 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod crops;
-pub mod dataset;
-pub mod embed;
+pub mod cli;
+pub mod engine;
 pub mod error;
-pub mod import;
-pub mod ingest;
 pub mod io;
-pub mod knn;
 pub mod linalg;
 pub mod model;
-pub mod oracle;
 pub mod pipeline;
-pub mod queries;
-pub mod retrieve;
-pub mod run;
 pub mod schemas;
-pub mod score;
-pub mod select;
-pub mod store;
-pub mod synth;
-pub mod triplets;
+pub mod stages;
+pub mod tables;
 pub mod ui;
 
 /// simat's version, recorded in manifests and fingerprints.

@@ -55,20 +55,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::crops::{CropsConfig, CropsStage};
-use crate::dataset::QuerySet;
-use crate::embed::model::{EmbedStage, ModelRunConfig};
+use crate::engine::Stage;
 use crate::error::{Error, Result};
-use crate::import::{ImportConfig, ImportStage};
-use crate::ingest::{IngestConfig, IngestStage};
-use crate::oracle::OracleStage;
-use crate::queries::{QueriesConfig, QueriesStage};
-use crate::retrieve::{RetrieveConfig, RetrieveStage};
-use crate::run::Stage;
-use crate::score::{ScoreConfig, ScoreStage};
-use crate::select::{SelectConfig, SelectStage};
-use crate::synth::{SynthConfig, SynthStage, SYNTH_VG_DIR};
-use crate::triplets::{TripletsConfig, TripletsStage};
+use crate::stages::crops::{CropsConfig, CropsStage};
+use crate::stages::embed::{EmbedStage, ModelRunConfig};
+use crate::stages::import::{ImportConfig, ImportStage};
+use crate::stages::ingest::{IngestConfig, IngestStage};
+use crate::stages::oracle::OracleStage;
+use crate::stages::queries::{QueriesConfig, QueriesStage};
+use crate::stages::retrieve::{RetrieveConfig, RetrieveStage};
+use crate::stages::score::{ScoreConfig, ScoreStage};
+use crate::stages::select::{SelectConfig, SelectStage};
+use crate::stages::synth::{SynthConfig, SynthStage, SYNTH_VG_DIR};
+use crate::stages::triplets::{TripletsConfig, TripletsStage};
+use crate::tables::dataset::QuerySet;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,7 +133,7 @@ struct QueriesSection {
 struct CropsSection {
     images: Option<PathBuf>,
     chunk_images: Option<usize>,
-    outside: Option<crate::crops::Outside>,
+    outside: Option<crate::stages::crops::Outside>,
 }
 
 /// The `[ingest]` section: like [`IngestConfig`], with `vg` optional when `[synth]` is present.
@@ -319,13 +319,13 @@ impl Pipeline {
         let embed = with_model(file.embed, "embed")?;
         // An oracle string of a section: `model` needs `[oracle]`, a matrix path is resolved.
         let oracle_of = |section: &str, o: String| -> Result<String> {
-            if o == crate::oracle::MODEL && oracle.is_none() {
+            if o == crate::stages::oracle::MODEL && oracle.is_none() {
                 return Err(Error::config(
                     path,
                     format!("`[{section}] oracle = \"model\"` needs an `[oracle]` section naming the model"),
                 ));
             }
-            Ok(match crate::oracle::matrix_file(&o) {
+            Ok(match crate::stages::oracle::matrix_file(&o) {
                 Some(m) => resolve(&m).to_string_lossy().into_owned(),
                 None => o,
             })

@@ -7,77 +7,93 @@ use std::path::Path;
 
 use arrow::datatypes::SchemaRef;
 
+use crate::engine::atomic::write_atomic;
 use crate::error::Result;
 use crate::io::SchemaDoc;
-use crate::run::atomic::write_atomic;
 
 /// Every table a stage writes: (stage, file, schema).
 pub fn all() -> Vec<(&'static str, &'static str, SchemaRef)> {
     vec![
-        ("ingest", "images.parquet", crate::ingest::images_schema()),
+        (
+            "ingest",
+            "images.parquet",
+            crate::stages::ingest::images_schema(),
+        ),
         (
             "ingest",
             "relationships.parquet",
-            crate::ingest::relationships_schema(),
+            crate::stages::ingest::relationships_schema(),
         ),
-        ("ingest", "objects.parquet", crate::ingest::objects_schema()),
+        (
+            "ingest",
+            "objects.parquet",
+            crate::stages::ingest::objects_schema(),
+        ),
         (
             "ingest",
             "attributes.parquet",
-            crate::ingest::attributes_schema(),
+            crate::stages::ingest::attributes_schema(),
         ),
         (
             "triplets",
             "regions.parquet",
-            crate::triplets::regions_schema(),
+            crate::stages::triplets::regions_schema(),
         ),
         (
             "triplets",
             "triplets.parquet",
-            crate::triplets::triplets_schema(),
+            crate::stages::triplets::triplets_schema(),
         ),
-        ("crops", "crops.parquet", crate::crops::crops_schema()),
+        (
+            "crops",
+            "crops.parquet",
+            crate::stages::crops::crops_schema(),
+        ),
         (
             "oracle",
             "region_scores.parquet",
-            crate::oracle::region_scores_schema(),
+            crate::stages::oracle::region_scores_schema(),
         ),
         (
             "select",
             "dataset.parquet",
-            crate::dataset::dataset_schema(),
+            crate::tables::dataset::dataset_schema(),
         ),
         (
             "import",
             "regions.parquet",
-            crate::triplets::regions_schema(),
+            crate::stages::triplets::regions_schema(),
         ),
         (
             "import",
             "triplets.parquet",
-            crate::triplets::triplets_schema(),
+            crate::stages::triplets::triplets_schema(),
         ),
         (
             "import",
             "dataset.parquet",
-            crate::dataset::dataset_schema(),
+            crate::tables::dataset::dataset_schema(),
         ),
         (
             "import",
             "queries.parquet",
-            crate::dataset::queries_schema(),
+            crate::tables::dataset::queries_schema(),
         ),
         (
             "queries",
             "queries.parquet",
-            crate::dataset::queries_schema(),
+            crate::tables::dataset::queries_schema(),
         ),
         (
             "retrieve",
             "retrievals.parquet",
-            crate::retrieve::retrievals_schema(),
+            crate::stages::retrieve::retrievals_schema(),
         ),
-        ("score", "scores.parquet", crate::score::scores_schema()),
+        (
+            "score",
+            "scores.parquet",
+            crate::stages::score::scores_schema(),
+        ),
     ]
 }
 

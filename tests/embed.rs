@@ -16,8 +16,8 @@ fn rel_diff(got: &[f32], want: &serde_json::Value) -> f32 {
     max_abs_diff(got, &want) / n
 }
 
-fn store(path: &Path) -> simat::store::EmbeddingStore {
-    simat::store::EmbeddingStore::open(path).unwrap()
+fn store(path: &Path) -> simat::io::store::EmbeddingStore {
+    simat::io::store::EmbeddingStore::open(path).unwrap()
 }
 
 /// `simat embed`: rows in input order keyed by path and text, PyTorch's raw embeddings;
@@ -83,7 +83,7 @@ fn embed_command_writes_stores_in_input_order() {
         si.batch
             .schema()
             .metadata()
-            .get(simat::store::VECTORS_KEY)
+            .get(simat::io::store::VECTORS_KEY)
             .map(String::as_str),
         Some("raw")
     );
@@ -177,7 +177,8 @@ fn model_oracle_selects_and_the_run_scores() {
         .filter(|&&i| images[&tid.value(i)].len() >= 2)
         .map(|&i| rid.value(i))
         .collect();
-    let dataset = simat::dataset::Dataset::read(&run.join("select/dataset.parquet")).unwrap();
+    let dataset =
+        simat::tables::dataset::Dataset::read(&run.join("select/dataset.parquet")).unwrap();
     assert!(!want.is_empty() && want.len() < rid.len());
     assert_eq!(dataset.region_id, want);
 
@@ -302,7 +303,8 @@ fn labels_selection_keeps_only_cropped_regions() {
         .as_u64()
         .unwrap();
     assert!(without >= 1);
-    let dataset = simat::dataset::Dataset::read(&run.join("select/dataset.parquet")).unwrap();
+    let dataset =
+        simat::tables::dataset::Dataset::read(&run.join("select/dataset.parquet")).unwrap();
     assert!(!dataset.image_id.contains(&image));
     assert_eq!(
         store(&run.join("embed/image_embeddings.arrow")).rows,

@@ -200,7 +200,7 @@ fn select_keeps_triplets_with_enough_images_and_feeds_queries() {
     );
     run_ok(&["run", s(&p)], 0);
     let run = dir.path().join("run");
-    let d = simat::dataset::Dataset::read(&run.join("select/dataset.parquet")).unwrap();
+    let d = simat::tables::dataset::Dataset::read(&run.join("select/dataset.parquet")).unwrap();
     assert!(!d.is_empty());
     let mut images: std::collections::BTreeMap<i64, std::collections::BTreeSet<i64>> =
         Default::default();
@@ -213,8 +213,8 @@ fn select_keeps_triplets_with_enough_images_and_feeds_queries() {
     assert!(images.values().all(|s| s.len() >= 3));
     // Every triplet with 3+ images among the regions is kept (labels oracle keeps all regions).
     let regions = simat::io::read_all(&run.join("triplets/regions.parquet")).unwrap();
-    let tid = simat::dataset::ints(&regions, "triplet_id", &run).unwrap();
-    let img = simat::dataset::ints(&regions, "image_id", &run).unwrap();
+    let tid = simat::tables::dataset::ints(&regions, "triplet_id", &run).unwrap();
+    let img = simat::tables::dataset::ints(&regions, "image_id", &run).unwrap();
     let mut all: std::collections::BTreeMap<i64, std::collections::BTreeSet<i64>> =
         Default::default();
     for (t, i) in tid.iter().zip(&img) {
@@ -222,7 +222,7 @@ fn select_keeps_triplets_with_enough_images_and_feeds_queries() {
     }
     let want = all.values().filter(|s| s.len() >= 3).count();
     assert_eq!(images.len(), want);
-    let q = simat::dataset::Queries::read(&run.join("queries/queries.parquet")).unwrap();
+    let q = simat::tables::dataset::Queries::read(&run.join("queries/queries.parquet")).unwrap();
     assert!(!q.is_empty());
     assert!(q.dataset_id.iter().all(|&i| (i as usize) < d.len()));
 }

@@ -111,7 +111,7 @@ fn tiny_clip_equals_pytorch() {
     }
 
     let (shape, pixels) =
-        simat::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
+        simat::io::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
     assert_eq!(&shape[1..], &[3, 224, 224]);
     let image = model.embed_pixels(shape[0], &pixels).unwrap();
     for (i, im) in r["images"].as_array().unwrap().iter().enumerate() {
@@ -128,7 +128,7 @@ fn preprocessing_equals_open_clip() {
     use simat::model::clip::ClipModel;
     let model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
     let (shape, want) =
-        simat::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
+        simat::io::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
     let per = shape[1..].iter().product::<usize>();
     for (i, im) in clip_reference()["images"]
         .as_array()

@@ -93,7 +93,7 @@ fn official_pipeline_equals_its_steps_one_by_one() {
         std::fs::read(steps.join("crops/crops.parquet")).unwrap(),
         std::fs::read(run.join("crops/crops.parquet")).unwrap()
     );
-    let d = simat::dataset::Dataset::read(&steps.join("import/dataset.parquet")).unwrap();
+    let d = simat::tables::dataset::Dataset::read(&steps.join("import/dataset.parquet")).unwrap();
     let crops: Vec<PathBuf> = d
         .region_id
         .iter()
@@ -155,8 +155,8 @@ fn official_pipeline_equals_its_steps_one_by_one() {
         simat::io::read_all(&steps.join(retrievals)).unwrap(),
         simat::io::read_all(&run.join(retrievals)).unwrap()
     );
-    let a = simat::score::ScoresFile::read(&run.join("score/scores.json")).unwrap();
-    let b = simat::score::ScoresFile::read(&steps.join("score/scores.json")).unwrap();
+    let a = simat::stages::score::ScoresFile::read(&run.join("score/scores.json")).unwrap();
+    let b = simat::stages::score::ScoresFile::read(&steps.join("score/scores.json")).unwrap();
     assert_eq!(a.scores, b.scores);
     assert_eq!(a.scores.len(), lambdas.len() * 3 * 4);
     assert_eq!(a.provenance["query_set"], "release");

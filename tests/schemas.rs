@@ -49,7 +49,7 @@ fn written_files_match_the_schema_documents() {
         .map(|i| ((i * 7919) % 1013) as f32 - 506.0)
         .collect();
     let img = dir.path().join("img.npy");
-    simat::store::write_npy(&img, &simat::linalg::Matrix::new(n, 512, data).unwrap()).unwrap();
+    simat::io::store::write_npy(&img, &simat::linalg::Matrix::new(n, 512, data).unwrap()).unwrap();
     run_ok(
         &[
             "import-embeddings",

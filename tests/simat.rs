@@ -88,8 +88,8 @@ fn import_release(run: &Path) -> PathBuf {
     inputs
 }
 
-fn read_scores(run: &Path) -> simat::score::ScoresFile {
-    simat::score::ScoresFile::read(&run.join("score/scores.json")).unwrap()
+fn read_scores(run: &Path) -> simat::stages::score::ScoresFile {
+    simat::stages::score::ScoresFile::read(&run.join("score/scores.json")).unwrap()
 }
 
 /// triplets.csv's rows as (region_id, dataset_id).
@@ -111,8 +111,8 @@ fn import_reproduces_the_release_tables() {
         &["import-simat", "--release", s(&release()), "--run", s(&run)],
         0,
     );
-    let q = simat::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
-    let d = simat::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
+    let q = simat::tables::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
+    let d = simat::tables::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
     assert_eq!((q.len(), d.len()), (17_996, 5_859));
     let triplets = simat::io::read_all(&run.join("import/triplets.parquet")).unwrap();
     assert_eq!(triplets.num_rows(), 645);
@@ -142,7 +142,7 @@ fn import_numbers_images_by_the_dataset_id_column() {
         &["import-simat", "--release", s(&release()), "--run", s(&run)],
         0,
     );
-    let d = simat::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
+    let d = simat::tables::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
     let rows = triplets_csv();
     let mut differ = 0;
     for (row, &(region, did)) in rows.iter().enumerate() {
@@ -152,7 +152,7 @@ fn import_numbers_images_by_the_dataset_id_column() {
     }
     // The two numberings differ on most rows: a wrong one would give a plausible wrong score.
     assert!(differ as f64 > 0.8 * rows.len() as f64, "{differ}");
-    let q = simat::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
+    let q = simat::tables::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
     let did_of: BTreeMap<i64, i64> = rows.iter().copied().collect();
     for i in 0..q.len() {
         assert_eq!(q.dataset_id[i], did_of[&q.region_id[i]]);
@@ -164,7 +164,7 @@ fn import_errors_name_the_row() {
     let dir = tempdir();
     let rel = dir.path().join("release");
     std::fs::create_dir_all(&rel).unwrap();
-    for f in simat::import::RELEASE_FILES {
+    for f in simat::stages::import::RELEASE_FILES {
         std::fs::copy(release().join(f), rel.join(f)).unwrap();
     }
     let edit = |file: &str, line: usize, col: usize, value: &str| {
@@ -247,7 +247,8 @@ fn scores_equal_eval_py() {
         );
 
         // simat's first retrieved image per query and λ.
-        let queries = simat::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
+        let queries =
+            simat::tables::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
         let index: BTreeMap<i64, usize> = queries
             .query_id
             .iter()
@@ -342,12 +343,12 @@ fn image_embeddings_are_joined_by_key() {
     let run = dir.path().join("run");
     let inputs = import_release(&run);
     let store = |run: &Path| {
-        simat::store::EmbeddingStore::open(&run.join("embed/image_embeddings.arrow"))
+        simat::io::store::EmbeddingStore::open(&run.join("embed/image_embeddings.arrow"))
             .unwrap()
             .to_matrix()
     };
     let by_pt = store(&run);
-    let d = simat::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
+    let d = simat::tables::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
     let n = d.len();
     let import = |images: &Path, code: i32| {
         let other = dir.path().join(format!("run-{code}"));
@@ -381,7 +382,7 @@ fn image_embeddings_are_joined_by_key() {
     let reversed = by_pt.gather(&order);
     let regions: Vec<i64> = order.iter().map(|&i| d.region_id[i]).collect();
     let keyed = dir.path().join("keyed.arrow");
-    simat::store::write_store(
+    simat::io::store::write_store(
         &keyed,
         &[(
             "region_id",
@@ -394,12 +395,12 @@ fn image_embeddings_are_joined_by_key() {
     assert_eq!(store(&other), by_pt);
     // A .npy in dataset_id order.
     let npy = dir.path().join("img.npy");
-    simat::store::write_npy(&npy, &by_pt).unwrap();
+    simat::io::store::write_npy(&npy, &by_pt).unwrap();
     let (other, _) = import(&npy, 0);
     assert_eq!(store(&other), by_pt);
     // The wrong length of .npy says which order a .npy must have.
     let short = dir.path().join("short.npy");
-    simat::store::write_npy(&short, &by_pt.gather(&(0..n - 1).collect::<Vec<_>>())).unwrap();
+    simat::io::store::write_npy(&short, &by_pt.gather(&(0..n - 1).collect::<Vec<_>>())).unwrap();
     let (_, err) = import(&short, 2);
     assert!(
         err.contains("short.npy")
@@ -409,7 +410,7 @@ fn image_embeddings_are_joined_by_key() {
     );
     // A missing key names the region; a duplicate names both entries.
     let missing = dir.path().join("missing.arrow");
-    simat::store::write_store(
+    simat::io::store::write_store(
         &missing,
         &[(
             "region_id",
@@ -430,7 +431,7 @@ fn image_embeddings_are_joined_by_key() {
     let mut dup = regions.clone();
     dup[1] = dup[0];
     let dup_path = dir.path().join("dup.arrow");
-    simat::store::write_store(
+    simat::io::store::write_store(
         &dup_path,
         &[(
             "region_id",
@@ -449,7 +450,7 @@ fn image_embeddings_are_joined_by_key() {
     );
     // No key column.
     let unkeyed = dir.path().join("unkeyed.arrow");
-    simat::store::write_store(
+    simat::io::store::write_store(
         &unkeyed,
         &[(
             "row",
@@ -473,12 +474,12 @@ fn heads_on_normalised_embeddings_are_refused() {
     let dir = tempdir();
     let run = dir.path().join("run");
     import_release(&run);
-    let mut m = simat::store::EmbeddingStore::open(&run.join("embed/image_embeddings.arrow"))
+    let mut m = simat::io::store::EmbeddingStore::open(&run.join("embed/image_embeddings.arrow"))
         .unwrap()
         .to_matrix();
     simat::linalg::normalize_rows(&mut m);
     let npy = dir.path().join("unit.npy");
-    simat::store::write_npy(&npy, &m).unwrap();
+    simat::io::store::write_npy(&npy, &m).unwrap();
     run_ok(
         &[
             "import-embeddings",
@@ -529,8 +530,8 @@ fn a_long_table_oracle_equals_the_matrix() {
     args.extend(["--oracle", s(&oracle)]);
     run_ok(&args, 0);
     let want = read_scores(&run).scores;
-    let m = simat::store::read_matrix(&oracle).unwrap();
-    let d = simat::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
+    let m = simat::io::store::read_matrix(&oracle).unwrap();
+    let d = simat::tables::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
     // Rows by caption, then region from the last: no order in common with the matrix.
     let (mut region, mut caption, mut score) = (vec![], vec![], vec![]);
     for c in 0..m.cols {
@@ -649,8 +650,9 @@ fn regenerated_queries_cover_the_release() {
         0,
     );
     run_ok(&["queries", "--run", s(&run), "--seed", "3"], 0);
-    let ours = simat::dataset::Queries::read(&run.join("queries/queries.parquet")).unwrap();
-    let theirs = simat::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
+    let ours = simat::tables::dataset::Queries::read(&run.join("queries/queries.parquet")).unwrap();
+    let theirs =
+        simat::tables::dataset::Queries::read(&run.join("import/queries.parquet")).unwrap();
     let mut norm_of_region: BTreeMap<i64, i64> = BTreeMap::new();
     let mut ours_set = std::collections::HashSet::new();
     for i in 0..ours.len() {
@@ -764,8 +766,8 @@ fn knn_equals_brute_force_with_ties_by_lower_id() {
     let q: Vec<f32> = (0..m * d).map(|x| val(x / d, x % d, 5)).collect();
     let db = simat::linalg::Matrix::new(n, d, db).unwrap();
     let q = simat::linalg::Matrix::new(m, d, q).unwrap();
-    simat::store::write_npy(&dir.path().join("db.npy"), &db).unwrap();
-    simat::store::write_npy(&dir.path().join("q.npy"), &q).unwrap();
+    simat::io::store::write_npy(&dir.path().join("db.npy"), &db).unwrap();
+    simat::io::store::write_npy(&dir.path().join("q.npy"), &q).unwrap();
     let exclude: Vec<i64> = (0..m as i64).map(|i| (i * 13) % n as i64).collect();
     npyz::to_file_1d(dir.path().join("ex.npy"), exclude.clone()).unwrap();
     for with_exclude in [false, true] {

@@ -2,6 +2,7 @@
 //! schema descriptions kept under `schemas/`.
 
 pub mod json_stream;
+pub mod store;
 pub mod torch;
 
 use std::fs::File;
@@ -19,8 +20,8 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::atomic::AtomicFile;
 use crate::error::{Error, Result};
-use crate::run::atomic::AtomicFile;
 
 /// Rows per Parquet row group: big enough for good compression, small enough to stream.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;

@@ -1202,11 +1202,11 @@ mod tests {
             let (img, txt) =
                 read_heads(&release.join(format!("original/head_clip_t={tau}.pt"))).unwrap();
             for (head, which) in [(&img, "img"), (&txt, "txt")] {
-                let w = crate::store::read_matrix(
+                let w = crate::io::store::read_matrix(
                     &release.join(format!("head_tau{tau}_{which}_head_weight.npy")),
                 )
                 .unwrap();
-                let b = crate::store::read_vector(
+                let b = crate::io::store::read_vector(
                     &release.join(format!("head_tau{tau}_{which}_head_bias.npy")),
                 )
                 .unwrap();
@@ -1221,7 +1221,8 @@ mod tests {
             .map(|w| Key::Str(w.to_string()))
             .collect();
         assert_eq!(keys, words);
-        let npy = crate::store::read_matrix(&release.join("clip_vitb32_word_vectors.npy")).unwrap();
+        let npy =
+            crate::io::store::read_matrix(&release.join("clip_vitb32_word_vectors.npy")).unwrap();
         assert_eq!(m, npy);
     }
 

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::io::store::{read_matrix, read_vector};
 use crate::linalg::{first_non_finite, LinearHead, Matrix};
-use crate::store::{read_matrix, read_vector};
 
 /// An image head and a text head.
 #[derive(Debug, Clone)]

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Dataset, Queries, Slot};
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
-use crate::run::{Stage, StageContext, StageReport};
+use crate::tables::dataset::{Dataset, Queries, Slot};
 
 /// Configuration of query generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +66,9 @@ impl Stage for QueriesStage {
         1
     }
     fn upstream(&self) -> Vec<&'static str> {
-        vec![crate::dataset::dataset_stage(&self.config.dataset_stage)]
+        vec![crate::tables::dataset::dataset_stage(
+            &self.config.dataset_stage,
+        )]
     }
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("config serialises")

@@ -22,11 +22,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::atomic::AtomicFile;
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
 use crate::io::json_stream::{spawn_splitter, ElementChunk, DEFAULT_BLOCK};
 use crate::io::TableWriter;
-use crate::run::atomic::AtomicFile;
-use crate::run::{Stage, StageContext, StageReport};
 
 /// Configuration of the ingest stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]

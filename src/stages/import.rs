@@ -27,10 +27,10 @@ use arrow::array::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Dataset, Queries, Slot};
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
 use crate::io::write_table;
-use crate::run::{Stage, StageContext, StageReport};
+use crate::tables::dataset::{Dataset, Queries, Slot};
 
 /// The release's files.
 pub const RELEASE_FILES: &[&str] = &[
@@ -436,7 +436,7 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
             captions.iter().map(String::as_str),
         )),
     ];
-    let triplets = RecordBatch::try_new(crate::triplets::triplets_schema(), tcols)
+    let triplets = RecordBatch::try_new(crate::stages::triplets::triplets_schema(), tcols)
         .map_err(|e| Error::Internal(e.to_string()))?;
 
     let regions = regions_batch(&db, &triplet_ids)?;
@@ -490,7 +490,7 @@ fn numbering(dataset_id_of_row: &[i64], path: &Path) -> Result<Vec<usize>> {
     Ok(row_of)
 }
 
-/// The release's candidate regions in the schema of [`crate::triplets::regions_schema`]. The
+/// The release's candidate regions in the schema of [`crate::stages::triplets::regions_schema`]. The
 /// release has no relationship ids nor raw predicates: `relationship_id` is −1, `n_annotations`
 /// 1, `predicate` the relation; `triplet_id` is −1 for regions whose triplet is not in the
 /// benchmark.
@@ -539,6 +539,6 @@ fn regions_batch(
             )));
         }
     }
-    RecordBatch::try_new(crate::triplets::regions_schema(), cols)
+    RecordBatch::try_new(crate::stages::triplets::regions_schema(), cols)
         .map_err(|e| Error::Internal(e.to_string()))
 }

@@ -16,15 +16,15 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, Int64Array, StringArray};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{ints, strs, Dataset};
+use crate::engine::chunks::Chunks;
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
+use crate::io::store::{write_store, EmbeddingStore};
 use crate::linalg::Matrix;
 use crate::model::clip::{ClipModel, MODEL_FILES};
 use crate::model::preprocess::ImageFailure;
 use crate::model::Device;
-use crate::run::chunks::Chunks;
-use crate::run::{Stage, StageContext, StageReport};
-use crate::store::{write_store, EmbeddingStore};
+use crate::tables::dataset::{ints, strs, Dataset};
 use crate::ui::Ui;
 
 /// How a stage runs a model: the `[embed]` and `[oracle]` sections of a pipeline.
@@ -146,7 +146,7 @@ pub fn embed_images_chunked(
         } else {
             let chunk = embed_chunk(model, part, k * per_chunk, config.batch_size, &bar)?;
             // The failures first: the store's presence marks the chunk committed.
-            crate::run::atomic::write_atomic(
+            crate::engine::atomic::write_atomic(
                 &failed_path,
                 &serde_json::to_vec(&chunk.failed).expect("json"),
             )?;
@@ -293,7 +293,7 @@ pub fn write_model_json(
         "dim": dim,
         "vectors": "raw",
     });
-    crate::run::atomic::write_atomic(
+    crate::engine::atomic::write_atomic(
         out_dir.join("model.json"),
         (serde_json::to_string_pretty(&doc).expect("json") + "\n").as_bytes(),
     )
@@ -340,7 +340,7 @@ impl Stage for EmbedStage {
             "triplets"
         };
         let mut v = vec![regions, "crops"];
-        let d = crate::dataset::dataset_stage(&self.dataset_stage);
+        let d = crate::tables::dataset::dataset_stage(&self.dataset_stage);
         if !v.contains(&d) {
             v.push(d);
         }
@@ -353,7 +353,7 @@ impl Stage for EmbedStage {
         self.config.inputs("embed")
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        let stage = crate::dataset::dataset_stage(&self.dataset_stage);
+        let stage = crate::tables::dataset::dataset_stage(&self.dataset_stage);
         let dataset = Dataset::read(&ctx.upstream_output(stage, "dataset.parquet"))?;
         let (files, statuses) = crop_files(&ctx.run_dir.join("crops"))?;
         let mut inputs = Vec::with_capacity(dataset.len());

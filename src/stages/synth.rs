@@ -20,10 +20,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::atomic::AtomicFile;
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
-use crate::run::atomic::AtomicFile;
-use crate::run::{Stage, StageContext, StageReport};
-use crate::triplets::TripletsConfig;
+use crate::stages::triplets::TripletsConfig;
 
 /// Configuration of the synthetic Visual Genome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -836,7 +836,7 @@ fn render_image(img: &SynImage, dir: &Path) -> Result<PathBuf> {
 /// name written in it. They let the official pipeline run end to end where Visual Genome's
 /// images are not at hand; scores on them say nothing about a model. Returns the images written.
 pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Result<u64> {
-    use crate::import::{column, csv_reader, parse_box};
+    use crate::stages::import::{column, csv_reader, parse_box};
     use std::collections::{BTreeMap, HashSet};
     let tr = release.join("triplets.csv");
     let mut rd = csv_reader(&tr, b',')?;

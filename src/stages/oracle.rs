@@ -59,7 +59,7 @@ pub const MODEL: &str = "model";
 #[derive(Debug, Clone)]
 pub struct OracleStage {
     /// How the model runs.
-    pub config: crate::embed::model::ModelRunConfig,
+    pub config: crate::stages::embed::ModelRunConfig,
     /// The stage holding the regions and the triplets' captions: `triplets` or `import`.
     pub regions_stage: String,
 }
@@ -74,7 +74,7 @@ pub fn region_scores_schema() -> arrow::datatypes::SchemaRef {
     ]))
 }
 
-impl crate::run::Stage for OracleStage {
+impl crate::engine::Stage for OracleStage {
     fn name(&self) -> &'static str {
         "oracle"
     }
@@ -94,18 +94,18 @@ impl crate::run::Stage for OracleStage {
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         self.config.inputs("oracle")
     }
-    fn run(&self, ctx: &crate::run::StageContext) -> Result<crate::run::StageReport> {
+    fn run(&self, ctx: &crate::engine::StageContext) -> Result<crate::engine::StageReport> {
         use std::sync::Arc;
 
         use arrow::array::{Float32Array, Int64Array, RecordBatch};
 
-        use crate::embed::model::{captions, crop_files, embed_images_chunked, embed_texts};
+        use crate::stages::embed::{captions, crop_files, embed_images_chunked, embed_texts};
 
         let from = self.upstream()[0];
         let rpath = ctx.upstream_output(from, "regions.parquet");
         let regions = crate::io::read_all(&rpath)?;
-        let region_id = crate::dataset::ints(&regions, "region_id", &rpath)?;
-        let triplet_id = crate::dataset::ints(&regions, "triplet_id", &rpath)?;
+        let region_id = crate::tables::dataset::ints(&regions, "region_id", &rpath)?;
+        let triplet_id = crate::tables::dataset::ints(&regions, "triplet_id", &rpath)?;
         let (files, _) = crop_files(&ctx.run_dir.join("crops"))?;
         let cropped: Vec<usize> = (0..region_id.len())
             .filter(|&i| files.contains_key(&region_id[i]))
@@ -157,12 +157,12 @@ impl crate::run::Stage for OracleStage {
         }
         let ids: Vec<i64> = embedded.iter().map(|&i| region_id[i]).collect();
         let tids: Vec<i64> = embedded.iter().map(|&i| triplet_id[i]).collect();
-        crate::store::write_store(
+        crate::io::store::write_store(
             &ctx.output("region_embeddings.arrow"),
             &[("region_id", Arc::new(Int64Array::from(ids.clone())))],
             &images.matrix,
         )?;
-        crate::store::write_store(
+        crate::io::store::write_store(
             &ctx.output("caption_embeddings.arrow"),
             &[("triplet_id", Arc::new(Int64Array::from(caption_ids)))],
             &caption_m,
@@ -177,15 +177,15 @@ impl crate::run::Stage for OracleStage {
         )
         .map_err(|e| Error::Internal(e.to_string()))?;
         let n = crate::io::write_table(&ctx.output("region_scores.parquet"), &batch)?;
-        crate::embed::model::write_model_json(
+        crate::stages::embed::write_model_json(
             &ctx.stage_dir,
-            crate::embed::model::stage_identity(&model, ctx),
+            crate::stages::embed::stage_identity(&model, ctx),
             &self.config,
             images.matrix.cols,
         )?;
         chunks.finish();
 
-        let mut report = crate::run::StageReport {
+        let mut report = crate::engine::StageReport {
             outputs: vec![
                 ("region_embeddings.arrow".into(), Some(n)),
                 (

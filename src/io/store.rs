@@ -21,9 +21,9 @@ use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, R
 use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 
+use crate::engine::atomic::AtomicFile;
 use crate::error::{Error, Result};
 use crate::linalg::Matrix;
-use crate::run::atomic::AtomicFile;
 
 /// Name of the embedding column.
 pub const EMBEDDING: &str = "embedding";

@@ -25,11 +25,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::ints;
+use crate::engine::atomic::AtomicFile;
+use crate::engine::chunks::Chunks;
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
-use crate::run::atomic::AtomicFile;
-use crate::run::chunks::Chunks;
-use crate::run::{Stage, StageContext, StageReport};
+use crate::tables::dataset::ints;
 
 /// Configuration of the crops stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,8 +162,9 @@ impl Stage for CropsStage {
         let regions = ctx.upstream_output(self.upstream()[0], "regions.parquet");
         // The release lists 11,160 candidate regions; its benchmark is the dataset's.
         let only = if self.config.regions_stage == "import" {
-            let d =
-                crate::dataset::Dataset::read(&ctx.upstream_output("import", "dataset.parquet"))?;
+            let d = crate::tables::dataset::Dataset::read(
+                &ctx.upstream_output("import", "dataset.parquet"),
+            )?;
             Some(d.region_id.into_iter().collect())
         } else {
             None

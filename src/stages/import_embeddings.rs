@@ -16,8 +16,6 @@
 //! A region of the dataset without an embedding, or a key given twice, is an error naming it;
 //! embeddings of regions outside the dataset are counted and left out.
 
-pub mod model;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,12 +24,12 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::Dataset;
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
+use crate::io::store::{is_npy, read_matrix, read_table_embeddings, write_store};
 use crate::io::torch::{self, Key};
 use crate::linalg::{first_non_finite, Matrix};
-use crate::run::{Stage, StageContext, StageReport};
-use crate::store::{is_npy, read_matrix, read_table_embeddings, write_store};
+use crate::tables::dataset::Dataset;
 
 /// Configuration of `import-embeddings`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,7 +69,9 @@ impl Stage for ImportEmbeddingsStage {
         2
     }
     fn upstream(&self) -> Vec<&'static str> {
-        vec![crate::dataset::dataset_stage(&self.config.dataset_stage)]
+        vec![crate::tables::dataset::dataset_stage(
+            &self.config.dataset_stage,
+        )]
     }
     fn config(&self) -> serde_json::Value {
         serde_json::json!({"source": "import-embeddings", "words": self.config.words.is_some()})
@@ -95,7 +95,7 @@ impl Stage for ImportEmbeddingsStage {
         Ok(v)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        let stage = crate::dataset::dataset_stage(&self.config.dataset_stage);
+        let stage = crate::tables::dataset::dataset_stage(&self.config.dataset_stage);
         let dataset = Dataset::read(&ctx.upstream_output(stage, "dataset.parquet"))?;
         import_embeddings(&self.config, &dataset, &ctx.stage_dir, &ctx.input_hashes)
     }
@@ -421,7 +421,7 @@ pub fn import_embeddings(
     if let Some(w) = &config.words {
         model["words"] = file("words", w);
     }
-    crate::run::atomic::write_atomic(
+    crate::engine::atomic::write_atomic(
         out_dir.join("model.json"),
         (serde_json::to_string_pretty(&model).expect("json") + "\n").as_bytes(),
     )?;

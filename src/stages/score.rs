@@ -26,10 +26,10 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBat
 use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Dataset, Queries, QuerySet, Slot};
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
 use crate::linalg::Matrix;
-use crate::run::{Stage, StageContext, StageReport};
+use crate::tables::dataset::{Dataset, Queries, QuerySet, Slot};
 
 /// Configuration of scoring.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,18 +144,18 @@ impl Stage for ScoreStage {
     }
     fn upstream(&self) -> Vec<&'static str> {
         let mut v = vec!["retrieve", self.config.queries.stage()];
-        let d = crate::dataset::dataset_stage(&self.config.dataset_stage);
+        let d = crate::tables::dataset::dataset_stage(&self.config.dataset_stage);
         if !v.contains(&d) {
             v.push(d);
         }
-        v.extend(crate::oracle::upstream(&self.config.oracle));
+        v.extend(crate::stages::oracle::upstream(&self.config.oracle));
         v
     }
     fn config(&self) -> serde_json::Value {
-        crate::oracle::config_value(&self.config, &self.config.oracle)
+        crate::stages::oracle::config_value(&self.config, &self.config.oracle)
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        crate::oracle::inputs("score", &self.config.oracle)
+        crate::stages::oracle::inputs("score", &self.config.oracle)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
@@ -167,7 +167,7 @@ impl Stage for ScoreStage {
         }
         let queries = Queries::read(&ctx.upstream_output(c.queries.stage(), "queries.parquet"))?;
         let dataset = Dataset::read(&ctx.upstream_output(
-            crate::dataset::dataset_stage(&c.dataset_stage),
+            crate::tables::dataset::dataset_stage(&c.dataset_stage),
             "dataset.parquet",
         ))?;
         let retrieve_provenance = read_json(&ctx.upstream_output("retrieve", "provenance.json"))?;
@@ -182,8 +182,10 @@ impl Stage for ScoreStage {
         }
         let rpath = ctx.upstream_output("retrieve", "retrievals.parquet");
         let (lambdas, top1) = read_top1(&rpath, &queries)?;
-        let (oracle, oracle_provenance) = match crate::oracle::matrix_file(&self.config.oracle) {
-            None if self.config.oracle == crate::oracle::MODEL => (
+        let (oracle, oracle_provenance) = match crate::stages::oracle::matrix_file(
+            &self.config.oracle,
+        ) {
+            None if self.config.oracle == crate::stages::oracle::MODEL => (
                 model_oracle(ctx, &dataset)?,
                 serde_json::json!({"kind": "model", "model": read_json(&ctx.upstream_output("oracle", "model.json"))?["model"]}),
             ),
@@ -306,7 +308,7 @@ impl Stage for ScoreStage {
             provenance,
             scores: rows,
         };
-        crate::run::atomic::write_atomic(
+        crate::engine::atomic::write_atomic(
             ctx.output("scores.json"),
             (serde_json::to_string_pretty(&file).expect("json") + "\n").as_bytes(),
         )?;
@@ -337,8 +339,8 @@ fn file_oracle(
         .copied()
         .max()
         .map_or(0, |m| m as usize + 1);
-    if crate::store::is_npy(path)? || crate::io::torch::is_torch_zip(path) {
-        let m = crate::store::read_matrix(path)?;
+    if crate::io::store::is_npy(path)? || crate::io::torch::is_torch_zip(path) {
+        let m = crate::io::store::read_matrix(path)?;
         if m.rows != dataset.len() {
             return Err(Error::data(
                 path,
@@ -495,7 +497,7 @@ enum Oracle {
 /// The `model` oracle for a dataset: the `oracle` stage's region embeddings gathered into
 /// dataset_id order, and its caption embeddings.
 fn model_oracle(ctx: &StageContext, dataset: &Dataset) -> Result<Oracle> {
-    use crate::store::EmbeddingStore;
+    use crate::io::store::EmbeddingStore;
     let rpath = ctx.upstream_output("oracle", "region_embeddings.arrow");
     let regions = EmbeddingStore::open(&rpath)?;
     let ids = crate::io::i64_column(&regions.batch, "region_id", &rpath)?;

@@ -24,12 +24,12 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{Queries, QuerySet};
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
+use crate::io::store::EmbeddingStore;
 use crate::linalg::{first_non_finite, normalize_rows, sweep, Matrix};
 use crate::model::heads::{self, Heads};
-use crate::run::{Stage, StageContext, StageReport};
-use crate::store::EmbeddingStore;
+use crate::tables::dataset::{Queries, QuerySet};
 
 /// λ values of a default sweep.
 pub const DEFAULT_LAMBDAS: &[f64] = &[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0];
@@ -234,7 +234,7 @@ impl Stage for RetrieveStage {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let written = crate::io::write_table(&ctx.output("retrievals.parquet"), &batch)?;
         let provenance = self.provenance(ctx, &qpath, queries.len())?;
-        crate::run::atomic::write_atomic(
+        crate::engine::atomic::write_atomic(
             ctx.output("provenance.json"),
             (serde_json::to_string_pretty(&provenance).expect("json") + "\n").as_bytes(),
         )?;
@@ -278,7 +278,7 @@ impl RetrieveStage {
             "queries": {
                 "file": format!("{}/queries.parquet", c.queries.stage()),
                 "rows": n_queries,
-                "blake3": crate::run::fingerprint::hash_file(qpath)?,
+                "blake3": crate::engine::fingerprint::hash_file(qpath)?,
             },
             "embeddings": embeddings,
             "heads": heads,

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{ints, strs, Dataset};
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
-use crate::run::{Stage, StageContext, StageReport};
+use crate::tables::dataset::{ints, strs, Dataset};
 
 /// Configuration of selection. The defaults reproduce SIMAT's rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,14 +78,14 @@ impl Stage for SelectStage {
         if self.config.require_crop {
             v.push("crops");
         }
-        v.extend(crate::oracle::upstream(&self.config.oracle));
+        v.extend(crate::stages::oracle::upstream(&self.config.oracle));
         v
     }
     fn config(&self) -> serde_json::Value {
-        crate::oracle::config_value(&self.config, &self.config.oracle)
+        crate::stages::oracle::config_value(&self.config, &self.config.oracle)
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        crate::oracle::inputs("select", &self.config.oracle)
+        crate::stages::oracle::inputs("select", &self.config.oracle)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let rpath = ctx.upstream_output("triplets", "regions.parquet");
@@ -100,8 +100,8 @@ impl Stage for SelectStage {
         ];
         let mut unscored = 0u64;
         let similarity: Box<dyn Fn(usize) -> f64> =
-            match crate::oracle::matrix_file(&self.config.oracle) {
-                None if self.config.oracle == crate::oracle::MODEL => {
+            match crate::stages::oracle::matrix_file(&self.config.oracle) {
+                None if self.config.oracle == crate::stages::oracle::MODEL => {
                     let spath = ctx.upstream_output("oracle", "region_scores.parquet");
                     let b = crate::io::read_all(&spath)?;
                     let ids = ints(&b, "region_id", &spath)?;
@@ -121,7 +121,7 @@ impl Stage for SelectStage {
                 }
                 None => Box::new(|_| 1.0),
                 Some(p) => {
-                    let m = crate::store::read_matrix(&p)?;
+                    let m = crate::io::store::read_matrix(&p)?;
                     if m.rows != region_id.len() {
                         return Err(Error::data(
                             &p,
@@ -149,7 +149,7 @@ impl Stage for SelectStage {
                 }
             };
         let cropped = if self.config.require_crop {
-            let (files, _) = crate::embed::model::crop_files(&ctx.run_dir.join("crops"))?;
+            let (files, _) = crate::stages::embed::crop_files(&ctx.run_dir.join("crops"))?;
             Some(files)
         } else {
             None
@@ -199,7 +199,7 @@ impl Stage for SelectStage {
             "regions_below_threshold",
             (region_id.len() as u64 - uncropped) - passed.len() as u64,
         );
-        if self.config.oracle == crate::oracle::MODEL {
+        if self.config.oracle == crate::stages::oracle::MODEL {
             report.count("regions_unscored", unscored);
         }
         report.count("regions_kept", n);

@@ -22,12 +22,12 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{Stage, StageContext, StageReport};
 use crate::error::{Error, Result};
 use crate::io::{column, i32_column, i64_column, read_table, str_column, write_table};
-use crate::run::{Stage, StageContext, StageReport};
 
 /// The SIMAT vocabulary (subjects, relations and their surface forms, minimum region side).
-pub const SIMAT_VOCABULARY: &str = include_str!("../data/simat_vocabulary.toml");
+pub const SIMAT_VOCABULARY: &str = include_str!("../../data/simat_vocabulary.toml");
 
 /// Default caption template; `{a|an}` becomes the article that fits the next word.
 pub const DEFAULT_CAPTION: &str = "A {subj} {rel} {a|an} {obj}.";

@@ -1,0 +1,3 @@
+//! The tables stages exchange: their files, schemas and typed readers.
+
+pub mod dataset;
