@@ -61,6 +61,39 @@ pub enum Error {
         message: String,
     },
 
+    /// A setting that cannot be used: names the pipeline key and the flag.
+    #[error("`[{stage}] {key}` ({}): {message}", flag_of(.key))]
+    BadValue {
+        /// The stage (its pipeline section and subcommand).
+        stage: String,
+        /// The key (the flag is the same with dashes).
+        key: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+
+    /// A table a stage needs has no provider, or two.
+    #[error("stage `{stage}`: {message}")]
+    Upstream {
+        /// The stage that needs it.
+        stage: String,
+        /// Which table, and how to provide or choose it.
+        message: String,
+    },
+
+    /// An input file or folder a stage's config names is not there.
+    #[error("stage `{stage}`: {what} `{}` not found{hint}", path.display())]
+    InputMissing {
+        /// The stage.
+        stage: String,
+        /// What the file is.
+        what: String,
+        /// The path as given.
+        path: PathBuf,
+        /// How to fix it (starts with `: ` when present).
+        hint: String,
+    },
+
     /// A stage cannot run because something it needs is not there.
     #[error("stage `{stage}`: {message}")]
     Stage {
@@ -88,6 +121,11 @@ pub enum Error {
         "internal error: {0} (this is a bug in simat; please report it with the command you ran)"
     )]
     Internal(String),
+}
+
+/// `chunk_images` → `--chunk-images`.
+fn flag_of(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
 }
 
 impl Error {
@@ -121,6 +159,20 @@ impl Error {
         Error::Data {
             path: path.as_ref().to_path_buf(),
             message: message.into(),
+        }
+    }
+
+    /// An [`Error::InputMissing`].
+    pub fn input_missing(stage: &str, what: &str, path: &Path, hint: &str) -> Self {
+        Error::InputMissing {
+            stage: stage.to_string(),
+            what: what.to_string(),
+            path: path.to_path_buf(),
+            hint: if hint.is_empty() {
+                String::new()
+            } else {
+                format!(": {hint}")
+            },
         }
     }
 

@@ -7,94 +7,20 @@ use std::path::Path;
 
 use arrow::datatypes::SchemaRef;
 
-use crate::engine::atomic::write_atomic;
 use crate::error::Result;
+use crate::io::atomic::write_atomic;
 use crate::io::SchemaDoc;
 
-/// Every table a stage writes: (stage, file, schema).
+/// Every table a stage can write that has a schema: (stage, file, schema), from the registry.
 pub fn all() -> Vec<(&'static str, &'static str, SchemaRef)> {
-    vec![
-        (
-            "ingest",
-            "images.parquet",
-            crate::stages::ingest::images_schema(),
-        ),
-        (
-            "ingest",
-            "relationships.parquet",
-            crate::stages::ingest::relationships_schema(),
-        ),
-        (
-            "ingest",
-            "objects.parquet",
-            crate::stages::ingest::objects_schema(),
-        ),
-        (
-            "ingest",
-            "attributes.parquet",
-            crate::stages::ingest::attributes_schema(),
-        ),
-        (
-            "triplets",
-            "regions.parquet",
-            crate::stages::triplets::regions_schema(),
-        ),
-        (
-            "triplets",
-            "triplets.parquet",
-            crate::stages::triplets::triplets_schema(),
-        ),
-        (
-            "crops",
-            "crops.parquet",
-            crate::stages::crops::crops_schema(),
-        ),
-        (
-            "oracle",
-            "region_scores.parquet",
-            crate::stages::oracle::region_scores_schema(),
-        ),
-        (
-            "select",
-            "dataset.parquet",
-            crate::tables::dataset::dataset_schema(),
-        ),
-        (
-            "import",
-            "regions.parquet",
-            crate::stages::triplets::regions_schema(),
-        ),
-        (
-            "import",
-            "triplets.parquet",
-            crate::stages::triplets::triplets_schema(),
-        ),
-        (
-            "import",
-            "dataset.parquet",
-            crate::tables::dataset::dataset_schema(),
-        ),
-        (
-            "import",
-            "queries.parquet",
-            crate::tables::dataset::queries_schema(),
-        ),
-        (
-            "queries",
-            "queries.parquet",
-            crate::tables::dataset::queries_schema(),
-        ),
-        (
-            "retrieve",
-            "retrievals.parquet",
-            crate::stages::retrieve::retrievals_schema(),
-        ),
-        (
-            "score",
-            "scores.parquet",
-            crate::stages::score::scores_schema(),
-        ),
-    ]
+    crate::stages::ALL
+        .iter()
+        .flat_map(|e| {
+            e.provides()
+                .iter()
+                .filter_map(move |t| t.schema.map(|schema| (e.name(), t.file, schema())))
+        })
+        .collect()
 }
 
 /// The JSON document describing `schema`.

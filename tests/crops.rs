@@ -52,7 +52,13 @@ fn every_status_is_counted_and_pixels_are_right() {
     run_ok(&["ingest", "--vg", s(&vg), "--run", s(&run)], 0);
     run_ok(&["triplets", "--run", s(&run)], 0);
     let out = run_ok(
-        &["crops", "--images", s(&vg.join("images")), "--run", s(&run)],
+        &[
+            "crops",
+            "--image-dir",
+            s(&vg.join("images")),
+            "--run",
+            s(&run),
+        ],
         1,
     );
     let err = stderr(&out);
@@ -101,7 +107,7 @@ fn every_status_is_counted_and_pixels_are_right() {
     run_ok(
         &[
             "crops",
-            "--images",
+            "--image-dir",
             s(&vg.join("images")),
             "--outside",
             "pad",
@@ -134,7 +140,7 @@ fn killed_crops_resume_from_their_chunks() {
     let p = dir.path().join("p.toml");
     std::fs::write(
         &p,
-        "run_dir = \"run\"\n[synth]\nimages = 240\nseed = 4\nrender = true\nplant_rate = 0.2\n[crops]\nchunk_images = 8\n",
+        "run_dir = \"run\"\n[synth]\nimage_count = 240\nseed = 4\nrender = true\nplant_rate = 0.2\n[ingest]\n[triplets]\n[crops]\nchunk_images = 8\n",
     )
     .unwrap();
     run_ok(&["run", s(&p), "--until", "triplets"], 0);
@@ -146,7 +152,7 @@ fn killed_crops_resume_from_their_chunks() {
     run_ok(
         &[
             "crops",
-            "--images",
+            "--image-dir",
             s(&vg_images),
             "--chunk-images",
             "8",

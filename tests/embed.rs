@@ -20,7 +20,7 @@ fn store(path: &Path) -> simat::io::store::EmbeddingStore {
     simat::io::store::EmbeddingStore::open(path).unwrap()
 }
 
-/// `simat embed`: rows in input order keyed by path and text, PyTorch's raw embeddings;
+/// `simat encode`: rows in input order keyed by path and text, PyTorch's raw embeddings;
 /// a corrupt image is skipped, named, and makes the exit code 1.
 #[test]
 fn embed_command_writes_stores_in_input_order() {
@@ -40,7 +40,7 @@ fn embed_command_writes_stores_in_input_order() {
     let out = dir.path().join("out");
     let o = run_ok(
         &[
-            "embed",
+            "encode",
             "--model",
             s(&tiny_clip()),
             "--images",
@@ -105,10 +105,12 @@ fn pipeline(dir: &Path, chunk: usize) -> PathBuf {
         format!(
             r#"run_dir = "run"
 [synth]
-images = 160
+image_count = 160
 seed = 3
 render = true
 plant_rate = 0.2
+[ingest]
+[triplets]
 [crops]
 [oracle]
 model = "{m}"
@@ -282,7 +284,7 @@ fn labels_selection_keeps_only_cropped_regions() {
     std::fs::write(
         &p,
         format!(
-            "run_dir = \"run\"\n[synth]\nimages = 120\nseed = 5\nrender = true\nplant_rate = 0.3\n[crops]\n[select]\noracle = \"labels\"\n[queries]\n[embed]\nmodel = \"{}\"\nthreads = 1\n",
+            "run_dir = \"run\"\n[synth]\nimage_count = 120\nseed = 5\nrender = true\nplant_rate = 0.3\n[ingest]\n[triplets]\n[crops]\n[select]\noracle = \"labels\"\n[queries]\n[embed]\nmodel = \"{}\"\nthreads = 1\n",
             tiny_clip().display()
         ),
     )

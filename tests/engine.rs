@@ -10,7 +10,7 @@ fn pipeline(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "run_dir = \"run\"\n\n[synth]\nimages = 300\nseed = 11\nplant_rate = 0.1\n\n[triplets]\nmin_region_side = 32\n{extra}"
+            "run_dir = \"run\"\n\n[synth]\nimage_count = 300\nseed = 11\nplant_rate = 0.1\n\n[ingest]\n\n[triplets]\nmin_region_side = 32\n{extra}"
         ),
     )
     .unwrap();
@@ -186,9 +186,12 @@ fn a_bad_pipeline_names_the_problem() {
         "{err}"
     );
     let p = dir.path().join("novg.toml");
-    std::fs::write(&p, "run_dir = \"run\"\n").unwrap();
+    std::fs::write(&p, "run_dir = \"run\"\n[ingest]\n").unwrap();
     let err = stderr(&run_ok(&["run", s(&p)], 2));
-    assert!(err.contains("`[ingest] vg` is not set"), "{err}");
+    assert!(
+        err.contains("stage `ingest`: needs `vg`") && err.contains("--vg DIR (`vg` in [ingest])"),
+        "{err}"
+    );
 }
 
 #[test]

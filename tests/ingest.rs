@@ -226,11 +226,20 @@ fn bad_boxes_are_skipped_and_counted() {
 #[test]
 fn killed_ingest_resumes_to_identical_outputs() {
     let dir = tempdir();
-    let vg = dir.path().join("vg");
+    let synth = dir.path().join("synth-run");
     run_ok(
-        &["synth", "--out", s(&vg), "--images", "30000", "--seed", "5"],
+        &[
+            "synth",
+            "--run",
+            s(&synth),
+            "--image-count",
+            "30000",
+            "--seed",
+            "5",
+        ],
         0,
     );
+    let vg = synth.join("synth/vg");
     let clean = dir.path().join("clean");
     let out = ingest(&vg, &clean);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -288,7 +288,7 @@ fn a_graph_with_other_names_is_refused_with_its_names() {
     std::fs::write(&texts, "a cat\n").unwrap();
     let err = stderr(&run_ok(
         &[
-            "embed",
+            "encode",
             "--model",
             s(dir.path()),
             "--texts",

@@ -26,7 +26,7 @@ fn pipeline(dir: &Path, images: &Path) -> PathBuf {
     };
     t["run_dir"] = toml::Value::String("run".into());
     set(&mut t, "import", "release", &release());
-    set(&mut t, "crops", "images", images);
+    set(&mut t, "crops", "image_dir", images);
     set(&mut t, "embed", "model", &tiny_clip());
     let p = dir.join("official.toml");
     std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
@@ -38,13 +38,7 @@ fn official_pipeline_equals_its_steps_one_by_one() {
     let dir = tempdir();
     let images = dir.path().join("vg-stand-in");
     run_ok(
-        &[
-            "synth",
-            "--stand-in-for",
-            s(&release()),
-            "--out",
-            s(&images),
-        ],
+        &["stand-ins", "--release", s(&release()), "--out", s(&images)],
         0,
     );
     let p = pipeline(dir.path(), &images);
@@ -63,7 +57,7 @@ fn official_pipeline_equals_its_steps_one_by_one() {
         .map(|l| l.as_float().unwrap().to_string())
         .collect();
 
-    // The same, step by step, through the general tools: crops, `simat embed` of the crops in
+    // The same, step by step, through the general tools: crops, `simat encode` of the crops in
     // dataset_id order and of the words, the keyed import of its stores, then score.
     let steps = dir.path().join("steps");
     run_ok(
@@ -79,10 +73,10 @@ fn official_pipeline_equals_its_steps_one_by_one() {
     run_ok(
         &[
             "crops",
-            "--from-import",
+            "--only-dataset",
             "--outside",
             "pad",
-            "--images",
+            "--image-dir",
             s(&images),
             "--run",
             s(&steps),
@@ -112,7 +106,7 @@ fn official_pipeline_equals_its_steps_one_by_one() {
     .unwrap();
     let embedded = dir.path().join("embedded");
     let mut args = vec![
-        "embed".to_string(),
+        "encode".to_string(),
         "--model".into(),
         s(&tiny_clip()).into(),
         "--texts".into(),
@@ -128,15 +122,15 @@ fn official_pipeline_equals_its_steps_one_by_one() {
             "import-embeddings",
             "--run",
             s(&steps),
-            "--images",
+            "--image-embeddings",
             s(&embedded.join("image_embeddings.arrow")),
-            "--word-vectors",
+            "--word-embeddings",
             s(&embedded.join("text_embeddings.arrow")),
         ],
         0,
     );
     let l = lambdas.join(",");
-    run_ok(
+    score_ok(
         &[
             "score",
             "--run",
@@ -155,8 +149,8 @@ fn official_pipeline_equals_its_steps_one_by_one() {
         simat::io::read_all(&steps.join(retrievals)).unwrap(),
         simat::io::read_all(&run.join(retrievals)).unwrap()
     );
-    let a = simat::stages::score::ScoresFile::read(&run.join("score/scores.json")).unwrap();
-    let b = simat::stages::score::ScoresFile::read(&steps.join("score/scores.json")).unwrap();
+    let a = simat::tables::retrievals::ScoresFile::read(&run.join("score/scores.json")).unwrap();
+    let b = simat::tables::retrievals::ScoresFile::read(&steps.join("score/scores.json")).unwrap();
     assert_eq!(a.scores, b.scores);
     assert_eq!(a.scores.len(), lambdas.len() * 3 * 4);
     assert_eq!(a.provenance["query_set"], "release");

@@ -55,11 +55,11 @@ fn written_files_match_the_schema_documents() {
             "import-embeddings",
             "--run",
             s(&run),
-            "--images",
+            "--image-embeddings",
             s(&img),
             "--words",
             s(&release.join("clip_vitb32_words.txt")),
-            "--word-vectors",
+            "--word-embeddings",
             s(&release.join("clip_vitb32_word_vectors.npy")),
         ],
         0,
@@ -67,22 +67,23 @@ fn written_files_match_the_schema_documents() {
     run_ok(&["queries", "--run", s(&run)], 0);
     run_ok(
         &[
-            "score",
+            "retrieve",
             "--run",
             s(&run),
-            "--lambda",
+            "--lambdas",
             "1",
             "--queries",
             "regenerated",
         ],
         0,
     );
+    run_ok(&["score", "--run", s(&run), "--queries", "regenerated"], 0);
     // Crops and selection, on a small rendered synthetic VG.
     let p = dir.path().join("p.toml");
     std::fs::write(
         &p,
         format!(
-            "run_dir = \"synth-run\"\n[synth]\nimages = 40\nrender = true\nplant_rate = 0.3\n[crops]\n[oracle]\nmodel = \"{}\"\n[select]\n",
+            "run_dir = \"synth-run\"\n[synth]\nimage_count = 40\nrender = true\nplant_rate = 0.3\n[ingest]\n[triplets]\n[crops]\n[oracle]\nmodel = \"{}\"\n[select]\n",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip").display()
         ),
     )

@@ -78,9 +78,9 @@ fn import_release(run: &Path) -> PathBuf {
             "import-embeddings",
             "--run",
             s(run),
-            "--images",
+            "--image-embeddings",
             s(&inputs.join("img.pt")),
-            "--word-vectors",
+            "--word-embeddings",
             s(&words_ptd()),
         ],
         0,
@@ -88,8 +88,8 @@ fn import_release(run: &Path) -> PathBuf {
     inputs
 }
 
-fn read_scores(run: &Path) -> simat::stages::score::ScoresFile {
-    simat::stages::score::ScoresFile::read(&run.join("score/scores.json")).unwrap()
+fn read_scores(run: &Path) -> simat::tables::retrievals::ScoresFile {
+    simat::tables::retrievals::ScoresFile::read(&run.join("score/scores.json")).unwrap()
 }
 
 /// triplets.csv's rows as (region_id, dataset_id).
@@ -238,7 +238,7 @@ fn scores_equal_eval_py() {
         if with_heads {
             args.extend(["--heads", s(&heads)]);
         }
-        run_ok(&args, 0);
+        score_ok(&args, 0);
         let ours = read_scores(&run);
         assert_eq!(ours.provenance["query_set"], "release");
         assert_eq!(
@@ -343,9 +343,11 @@ fn image_embeddings_are_joined_by_key() {
     let run = dir.path().join("run");
     let inputs = import_release(&run);
     let store = |run: &Path| {
-        simat::io::store::EmbeddingStore::open(&run.join("embed/image_embeddings.arrow"))
-            .unwrap()
-            .to_matrix()
+        simat::io::store::EmbeddingStore::open(
+            &run.join("import-embeddings/image_embeddings.arrow"),
+        )
+        .unwrap()
+        .to_matrix()
     };
     let by_pt = store(&run);
     let d = simat::tables::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
@@ -368,9 +370,9 @@ fn image_embeddings_are_joined_by_key() {
                 "import-embeddings",
                 "--run",
                 s(&other),
-                "--images",
+                "--image-embeddings",
                 s(images),
-                "--word-vectors",
+                "--word-embeddings",
                 s(&words_ptd()),
             ],
             code,
@@ -474,9 +476,11 @@ fn heads_on_normalised_embeddings_are_refused() {
     let dir = tempdir();
     let run = dir.path().join("run");
     import_release(&run);
-    let mut m = simat::io::store::EmbeddingStore::open(&run.join("embed/image_embeddings.arrow"))
-        .unwrap()
-        .to_matrix();
+    let mut m = simat::io::store::EmbeddingStore::open(
+        &run.join("import-embeddings/image_embeddings.arrow"),
+    )
+    .unwrap()
+    .to_matrix();
     simat::linalg::normalize_rows(&mut m);
     let npy = dir.path().join("unit.npy");
     simat::io::store::write_npy(&npy, &m).unwrap();
@@ -485,9 +489,9 @@ fn heads_on_normalised_embeddings_are_refused() {
             "import-embeddings",
             "--run",
             s(&run),
-            "--images",
+            "--image-embeddings",
             s(&npy),
-            "--word-vectors",
+            "--word-embeddings",
             s(&words_ptd()),
         ],
         0,
@@ -497,7 +501,7 @@ fn heads_on_normalised_embeddings_are_refused() {
         let h = heads_pt();
         args.push(s(&h));
         args.extend(extra);
-        stderr(&run_ok(&args, code))
+        stderr(&score_ok(&args, code))
     };
     let err = score(&[], 2);
     assert!(
@@ -528,7 +532,7 @@ fn a_long_table_oracle_equals_the_matrix() {
     let mut args = base.to_vec();
     let oracle = inputs.join("oracle.npy");
     args.extend(["--oracle", s(&oracle)]);
-    run_ok(&args, 0);
+    score_ok(&args, 0);
     let want = read_scores(&run).scores;
     let m = simat::io::store::read_matrix(&oracle).unwrap();
     let d = simat::tables::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
@@ -563,7 +567,7 @@ fn a_long_table_oracle_equals_the_matrix() {
     write(&table, false);
     let mut args = base.to_vec();
     args.extend(["--oracle", s(&table)]);
-    run_ok(&args, 0);
+    score_ok(&args, 0);
     let got = read_scores(&run);
     assert_eq!(got.scores, want);
     assert_eq!(got.provenance["oracle"]["kind"], "table");
@@ -573,7 +577,7 @@ fn a_long_table_oracle_equals_the_matrix() {
     write(&partial, true);
     let mut args = base.to_vec();
     args.extend(["--oracle", s(&partial)]);
-    let out = crate::util::run(&args);
+    let out = retrieve_and_score(&args);
     if out.status.code() == Some(2) {
         let err = stderr(&out);
         assert!(
@@ -594,7 +598,7 @@ fn label_oracle_and_freshness_of_score() {
     let dir = tempdir();
     let run = dir.path().join("run");
     import_release(&run);
-    run_ok(
+    score_ok(
         &[
             "score",
             "--run",
@@ -612,7 +616,7 @@ fn label_oracle_and_freshness_of_score() {
         .iter()
         .all(|r| r.split == "test" && (0.0..=100.0).contains(&r.score)));
     // Again: retrieval and score are fresh.
-    let err = stderr(&run_ok(
+    let err = stderr(&score_ok(
         &[
             "score",
             "--run",
@@ -629,7 +633,7 @@ fn label_oracle_and_freshness_of_score() {
         "{err}"
     );
     // A new λ reruns both.
-    let err = stderr(&run_ok(
+    let err = stderr(&score_ok(
         &["-v", "score", "--run", s(&run), "--lambda", "1,2"],
         0,
     ));
@@ -694,22 +698,22 @@ fn regenerated_queries_cover_the_release() {
             "import-embeddings",
             "--run",
             s(&run),
-            "--images",
+            "--image-embeddings",
             s(&inputs.join("img.pt")),
             "--words",
             s(&release().join("clip_vitb32_words.txt")),
-            "--word-vectors",
+            "--word-embeddings",
             s(&release().join("clip_vitb32_word_vectors.npy")),
         ],
         0,
     );
-    let err = stderr(&run_ok(&["score", "--run", s(&run), "--lambda", "1"], 2));
+    let err = stderr(&score_ok(&["score", "--run", s(&run), "--lambda", "1"], 2));
     assert!(
-        err.contains("has both the release's queries (import) and regenerated ones")
+        err.contains("needs `queries`, which import and queries have all finished")
             && err.contains("--queries regenerated"),
         "{err}"
     );
-    let out = run_ok(
+    let out = score_ok(
         &[
             "score",
             "--run",
@@ -735,7 +739,7 @@ fn regenerated_queries_cover_the_release() {
         .unwrap();
     assert_eq!(all.n_queries as usize, ours.len(), "{}", stdout(&out));
     // Switching to the release's queries reruns retrieval, and says so.
-    let err = stderr(&run_ok(
+    let err = stderr(&score_ok(
         &[
             "-v",
             "score",

@@ -140,3 +140,58 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn texts_of(rows: &[serde_json::Value]) -> Vec<&str> {
     rows.iter().map(|r| r["text"].as_str().unwrap()).collect()
 }
+
+/// `simat retrieve` then `simat score` on one argument list in the form `[-v] score --run RUN
+/// --lambda L --heads H --oracle O ...`: each flag goes to the stage that has it (as the
+/// `score` command of simat before the stage registry did both). The outputs are joined; the
+/// exit status is the first failure's, else the last one's.
+pub fn retrieve_and_score(args: &[&str]) -> Output {
+    let mut globals = Vec::new();
+    let mut retrieve = vec!["retrieve"];
+    let mut score = vec!["score"];
+    let mut it = args.iter().copied().peekable();
+    while let Some(a) = it.next() {
+        match a {
+            "-v" | "-q" => globals.push(a),
+            "score" => {}
+            "--allow-normalised" => retrieve.push(a),
+            "--lambda" | "--lambdas" | "--heads" | "-k" => {
+                retrieve.push(a);
+                retrieve.push(it.next().unwrap());
+            }
+            "--oracle" | "--split" | "--threshold" => {
+                score.push(a);
+                score.push(it.next().unwrap());
+            }
+            "--run" | "--queries" => {
+                let v = it.next().unwrap();
+                retrieve.extend([a, v]);
+                score.extend([a, v]);
+            }
+            other => panic!("retrieve_and_score: unknown argument {other}"),
+        }
+    }
+    let first = run(&[globals.clone(), retrieve].concat());
+    if !first.status.success() {
+        return first;
+    }
+    let second = run(&[globals, score].concat());
+    Output {
+        status: second.status,
+        stdout: [first.stdout, second.stdout].concat(),
+        stderr: [first.stderr, second.stderr].concat(),
+    }
+}
+
+/// [`retrieve_and_score`], requiring an exit code.
+pub fn score_ok(args: &[&str], code: i32) -> Output {
+    let out = retrieve_and_score(args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "simat {args:?}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

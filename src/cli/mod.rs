@@ -1,4 +1,7 @@
-//! The `simat` command line: parses arguments and calls the library.
+//! The `simat` command line: one subcommand per registered stage (derived from
+//! [`crate::stages::ALL`]), `run` and `status` for pipelines, and the tools (`inspect`, `knn`,
+//! `encode`, `stand-ins`, `runtime`). It parses, dispatches and reports; the work is in the
+//! library.
 
 pub mod knn;
 
@@ -7,38 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Command, FromArgMatches, Parser, Subcommand};
 
 use crate::engine::{describe, Engine, Freshness, Manifest, RunOptions, Stage, StageOutcome};
+use crate::model::runner::ModelRunConfig;
 use crate::pipeline::Pipeline;
-use crate::stages::embed::ModelRunConfig;
-use crate::stages::import::{ImportConfig, ImportStage};
-use crate::stages::import_embeddings::{ImportEmbeddingsConfig, ImportEmbeddingsStage};
-use crate::stages::ingest::{IngestConfig, IngestStage};
-use crate::stages::queries::{QueriesConfig, QueriesStage};
-use crate::stages::retrieve::{RetrieveConfig, RetrieveStage};
-use crate::stages::score::{ScoreConfig, ScoreStage};
-use crate::stages::synth::SynthConfig;
-use crate::stages::triplets::{TripletsConfig, TripletsStage};
-use crate::tables::dataset::QuerySet;
+use crate::stages;
 use crate::ui::Ui;
 
-/// simat: regenerate and score the SIMAT benchmark, stage by stage, into Parquet.
-#[derive(Debug, Parser)]
-#[command(name = "simat", version, about, long_about = None)]
-struct Cli {
-    /// Print nothing but errors.
-    #[arg(short, long, global = true)]
-    quiet: bool,
-    /// Explain why stages run (stale reasons) and print stage reports.
-    #[arg(short, long, global = true)]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
+/// The subcommands that are not stages.
 #[derive(Debug, Subcommand)]
-enum Command {
+enum Tool {
     /// Run a pipeline file, skipping stages that are fresh.
     Run {
         /// The pipeline TOML file (see pipelines/).
@@ -72,138 +54,6 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 10)]
         rows: usize,
     },
-    /// Visual Genome 1.4 JSON into RUN/ingest/*.parquet.
-    Ingest {
-        /// Visual Genome folder (image_data.json, relationships.json, objects.json, attributes.json).
-        #[arg(long)]
-        vg: PathBuf,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
-    /// SIMAT triplet extraction into RUN/triplets/{regions,triplets}.parquet.
-    Triplets {
-        /// Vocabulary TOML (subjects, relations, min_region_side, captions), or a pipeline file
-        /// with a [triplets] section. Default: SIMAT's vocabulary.
-        #[arg(long)]
-        vocab: Option<PathBuf>,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
-    /// One PNG per region, cut at its union box: RUN/crops/crops/*.png and crops.parquet.
-    Crops {
-        /// Images folder (`<image_id>.jpg`, also under VG_100K/ and VG_100K_2/).
-        #[arg(long)]
-        images: PathBuf,
-        /// Images per checkpointed chunk.
-        #[arg(long, default_value_t = 512)]
-        chunk_images: usize,
-        /// A box reaching outside its image: `clamp` it to the image, or `pad` with black as
-        /// Pillow's `Image.crop` (and the release's prepare_dataset.py) does.
-        #[arg(long, value_enum, default_value = "clamp")]
-        outside: crate::stages::crops::Outside,
-        /// Crop the regions of the imported release's dataset instead of the triplets stage's.
-        #[arg(long)]
-        from_import: bool,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
-    /// Write a synthetic Visual Genome (the four JSON files, optionally JPEGs).
-    Synth {
-        /// Output folder.
-        #[arg(long)]
-        out: PathBuf,
-        /// Number of images.
-        #[arg(long, default_value_t = 1000)]
-        images: u64,
-        /// Seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Also render one JPEG per image under OUT/images/.
-        #[arg(long)]
-        render: bool,
-        /// Fraction of relationships planted with the SIMAT vocabulary.
-        #[arg(long, default_value_t = 0.02)]
-        plant_rate: f64,
-        /// Instead: render stand-in JPEGs for the images of this SIMAT release's benchmark
-        /// regions (boxes and names drawn), for running the official pipeline without Visual
-        /// Genome's images.
-        #[arg(long, value_name = "RELEASE")]
-        stand_in_for: Option<PathBuf>,
-    },
-    /// The dataset of a regenerated benchmark: RUN/select/dataset.parquet.
-    Select {
-        /// `labels`, or a regions × triplets similarity matrix (.npy).
-        #[arg(long, default_value = "labels")]
-        oracle: String,
-        /// Keep regions whose similarity with their own caption is at least this.
-        #[arg(long, default_value_t = 0.5)]
-        threshold: f64,
-        /// Drop triplets shown by fewer distinct images.
-        #[arg(long, default_value_t = 2)]
-        min_images: usize,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
-    /// The official SIMAT release (retrieval_db.tsv, triplets.csv, captions.txt, transfos.csv)
-    /// into RUN/import/{regions,triplets,dataset,queries}.parquet.
-    ImportSimat {
-        /// The release folder.
-        #[arg(long)]
-        release: PathBuf,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
-    /// Raw image and word embeddings from files into RUN/embed/*.arrow, joined by key.
-    ImportEmbeddings {
-        /// Raw image embeddings: keyed by region (a PyTorch dict region_id → vector such as the
-        /// release's simat_img_clip.pt; Arrow/Parquet with a region_id, key or dataset_id
-        /// column), or a .npy with one row per dataset_id, in dataset_id order.
-        #[arg(long)]
-        images: PathBuf,
-        /// Raw word embeddings: keyed by word (the release's simat_words_clip.ptd; Arrow/Parquet
-        /// with a word column), or a .npy whose rows follow --words.
-        #[arg(long)]
-        word_vectors: PathBuf,
-        /// Words, one per line: the row order of a .npy of word vectors.
-        #[arg(long)]
-        words: Option<PathBuf>,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
-    /// Transformation queries for the run's dataset: RUN/queries/queries.parquet.
-    Queries {
-        /// Seed of the dev/test split (by region).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Fraction of regions in the test split.
-        #[arg(long, default_value_t = 0.5)]
-        test_fraction: f64,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
-    /// Answer every transformation query for each λ: RUN/retrieve/retrievals.parquet.
-    Retrieve {
-        #[command(flatten)]
-        retrieval: RetrievalArgs,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
-    /// The SIMAT score (retrieving first when the retrievals are missing or stale).
-    Score {
-        /// `labels`, or an images × captions similarity matrix (.npy).
-        #[arg(long, default_value = "labels")]
-        oracle: String,
-        /// Which split to report: dev, test, or all (dev, test and both).
-        #[arg(long, default_value = "all")]
-        split: String,
-        /// Success threshold on the oracle's similarity.
-        #[arg(long, default_value_t = 0.5)]
-        threshold: f64,
-        #[command(flatten)]
-        retrieval: RetrievalArgs,
-        #[command(flatten)]
-        run: StageRunArgs,
-    },
     /// Exact inner-product k-NN between two matrices (.npy, Arrow IPC or Parquet).
     Knn {
         /// Database, n × d.
@@ -222,13 +72,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Embed your own images and texts with a model folder (scripts/export_clip.py):
-    /// OUT/image_embeddings.arrow (key, embedding) and OUT/text_embeddings.arrow (text,
-    /// embedding), rows in input order, L2-normalised.
-    Embed {
-        /// The model folder (image.onnx, text.onnx, tokenizer.json, model.toml).
-        #[arg(long)]
-        model: PathBuf,
+    /// Encode your own images and texts with a model folder: OUT/image_embeddings.arrow (key,
+    /// embedding) and OUT/text_embeddings.arrow (text, embedding), rows in input order, the raw
+    /// outputs of the towers.
+    Encode {
+        #[command(flatten)]
+        model: ModelRunConfig,
         /// Image files, or folders of PNG/JPEG files (sorted by name); repeatable.
         #[arg(long, num_args = 1..)]
         images: Vec<PathBuf>,
@@ -238,15 +87,16 @@ enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// `cpu`, or `cuda:N` (needs the onnxruntime-gpu library).
-        #[arg(long, default_value = "cpu")]
-        device: crate::model::Device,
-        /// Images or texts per inference batch.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        /// ONNX Runtime intra-op threads (0: one per core).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
+    },
+    /// Render stand-in JPEGs for the images of a SIMAT release's benchmark regions (boxes and
+    /// names drawn), to run the official pipeline without Visual Genome's images.
+    StandIns {
+        /// The release folder (retrieval_db.tsv, triplets.csv).
+        #[arg(long)]
+        release: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Which ONNX Runtime simat loads, and (with --model) a model's inputs and outputs.
     Runtime {
@@ -263,79 +113,41 @@ enum Command {
     },
 }
 
-#[derive(Debug, Args)]
-struct RetrievalArgs {
-    /// λ values (repeat or separate with commas).
-    #[arg(long = "lambda", value_delimiter = ',', num_args = 1..)]
-    lambdas: Vec<f64>,
-    /// Results kept per query and λ.
-    #[arg(short, default_value_t = 5)]
-    k: usize,
-    /// The queries: `release` (transfos.csv, from import-simat) or `regenerated` (the queries
-    /// stage). Needed when the run has both; otherwise the one it has.
-    #[arg(long, value_enum)]
-    queries: Option<QuerySet>,
-    /// Linear heads on the raw embeddings: a PyTorch file (the release's head_clip_t=0.1.pt) or
-    /// the prefix of PREFIX_{img,txt}_head_{weight,bias}.npy.
-    #[arg(long, value_name = "FILE_OR_PREFIX")]
-    heads: Option<PathBuf>,
-    /// Apply --heads even to embeddings that are already unit-norm (heads trained on
-    /// normalised vectors).
-    #[arg(long)]
-    allow_normalised: bool,
+/// simat: regenerate and score the SIMAT benchmark, stage by stage, into Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "simat", version, about, long_about = None)]
+struct Globals {
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Explain why stages run (stale reasons) and print stage reports.
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
 
-impl RetrievalArgs {
-    fn config(&self, run_dir: &Path, ui: &Ui) -> Result<RetrieveConfig> {
-        let have: Vec<QuerySet> = [QuerySet::Release, QuerySet::Regenerated]
-            .into_iter()
-            .filter(|q| stage_done(run_dir, q.stage()).unwrap_or(false))
-            .collect();
-        let queries = match (self.queries, have.as_slice()) {
-            (Some(q), _) => q,
-            (None, [only]) => {
-                ui.status("Queries", only.describe());
-                *only
-            }
-            (None, []) => anyhow::bail!(
-                "`{}` has no queries: run `simat import-simat` (the release's) or `simat queries` (regenerated) first",
-                run_dir.display()
-            ),
-            (None, _) => anyhow::bail!(
-                "`{}` has both the release's queries (import) and regenerated ones (queries): say which with --queries release or --queries regenerated",
-                run_dir.display()
-            ),
-        };
-        Ok(RetrieveConfig {
-            lambdas: if self.lambdas.is_empty() {
-                crate::stages::retrieve::DEFAULT_LAMBDAS.to_vec()
-            } else {
-                self.lambdas.clone()
-            },
-            k: self.k,
-            queries,
-            heads: self.heads.clone(),
-            allow_normalised: self.allow_normalised,
-        })
+/// The whole command line: the globals, the tools, and a subcommand per stage.
+pub fn command() -> Command {
+    let mut cmd = Tool::augment_subcommands(
+        <Globals as clap::CommandFactory>::command()
+            .subcommand_required(true)
+            .arg_required_else_help(true),
+    )
+    .about("simat: regenerate and score the SIMAT benchmark, stage by stage, into Parquet")
+    .long_about(None);
+    for entry in stages::ALL {
+        cmd = cmd.subcommand(entry.command());
     }
-}
-
-#[derive(Debug, Args)]
-struct StageRunArgs {
-    /// The run directory.
-    #[arg(long = "run", value_name = "RUN")]
-    run_dir: PathBuf,
-    /// Rerun even if fresh.
-    #[arg(long)]
-    force: bool,
+    cmd
 }
 
 /// Parse the command line, run it, and return the exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let ui = Ui::detect(cli.quiet, cli.verbose);
-    init_logging(cli.verbose);
-    match run(cli.command, &ui) {
+    let matches = command().get_matches();
+    let quiet = matches.get_flag("quiet");
+    let verbose = matches.get_flag("verbose");
+    let ui = Ui::detect(quiet, verbose);
+    init_logging(verbose);
+    match dispatch(&matches, &ui) {
         Ok(code) => code,
         Err(err) => {
             if is_broken_pipe(&err) {
@@ -376,14 +188,17 @@ fn exit_of(outcomes: &[StageOutcome]) -> ExitCode {
     }
 }
 
+fn engine<'a>(run_dir: &Path, ui: &'a Ui) -> Result<Engine<'a>> {
+    Ok(Engine::new(run_dir, ui)?.with_catalogue(stages::providers_of))
+}
+
 fn run_stages(
     run_dir: &Path,
     stages: &[&dyn Stage],
     opts: &RunOptions,
     ui: &Ui,
 ) -> Result<Vec<StageOutcome>> {
-    let engine = Engine::new(run_dir, ui)?;
-    let outcomes = engine.run(stages, opts)?;
+    let outcomes = engine(run_dir, ui)?.run(stages, opts)?;
     if ui.verbose {
         for o in &outcomes {
             for (k, v) in &o.record.counters {
@@ -394,248 +209,70 @@ fn run_stages(
     Ok(outcomes)
 }
 
-fn single(run: &StageRunArgs, stage: &dyn Stage, ui: &Ui) -> Result<ExitCode> {
-    let mut opts = RunOptions::default();
-    if run.force {
-        opts.force.insert(stage.name().to_string());
+fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
+    let (name, sub) = matches.subcommand().expect("a subcommand is required");
+    if let Some(entry) = stages::find(name) {
+        let stage = entry.build_from_matches(sub)?;
+        let run_dir = sub.get_one::<PathBuf>("run").expect("required");
+        let mut opts = RunOptions::default();
+        if sub.get_flag("force") {
+            opts.force.insert(stage.name().to_string());
+        }
+        let outcomes = run_stages(run_dir, &[stage.as_ref()], &opts, ui)?;
+        if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
+            if let Some(text) = entry.summary(&run_dir.clone())? {
+                println!("{text}");
+            }
+        }
+        return Ok(exit_of(&outcomes));
     }
-    let outcomes = run_stages(&run.run_dir, &[stage], &opts, ui)?;
-    Ok(exit_of(&outcomes))
-}
-
-fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
-    match command {
-        Command::Run {
+    match Tool::from_arg_matches(matches)? {
+        Tool::Run {
             pipeline,
             run_dir,
             until,
             force,
         } => {
             let p = Pipeline::load_with_run_dir(&pipeline, run_dir.as_deref())?;
-            let stages = p.stages();
-            let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
             let opts = RunOptions {
                 force: force.into_iter().collect::<BTreeSet<_>>(),
                 until,
             };
-            let outcomes = run_stages(&p.run_dir, &refs, &opts, ui)?;
+            let outcomes = run_stages(&p.run_dir, &p.stages(), &opts, ui)?;
             if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
                 print_summary(&p.run_dir, &outcomes)?;
             }
             Ok(exit_of(&outcomes))
         }
-        Command::Status {
+        Tool::Status {
             run,
             pipeline,
             json,
         } => status(&run, pipeline.as_deref(), json, ui),
-        Command::Inspect { file, rows } => inspect(&file, rows),
-        Command::Ingest { vg, run } => {
-            let stage = IngestStage {
-                config: IngestConfig {
-                    vg,
-                    block_bytes: crate::io::json_stream::DEFAULT_BLOCK,
-                },
-            };
-            single(&run, &stage, ui)
-        }
-        Command::Triplets { vocab, run } => {
-            let config = match vocab {
-                Some(path) => TripletsConfig::load(&path)?,
-                None => TripletsConfig::default(),
-            };
-            single(&run, &TripletsStage { config }, ui)
-        }
-        Command::Synth {
-            out,
-            images,
-            seed,
-            render,
-            plant_rate,
-            stand_in_for,
-        } => {
-            if let Some(release) = stand_in_for {
-                let start = std::time::Instant::now();
-                let n = crate::stages::synth::render_stand_ins(&release, &out, ui)?;
-                ui.status(
-                    "Finished",
-                    format!(
-                        "{n} stand-in images for {} in {} in {:.2}s",
-                        release.display(),
-                        out.display(),
-                        start.elapsed().as_secs_f64()
-                    ),
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !(0.0..=1.0).contains(&plant_rate) {
-                anyhow::bail!("--plant-rate must be between 0 and 1, got {plant_rate}");
-            }
-            let config = SynthConfig {
-                images,
-                seed,
-                render,
-                plant_rate,
-            };
-            let start = std::time::Instant::now();
-            let s = crate::stages::synth::synthesize(&config, &out, ui)?;
-            ui.status(
-                "Finished",
-                format!(
-                    "{} images, {} objects, {} relationships ({:.1} MB of relationships.json){} in {:.2}s",
-                    s.images,
-                    s.objects,
-                    s.relationships,
-                    s.relationships_bytes as f64 / 1e6,
-                    if render { ", rendered" } else { "" },
-                    start.elapsed().as_secs_f64()
-                ),
-            );
-            println!("{}", serde_json::to_string(&s)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Crops {
-            images,
-            chunk_images,
-            outside,
-            from_import,
-            run,
-        } => single(
-            &run,
-            &crate::stages::crops::CropsStage {
-                config: crate::stages::crops::CropsConfig {
-                    images,
-                    regions_stage: if from_import { "import" } else { "triplets" }.into(),
-                    chunk_images,
-                    outside,
-                },
-            },
-            ui,
-        ),
-        Command::Select {
-            oracle,
-            threshold,
-            min_images,
-            run,
-        } => single(
-            &run,
-            &crate::stages::select::SelectStage {
-                config: crate::stages::select::SelectConfig {
-                    oracle,
-                    threshold,
-                    min_images,
-                    require_crop: false,
-                },
-            },
-            ui,
-        ),
-        Command::ImportSimat { release, run } => single(
-            &run,
-            &ImportStage {
-                config: ImportConfig { release },
-            },
-            ui,
-        ),
-        Command::ImportEmbeddings {
-            images,
-            words,
-            word_vectors,
-            run,
-        } => single(
-            &run,
-            &ImportEmbeddingsStage {
-                config: ImportEmbeddingsConfig {
-                    images,
-                    words,
-                    word_vectors,
-                    dataset_stage: dataset_stage_of(&run.run_dir)?,
-                },
-            },
-            ui,
-        ),
-        Command::Queries {
-            seed,
-            test_fraction,
-            run,
-        } => single(
-            &run,
-            &QueriesStage {
-                config: QueriesConfig {
-                    seed,
-                    test_fraction,
-                    dataset_stage: dataset_stage_of(&run.run_dir)?,
-                },
-            },
-            ui,
-        ),
-        Command::Retrieve { retrieval, run } => {
-            let config = retrieval.config(&run.run_dir, ui)?;
-            single(&run, &RetrieveStage { config }, ui)
-        }
-        Command::Score {
-            oracle,
-            split,
-            threshold,
-            retrieval,
-            run,
-        } => {
-            let rconfig = retrieval.config(&run.run_dir, ui)?;
-            let retrieve = RetrieveStage {
-                config: rconfig.clone(),
-            };
-            let score = ScoreStage {
-                config: ScoreConfig {
-                    oracle,
-                    threshold,
-                    split,
-                    queries: rconfig.queries,
-                    // The release's queries are of the release's dataset.
-                    dataset_stage: match rconfig.queries {
-                        QuerySet::Release => "import".into(),
-                        QuerySet::Regenerated => dataset_stage_of(&run.run_dir)?,
-                    },
-                },
-            };
-            let mut opts = RunOptions::default();
-            if run.force {
-                opts.force.insert("retrieve".into());
-            }
-            let outcomes = run_stages(&run.run_dir, &[&retrieve, &score], &opts, ui)?;
-            print_scores(&run.run_dir.join("score").join("scores.json"))?;
-            Ok(exit_of(&outcomes))
-        }
-        Command::Knn {
+        Tool::Inspect { file, rows } => inspect(&file, rows),
+        Tool::Knn {
             db,
             queries,
             k,
             exclude,
             out,
         } => knn(&db, &queries, k, exclude.as_deref(), &out, ui),
-        Command::Embed {
+        Tool::Encode {
             model,
             images,
             texts,
             out,
-            device,
-            batch_size,
-            threads,
         } => {
             anyhow::ensure!(
                 !images.is_empty() || texts.is_some(),
-                "nothing to embed: give --images and/or --texts"
+                "nothing to encode: give --images and/or --texts"
             );
-            let config = ModelRunConfig {
-                device,
-                batch_size,
-                threads,
-                ..ModelRunConfig::new(model)
-            };
+            model.check("encode")?;
             let start = std::time::Instant::now();
-            let r =
-                crate::stages::embed::embed_files(&config, &images, texts.as_deref(), &out, ui)?;
+            let r = crate::model::runner::embed_files(&model, &images, texts.as_deref(), &out, ui)?;
             let secs = start.elapsed().as_secs_f64();
             ui.status(
-                "Embedded",
+                "Encoded",
                 format!(
                     "{} images and {} texts (D = {}) in {secs:.2}s into {}",
                     r.images,
@@ -653,7 +290,21 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Runtime { model } => {
+        Tool::StandIns { release, out } => {
+            let start = std::time::Instant::now();
+            let n = stages::synth::render_stand_ins(&release, &out, ui)?;
+            ui.status(
+                "Finished",
+                format!(
+                    "{n} stand-in images for {} in {} in {:.2}s",
+                    release.display(),
+                    out.display(),
+                    start.elapsed().as_secs_f64()
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Tool::Runtime { model } => {
             let (_, path) = crate::model::environment()?;
             println!("ONNX Runtime: {}", path.display());
             println!("{}", crate::model::build_info()?);
@@ -668,12 +319,39 @@ fn run(command: Command, ui: &Ui) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schemas { write } => {
+        Tool::Schemas { write } => {
             let n = crate::schemas::write_all(&write)?;
             ui.status("Wrote", format!("{n} schemas under {}", write.display()));
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
+    println!("run directory: {}", run_dir.display());
+    for o in outcomes {
+        let state = if o.ran_because.is_some() {
+            "ran"
+        } else {
+            "fresh"
+        };
+        println!(
+            "  {:<9} {:<6} {}",
+            o.stage,
+            state,
+            describe(&o.stage, &o.record)
+        );
+    }
+    // The last stage that has something to say.
+    for o in outcomes.iter().rev() {
+        if let Some(entry) = stages::find(&o.stage) {
+            if let Some(text) = entry.summary(run_dir)? {
+                println!("{text}");
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<ExitCode> {
@@ -690,14 +368,13 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
     }
     let planned: Vec<(String, Freshness)> = match pipeline {
         Some(p) => {
-            let p = Pipeline::load(p)?;
-            let stages = p.stages();
-            let refs: Vec<&dyn Stage> = stages.iter().map(|s| s.as_ref()).collect();
-            Engine::new(run, ui)?.plan(&refs)?
+            let p = Pipeline::load_with_run_dir(p, Some(run))?;
+            engine(run, ui)?.plan(&p.stages())?
         }
         None => vec![],
     };
-    let mut names: Vec<String> = crate::engine::STAGE_ORDER
+    let order: Vec<&str> = stages::ALL.iter().map(|e| e.name()).collect();
+    let mut names: Vec<String> = order
         .iter()
         .filter(|s| manifest.stages.contains_key(**s) || planned.iter().any(|(n, _)| n == *s))
         .map(|s| s.to_string())
@@ -706,7 +383,7 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
         manifest
             .stages
             .keys()
-            .filter(|k| !crate::engine::STAGE_ORDER.contains(&k.as_str()))
+            .filter(|k| !order.contains(&k.as_str()))
             .cloned(),
     );
     for name in names {
@@ -777,126 +454,6 @@ fn inspect(file: &Path, rows: usize) -> Result<ExitCode> {
     println!("first {} rows:", i.head.num_rows());
     println!("{}", arrow::util::pretty::pretty_format_batches(&[i.head])?);
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
-    println!("run directory: {}", run_dir.display());
-    for o in outcomes {
-        let state = if o.ran_because.is_some() {
-            "ran"
-        } else {
-            "fresh"
-        };
-        println!(
-            "  {:<9} {:<6} {}",
-            o.stage,
-            state,
-            describe(&o.stage, &o.record)
-        );
-    }
-    let scores = run_dir.join("score").join("scores.json");
-    if outcomes.iter().any(|o| o.stage == "score") && scores.is_file() {
-        println!("SIMAT scores (% of queries whose first image the oracle accepts):");
-        return print_scores(&scores);
-    }
-    let triplets = run_dir.join("triplets").join("triplets.parquet");
-    if outcomes.iter().any(|o| o.stage == "triplets") && triplets.is_file() {
-        let batch = crate::io::read_all(&triplets)?;
-        let n = batch.num_rows();
-        let col = |name: &str| batch.column_by_name(name).cloned();
-        let (Some(n_regions), Some(caption)) = (col("n_regions"), col("caption")) else {
-            return Ok(());
-        };
-        let n_regions =
-            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&n_regions);
-        let caption = arrow::array::AsArray::as_string::<i32>(&caption);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(n_regions.value(i)));
-        println!("{n} triplets; the most frequent:");
-        for &i in order.iter().take(8) {
-            println!("  {:>6} regions  {}", n_regions.value(i), caption.value(i));
-        }
-    }
-    Ok(())
-}
-
-/// Where a run's dataset is: `select` when that stage has run (a regenerated benchmark), else
-/// `import` (the release).
-fn dataset_stage_of(run_dir: &Path) -> Result<String> {
-    Ok(if stage_done(run_dir, "select")? {
-        "select"
-    } else {
-        "import"
-    }
-    .to_string())
-}
-
-/// Whether `stage` has finished in the run directory's manifest.
-fn stage_done(run_dir: &Path, stage: &str) -> Result<bool> {
-    let m = Manifest::load(run_dir)?;
-    Ok(m.stages
-        .get(stage)
-        .is_some_and(|r| r.status == crate::engine::StageStatus::Done))
-}
-
-fn print_scores(path: &Path) -> Result<()> {
-    let file = crate::stages::score::ScoresFile::read(path)?;
-    let p = &file.provenance;
-    let set = p["query_set"].as_str().unwrap_or("?");
-    let described = match set {
-        "release" => QuerySet::Release.describe(),
-        "regenerated" => QuerySet::Regenerated.describe(),
-        _ => "unknown queries",
-    };
-    let model = match (
-        &p["embeddings"]["model"]["name"],
-        &p["embeddings"]["source"],
-    ) {
-        (serde_json::Value::String(name), _) => format!("model {name}"),
-        (_, serde_json::Value::String(source)) => format!("embeddings from {source}"),
-        _ => "embeddings".to_string(),
-    };
-    let heads = p["heads"]["name"]
-        .as_str()
-        .map(|h| format!("heads {h}"))
-        .unwrap_or_else(|| "no heads".into());
-    let oracle = p["oracle"]["file"]
-        .as_str()
-        .or(p["oracle"]["kind"].as_str())
-        .unwrap_or("?");
-    println!(
-        "{} {} queries; {model}, {heads}; oracle {oracle} > {}",
-        described, p["queries"]["rows"], p["threshold"]
-    );
-    let rows = file.scores;
-    let fields = ["subj", "rel", "obj", "all"];
-    println!(
-        "{:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
-        "lambda", "split", "subj", "rel", "obj", "all", "queries"
-    );
-    let mut keys: Vec<(f64, String)> = Vec::new();
-    for r in &rows {
-        if !keys.iter().any(|(l, s)| *l == r.lambda && *s == r.split) {
-            keys.push((r.lambda, r.split.clone()));
-        }
-    }
-    for (lambda, split) in keys {
-        let get = |f: &str| {
-            rows.iter()
-                .find(|r| r.lambda == lambda && r.split == split && r.field == f)
-        };
-        let cells: Vec<String> = fields
-            .iter()
-            .map(|f| {
-                get(f)
-                    .map(|r| format!("{:8.2}", r.score))
-                    .unwrap_or_default()
-            })
-            .collect();
-        let n = get("all").map(|r| r.n_queries).unwrap_or(0);
-        println!("{lambda:>8} {split:>6} {} {n:>9}", cells.join(" "));
-    }
-    Ok(())
 }
 
 fn knn(

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::write_atomic;
 use super::fingerprint::FingerprintDetail;
 use crate::error::{Error, Result};
+use crate::io::atomic::write_atomic;
 
 /// File name of the manifest inside a run directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -56,6 +56,9 @@ pub struct StageRecord {
     pub counters: BTreeMap<String, u64>,
     /// The error of a failed attempt.
     pub error: Option<String>,
+    /// The tables the stage provided (by name), for the planner.
+    #[serde(default)]
+    pub provides: Vec<String>,
 }
 
 /// One output file.

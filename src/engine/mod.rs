@@ -12,10 +12,10 @@
 //!
 //! `--force STAGE` reruns that stage and every later stage that depends on it.
 
-pub mod atomic;
-pub mod chunks;
 pub mod fingerprint;
 pub mod manifest;
+pub mod plan;
+pub mod stage;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,78 +25,8 @@ use crate::error::{Error, Result};
 use crate::ui::Ui;
 pub use fingerprint::{FingerprintDetail, StaleReason};
 pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
-
-/// Every stage simat knows, in pipeline order.
-pub const STAGE_ORDER: &[&str] = &[
-    "synth", "import", "ingest", "triplets", "crops", "oracle", "select", "embed", "queries",
-    "retrieve", "score",
-];
-
-/// One step of a pipeline: a function from typed config and upstream outputs to files on disk.
-pub trait Stage: Sync {
-    /// The stage's name, also its directory in the run.
-    fn name(&self) -> &'static str;
-    /// Bumped whenever the stage's code changes its outputs.
-    fn version(&self) -> u32;
-    /// Stages whose outputs this one reads.
-    fn upstream(&self) -> Vec<&'static str>;
-    /// The stage's configuration, as JSON with paths relative (hashed into the fingerprint).
-    fn config(&self) -> serde_json::Value;
-    /// External source files, as (label, path); their content is hashed into the fingerprint.
-    fn inputs(&self) -> Result<Vec<(String, PathBuf)>>;
-    /// Run the stage, writing its outputs under `ctx.stage_dir`.
-    fn run(&self, ctx: &StageContext) -> Result<StageReport>;
-}
-
-/// What a running stage is given.
-#[derive(Debug)]
-pub struct StageContext<'a> {
-    /// The run directory.
-    pub run_dir: &'a Path,
-    /// This stage's directory, created before `run`.
-    pub stage_dir: PathBuf,
-    /// Terminal manners.
-    pub ui: &'a Ui,
-    /// This run's fingerprint of the stage: a stage that checkpoints its work in chunks records
-    /// it beside them, and resumes only from chunks of the same fingerprint.
-    pub fingerprint: String,
-    /// The BLAKE3 of each input file (by the labels of [`Stage::inputs`]), as the fingerprint
-    /// holds them, so that a stage can record them without hashing the files again.
-    pub input_hashes: BTreeMap<String, String>,
-}
-
-impl StageContext<'_> {
-    /// Path of one of this stage's outputs.
-    pub fn output(&self, file: &str) -> PathBuf {
-        self.stage_dir.join(file)
-    }
-
-    /// Path of an output of an upstream stage.
-    pub fn upstream_output(&self, stage: &str, file: &str) -> PathBuf {
-        self.run_dir.join(stage).join(file)
-    }
-}
-
-/// What a stage reports when it finishes.
-#[derive(Debug, Default, Clone)]
-pub struct StageReport {
-    /// The files written, relative to the stage directory, with row counts for tables.
-    pub outputs: Vec<(String, Option<u64>)>,
-    /// Named counts: items read, kept, skipped and why.
-    pub counters: BTreeMap<String, u64>,
-    /// Items skipped because they were bad (counted in `counters` too); nonzero makes the
-    /// process exit with 1.
-    pub skipped: u64,
-    /// One line per kind of skipped item, with an example id, for the user.
-    pub notes: Vec<String>,
-}
-
-impl StageReport {
-    /// Add `n` to a counter.
-    pub fn count(&mut self, key: &str, n: u64) {
-        *self.counters.entry(key.to_string()).or_default() += n;
-    }
-}
+pub use plan::Catalogue;
+pub use stage::{Need, Stage, StageContext, StageReport, TableDecl, TableKind};
 
 /// How to run a list of stages.
 #[derive(Debug, Default, Clone)]
@@ -138,6 +68,7 @@ pub enum Freshness {
 pub struct Engine<'a> {
     run_dir: PathBuf,
     ui: &'a Ui,
+    catalogue: Catalogue,
 }
 
 fn now_unix() -> u64 {
@@ -147,13 +78,27 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+fn no_catalogue(_: &str) -> Vec<&'static str> {
+    vec![]
+}
+
 impl<'a> Engine<'a> {
     /// An engine over `run_dir` (created when missing).
     pub fn new(run_dir: impl Into<PathBuf>, ui: &'a Ui) -> Result<Self> {
         let run_dir = run_dir.into();
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Error::io("failed to create run directory", &run_dir, e))?;
-        Ok(Engine { run_dir, ui })
+        Ok(Engine {
+            run_dir,
+            ui,
+            catalogue: no_catalogue,
+        })
+    }
+
+    /// Name, in messages about a missing table, the stages that can provide it.
+    pub fn with_catalogue(mut self, catalogue: Catalogue) -> Self {
+        self.catalogue = catalogue;
+        self
     }
 
     /// The run directory.
@@ -161,21 +106,26 @@ impl<'a> Engine<'a> {
         &self.run_dir
     }
 
-    fn detail(&self, stage: &dyn Stage, manifest: &Manifest) -> Result<FingerprintDetail> {
+    fn detail(
+        &self,
+        stage: &dyn Stage,
+        providers: &BTreeMap<&'static str, String>,
+        manifest: &Manifest,
+    ) -> Result<FingerprintDetail> {
         let mut upstream = BTreeMap::new();
-        for up in stage.upstream() {
+        for up in providers.values() {
             match manifest.stages.get(up) {
                 Some(rec) if rec.status == StageStatus::Done => {
                     upstream.insert(up.to_string(), rec.output_digest());
                 }
                 _ => {
-                    return Err(Error::stage(
-                        stage.name(),
-                        format!(
+                    return Err(Error::Upstream {
+                        stage: stage.name().to_string(),
+                        message: format!(
                             "needs the outputs of `{up}`, which has not finished in `{}`; run `simat {up}` (or `simat run PIPELINE`) first",
                             self.run_dir.display()
                         ),
-                    ))
+                    })
                 }
             }
         }
@@ -186,7 +136,7 @@ impl<'a> Engine<'a> {
         Ok(FingerprintDetail {
             engine_version: crate::ENGINE_VERSION.to_string(),
             stage_version: stage.version(),
-            config: stage.config(),
+            config: stage.fingerprint(),
             inputs,
             upstream,
         })
@@ -243,26 +193,53 @@ impl<'a> Engine<'a> {
         Ok(None)
     }
 
+    /// Which stage provides each need of each of `stages`; an error before anything runs.
+    pub fn resolve(&self, stages: &[&dyn Stage]) -> Result<plan::Providers> {
+        let manifest = Manifest::load(&self.run_dir)?;
+        plan::resolve(stages, &manifest, self.catalogue)
+    }
+
     /// Freshness of each stage, without running anything.
     pub fn plan(&self, stages: &[&dyn Stage]) -> Result<Vec<(String, Freshness)>> {
         let manifest = Manifest::load(&self.run_dir)?;
+        let providers = match plan::resolve(stages, &manifest, self.catalogue) {
+            Ok(p) => p,
+            Err(Error::Upstream { stage, message }) => {
+                return Ok(stages
+                    .iter()
+                    .map(|s| {
+                        let f = if s.name() == stage {
+                            Freshness::Blocked(message.clone())
+                        } else {
+                            Freshness::Blocked(format!(
+                                "the pipeline cannot run: {stage}: {message}"
+                            ))
+                        };
+                        (s.name().to_string(), f)
+                    })
+                    .collect())
+            }
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::new();
         let mut stale_so_far: BTreeSet<&str> = BTreeSet::new();
-        for stage in stages {
-            if let Some(up) = stage
-                .upstream()
-                .into_iter()
-                .find(|u| stale_so_far.contains(u))
+        for (stage, providers) in stages.iter().zip(&providers) {
+            if let Some(up) = providers
+                .values()
+                .find(|u| stale_so_far.contains(u.as_str()))
             {
                 out.push((
                     stage.name().to_string(),
-                    Freshness::Stale(StaleReason::UpstreamRerun { stage: up.into() }),
+                    Freshness::Stale(StaleReason::UpstreamRerun { stage: up.clone() }),
                 ));
                 stale_so_far.insert(stage.name());
                 continue;
             }
-            let freshness = match self.detail(*stage, &manifest) {
-                Err(Error::Stage { message, .. }) => Freshness::Blocked(message),
+            let freshness = match self.detail(*stage, providers, &manifest) {
+                Err(Error::Upstream { message, .. } | Error::Stage { message, .. }) => {
+                    Freshness::Blocked(message)
+                }
+                Err(e @ Error::InputMissing { .. }) => Freshness::Blocked(e.to_string()),
                 Err(e) => return Err(e),
                 Ok(detail) => match self.stale_reason(*stage, &detail, &manifest)? {
                     None => Freshness::Fresh,
@@ -277,7 +254,7 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
-    /// Run `stages` in order, skipping the fresh ones.
+    /// Run `stages` in order, skipping the fresh ones. Every need is resolved first.
     pub fn run(&self, stages: &[&dyn Stage], opts: &RunOptions) -> Result<Vec<StageOutcome>> {
         if let Some(until) = &opts.until {
             if !stages.iter().any(|s| s.name() == until) {
@@ -296,14 +273,15 @@ impl<'a> Engine<'a> {
             }
         }
         let mut manifest = Manifest::load(&self.run_dir)?;
+        let providers = plan::resolve(stages, &manifest, self.catalogue)?;
         let mut forced: BTreeSet<&str> = opts.force.iter().map(String::as_str).collect();
         let mut outcomes = Vec::new();
-        for stage in stages {
+        for (stage, providers) in stages.iter().zip(&providers) {
             let name = stage.name();
-            if stage.upstream().iter().any(|u| forced.contains(u)) {
+            if providers.values().any(|u| forced.contains(u.as_str())) {
                 forced.insert(name);
             }
-            let detail = self.detail(*stage, &manifest)?;
+            let detail = self.detail(*stage, providers, &manifest)?;
             let reason = if forced.contains(name) {
                 Some(StaleReason::Forced)
             } else {
@@ -321,7 +299,7 @@ impl<'a> Engine<'a> {
                         skipped: 0,
                     }
                 }
-                Some(reason) => self.run_one(*stage, detail, reason, &mut manifest)?,
+                Some(reason) => self.run_one(*stage, providers, detail, reason, &mut manifest)?,
             };
             outcomes.push(outcome);
             if opts.until.as_deref() == Some(name) {
@@ -334,6 +312,7 @@ impl<'a> Engine<'a> {
     fn run_one(
         &self,
         stage: &dyn Stage,
+        providers: &BTreeMap<&'static str, String>,
         detail: FingerprintDetail,
         reason: StaleReason,
         manifest: &mut Manifest,
@@ -346,8 +325,9 @@ impl<'a> Engine<'a> {
         let stage_dir = self.run_dir.join(name);
         std::fs::create_dir_all(&stage_dir)
             .map_err(|e| Error::io("failed to create directory", &stage_dir, e))?;
-        atomic::clean_temps(&stage_dir)?;
+        crate::io::atomic::clean_temps(&stage_dir)?;
         let started_unix = now_unix();
+        let provides = stage.provides();
         // Invalidate before the work: an interrupted stage must never look fresh.
         manifest.stages.insert(
             name.to_string(),
@@ -360,23 +340,27 @@ impl<'a> Engine<'a> {
                 wall_s: 0.0,
                 counters: BTreeMap::new(),
                 error: None,
+                provides: vec![],
             },
         );
         manifest.save(&self.run_dir)?;
         let start = Instant::now();
         let ctx = StageContext {
             run_dir: &self.run_dir,
+            stage: name,
             stage_dir: stage_dir.clone(),
             ui: self.ui,
             fingerprint: detail.hash(),
             input_hashes: detail.inputs.clone(),
+            providers: providers.clone(),
+            provides: provides.clone(),
         };
         let result = stage.run(&ctx);
         let wall_s = start.elapsed().as_secs_f64();
         let report = match result {
             Ok(report) => report,
             Err(err) => {
-                let _ = atomic::clean_temps(&stage_dir);
+                let _ = crate::io::atomic::clean_temps(&stage_dir);
                 let rec = manifest.stages.get_mut(name).expect("inserted above");
                 rec.status = StageStatus::Failed;
                 rec.wall_s = wall_s;
@@ -407,6 +391,7 @@ impl<'a> Engine<'a> {
             wall_s,
             counters: report.counters.clone(),
             error: None,
+            provides: provides.iter().map(|t| t.name.to_string()).collect(),
         };
         manifest.stages.insert(name.to_string(), record.clone());
         manifest.save(&self.run_dir)?;

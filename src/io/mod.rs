@@ -1,6 +1,8 @@
 //! Columnar I/O: Parquet tables written atomically, readers with projection, `inspect`, and the
 //! schema descriptions kept under `schemas/`.
 
+pub mod atomic;
+pub mod chunks;
 pub mod json_stream;
 pub mod store;
 pub mod torch;
@@ -20,8 +22,8 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::atomic::AtomicFile;
 use crate::error::{Error, Result};
+use crate::io::atomic::AtomicFile;
 
 /// Rows per Parquet row group: big enough for good compression, small enough to stream.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;

@@ -21,8 +21,8 @@ use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, R
 use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 
-use crate::engine::atomic::AtomicFile;
 use crate::error::{Error, Result};
+use crate::io::atomic::AtomicFile;
 use crate::linalg::Matrix;
 
 /// Name of the embedding column.

@@ -10,6 +10,7 @@ pub mod clip;
 pub mod heads;
 pub mod preprocess;
 pub mod resample;
+pub mod runner;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! `crops`: one PNG per region, cut from its image at the region's union box.
 //!
-//! Images are looked up as `<images>/<image_id>.jpg` (or `.png`), and under Visual Genome's own
+//! Images are looked up as `<image_dir>/<image_id>.jpg` (or `.png`), and under Visual Genome's own
 //! `VG_100K/` and `VG_100K_2/` sub-folders. Each image is decoded once for all its regions, in
 //! parallel. Every region gets a status in `crops.parquet`: `ok`, `clamped` (the box reached
 //! outside the image and was cut to it), `padded` (the box reached outside the image and the
@@ -9,8 +9,9 @@
 //! image), `missing` (no image file) or `corrupt` (the file does not decode). The last three are
 //! counted as skipped and make the exit code 1; they never stop the stage.
 //!
-//! From the official release (`regions_stage = "import"`), only the regions of its dataset (the
-//! 5,859 of `triplets.csv`) are cropped, at the union box of `retrieval_db.tsv`.
+//! With `only_dataset`, only the regions of the dataset are cropped: for the official release,
+//! the 5,859 of `triplets.csv` (of its 11,160 candidates), at the union box of
+//! `retrieval_db.tsv`.
 //!
 //! The work is checkpointed in chunks of images: each finished chunk's rows are committed to
 //! `chunks/<n>.parquet` after its PNGs, next to `checkpoint.json` holding the stage's
@@ -21,33 +22,43 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::atomic::AtomicFile;
-use crate::engine::chunks::Chunks;
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
+use crate::io::atomic::AtomicFile;
+use crate::io::chunks::Chunks;
+use crate::tables;
+use crate::tables::crops::crops_schema;
 use crate::tables::dataset::ints;
 
 /// Configuration of the crops stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct CropsConfig {
-    /// The images folder. Identified in the fingerprint by its listing (names and sizes of the
-    /// image files), not by its path.
-    pub images: PathBuf,
-    /// The stage whose `regions.parquet` is cropped.
-    #[serde(default = "default_regions_stage")]
-    pub regions_stage: String,
+    /// The images folder (`<image_id>.jpg`, also under VG_100K/ and VG_100K_2/); without it, the
+    /// synth stage's rendered images. Identified in the fingerprint by its listing (names and
+    /// sizes of the image files), not by its path.
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
     /// Images per checkpointed chunk.
-    #[serde(default = "default_chunk_images")]
+    #[arg(long, default_value_t = 512)]
     pub chunk_images: usize,
-    /// What a box reaching outside its image gives: `clamp` (cut to the image) or `pad` (black
-    /// outside, as Pillow's `Image.crop` and the release's `prepare_dataset.py`).
-    #[serde(default)]
+    /// A box reaching outside its image: `clamp` it to the image, or `pad` with black as
+    /// Pillow's `Image.crop` (and the release's prepare_dataset.py) does.
+    #[arg(long, value_enum, default_value = "clamp")]
     pub outside: Outside,
+    /// Crop only the regions of the dataset (the official release's 5,859).
+    #[arg(long)]
+    pub only_dataset: bool,
+}
+
+impl Default for CropsConfig {
+    fn default() -> Self {
+        super::clap_default()
+    }
 }
 
 /// What a box that reaches outside its image gives.
@@ -61,37 +72,12 @@ pub enum Outside {
     Pad,
 }
 
-fn default_regions_stage() -> String {
-    "triplets".into()
-}
-fn default_chunk_images() -> usize {
-    512
-}
-
-/// Schema of `crops.parquet`.
-pub fn crops_schema() -> SchemaRef {
-    let i32f = |n: &str| Field::new(n, DataType::Int32, false);
-    Arc::new(Schema::new(vec![
-        Field::new("region_id", DataType::Int64, false),
-        Field::new("image_id", DataType::Int64, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("file", DataType::Utf8, true),
-        i32f("x1"),
-        i32f("y1"),
-        i32f("x2"),
-        i32f("y2"),
-        i32f("width"),
-        i32f("height"),
-    ]))
-}
-
-/// The stage.
+/// The crops stage.
 #[derive(Debug, Clone)]
-pub struct CropsStage {
+pub struct Crops {
     /// Its configuration.
     pub config: CropsConfig,
 }
-
 /// Where the image of `image_id` is, if anywhere.
 pub fn find_image(dir: &Path, image_id: i64) -> Option<PathBuf> {
     for sub in ["", "VG_100K", "VG_100K_2"] {
@@ -128,48 +114,82 @@ fn listing_digest(dir: &Path) -> String {
     format!("{} files, {}", entries.len(), &h.finalize().to_hex()[..16])
 }
 
-impl Stage for CropsStage {
+impl StageDef for Crops {
+    const NAME: &'static str = "crops";
+    const ABOUT: &'static str =
+        "One PNG per region, cut at its union box: RUN/crops/crops/*.png and crops.parquet";
+    const PROVIDES: &'static [&'static TableDecl] = &[&tables::CROPS, &tables::CROP_FILES];
+    type Config = CropsConfig;
+    fn resolve_paths(c: &mut CropsConfig, base: &Path) {
+        if let Some(p) = &mut c.image_dir {
+            super::resolve(p, base);
+        }
+    }
+    fn build(config: CropsConfig) -> Result<Self> {
+        if config.chunk_images == 0 {
+            return Err(super::bad::<Self>("chunk_images", "must be at least 1"));
+        }
+        Ok(Crops { config })
+    }
+}
+
+impl Stage for Crops {
     fn name(&self) -> &'static str {
-        "crops"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         1
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        match self.config.regions_stage.as_str() {
-            "import" => vec!["import"],
-            _ => vec!["triplets"],
-        }
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
     }
-    fn config(&self) -> serde_json::Value {
+    fn needs(&self) -> Vec<Need> {
+        let mut v = vec![Need::of(&tables::REGIONS)];
+        if self.config.image_dir.is_none() {
+            v.push(
+                Need::of(&tables::VG_IMAGES).choose(
+                    "--image-dir DIR (`image_dir` in [crops]), or render images in [synth]",
+                ),
+            );
+        }
+        if self.config.only_dataset {
+            v.push(Need::of(&tables::DATASET));
+        }
+        v
+    }
+    fn fingerprint(&self) -> serde_json::Value {
+        let c = &self.config;
         serde_json::json!({
-            "images": listing_digest(&self.config.images),
-            "regions_stage": self.config.regions_stage,
-            "chunk_images": self.config.chunk_images,
-            "outside": self.config.outside,
+            "images": c.image_dir.as_deref().map(listing_digest),
+            "chunk_images": c.chunk_images,
+            "outside": c.outside,
+            "only_dataset": c.only_dataset,
         })
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        if !self.config.images.is_dir() {
-            return Err(Error::stage(
-                "crops",
-                format!("images folder `{}` not found", self.config.images.display()),
-            ));
+        if let Some(dir) = &self.config.image_dir {
+            if !dir.is_dir() {
+                return Err(Error::input_missing(Self::NAME, "images folder", dir, ""));
+            }
         }
         Ok(vec![])
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        let regions = ctx.upstream_output(self.upstream()[0], "regions.parquet");
-        // The release lists 11,160 candidate regions; its benchmark is the dataset's.
-        let only = if self.config.regions_stage == "import" {
-            let d = crate::tables::dataset::Dataset::read(
-                &ctx.upstream_output("import", "dataset.parquet"),
-            )?;
-            Some(d.region_id.into_iter().collect())
-        } else {
-            None
+        let regions = ctx.input(&tables::REGIONS)?;
+        let images = match &self.config.image_dir {
+            Some(d) => d.clone(),
+            None => ctx.input(&tables::VG_IMAGES)?,
         };
-        crop_all(&self.config, &regions, only.as_ref(), ctx)
+        let only = match ctx.maybe(&tables::DATASET) {
+            Some(p) if self.config.only_dataset => Some(
+                crate::tables::dataset::Dataset::read(&p)?
+                    .region_id
+                    .into_iter()
+                    .collect(),
+            ),
+            _ => None,
+        };
+        crop_all(&self.config, &images, &regions, only.as_ref(), ctx)
     }
 }
 
@@ -289,6 +309,7 @@ fn crop_image(
 
 fn crop_all(
     config: &CropsConfig,
+    image_dir: &Path,
     regions: &Path,
     only: Option<&std::collections::HashSet<i64>>,
     ctx: &StageContext,
@@ -326,13 +347,7 @@ fn crop_all(
             let rows: Vec<Vec<Row>> = part
                 .par_iter()
                 .map(|(image_id, regs)| {
-                    crop_image(
-                        &config.images,
-                        &ctx.stage_dir,
-                        *image_id,
-                        regs,
-                        config.outside,
-                    )
+                    crop_image(image_dir, &ctx.stage_dir, *image_id, regs, config.outside)
                 })
                 .collect::<Result<_>>()?;
             let rows: Vec<Row> = rows.into_iter().flatten().collect();
@@ -344,7 +359,7 @@ fn crop_all(
 
     // Concatenate the chunks into the table, then drop the checkpoint.
     let schema = crops_schema();
-    let mut w = crate::io::TableWriter::create(&ctx.output("crops.parquet"), schema)?;
+    let mut w = crate::io::TableWriter::create(&ctx.output(&tables::CROPS)?, schema)?;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for k in 0..n_chunks {
         let b = crate::io::read_all(&chunks.file(k, "parquet"))?;
@@ -358,7 +373,7 @@ fn crop_all(
     chunks.finish();
 
     let mut report = StageReport::default();
-    report.outputs.push(("crops.parquet".into(), Some(n)));
+    report.table(&tables::CROPS, Some(n));
     report.count("chunks_resumed", resumed);
     for status in ["ok", "clamped", "padded", "outside", "missing", "corrupt"] {
         let c = counts.get(status).copied().unwrap_or(0);

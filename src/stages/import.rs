@@ -27,9 +27,11 @@ use arrow::array::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::write_table;
+use crate::tables;
 use crate::tables::dataset::{Dataset, Queries, Slot};
 
 /// The release's files.
@@ -41,46 +43,76 @@ pub const RELEASE_FILES: &[&str] = &[
 ];
 
 /// Configuration of `import-simat`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct ImportConfig {
-    /// The release folder. Not hashed: the files' contents are.
+    /// The release folder (retrieval_db.tsv, triplets.csv, captions.txt, transfos.csv). Not
+    /// hashed: the files' contents are.
+    #[arg(long)]
+    pub release: Option<PathBuf>,
+}
+
+/// The import stage: the official release as the run's regions, triplets, dataset and queries.
+#[derive(Debug, Clone)]
+pub struct Import {
+    /// The release folder.
     pub release: PathBuf,
 }
 
-/// The import stage.
-#[derive(Debug, Clone)]
-pub struct ImportStage {
-    /// Its configuration.
-    pub config: ImportConfig,
+impl StageDef for Import {
+    const NAME: &'static str = "import";
+    const ABOUT: &'static str = "The official SIMAT release (retrieval_db.tsv, triplets.csv, captions.txt, transfos.csv) into RUN/import/{regions,triplets,dataset,queries}.parquet";
+    const ALIASES: &'static [&'static str] = &["import-simat"];
+    const PROVIDES: &'static [&'static TableDecl] = &[
+        &tables::REGIONS,
+        &tables::TRIPLETS,
+        &tables::DATASET,
+        &tables::QUERIES,
+    ];
+    type Config = ImportConfig;
+    fn resolve_paths(c: &mut ImportConfig, base: &Path) {
+        if let Some(p) = &mut c.release {
+            super::resolve(p, base);
+        }
+    }
+    fn build(c: ImportConfig) -> Result<Self> {
+        let release = c
+            .release
+            .ok_or_else(|| super::bad::<Self>("release", "is required: the release's folder"))?;
+        Ok(Import { release })
+    }
 }
 
-impl Stage for ImportStage {
+impl Stage for Import {
     fn name(&self) -> &'static str {
-        "import"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         1
     }
-    fn upstream(&self) -> Vec<&'static str> {
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
+    }
+    fn needs(&self) -> Vec<Need> {
         vec![]
     }
-    fn config(&self) -> serde_json::Value {
+    fn fingerprint(&self) -> serde_json::Value {
         serde_json::json!({})
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         RELEASE_FILES
             .iter()
             .map(|f| {
-                let p = self.config.release.join(f);
+                let p = self.release.join(f);
                 if p.is_file() {
                     Ok((f.to_string(), p))
                 } else {
-                    Err(Error::stage(
-                        "import",
-                        format!(
-                            "`{}` not found: --release must name the SIMAT release folder ({})",
-                            p.display(),
+                    Err(Error::input_missing(
+                        Self::NAME,
+                        "release file",
+                        &p,
+                        &format!(
+                            "--release (`release` in [import]) must name the SIMAT release folder ({})",
                             RELEASE_FILES.join(", ")
                         ),
                     ))
@@ -89,7 +121,7 @@ impl Stage for ImportStage {
             .collect()
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        import(&self.config.release, &ctx.stage_dir)
+        import(&self.release, &ctx.stage_dir)
     }
 }
 
@@ -436,7 +468,7 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
             captions.iter().map(String::as_str),
         )),
     ];
-    let triplets = RecordBatch::try_new(crate::stages::triplets::triplets_schema(), tcols)
+    let triplets = RecordBatch::try_new(crate::tables::regions::triplets_schema(), tcols)
         .map_err(|e| Error::Internal(e.to_string()))?;
 
     let regions = regions_batch(&db, &triplet_ids)?;
@@ -490,7 +522,7 @@ fn numbering(dataset_id_of_row: &[i64], path: &Path) -> Result<Vec<usize>> {
     Ok(row_of)
 }
 
-/// The release's candidate regions in the schema of [`crate::stages::triplets::regions_schema`]. The
+/// The release's candidate regions in the schema of [`crate::tables::regions::regions_schema`]. The
 /// release has no relationship ids nor raw predicates: `relationship_id` is −1, `n_annotations`
 /// 1, `predicate` the relation; `triplet_id` is −1 for regions whose triplet is not in the
 /// benchmark.
@@ -539,6 +571,6 @@ fn regions_batch(
             )));
         }
     }
-    RecordBatch::try_new(crate::stages::triplets::regions_schema(), cols)
+    RecordBatch::try_new(crate::tables::regions::regions_schema(), cols)
         .map_err(|e| Error::Internal(e.to_string()))
 }

@@ -1,5 +1,5 @@
-//! Embedding stores of a run: `RUN/embed/image_embeddings.arrow` (one row per dataset region, in
-//! `dataset_id` order, with its `region_id`) and `RUN/embed/word_embeddings.arrow` (one row per
+//! `import-embeddings`: the embedding stores of a run, `image_embeddings.arrow` (one row per dataset region, in
+//! `dataset_id` order, with its `region_id`) and `word_embeddings.arrow` (one row per
 //! word), both `FixedSizeList<Float32, D>` of **raw** vectors (heads, when a retrieval uses
 //! them, apply to raw outputs; vectors are normalised when compared), with `model.json` naming
 //! where they came from.
@@ -10,7 +10,7 @@
 //! | input | image embeddings | word vectors |
 //! |---|---|---|
 //! | PyTorch (`.pt`, `.ptd`) | a dict region id → vector (the release's `simat_img_clip.pt`) | a list of (word, vector) pairs or a dict word → vector (its `simat_words_clip.ptd`) |
-//! | Arrow IPC / Parquet | an `embedding` column and a key column: `region_id`, `key` (a crop path `…/<region_id>.png`, as `simat embed` writes) or `dataset_id` | `embedding` and `word` (or `text`, as `simat embed --texts` writes) |
+//! | Arrow IPC / Parquet | an `embedding` column and a key column: `region_id`, `key` (a crop path `…/<region_id>.png`, as `simat encode` writes) or `dataset_id` | `embedding` and `word` (or `text`, as `simat encode --texts` writes) |
 //! | `.npy` (no keys) | rows in `dataset_id` order — the one order convention: for the release, `triplets.csv`'s `dataset_id` column, as `eval.py` numbers images | rows in the line order of `--words` |
 //!
 //! A region of the dataset without an embedding, or a key given twice, is an error naming it;
@@ -24,80 +24,126 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::{is_npy, read_matrix, read_table_embeddings, write_store};
 use crate::io::torch::{self, Key};
 use crate::linalg::{first_non_finite, Matrix};
+use crate::tables;
 use crate::tables::dataset::Dataset;
 
 /// Configuration of `import-embeddings`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct ImportEmbeddingsConfig {
-    /// Raw image embeddings: keyed by region (PyTorch dict, Arrow/Parquet with a key column) or
-    /// a `.npy` in `dataset_id` order.
-    pub images: PathBuf,
-    /// Raw word embeddings: keyed by word (PyTorch `.ptd`/`.pt`, Arrow/Parquet with a `word`
-    /// column) or a `.npy` whose rows follow `words`.
-    pub word_vectors: PathBuf,
-    /// Words, one per line: the row order of a `.npy` of word vectors (with a keyed file, a check
-    /// that it holds these words).
-    #[serde(default)]
+    /// Raw image embeddings: keyed by region (a PyTorch dict region_id → vector such as the
+    /// release's simat_img_clip.pt; Arrow/Parquet with a region_id, key or dataset_id column),
+    /// or a .npy with one row per dataset_id, in dataset_id order.
+    #[arg(long)]
+    pub image_embeddings: Option<PathBuf>,
+    /// Raw word embeddings: keyed by word (the release's simat_words_clip.ptd; Arrow/Parquet
+    /// with a word column), or a .npy whose rows follow --words.
+    #[arg(long)]
+    pub word_embeddings: Option<PathBuf>,
+    /// Words, one per line: the row order of a .npy of word embeddings (with a keyed file, a
+    /// check that it holds these words).
+    #[arg(long)]
     pub words: Option<PathBuf>,
-    /// The stage holding `dataset.parquet` (`import` for the release).
-    #[serde(default = "default_dataset_stage")]
-    pub dataset_stage: String,
 }
 
-fn default_dataset_stage() -> String {
-    "import".into()
-}
-
-/// The stage.
+/// The stage: embeddings a user already has, as the run's embedding stores.
 #[derive(Debug, Clone)]
-pub struct ImportEmbeddingsStage {
-    /// Its configuration.
-    pub config: ImportEmbeddingsConfig,
+pub struct ImportEmbeddings {
+    /// The image embeddings file.
+    pub images: PathBuf,
+    /// The word embeddings file.
+    pub word_vectors: PathBuf,
+    /// The words file, if any.
+    pub words: Option<PathBuf>,
 }
 
-impl Stage for ImportEmbeddingsStage {
+impl StageDef for ImportEmbeddings {
+    const NAME: &'static str = "import-embeddings";
+    const ABOUT: &'static str = "Raw image and word embeddings from files into RUN/import-embeddings/*.arrow, joined by key";
+    const PROVIDES: &'static [&'static TableDecl] = &[
+        &tables::IMAGE_EMBEDDINGS,
+        &tables::WORD_EMBEDDINGS,
+        &tables::EMBEDDING_MODEL,
+    ];
+    type Config = ImportEmbeddingsConfig;
+    fn resolve_paths(c: &mut ImportEmbeddingsConfig, base: &Path) {
+        for p in [
+            &mut c.image_embeddings,
+            &mut c.word_embeddings,
+            &mut c.words,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            super::resolve(p, base);
+        }
+    }
+    fn build(c: ImportEmbeddingsConfig) -> Result<Self> {
+        let images = c.image_embeddings.ok_or_else(|| {
+            super::bad::<Self>(
+                "image_embeddings",
+                "is required: a file of raw image embeddings",
+            )
+        })?;
+        let word_vectors = c.word_embeddings.ok_or_else(|| {
+            super::bad::<Self>(
+                "word_embeddings",
+                "is required: a file of raw word embeddings",
+            )
+        })?;
+        Ok(ImportEmbeddings {
+            images,
+            word_vectors,
+            words: c.words,
+        })
+    }
+}
+
+impl Stage for ImportEmbeddings {
     fn name(&self) -> &'static str {
-        "embed"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         2
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        vec![crate::tables::dataset::dataset_stage(
-            &self.config.dataset_stage,
-        )]
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
     }
-    fn config(&self) -> serde_json::Value {
-        serde_json::json!({"source": "import-embeddings", "words": self.config.words.is_some()})
+    fn needs(&self) -> Vec<Need> {
+        vec![Need::of(&tables::DATASET)]
+    }
+    fn fingerprint(&self) -> serde_json::Value {
+        serde_json::json!({"source": "import-embeddings", "words": self.words.is_some()})
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         let mut v = vec![
-            ("images".to_string(), self.config.images.clone()),
-            ("word_vectors".to_string(), self.config.word_vectors.clone()),
+            ("images".to_string(), self.images.clone()),
+            ("word_vectors".to_string(), self.word_vectors.clone()),
         ];
-        if let Some(w) = &self.config.words {
+        if let Some(w) = &self.words {
             v.push(("words".to_string(), w.clone()));
         }
         for (label, p) in &v {
             if !p.is_file() {
-                return Err(Error::stage(
-                    "embed",
-                    format!("{label} file `{}` not found", p.display()),
+                return Err(Error::input_missing(
+                    Self::NAME,
+                    &format!("{label} file"),
+                    p,
+                    "",
                 ));
             }
         }
         Ok(v)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        let stage = crate::tables::dataset::dataset_stage(&self.config.dataset_stage);
-        let dataset = Dataset::read(&ctx.upstream_output(stage, "dataset.parquet"))?;
-        import_embeddings(&self.config, &dataset, &ctx.stage_dir, &ctx.input_hashes)
+        let dataset = Dataset::read(&ctx.input(&tables::DATASET)?)?;
+        import_embeddings(self, &dataset, &ctx.stage_dir, &ctx.input_hashes)
     }
 }
 
@@ -357,7 +403,7 @@ pub fn read_words(path: &Path, words_file: Option<&Path>) -> Result<(Vec<String>
 
 /// Run `import-embeddings`: raw image embeddings in `dataset_id` order and raw word embeddings.
 pub fn import_embeddings(
-    config: &ImportEmbeddingsConfig,
+    config: &ImportEmbeddings,
     dataset: &Dataset,
     out_dir: &Path,
     input_hashes: &std::collections::BTreeMap<String, String>,
@@ -421,7 +467,7 @@ pub fn import_embeddings(
     if let Some(w) = &config.words {
         model["words"] = file("words", w);
     }
-    crate::engine::atomic::write_atomic(
+    crate::io::atomic::write_atomic(
         out_dir.join("model.json"),
         (serde_json::to_string_pretty(&model).expect("json") + "\n").as_bytes(),
     )?;

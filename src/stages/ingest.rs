@@ -18,30 +18,37 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::atomic::AtomicFile;
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
+use crate::io::atomic::AtomicFile;
 use crate::io::json_stream::{spawn_splitter, ElementChunk, DEFAULT_BLOCK};
 use crate::io::TableWriter;
+use crate::tables;
+use crate::tables::vg::{attributes_schema, images_schema, objects_schema, relationships_schema};
 
 /// Configuration of the ingest stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
-    /// The Visual Genome folder (holding `image_data.json`, `relationships.json`, and optionally
-    /// `objects.json`, `attributes.json`). Not hashed: the files' contents are.
-    pub vg: PathBuf,
-    /// Bytes read at once by the JSON splitter (default 8 MiB). Changes nothing in the output.
-    #[serde(default = "default_block")]
+    /// The Visual Genome folder (image_data.json, relationships.json, and optionally
+    /// objects.json, attributes.json); without it, the synth stage's. Not hashed: the files'
+    /// contents are.
+    #[arg(long)]
+    pub vg: Option<PathBuf>,
+    /// Bytes read at once by the JSON splitter. Changes nothing in the output.
+    #[arg(long, default_value_t = DEFAULT_BLOCK)]
     pub block_bytes: usize,
 }
 
-fn default_block() -> usize {
-    DEFAULT_BLOCK
+impl Default for IngestConfig {
+    fn default() -> Self {
+        super::clap_default()
+    }
 }
 
 /// One Visual Genome file and the table ingest makes of it.
@@ -99,45 +106,80 @@ pub const VG_TABLES: [VgTable; 4] = [
 
 /// The ingest stage.
 #[derive(Debug, Clone)]
-pub struct IngestStage {
+pub struct Ingest {
     /// Its configuration.
     pub config: IngestConfig,
 }
 
-impl Stage for IngestStage {
+impl StageDef for Ingest {
+    const NAME: &'static str = "ingest";
+    const ABOUT: &'static str = "Visual Genome 1.4 JSON into RUN/ingest/*.parquet";
+    const PROVIDES: &'static [&'static TableDecl] = &[
+        &tables::IMAGES,
+        &tables::RELATIONSHIPS,
+        &tables::OBJECTS,
+        &tables::ATTRIBUTES,
+    ];
+    type Config = IngestConfig;
+    fn resolve_paths(c: &mut IngestConfig, base: &Path) {
+        if let Some(p) = &mut c.vg {
+            super::resolve(p, base);
+        }
+    }
+    fn build(config: IngestConfig) -> Result<Self> {
+        if config.block_bytes == 0 {
+            return Err(super::bad::<Self>("block_bytes", "must be at least 1"));
+        }
+        Ok(Ingest { config })
+    }
+}
+
+impl Stage for Ingest {
     fn name(&self) -> &'static str {
-        "ingest"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         1
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        vec![]
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
     }
-    fn config(&self) -> serde_json::Value {
+    fn needs(&self) -> Vec<Need> {
+        match self.config.vg {
+            Some(_) => vec![],
+            None => vec![Need::of(&tables::VG).choose("--vg DIR (`vg` in [ingest])")],
+        }
+    }
+    fn fingerprint(&self) -> serde_json::Value {
         // The folder is located by path but identified by content (see `inputs`).
         serde_json::json!({})
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        let Some(vg) = &self.config.vg else {
+            return Ok(vec![]); // the synth stage's output: its digest is upstream
+        };
         let mut out = Vec::new();
         for t in &VG_TABLES {
-            let path = self.config.vg.join(t.source);
+            let path = vg.join(t.source);
             if path.is_file() {
                 out.push((t.source.to_string(), path));
             } else if t.required {
-                return Err(Error::stage(
-                    "ingest",
-                    format!(
-                        "`{}` not found: --vg must name a Visual Genome 1.4 folder holding image_data.json and relationships.json",
-                        path.display()
-                    ),
+                return Err(Error::input_missing(
+                    Self::NAME,
+                    "Visual Genome file",
+                    &path,
+                    "--vg (`vg` in [ingest]) must name a Visual Genome 1.4 folder holding image_data.json and relationships.json",
                 ));
             }
         }
         Ok(out)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        ingest(&self.config, &ctx.stage_dir, ctx.ui)
+        let vg = match &self.config.vg {
+            Some(v) => v.clone(),
+            None => ctx.input(&tables::VG)?,
+        };
+        ingest(&vg, self.config.block_bytes, &ctx.stage_dir, ctx.ui)
     }
 }
 
@@ -264,68 +306,6 @@ fn image_id_of(
         byte_offset: chunk.offset + chunk.elements[i].start as u64,
         message: "record has neither `image_id` nor `id`".into(),
     })
-}
-
-fn list_field(name: &str) -> Field {
-    Field::new_list(name, Field::new_list_field(DataType::Utf8, true), false)
-}
-
-/// Schema of `images.parquet`.
-pub fn images_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("image_id", DataType::Int64, false),
-        Field::new("width", DataType::Int32, false),
-        Field::new("height", DataType::Int32, false),
-        Field::new("coco_id", DataType::Int64, true),
-        Field::new("flickr_id", DataType::Int64, true),
-        Field::new("url", DataType::Utf8, true),
-    ]))
-}
-
-fn box_fields(prefix: &str) -> Vec<Field> {
-    ["x", "y", "w", "h"]
-        .iter()
-        .map(|c| Field::new(format!("{prefix}{c}"), DataType::Int32, false))
-        .collect()
-}
-
-/// Schema of `relationships.parquet`.
-pub fn relationships_schema() -> SchemaRef {
-    let mut fields = vec![
-        Field::new("image_id", DataType::Int64, false),
-        Field::new("relationship_id", DataType::Int64, false),
-        Field::new("predicate", DataType::Utf8, false),
-        list_field("synsets"),
-    ];
-    for side in ["subj", "obj"] {
-        fields.push(Field::new(format!("{side}_id"), DataType::Int64, false));
-        fields.push(Field::new(format!("{side}_name"), DataType::Utf8, false));
-        fields.push(list_field(&format!("{side}_synsets")));
-        fields.extend(box_fields(&format!("{side}_")));
-    }
-    Arc::new(Schema::new(fields))
-}
-
-/// Schema of `objects.parquet`.
-pub fn objects_schema() -> SchemaRef {
-    let mut fields = vec![
-        Field::new("image_id", DataType::Int64, false),
-        Field::new("object_id", DataType::Int64, false),
-        Field::new("name", DataType::Utf8, false),
-        list_field("names"),
-        list_field("synsets"),
-    ];
-    fields.extend(box_fields(""));
-    Arc::new(Schema::new(fields))
-}
-
-/// Schema of `attributes.parquet`.
-pub fn attributes_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("image_id", DataType::Int64, false),
-        Field::new("object_id", DataType::Int64, false),
-        list_field("attributes"),
-    ]))
 }
 
 /// Builds one part of a table from a run of JSON elements.
@@ -691,16 +671,21 @@ fn stream_table<B: PartBuilder>(
     Ok((file, rows, elements, tally))
 }
 
-/// Run ingest: read `config.vg`, write the four tables into `out_dir`.
-pub fn ingest(config: &IngestConfig, out_dir: &Path, ui: &crate::ui::Ui) -> Result<StageReport> {
+/// Run ingest: read the folder `vg`, write the four tables into `out_dir`.
+pub fn ingest(
+    vg: &Path,
+    block_bytes: usize,
+    out_dir: &Path,
+    ui: &crate::ui::Ui,
+) -> Result<StageReport> {
     let mut report = StageReport::default();
     let mut tally = Tally::default();
-    let block = config.block_bytes.max(1 << 12);
+    let block = block_bytes.max(1 << 12);
     // All four tables are completed under temporary names before any is renamed into place, so
     // a malformed file commits no output at all.
     let mut pending = Vec::new();
     for t in &VG_TABLES {
-        let src = config.vg.join(t.source);
+        let src = vg.join(t.source);
         let dest = out_dir.join(t.table);
         let schema = (t.schema)();
         let (file, rows, elements, tally_of_file) = if src.is_file() {

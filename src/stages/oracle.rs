@@ -1,53 +1,13 @@
-//! Oracles: what judges whether an image shows a caption. A stage names one by a string:
-//! `labels` (the annotation decides: an image shows its own triplet's caption), `model` (the
-//! `oracle` stage's CLIP-family model: cosine similarity of the region's crop and the caption),
-//! or the path of a similarity matrix (`.npy`), which is identified in fingerprints by its
-//! content, not its path.
+//! `oracle`: a CLIP-family model judges every cropped region against every triplet's caption by
+//! cosine similarity (the `model` oracle of `select` and `score`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
-
-/// The oracle that needs no file.
-pub const LABELS: &str = "labels";
-
-/// The matrix file an oracle string names, if it is not `labels` or `model`.
-pub fn matrix_file(oracle: &str) -> Option<PathBuf> {
-    (oracle != LABELS && oracle != MODEL).then(|| PathBuf::from(oracle))
-}
-
-/// The stage an oracle string depends on (`oracle` for `model`).
-pub fn upstream(oracle: &str) -> Option<&'static str> {
-    (oracle == MODEL).then_some("oracle")
-}
-
-/// A stage's config as JSON, with an oracle path replaced by `"matrix"` (its content is hashed
-/// through [`inputs`] instead).
-pub fn config_value<T: serde::Serialize>(config: &T, oracle: &str) -> serde_json::Value {
-    let mut c = serde_json::to_value(config).expect("config serialises");
-    if matrix_file(oracle).is_some() {
-        c["oracle"] = serde_json::json!("matrix");
-    }
-    c
-}
-
-/// The oracle's file as a stage input, or an error naming the stage when it is missing.
-pub fn inputs(stage: &str, oracle: &str) -> Result<Vec<(String, PathBuf)>> {
-    match matrix_file(oracle) {
-        None => Ok(vec![]),
-        Some(p) if p.is_file() => Ok(vec![("oracle".into(), p)]),
-        Some(p) => Err(Error::stage(
-            stage,
-            format!(
-                "oracle `{}` not found (give a .npy matrix, `{LABELS}` or `{MODEL}`)",
-                p.display()
-            ),
-        )),
-    }
-}
-
-/// The oracle that the `oracle` stage computes with a CLIP-family model.
-pub const MODEL: &str = "model";
+use crate::model::runner::ModelRunConfig;
+use crate::tables;
 
 /// The `oracle` stage: a CLIP-family model judges every cropped region against every triplet's
 /// caption by cosine similarity. It writes the raw embeddings
@@ -57,56 +17,69 @@ pub const MODEL: &str = "model";
 /// each embedded region's similarity with its own caption, which `select` thresholds. Regions
 /// without a usable crop, or whose crop cannot be read, are counted and left out.
 #[derive(Debug, Clone)]
-pub struct OracleStage {
+pub struct Oracle {
     /// How the model runs.
-    pub config: crate::stages::embed::ModelRunConfig,
-    /// The stage holding the regions and the triplets' captions: `triplets` or `import`.
-    pub regions_stage: String,
+    pub config: ModelRunConfig,
 }
 
-/// Schema of `region_scores.parquet`.
-pub fn region_scores_schema() -> arrow::datatypes::SchemaRef {
-    use arrow::datatypes::{DataType, Field, Schema};
-    std::sync::Arc::new(Schema::new(vec![
-        Field::new("region_id", DataType::Int64, false),
-        Field::new("triplet_id", DataType::Int64, false),
-        Field::new("similarity", DataType::Float32, false),
-    ]))
+impl StageDef for Oracle {
+    const NAME: &'static str = "oracle";
+    const ABOUT: &'static str = "A CLIP-family model judges every cropped region against every caption: RUN/oracle/{region,caption}_embeddings.arrow, region_scores.parquet";
+    const PROVIDES: &'static [&'static TableDecl] = &[
+        &tables::ORACLE_REGIONS,
+        &tables::ORACLE_CAPTIONS,
+        &tables::REGION_SCORES,
+        &tables::ORACLE_MODEL,
+    ];
+    type Config = ModelRunConfig;
+    fn resolve_paths(c: &mut ModelRunConfig, base: &Path) {
+        if let Some(p) = &mut c.model {
+            super::resolve(p, base);
+        }
+    }
+    fn build(config: ModelRunConfig) -> Result<Self> {
+        config.check(Self::NAME)?;
+        Ok(Oracle { config })
+    }
 }
 
-impl crate::engine::Stage for OracleStage {
+impl Stage for Oracle {
     fn name(&self) -> &'static str {
-        "oracle"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         2
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        if self.regions_stage == "import" {
-            vec!["import", "crops"]
-        } else {
-            vec!["triplets", "crops"]
-        }
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
     }
-    fn config(&self) -> serde_json::Value {
+    fn needs(&self) -> Vec<Need> {
+        vec![
+            Need::of(&tables::REGIONS),
+            Need::of(&tables::TRIPLETS),
+            Need::of(&tables::CROPS),
+        ]
+    }
+    fn fingerprint(&self) -> serde_json::Value {
         self.config.fingerprint_value("model")
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        self.config.inputs("oracle")
+        self.config.inputs(Self::NAME)
     }
-    fn run(&self, ctx: &crate::engine::StageContext) -> Result<crate::engine::StageReport> {
+    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         use std::sync::Arc;
 
         use arrow::array::{Float32Array, Int64Array, RecordBatch};
 
-        use crate::stages::embed::{captions, crop_files, embed_images_chunked, embed_texts};
+        use crate::model::runner::{embed_images_chunked, embed_texts};
+        use crate::tables::crops::crop_files;
+        use crate::tables::regions::captions;
 
-        let from = self.upstream()[0];
-        let rpath = ctx.upstream_output(from, "regions.parquet");
+        let rpath = ctx.input(&tables::REGIONS)?;
         let regions = crate::io::read_all(&rpath)?;
         let region_id = crate::tables::dataset::ints(&regions, "region_id", &rpath)?;
         let triplet_id = crate::tables::dataset::ints(&regions, "triplet_id", &rpath)?;
-        let (files, _) = crop_files(&ctx.run_dir.join("crops"))?;
+        let (files, _) = crop_files(&ctx.input(&tables::CROPS)?)?;
         let cropped: Vec<usize> = (0..region_id.len())
             .filter(|&i| files.contains_key(&region_id[i]))
             .collect();
@@ -123,7 +96,7 @@ impl crate::engine::Stage for OracleStage {
             &ctx.fingerprint,
             ctx.ui,
         )?;
-        let all_captions = captions(&ctx.run_dir.join(from))?;
+        let all_captions = captions(&ctx.input(&tables::TRIPLETS)?)?;
         let caption_ids: Vec<i64> = all_captions.keys().copied().collect();
         let texts: Vec<&str> = all_captions.values().map(String::as_str).collect();
         let caption_m = embed_texts(&mut model, &texts, self.config.batch_size)?;
@@ -158,17 +131,17 @@ impl crate::engine::Stage for OracleStage {
         let ids: Vec<i64> = embedded.iter().map(|&i| region_id[i]).collect();
         let tids: Vec<i64> = embedded.iter().map(|&i| triplet_id[i]).collect();
         crate::io::store::write_store(
-            &ctx.output("region_embeddings.arrow"),
+            &ctx.output(&tables::ORACLE_REGIONS)?,
             &[("region_id", Arc::new(Int64Array::from(ids.clone())))],
             &images.matrix,
         )?;
         crate::io::store::write_store(
-            &ctx.output("caption_embeddings.arrow"),
+            &ctx.output(&tables::ORACLE_CAPTIONS)?,
             &[("triplet_id", Arc::new(Int64Array::from(caption_ids)))],
             &caption_m,
         )?;
         let batch = RecordBatch::try_new(
-            region_scores_schema(),
+            tables::oracle::region_scores_schema(),
             vec![
                 Arc::new(Int64Array::from(ids)),
                 Arc::new(Int64Array::from(tids)),
@@ -176,10 +149,10 @@ impl crate::engine::Stage for OracleStage {
             ],
         )
         .map_err(|e| Error::Internal(e.to_string()))?;
-        let n = crate::io::write_table(&ctx.output("region_scores.parquet"), &batch)?;
-        crate::stages::embed::write_model_json(
+        let n = crate::io::write_table(&ctx.output(&tables::REGION_SCORES)?, &batch)?;
+        crate::model::runner::write_model_json(
             &ctx.stage_dir,
-            crate::stages::embed::stage_identity(&model, ctx),
+            crate::model::runner::stage_identity(&model, &ctx.input_hashes),
             &self.config,
             images.matrix.cols,
         )?;

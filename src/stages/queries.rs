@@ -10,85 +10,80 @@
 //! and the region id, so it is stable when regions are added or removed.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Stage, StageContext, StageReport};
-use crate::error::{Error, Result};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::error::Result;
+use crate::tables;
 use crate::tables::dataset::{Dataset, Queries, Slot};
 
 /// Configuration of query generation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct QueriesConfig {
-    /// Seed of the dev/test split.
-    #[serde(default)]
+    /// Seed of the dev/test split (by region).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Fraction of regions in the test split.
-    #[serde(default = "default_test_fraction")]
+    /// Fraction of regions in the test split, between 0 and 1.
+    #[arg(long, default_value_t = 0.5)]
     pub test_fraction: f64,
-    /// The stage holding `dataset.parquet` (`select` for a regenerated dataset, `import` for the
-    /// release's).
-    #[serde(default = "default_dataset_stage")]
-    pub dataset_stage: String,
-}
-
-fn default_test_fraction() -> f64 {
-    0.5
-}
-fn default_dataset_stage() -> String {
-    "import".into()
 }
 
 impl Default for QueriesConfig {
     fn default() -> Self {
-        QueriesConfig {
-            seed: 0,
-            test_fraction: default_test_fraction(),
-            dataset_stage: default_dataset_stage(),
-        }
+        super::clap_default()
     }
 }
 
-/// The stage.
+/// The queries stage: every one-slot transformation of the dataset with a possible answer.
 #[derive(Debug, Clone)]
 pub struct QueriesStage {
     /// Its configuration.
     pub config: QueriesConfig,
 }
 
+impl StageDef for QueriesStage {
+    const NAME: &'static str = "queries";
+    const ABOUT: &'static str =
+        "Transformation queries for the run's dataset: RUN/queries/queries.parquet";
+    const PROVIDES: &'static [&'static TableDecl] = &[&tables::QUERIES];
+    type Config = QueriesConfig;
+    fn build(config: QueriesConfig) -> Result<Self> {
+        if !(0.0..=1.0).contains(&config.test_fraction) {
+            return Err(super::bad::<Self>(
+                "test_fraction",
+                format!("{} is not between 0 and 1", config.test_fraction),
+            ));
+        }
+        Ok(QueriesStage { config })
+    }
+}
+
 impl Stage for QueriesStage {
     fn name(&self) -> &'static str {
-        "queries"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         1
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        vec![crate::tables::dataset::dataset_stage(
-            &self.config.dataset_stage,
-        )]
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
     }
-    fn config(&self) -> serde_json::Value {
+    fn needs(&self) -> Vec<Need> {
+        vec![Need::of(&tables::DATASET)]
+    }
+    fn fingerprint(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("config serialises")
     }
-    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        Ok(vec![])
-    }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        if !(0.0..=1.0).contains(&self.config.test_fraction) {
-            return Err(Error::stage(
-                "queries",
-                "test_fraction must be between 0 and 1",
-            ));
-        }
-        let path = ctx.upstream_output(self.upstream()[0], "dataset.parquet");
+        let path = ctx.input(&tables::DATASET)?;
         let dataset = Dataset::read(&path)?;
         let queries = generate(&dataset, &self.config);
-        let n = crate::io::write_table(&ctx.output("queries.parquet"), &queries.to_batch())?;
+        let n = crate::io::write_table(&ctx.output(&tables::QUERIES)?, &queries.to_batch())?;
         let mut report = StageReport::default();
-        report.outputs.push(("queries.parquet".into(), Some(n)));
+        report.table(&tables::QUERIES, Some(n));
         report.count("queries", n);
         for slot in Slot::ALL {
             let k = queries.field.iter().filter(|f| **f == slot).count();

@@ -21,90 +21,113 @@ use std::sync::Arc;
 use arrow::array::{
     ArrayRef, AsArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::EmbeddingStore;
 use crate::linalg::{first_non_finite, normalize_rows, sweep, Matrix};
 use crate::model::heads::{self, Heads};
+use crate::tables;
 use crate::tables::dataset::{Queries, QuerySet};
+use crate::tables::retrievals::retrievals_schema;
 
 /// λ values of a default sweep.
 pub const DEFAULT_LAMBDAS: &[f64] = &[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0];
 
 /// Configuration of retrieval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetrieveConfig {
-    /// The λ values.
-    #[serde(default = "default_lambdas")]
+    /// λ values (repeat or separate with commas).
+    #[arg(long = "lambdas", visible_alias = "lambda", value_delimiter = ',', num_args = 1.., default_values_t = DEFAULT_LAMBDAS.to_vec())]
     pub lambdas: Vec<f64>,
     /// Results kept per query and λ.
-    #[serde(default = "default_k")]
+    #[arg(short, long, default_value_t = 5)]
     pub k: usize,
-    /// The queries answered.
-    pub queries: QuerySet,
-    /// Linear heads applied to the raw embeddings: a PyTorch file (the release's
-    /// `head_clip_t=0.1.pt`) or the prefix of `PREFIX_{img,txt}_head_{weight,bias}.npy`.
-    /// Identified in fingerprints by content, not path.
-    #[serde(default)]
+    /// The queries: `release` (transfos.csv, from import-simat) or `regenerated` (the queries
+    /// stage). Needed when the run has both.
+    #[arg(long, value_enum)]
+    pub queries: Option<QuerySet>,
+    /// Linear heads on the raw embeddings: a PyTorch file (the release's head_clip_t=0.1.pt) or
+    /// the prefix of PREFIX_{img,txt}_head_{weight,bias}.npy. Identified in fingerprints by
+    /// content, not path.
+    #[arg(long, value_name = "FILE_OR_PREFIX")]
     pub heads: Option<PathBuf>,
-    /// Apply heads even to embeddings that are already unit-norm.
-    #[serde(default)]
+    /// Apply heads even to embeddings that are already unit-norm (heads trained on normalised
+    /// vectors).
+    #[arg(long)]
     pub allow_normalised: bool,
 }
 
-fn default_lambdas() -> Vec<f64> {
-    DEFAULT_LAMBDAS.to_vec()
-}
-fn default_k() -> usize {
-    5
-}
-
-impl RetrieveConfig {
-    /// A config for `queries` with the defaults.
-    pub fn new(queries: QuerySet) -> Self {
-        RetrieveConfig {
-            lambdas: default_lambdas(),
-            k: default_k(),
-            queries,
-            heads: None,
-            allow_normalised: false,
-        }
+impl Default for RetrieveConfig {
+    fn default() -> Self {
+        super::clap_default()
     }
 }
 
-/// Schema of `retrievals.parquet`.
-pub fn retrievals_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("query_id", DataType::Int64, false),
-        Field::new("lambda", DataType::Float64, false),
-        Field::new("rank", DataType::Int32, false),
-        Field::new("dataset_id", DataType::Int64, false),
-        Field::new("score", DataType::Float32, false),
-    ]))
-}
-
-/// The stage.
+/// The retrieve stage.
 #[derive(Debug, Clone)]
-pub struct RetrieveStage {
+pub struct Retrieve {
     /// Its configuration.
     pub config: RetrieveConfig,
 }
 
-impl Stage for RetrieveStage {
+/// How to choose the query set, for messages.
+pub const CHOOSE_QUERIES: &str =
+    "--queries release or --queries regenerated (`queries = \"release\"` in a pipeline section)";
+
+impl StageDef for Retrieve {
+    const NAME: &'static str = "retrieve";
+    const ABOUT: &'static str =
+        "Answer every transformation query for each λ: RUN/retrieve/retrievals.parquet";
+    const PROVIDES: &'static [&'static TableDecl] =
+        &[&tables::RETRIEVALS, &tables::RETRIEVAL_PROVENANCE];
+    type Config = RetrieveConfig;
+    fn resolve_paths(c: &mut RetrieveConfig, base: &Path) {
+        if let Some(p) = &mut c.heads {
+            super::resolve(p, base);
+        }
+    }
+    fn build(config: RetrieveConfig) -> Result<Self> {
+        if config.k == 0 {
+            return Err(super::bad::<Self>("k", "must be at least 1"));
+        }
+        if config.lambdas.is_empty() || config.lambdas.iter().any(|l| !l.is_finite()) {
+            return Err(super::bad::<Self>(
+                "lambdas",
+                "needs at least one λ, each a finite number",
+            ));
+        }
+        if let Some(h) = &config.heads {
+            heads::files(h).map_err(|e| super::bad::<Self>("heads", e.to_string()))?;
+        }
+        Ok(Retrieve { config })
+    }
+}
+
+impl Stage for Retrieve {
     fn name(&self) -> &'static str {
-        "retrieve"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         2
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        vec![self.config.queries.stage(), "embed"]
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
     }
-    fn config(&self) -> serde_json::Value {
+    fn needs(&self) -> Vec<Need> {
+        vec![
+            Need::of(&tables::QUERIES)
+                .from(self.config.queries.map(QuerySet::stage))
+                .choose(CHOOSE_QUERIES),
+            Need::of(&tables::IMAGE_EMBEDDINGS),
+            Need::of(&tables::WORD_EMBEDDINGS),
+            Need::optional(&tables::EMBEDDING_MODEL),
+        ]
+    }
+    fn fingerprint(&self) -> serde_json::Value {
         let mut c = serde_json::to_value(&self.config).expect("config serialises");
         if self.config.heads.is_some() {
             c["heads"] = serde_json::json!("file"); // its content is an input
@@ -114,21 +137,16 @@ impl Stage for RetrieveStage {
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         match &self.config.heads {
             None => Ok(vec![]),
-            Some(p) => heads::files(p).map_err(|e| Error::stage("retrieve", e.to_string())),
+            Some(p) => heads::files(p).map_err(|e| Error::stage(Self::NAME, e.to_string())),
         }
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
-        if c.k == 0 || c.lambdas.is_empty() || c.lambdas.iter().any(|l| !l.is_finite()) {
-            return Err(Error::stage(
-                "retrieve",
-                "k must be ≥ 1 and at least one finite λ given",
-            ));
-        }
-        let qpath = ctx.upstream_output(c.queries.stage(), "queries.parquet");
+        let qpath = ctx.input(&tables::QUERIES)?;
+        let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
         let queries = Queries::read(&qpath)?;
-        let ipath = ctx.upstream_output("embed", "image_embeddings.arrow");
-        let wpath = ctx.upstream_output("embed", "word_embeddings.arrow");
+        let ipath = ctx.input(&tables::IMAGE_EMBEDDINGS)?;
+        let wpath = ctx.input(&tables::WORD_EMBEDDINGS)?;
         let images = EmbeddingStore::open(&ipath)?;
         let words = EmbeddingStore::open(&wpath)?;
         let word_col = words
@@ -141,7 +159,9 @@ impl Stage for RetrieveStage {
             None => None,
             Some(p) => Some(Heads::load(p)?),
         };
-        let origin = embeddings_origin(&ctx.upstream_output("embed", "model.json"));
+        let origin = ctx
+            .maybe(&tables::EMBEDDING_MODEL)
+            .and_then(|p| embeddings_origin(&p));
         let (db, word_m) = embedding_space(
             &images.to_matrix(),
             &ipath,
@@ -232,17 +252,15 @@ impl Stage for RetrieveStage {
         ];
         let batch = RecordBatch::try_new(retrievals_schema(), cols)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let written = crate::io::write_table(&ctx.output("retrievals.parquet"), &batch)?;
-        let provenance = self.provenance(ctx, &qpath, queries.len())?;
-        crate::engine::atomic::write_atomic(
-            ctx.output("provenance.json"),
+        let written = crate::io::write_table(&ctx.output(&tables::RETRIEVALS)?, &batch)?;
+        let provenance = self.provenance(ctx, query_set, &qpath, queries.len())?;
+        crate::io::atomic::write_atomic(
+            ctx.output(&tables::RETRIEVAL_PROVENANCE)?,
             (serde_json::to_string_pretty(&provenance).expect("json") + "\n").as_bytes(),
         )?;
         let mut report = StageReport::default();
-        report
-            .outputs
-            .push(("retrievals.parquet".into(), Some(written)));
-        report.outputs.push(("provenance.json".into(), None));
+        report.table(&tables::RETRIEVALS, Some(written));
+        report.table(&tables::RETRIEVAL_PROVENANCE, None);
         report.count("queries", queries.len() as u64);
         report.count("database", db.rows as u64);
         report.count("lambdas", c.lambdas.len() as u64);
@@ -250,22 +268,23 @@ impl Stage for RetrieveStage {
     }
 }
 
-impl RetrieveStage {
+impl Retrieve {
     /// What the retrievals come from: the query set, the embeddings (`embed/model.json`), the
     /// heads (file names and BLAKE3), λ and k.
     fn provenance(
         &self,
         ctx: &StageContext,
+        query_set: QuerySet,
         qpath: &Path,
         n_queries: usize,
     ) -> Result<serde_json::Value> {
         let c = &self.config;
-        let model_path = ctx.upstream_output("embed", "model.json");
-        let embeddings: serde_json::Value = match std::fs::read(&model_path) {
-            Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| Error::data(&model_path, e.to_string()))?
+        let embeddings: serde_json::Value = match ctx.maybe(&tables::EMBEDDING_MODEL) {
+            Some(p) => {
+                let b = std::fs::read(&p).map_err(|e| Error::io("failed to read", &p, e))?;
+                serde_json::from_slice(&b).map_err(|e| Error::data(&p, e.to_string()))?
             }
-            Err(_) => serde_json::Value::Null,
+            None => serde_json::Value::Null,
         };
         let heads = c.heads.as_ref().map(|p| {
             serde_json::json!({
@@ -274,9 +293,9 @@ impl RetrieveStage {
             })
         });
         Ok(serde_json::json!({
-            "query_set": c.queries,
+            "query_set": query_set,
             "queries": {
-                "file": format!("{}/queries.parquet", c.queries.stage()),
+                "file": format!("{}/{}", ctx.provider(&tables::QUERIES).unwrap_or_default(), tables::QUERIES.file),
                 "rows": n_queries,
                 "blake3": crate::engine::fingerprint::hash_file(qpath)?,
             },

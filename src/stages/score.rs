@@ -23,139 +23,119 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::linalg::Matrix;
+use crate::tables;
 use crate::tables::dataset::{Dataset, Queries, QuerySet, Slot};
+use crate::tables::oracle;
+use crate::tables::retrievals::{scores_schema, ScoreRow, ScoresFile, PROVENANCE_KEY};
 
 /// Configuration of scoring.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct ScoreConfig {
-    /// `labels`, `model`, an images × captions matrix file, or a long table
-    /// `region_id, caption_id, score`.
-    #[serde(default = "default_oracle")]
+    /// `labels`, `model` (the oracle stage), an images × captions matrix (.npy, .pt; rows by
+    /// dataset_id, columns by caption id) or a long table region_id, caption_id, score (Parquet,
+    /// Arrow, CSV).
+    #[arg(long, default_value = "labels")]
     pub oracle: String,
     /// Success when the oracle's similarity is above this.
-    #[serde(default = "default_threshold")]
+    #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
-    /// The splits reported: `dev`, `test`, or `all` (dev, test and both together).
-    #[serde(default = "default_split")]
+    /// The splits reported: dev, test, or all (dev, test and both together).
+    #[arg(long, default_value = "all")]
     pub split: String,
-    /// The queries scored (the retrievals must be of the same set).
-    pub queries: QuerySet,
-    /// The stage holding `dataset.parquet`.
-    #[serde(default = "default_stage")]
-    pub dataset_stage: String,
+    /// The queries scored, as for retrieve (the retrievals must be of the same set).
+    #[arg(long, value_enum)]
+    pub queries: Option<QuerySet>,
 }
 
-fn default_oracle() -> String {
-    "labels".into()
-}
-fn default_threshold() -> f64 {
-    0.5
-}
-fn default_split() -> String {
-    "all".into()
-}
-fn default_stage() -> String {
-    "import".into()
-}
-
-impl ScoreConfig {
-    /// A config for `queries` with the defaults.
-    pub fn new(queries: QuerySet) -> Self {
-        ScoreConfig {
-            oracle: default_oracle(),
-            threshold: default_threshold(),
-            split: default_split(),
-            queries,
-            dataset_stage: default_stage(),
-        }
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        super::clap_default()
     }
 }
 
-/// One row of the scores.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScoreRow {
-    /// λ.
-    pub lambda: f64,
-    /// `dev`, `test` or `all`.
-    pub split: String,
-    /// `subj`, `rel`, `obj` or `all`.
-    pub field: String,
-    /// The SIMAT score, ×100.
-    pub score: f64,
-    /// Queries counted.
-    pub n_queries: u64,
-}
-
-/// `scores.json`: the scores and what they are of.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScoresFile {
-    /// The query set, embeddings, heads, oracle, threshold and simat version.
-    pub provenance: serde_json::Value,
-    /// One row per λ × split × field.
-    pub scores: Vec<ScoreRow>,
-}
-
-impl ScoresFile {
-    /// Read `scores.json`.
-    pub fn read(path: &Path) -> Result<ScoresFile> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("failed to read", path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::data(path, e.to_string()))
-    }
-}
-
-/// Schema metadata key of `scores.parquet` holding the provenance as JSON.
-pub const PROVENANCE_KEY: &str = "simat:provenance";
-
-/// Schema of `scores.parquet` (its metadata holds the provenance as JSON).
-pub fn scores_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("lambda", DataType::Float64, false),
-        Field::new("split", DataType::Utf8, false),
-        Field::new("field", DataType::Utf8, false),
-        Field::new("score", DataType::Float64, false),
-        Field::new("n_queries", DataType::Int64, false),
-        Field::new("query_set", DataType::Utf8, false),
-        Field::new("heads", DataType::Utf8, true),
-        Field::new("oracle", DataType::Utf8, false),
-        Field::new("threshold", DataType::Float64, false),
-    ]))
-}
-
-/// The stage.
+/// The score stage.
 #[derive(Debug, Clone)]
-pub struct ScoreStage {
+pub struct Score {
     /// Its configuration.
     pub config: ScoreConfig,
 }
 
-impl Stage for ScoreStage {
+impl StageDef for Score {
+    const NAME: &'static str = "score";
+    const ABOUT: &'static str =
+        "The SIMAT score of the retrievals: RUN/score/scores.parquet and scores.json";
+    const PROVIDES: &'static [&'static TableDecl] = &[&tables::SCORES, &tables::SCORES_JSON];
+    type Config = ScoreConfig;
+    fn resolve_paths(c: &mut ScoreConfig, base: &Path) {
+        c.oracle = oracle::resolve(&c.oracle, base);
+    }
+    fn build(config: ScoreConfig) -> Result<Self> {
+        if !config.threshold.is_finite() {
+            return Err(super::bad::<Self>("threshold", "must be a number"));
+        }
+        if !["dev", "test", "all"].contains(&config.split.as_str()) {
+            return Err(super::bad::<Self>(
+                "split",
+                format!("`{}`: expected dev, test or all", config.split),
+            ));
+        }
+        Ok(Score { config })
+    }
+    fn summary(run_dir: &Path) -> Result<Option<String>> {
+        let file = ScoresFile::read(&run_dir.join(Self::NAME).join(tables::SCORES_JSON.file))?;
+        Ok(Some(format!(
+            "SIMAT scores (% of queries whose first image the oracle accepts):\n{}",
+            file.table()
+        )))
+    }
+}
+
+impl Stage for Score {
     fn name(&self) -> &'static str {
-        "score"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         2
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        let mut v = vec!["retrieve", self.config.queries.stage()];
-        let d = crate::tables::dataset::dataset_stage(&self.config.dataset_stage);
-        if !v.contains(&d) {
-            v.push(d);
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
+    }
+    fn needs(&self) -> Vec<Need> {
+        let c = &self.config;
+        let mut v = vec![
+            Need::of(&tables::RETRIEVALS),
+            Need::of(&tables::RETRIEVAL_PROVENANCE),
+            Need::of(&tables::QUERIES)
+                .from(c.queries.map(QuerySet::stage))
+                .choose(super::retrieve::CHOOSE_QUERIES),
+            // The release's queries are of the release's dataset.
+            Need::of(&tables::DATASET)
+                .from((c.queries == Some(QuerySet::Release)).then_some(QuerySet::Release.stage())),
+        ];
+        if c.oracle == oracle::MODEL {
+            for t in [
+                &tables::ORACLE_REGIONS,
+                &tables::ORACLE_CAPTIONS,
+                &tables::ORACLE_MODEL,
+            ] {
+                v.push(Need::of(t).choose("an [oracle] section naming the model"));
+            }
         }
-        v.extend(crate::stages::oracle::upstream(&self.config.oracle));
         v
     }
-    fn config(&self) -> serde_json::Value {
-        crate::stages::oracle::config_value(&self.config, &self.config.oracle)
+    fn fingerprint(&self) -> serde_json::Value {
+        oracle::config_value(&self.config, &self.config.oracle)
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        crate::stages::oracle::inputs("score", &self.config.oracle)
+        oracle::inputs(Self::NAME, &self.config.oracle)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
@@ -165,29 +145,25 @@ impl Stage for ScoreStage {
                 format!("threshold {} is not a number", c.threshold),
             ));
         }
-        let queries = Queries::read(&ctx.upstream_output(c.queries.stage(), "queries.parquet"))?;
-        let dataset = Dataset::read(&ctx.upstream_output(
-            crate::tables::dataset::dataset_stage(&c.dataset_stage),
-            "dataset.parquet",
-        ))?;
-        let retrieve_provenance = read_json(&ctx.upstream_output("retrieve", "provenance.json"))?;
-        if retrieve_provenance["query_set"] != serde_json::json!(c.queries) {
+        let queries = Queries::read(&ctx.input(&tables::QUERIES)?)?;
+        let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
+        let dataset = Dataset::read(&ctx.input(&tables::DATASET)?)?;
+        let retrieve_provenance = read_json(&ctx.input(&tables::RETRIEVAL_PROVENANCE)?)?;
+        if retrieve_provenance["query_set"] != serde_json::json!(query_set) {
             return Err(Error::stage(
                 "score",
                 format!(
                     "the retrievals answer the {} query set, the score counts {}: rerun retrieve with --queries {}",
-                    retrieve_provenance["query_set"], c.queries, c.queries
+                    retrieve_provenance["query_set"], query_set, query_set
                 ),
             ));
         }
-        let rpath = ctx.upstream_output("retrieve", "retrievals.parquet");
+        let rpath = ctx.input(&tables::RETRIEVALS)?;
         let (lambdas, top1) = read_top1(&rpath, &queries)?;
-        let (oracle, oracle_provenance) = match crate::stages::oracle::matrix_file(
-            &self.config.oracle,
-        ) {
-            None if self.config.oracle == crate::stages::oracle::MODEL => (
+        let (oracle, oracle_provenance) = match oracle::matrix_file(&self.config.oracle) {
+            None if self.config.oracle == oracle::MODEL => (
                 model_oracle(ctx, &dataset)?,
-                serde_json::json!({"kind": "model", "model": read_json(&ctx.upstream_output("oracle", "model.json"))?["model"]}),
+                serde_json::json!({"kind": "model", "model": read_json(&ctx.input(&tables::ORACLE_MODEL)?)?["model"]}),
             ),
             None => (Oracle::Labels, serde_json::json!({"kind": "labels"})),
             Some(p) => {
@@ -250,7 +226,7 @@ impl Stage for ScoreStage {
             }
         }
         let provenance = serde_json::json!({
-            "query_set": c.queries,
+            "query_set": query_set,
             "queries": retrieve_provenance["queries"],
             "embeddings": retrieve_provenance["embeddings"],
             "heads": retrieve_provenance["heads"],
@@ -283,7 +259,7 @@ impl Stage for ScoreStage {
                 rows.iter().map(|r| r.n_queries as i64),
             )),
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                c.queries.as_str(),
+                query_set.as_str(),
                 n_rows,
             ))),
             Arc::new(StringArray::from(vec![heads_name.as_deref(); n_rows])),
@@ -303,18 +279,18 @@ impl Stage for ScoreStage {
         ));
         let batch =
             RecordBatch::try_new(schema, cols).map_err(|e| Error::Internal(e.to_string()))?;
-        let n = crate::io::write_table(&ctx.output("scores.parquet"), &batch)?;
+        let n = crate::io::write_table(&ctx.output(&tables::SCORES)?, &batch)?;
         let file = ScoresFile {
             provenance,
             scores: rows,
         };
-        crate::engine::atomic::write_atomic(
-            ctx.output("scores.json"),
+        crate::io::atomic::write_atomic(
+            ctx.output(&tables::SCORES_JSON)?,
             (serde_json::to_string_pretty(&file).expect("json") + "\n").as_bytes(),
         )?;
         let mut report = StageReport::default();
-        report.outputs.push(("scores.parquet".into(), Some(n)));
-        report.outputs.push(("scores.json".into(), None));
+        report.table(&tables::SCORES, Some(n));
+        report.table(&tables::SCORES_JSON, None);
         report.count("queries", queries.len() as u64);
         Ok(report)
     }
@@ -498,7 +474,7 @@ enum Oracle {
 /// dataset_id order, and its caption embeddings.
 fn model_oracle(ctx: &StageContext, dataset: &Dataset) -> Result<Oracle> {
     use crate::io::store::EmbeddingStore;
-    let rpath = ctx.upstream_output("oracle", "region_embeddings.arrow");
+    let rpath = ctx.input(&tables::ORACLE_REGIONS)?;
     let regions = EmbeddingStore::open(&rpath)?;
     let ids = crate::io::i64_column(&regions.batch, "region_id", &rpath)?;
     let row: HashMap<i64, usize> = ids
@@ -517,7 +493,7 @@ fn model_oracle(ctx: &StageContext, dataset: &Dataset) -> Result<Oracle> {
         })?);
     }
     let regions = regions.normalised().gather(&idx);
-    let cpath = ctx.upstream_output("oracle", "caption_embeddings.arrow");
+    let cpath = ctx.input(&tables::ORACLE_CAPTIONS)?;
     let captions = EmbeddingStore::open(&cpath)?;
     let tids = crate::io::i64_column(&captions.batch, "triplet_id", &cpath)?;
     let caption_row = tids

@@ -9,86 +9,93 @@
 //! regions × triplets similarity matrix (`.npy`, rows by `region_id`, columns by `triplet_id`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
+use crate::tables;
 use crate::tables::dataset::{ints, strs, Dataset};
+use crate::tables::oracle;
 
 /// Configuration of selection. The defaults reproduce SIMAT's rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct SelectConfig {
-    /// `labels`, `model` (the `oracle` stage), or a regions × triplets similarity matrix
-    /// (`.npy`).
-    #[serde(default = "default_oracle")]
+    /// `labels`, `model` (the oracle stage), or a regions × triplets similarity matrix (.npy,
+    /// rows in the order of the regions table, columns by triplet_id).
+    #[arg(long, default_value = "labels")]
     pub oracle: String,
     /// A region is kept when its similarity with its own caption is at least this (0.5 suits
     /// SIMAT's probability-like oracle; a CLIP cosine oracle wants about 0.25).
-    #[serde(default = "default_threshold")]
+    #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
     /// Triplets shown by fewer distinct images are dropped.
-    #[serde(default = "default_min_images")]
+    #[arg(long, default_value_t = 2)]
     pub min_images: usize,
-    /// Keep only regions with a usable crop (crops status `ok` or `clamped`), so that a model
-    /// can embed every selected region. A pipeline with a `[crops]` section sets it.
-    #[serde(default)]
-    pub require_crop: bool,
-}
-
-fn default_oracle() -> String {
-    "labels".into()
-}
-fn default_threshold() -> f64 {
-    0.5
-}
-fn default_min_images() -> usize {
-    2
 }
 
 impl Default for SelectConfig {
     fn default() -> Self {
-        SelectConfig {
-            oracle: default_oracle(),
-            threshold: default_threshold(),
-            min_images: default_min_images(),
-            require_crop: false,
-        }
+        super::clap_default()
     }
 }
 
-/// The stage.
+/// The select stage. Where the run has crops, only regions with a usable crop are kept (counted
+/// as `regions_without_crop`), so that a model can embed every selected region.
 #[derive(Debug, Clone)]
-pub struct SelectStage {
+pub struct Select {
     /// Its configuration.
     pub config: SelectConfig,
 }
 
-impl Stage for SelectStage {
+impl StageDef for Select {
+    const NAME: &'static str = "select";
+    const ABOUT: &'static str =
+        "The dataset of a regenerated benchmark: RUN/select/dataset.parquet";
+    const PROVIDES: &'static [&'static TableDecl] = &[&tables::DATASET];
+    type Config = SelectConfig;
+    fn resolve_paths(c: &mut SelectConfig, base: &Path) {
+        c.oracle = oracle::resolve(&c.oracle, base);
+    }
+    fn build(config: SelectConfig) -> Result<Self> {
+        if !config.threshold.is_finite() {
+            return Err(super::bad::<Self>("threshold", "must be a number"));
+        }
+        if config.min_images == 0 {
+            return Err(super::bad::<Self>("min_images", "must be at least 1"));
+        }
+        Ok(Select { config })
+    }
+}
+
+impl Stage for Select {
     fn name(&self) -> &'static str {
-        "select"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         1
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        let mut v = vec!["triplets"];
-        if self.config.require_crop {
-            v.push("crops");
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
+    }
+    fn needs(&self) -> Vec<Need> {
+        let mut v = vec![Need::of(&tables::REGIONS), Need::optional(&tables::CROPS)];
+        if self.config.oracle == oracle::MODEL {
+            v.push(Need::of(&tables::REGION_SCORES).choose("an [oracle] section naming the model"));
         }
-        v.extend(crate::stages::oracle::upstream(&self.config.oracle));
         v
     }
-    fn config(&self) -> serde_json::Value {
-        crate::stages::oracle::config_value(&self.config, &self.config.oracle)
+    fn fingerprint(&self) -> serde_json::Value {
+        oracle::config_value(&self.config, &self.config.oracle)
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        crate::stages::oracle::inputs("select", &self.config.oracle)
+        oracle::inputs(Self::NAME, &self.config.oracle)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        let rpath = ctx.upstream_output("triplets", "regions.parquet");
+        let rpath = ctx.input(&tables::REGIONS)?;
         let regions = crate::io::read_all(&rpath)?;
         let region_id = ints(&regions, "region_id", &rpath)?;
         let image_id = ints(&regions, "image_id", &rpath)?;
@@ -99,60 +106,56 @@ impl Stage for SelectStage {
             strs(&regions, "obj", &rpath)?,
         ];
         let mut unscored = 0u64;
-        let similarity: Box<dyn Fn(usize) -> f64> =
-            match crate::stages::oracle::matrix_file(&self.config.oracle) {
-                None if self.config.oracle == crate::stages::oracle::MODEL => {
-                    let spath = ctx.upstream_output("oracle", "region_scores.parquet");
-                    let b = crate::io::read_all(&spath)?;
-                    let ids = ints(&b, "region_id", &spath)?;
-                    let sim = crate::io::column(&b, "similarity", &spath)?;
-                    let sim =
-                        arrow::array::AsArray::as_primitive::<arrow::datatypes::Float32Type>(sim);
-                    let by_region: std::collections::HashMap<i64, f64> = ids
-                        .into_iter()
-                        .zip(sim.values().iter().map(|&v| v as f64))
-                        .collect();
-                    let scores: Vec<f64> = region_id
-                        .iter()
-                        .map(|r| by_region.get(r).copied().unwrap_or(f64::NEG_INFINITY))
-                        .collect();
-                    unscored = scores.iter().filter(|s| s.is_infinite()).count() as u64;
-                    Box::new(move |i| scores[i])
-                }
-                None => Box::new(|_| 1.0),
-                Some(p) => {
-                    let m = crate::io::store::read_matrix(&p)?;
-                    if m.rows != region_id.len() {
-                        return Err(Error::data(
-                            &p,
-                            format!(
+        let similarity: Box<dyn Fn(usize) -> f64> = match oracle::matrix_file(&self.config.oracle) {
+            None if self.config.oracle == oracle::MODEL => {
+                let spath = ctx.input(&tables::REGION_SCORES)?;
+                let b = crate::io::read_all(&spath)?;
+                let ids = ints(&b, "region_id", &spath)?;
+                let sim = crate::io::column(&b, "similarity", &spath)?;
+                let sim = arrow::array::AsArray::as_primitive::<arrow::datatypes::Float32Type>(sim);
+                let by_region: std::collections::HashMap<i64, f64> = ids
+                    .into_iter()
+                    .zip(sim.values().iter().map(|&v| v as f64))
+                    .collect();
+                let scores: Vec<f64> = region_id
+                    .iter()
+                    .map(|r| by_region.get(r).copied().unwrap_or(f64::NEG_INFINITY))
+                    .collect();
+                unscored = scores.iter().filter(|s| s.is_infinite()).count() as u64;
+                Box::new(move |i| scores[i])
+            }
+            None => Box::new(|_| 1.0),
+            Some(p) => {
+                let m = crate::io::store::read_matrix(&p)?;
+                if m.rows != region_id.len() {
+                    return Err(Error::data(
+                        &p,
+                        format!(
                             "{} rows, but there are {} regions (rows must be in region_id order)",
                             m.rows,
                             region_id.len()
                         ),
-                        ));
-                    }
-                    if let Some(i) = triplet_id
-                        .iter()
-                        .position(|&t| t < 0 || t as usize >= m.cols)
-                    {
-                        return Err(Error::data(
-                            &p,
-                            format!(
-                                "{} columns, but region {} has triplet {}",
-                                m.cols, region_id[i], triplet_id[i]
-                            ),
-                        ));
-                    }
-                    let tids = triplet_id.clone();
-                    Box::new(move |i| m.row(i)[tids[i] as usize] as f64)
+                    ));
                 }
-            };
-        let cropped = if self.config.require_crop {
-            let (files, _) = crate::stages::embed::crop_files(&ctx.run_dir.join("crops"))?;
-            Some(files)
-        } else {
-            None
+                if let Some(i) = triplet_id
+                    .iter()
+                    .position(|&t| t < 0 || t as usize >= m.cols)
+                {
+                    return Err(Error::data(
+                        &p,
+                        format!(
+                            "{} columns, but region {} has triplet {}",
+                            m.cols, region_id[i], triplet_id[i]
+                        ),
+                    ));
+                }
+                let tids = triplet_id.clone();
+                Box::new(move |i| m.row(i)[tids[i] as usize] as f64)
+            }
+        };
+        let cropped = match ctx.maybe(&tables::CROPS) {
+            Some(p) => Some(crate::tables::crops::crop_files(&p)?.0),
+            None => None,
         };
         let has_crop = |i: usize| {
             cropped
@@ -188,18 +191,18 @@ impl Stage for SelectStage {
                 dataset.triplets_row.push(None);
             }
         }
-        let n = crate::io::write_table(&ctx.output("dataset.parquet"), &dataset.to_batch())?;
+        let n = crate::io::write_table(&ctx.output(&tables::DATASET)?, &dataset.to_batch())?;
         let mut report = StageReport::default();
-        report.outputs.push(("dataset.parquet".into(), Some(n)));
+        report.table(&tables::DATASET, Some(n));
         report.count("regions_in", region_id.len() as u64);
-        if self.config.require_crop {
+        if cropped.is_some() {
             report.count("regions_without_crop", uncropped);
         }
         report.count(
             "regions_below_threshold",
             (region_id.len() as u64 - uncropped) - passed.len() as u64,
         );
-        if self.config.oracle == crate::stages::oracle::MODEL {
+        if self.config.oracle == oracle::MODEL {
             report.count("regions_unscored", unscored);
         }
         report.count("regions_kept", n);

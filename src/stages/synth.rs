@@ -20,44 +20,35 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::atomic::AtomicFile;
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
-use crate::stages::triplets::TripletsConfig;
+use crate::io::atomic::AtomicFile;
+use crate::stages::triplets::Vocabulary;
+use crate::tables;
 
 /// Configuration of the synthetic Visual Genome.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct SynthConfig {
     /// Number of images.
-    #[serde(default = "default_images")]
-    pub images: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub image_count: u64,
     /// Seed; the output is a function of it.
-    #[serde(default)]
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Also draw one JPEG per image under `images/`.
-    #[serde(default)]
+    /// Also draw one JPEG per image under `vg/images/`.
+    #[arg(long)]
     pub render: bool,
-    /// Fraction of relationships that are SIMAT triplets (subject and relation in the vocabulary).
-    #[serde(default = "default_plant_rate")]
+    /// Fraction of relationships that are SIMAT triplets (subject and relation in the
+    /// vocabulary), between 0 and 1.
+    #[arg(long, default_value_t = 0.02)]
     pub plant_rate: f64,
-}
-
-fn default_images() -> u64 {
-    1000
-}
-fn default_plant_rate() -> f64 {
-    0.02
 }
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig {
-            images: default_images(),
-            seed: 0,
-            render: false,
-            plant_rate: default_plant_rate(),
-        }
+        super::clap_default()
     }
 }
 
@@ -414,7 +405,7 @@ struct Vocab {
 }
 
 impl Vocab {
-    fn new(v: &TripletsConfig) -> Self {
+    fn new(v: &Vocabulary) -> Self {
         let subjects: Vec<(String, ())> = v.subjects.iter().map(|s| (s.clone(), ())).collect();
         let relations: Vec<(String, Vec<String>)> = v
             .relations
@@ -679,7 +670,7 @@ const BLOCK_IMAGES: u64 = 512;
 
 /// Write a synthetic Visual Genome into `out`.
 pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Result<SynthSummary> {
-    let vocab = Vocab::new(&TripletsConfig::default());
+    let vocab = Vocab::new(&Vocabulary::default());
     std::fs::create_dir_all(out).map_err(|e| Error::io("failed to create directory", out, e))?;
     let names = [
         "image_data.json",
@@ -703,9 +694,9 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
         std::fs::create_dir_all(out.join("images"))
             .map_err(|e| Error::io("failed to create directory", out.join("images"), e))?;
     }
-    let bar = ui.progress(config.images, "images", "synth");
+    let bar = ui.progress(config.image_count, "images", "synth");
     let mut summary = SynthSummary::default();
-    let n_blocks = config.images.div_ceil(BLOCK_IMAGES);
+    let n_blocks = config.image_count.div_ceil(BLOCK_IMAGES);
     // Two blocks in flight per thread keeps both cores busy while the writer drains.
     let window = (rayon::current_num_threads() as u64 * 2).max(2);
     let mut start_block = 0;
@@ -715,7 +706,7 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
             .into_par_iter()
             .map(|bi| {
                 let lo = bi * BLOCK_IMAGES;
-                let hi = (lo + BLOCK_IMAGES).min(config.images);
+                let hi = (lo + BLOCK_IMAGES).min(config.image_count);
                 let images: Vec<SynImage> = (lo..hi)
                     .map(|i| generate_image(i, config, &vocab))
                     .collect();
@@ -737,7 +728,7 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
             summary.objects += block.n_objects;
             summary.relationships_bytes += block.relationships.len() as u64;
         }
-        let done = (end_block * BLOCK_IMAGES).min(config.images);
+        let done = (end_block * BLOCK_IMAGES).min(config.image_count);
         bar.set_position(done);
         start_block = end_block;
     }
@@ -748,9 +739,9 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
     for f in files {
         f.commit()?;
     }
-    summary.images = config.images;
+    summary.images = config.image_count;
     summary.relationships_bytes += 3;
-    summary.rendered = if config.render { config.images } else { 0 };
+    summary.rendered = if config.render { config.image_count } else { 0 };
     Ok(summary)
 }
 
@@ -936,34 +927,55 @@ pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Resul
     Ok(images.len() as u64)
 }
 
-/// The synth stage of a pipeline: writes a synthetic VG under `RUN/synth/vg/`.
+/// The synth stage: a synthetic Visual Genome under `RUN/synth/vg/`.
 #[derive(Debug, Clone)]
-pub struct SynthStage {
+pub struct Synth {
     /// Its configuration.
     pub config: SynthConfig,
 }
 
-/// Where the synth stage puts its Visual Genome, relative to its stage directory.
-pub const SYNTH_VG_DIR: &str = "vg";
+impl StageDef for Synth {
+    const NAME: &'static str = "synth";
+    const ABOUT: &'static str =
+        "A synthetic Visual Genome (the four JSON files, and JPEGs with --render) in RUN/synth/vg";
+    const PROVIDES: &'static [&'static TableDecl] = &[&tables::VG, &tables::VG_IMAGES];
+    type Config = SynthConfig;
+    fn build(config: SynthConfig) -> Result<Self> {
+        if !(0.0..=1.0).contains(&config.plant_rate) {
+            return Err(super::bad::<Self>(
+                "plant_rate",
+                format!("{} is not between 0 and 1", config.plant_rate),
+            ));
+        }
+        if config.image_count == 0 {
+            return Err(super::bad::<Self>("image_count", "must be at least 1"));
+        }
+        Ok(Synth { config })
+    }
+}
 
-impl Stage for SynthStage {
+impl Stage for Synth {
     fn name(&self) -> &'static str {
-        "synth"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         2
     }
-    fn upstream(&self) -> Vec<&'static str> {
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        if self.config.render {
+            vec![&tables::VG, &tables::VG_IMAGES]
+        } else {
+            vec![&tables::VG]
+        }
+    }
+    fn needs(&self) -> Vec<Need> {
         vec![]
     }
-    fn config(&self) -> serde_json::Value {
+    fn fingerprint(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("config serialises")
     }
-    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        Ok(vec![])
-    }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        let out = ctx.stage_dir.join(SYNTH_VG_DIR);
+        let out = ctx.output(&tables::VG)?;
         let s = synthesize(&self.config, &out, ctx.ui)?;
         let mut report = StageReport::default();
         report.count("images", s.images);
@@ -978,7 +990,7 @@ impl Stage for SynthStage {
         ] {
             report
                 .outputs
-                .push((format!("{SYNTH_VG_DIR}/{file}"), Some(rows)));
+                .push((format!("{}/{file}", tables::VG.file), Some(rows)));
         }
         Ok(report)
     }
@@ -992,7 +1004,7 @@ mod tests {
     fn same_seed_same_bytes_whatever_the_threads() {
         let dir = tempfile::tempdir().unwrap();
         let config = SynthConfig {
-            images: 700,
+            image_count: 700,
             seed: 3,
             ..Default::default()
         };
@@ -1021,7 +1033,7 @@ mod tests {
     fn statistics_look_like_visual_genome() {
         let dir = tempfile::tempdir().unwrap();
         let config = SynthConfig {
-            images: 400,
+            image_count: 400,
             seed: 1,
             ..Default::default()
         };

@@ -19,12 +19,14 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Int32Array, Int64Array, Int64Builder, ListBuilder, RecordBatch,
     StringArray, StringBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Stage, StageContext, StageReport};
+use super::StageDef;
+use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::{column, i32_column, i64_column, read_table, str_column, write_table};
+use crate::tables;
+use crate::tables::regions::{regions_schema, triplets_schema};
 
 /// The SIMAT vocabulary (subjects, relations and their surface forms, minimum region side).
 pub const SIMAT_VOCABULARY: &str = include_str!("../../data/simat_vocabulary.toml");
@@ -32,10 +34,42 @@ pub const SIMAT_VOCABULARY: &str = include_str!("../../data/simat_vocabulary.tom
 /// Default caption template; `{a|an}` becomes the article that fits the next word.
 pub const DEFAULT_CAPTION: &str = "A {subj} {rel} {a|an} {obj}.";
 
-/// Configuration of triplet extraction: the vocabulary. The defaults reproduce SIMAT.
+/// Configuration of the triplets stage: a vocabulary file, and any of its keys given inline (a
+/// pipeline's `[triplets]` section) over it. Without either, SIMAT's vocabulary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct TripletsConfig {
+    /// A vocabulary TOML file (subjects, objects, relations, captions, min_region_side), or a
+    /// pipeline file with a [triplets] section. Default: SIMAT's vocabulary.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<PathBuf>,
+    /// Minimum width and height, in pixels, of the union of the subject and object boxes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_region_side: Option<i64>,
+    /// Subject names kept. Pipeline key only: a list has no flag form (use --vocab).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<Vec<String>>,
+    /// Object names kept; empty keeps every object. Pipeline key only.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<String>>,
+    /// Each canonical relation with its surface forms. Pipeline key only.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relations: Option<BTreeMap<String, Vec<String>>>,
+    /// Caption templates (`default`, or per relation). Pipeline key only.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captions: Option<BTreeMap<String, String>>,
+}
+
+/// The vocabulary of triplet extraction. The defaults reproduce SIMAT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TripletsConfig {
+pub struct Vocabulary {
     /// Minimum width and height, in pixels, of the union of the subject and object boxes.
     #[serde(default = "default_min_side")]
     pub min_region_side: i64,
@@ -56,14 +90,14 @@ fn default_min_side() -> i64 {
     32
 }
 
-impl Default for TripletsConfig {
+impl Default for Vocabulary {
     fn default() -> Self {
-        TripletsConfig::from_toml_str(SIMAT_VOCABULARY, Path::new("data/simat_vocabulary.toml"))
+        Vocabulary::from_toml_str(SIMAT_VOCABULARY, Path::new("data/simat_vocabulary.toml"))
             .expect("the embedded SIMAT vocabulary parses")
     }
 }
 
-impl TripletsConfig {
+impl Vocabulary {
     /// Parse a vocabulary: either the whole document, or its `[triplets]` table (a pipeline file).
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
         let value: toml::Table =
@@ -72,7 +106,7 @@ impl TripletsConfig {
             Some(toml::Value::Table(t)) => t.clone(),
             _ => value,
         };
-        let config: TripletsConfig = table
+        let config: Vocabulary = table
             .try_into()
             .map_err(|e: toml::de::Error| Error::config(path, e.to_string()))?;
         config.validate(path)?;
@@ -88,28 +122,30 @@ impl TripletsConfig {
 
     /// Check the vocabulary for contradictions.
     pub fn validate(&self, path: &Path) -> Result<()> {
+        match self.problem() {
+            Some((key, m)) => Err(Error::config(path, format!("`{key}`: {m}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The first contradiction: the key and what is wrong.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
         if self.subjects.is_empty() {
-            return Err(Error::config(
-                path,
-                "`subjects` is empty: no region could be kept",
-            ));
+            return Some(("subjects", "is empty: no region could be kept".into()));
         }
         if self.relations.is_empty() {
-            return Err(Error::config(
-                path,
-                "`relations` is empty: no region could be kept",
-            ));
+            return Some(("relations", "is empty: no region could be kept".into()));
         }
         if self.min_region_side < 0 {
-            return Err(Error::config(path, "`min_region_side` must be ≥ 0"));
+            return Some(("min_region_side", "must be ≥ 0".into()));
         }
         let mut seen: HashMap<String, &str> = HashMap::new();
         for (rel, forms) in &self.relations {
             for form in forms.iter().chain(std::iter::once(rel)) {
                 if let Some(other) = seen.insert(normalise(form), rel) {
                     if other != rel {
-                        return Err(Error::config(
-                            path,
+                        return Some((
+                            "relations",
                             format!(
                                 "surface form `{form}` is listed under both `{other}` and `{rel}`"
                             ),
@@ -120,15 +156,15 @@ impl TripletsConfig {
         }
         for key in self.captions.keys() {
             if key != "default" && !self.relations.contains_key(key) {
-                return Err(Error::config(
-                    path,
+                return Some((
+                    "captions",
                     format!(
                         "caption template for `{key}`, which is not a relation (nor `default`)"
                     ),
                 ));
             }
         }
-        Ok(())
+        None
     }
 
     fn template(&self, rel: &str) -> &str {
@@ -202,82 +238,95 @@ pub fn render_caption(template: &str, subj: &str, rel: &str, obj: &str) -> Strin
 
 /// The triplets stage.
 #[derive(Debug, Clone)]
-pub struct TripletsStage {
+pub struct Triplets {
     /// The vocabulary.
-    pub config: TripletsConfig,
+    pub vocabulary: Vocabulary,
 }
 
-impl Stage for TripletsStage {
+impl StageDef for Triplets {
+    const NAME: &'static str = "triplets";
+    const ABOUT: &'static str =
+        "SIMAT triplet extraction into RUN/triplets/{regions,triplets}.parquet";
+    const PROVIDES: &'static [&'static TableDecl] = &[&tables::REGIONS, &tables::TRIPLETS];
+    const TOML_ONLY: &'static [&'static str] = &["subjects", "objects", "relations", "captions"];
+    type Config = TripletsConfig;
+    fn resolve_paths(c: &mut TripletsConfig, base: &Path) {
+        if let Some(p) = &mut c.vocab {
+            super::resolve(p, base);
+        }
+    }
+    fn build(c: TripletsConfig) -> Result<Self> {
+        let mut v = match &c.vocab {
+            Some(p) => Vocabulary::load(p)?,
+            None => Vocabulary::default(),
+        };
+        if let Some(x) = c.min_region_side {
+            v.min_region_side = x;
+        }
+        if let Some(x) = c.subjects {
+            v.subjects = x;
+        }
+        if let Some(x) = c.objects {
+            v.objects = x;
+        }
+        if let Some(x) = c.relations {
+            v.relations = x;
+        }
+        if let Some(x) = c.captions {
+            v.captions = x;
+        }
+        if let Some((key, message)) = v.problem() {
+            return Err(super::bad::<Self>(key, message));
+        }
+        Ok(Triplets { vocabulary: v })
+    }
+    fn summary(run_dir: &Path) -> Result<Option<String>> {
+        let path = run_dir.join(Self::NAME).join(tables::TRIPLETS.file);
+        let batch = crate::io::read_all(&path)?;
+        let n = batch.num_rows();
+        let n_regions = i64_column(&batch, "n_regions", &path)?;
+        let caption = str_column(&batch, "caption", &path)?;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(n_regions.value(i)));
+        let mut out = format!("{n} triplets; the most frequent:");
+        for &i in order.iter().take(8) {
+            out.push_str(&format!(
+                "\n  {:>6} regions  {}",
+                n_regions.value(i),
+                caption.value(i)
+            ));
+        }
+        Ok(Some(out))
+    }
+}
+
+impl Stage for Triplets {
     fn name(&self) -> &'static str {
-        "triplets"
+        Self::NAME
     }
     fn version(&self) -> u32 {
         1
     }
-    fn upstream(&self) -> Vec<&'static str> {
-        vec!["ingest"]
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
     }
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).expect("config serialises")
+    fn needs(&self) -> Vec<Need> {
+        vec![
+            Need::of(&tables::RELATIONSHIPS),
+            Need::of(&tables::ATTRIBUTES),
+        ]
     }
-    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        Ok(vec![])
+    fn fingerprint(&self) -> serde_json::Value {
+        serde_json::to_value(&self.vocabulary).expect("config serialises")
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         extract(
-            &self.config,
-            &ctx.upstream_output("ingest", "relationships.parquet"),
-            &ctx.upstream_output("ingest", "attributes.parquet"),
+            &self.vocabulary,
+            &ctx.input(&tables::RELATIONSHIPS)?,
+            &ctx.input(&tables::ATTRIBUTES)?,
             &ctx.stage_dir,
         )
     }
-}
-
-fn box_fields(prefix: &str) -> Vec<Field> {
-    ["x1", "y1", "x2", "y2"]
-        .iter()
-        .map(|c| Field::new(format!("{prefix}{c}"), DataType::Int32, false))
-        .collect()
-}
-
-fn list_field(name: &str) -> Field {
-    Field::new_list(name, Field::new_list_field(DataType::Utf8, true), false)
-}
-
-/// Schema of `regions.parquet`.
-pub fn regions_schema() -> SchemaRef {
-    let mut fields = vec![
-        Field::new("region_id", DataType::Int64, false),
-        Field::new("image_id", DataType::Int64, false),
-        Field::new("subj_id", DataType::Int64, false),
-        Field::new("obj_id", DataType::Int64, false),
-        Field::new("relationship_id", DataType::Int64, false),
-        Field::new("n_annotations", DataType::Int64, false),
-        Field::new("triplet_id", DataType::Int64, false),
-        Field::new("subj", DataType::Utf8, false),
-        Field::new("rel", DataType::Utf8, false),
-        Field::new("obj", DataType::Utf8, false),
-        Field::new("predicate", DataType::Utf8, false),
-        list_field("subj_attrs"),
-        list_field("obj_attrs"),
-    ];
-    fields.extend(box_fields("subj_"));
-    fields.extend(box_fields("obj_"));
-    fields.extend(box_fields(""));
-    Arc::new(Schema::new(fields))
-}
-
-/// Schema of `triplets.parquet`.
-pub fn triplets_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("triplet_id", DataType::Int64, false),
-        Field::new("subj", DataType::Utf8, false),
-        Field::new("rel", DataType::Utf8, false),
-        Field::new("obj", DataType::Utf8, false),
-        Field::new("n_regions", DataType::Int64, false),
-        Field::new("n_images", DataType::Int64, false),
-        Field::new("caption", DataType::Utf8, false),
-    ]))
 }
 
 type Bbox = [i32; 4];
@@ -315,7 +364,7 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn new(config: &TripletsConfig) -> Self {
+    fn new(config: &Vocabulary) -> Self {
         let mut surface = HashMap::new();
         for (rel, forms) in &config.relations {
             let canonical: Arc<str> = Arc::from(rel.as_str());
@@ -369,7 +418,7 @@ const REL_COLUMNS: &[&str] = &[
 
 /// Run extraction: read ingest's tables, write `regions.parquet` and `triplets.parquet`.
 pub fn extract(
-    config: &TripletsConfig,
+    config: &Vocabulary,
     relationships: &Path,
     attributes: &Path,
     out_dir: &Path,
@@ -655,7 +704,7 @@ mod tests {
 
     #[test]
     fn default_vocabulary_is_simat() {
-        let v = TripletsConfig::default();
+        let v = Vocabulary::default();
         assert_eq!(v.min_region_side, 32);
         assert_eq!(v.relations.len(), 20);
         assert!(v.subjects.contains(&"giraffe".to_string()));
@@ -667,7 +716,7 @@ mod tests {
             [relations]
             "on" = ["sitting on"]
             "sits" = ["Sitting  on"]"#;
-        let err = TripletsConfig::from_toml_str(text, Path::new("v.toml")).unwrap_err();
+        let err = Vocabulary::from_toml_str(text, Path::new("v.toml")).unwrap_err();
         assert!(err.to_string().contains("listed under both"), "{err}");
     }
 }

@@ -17,15 +17,6 @@ use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
 
-/// The stage whose `dataset.parquet` a config names: `select` (a regenerated dataset) or
-/// `import` (the release's; the default).
-pub fn dataset_stage(name: &str) -> &'static str {
-    match name {
-        "select" => "select",
-        _ => "import",
-    }
-}
-
 /// Which transformation queries a retrieval answers and a score counts: named in the config,
 /// the fingerprint and the outputs of `retrieve` and `score`, so that a run never switches
 /// between them silently.
@@ -46,6 +37,15 @@ impl QuerySet {
         match self {
             QuerySet::Release => "import",
             QuerySet::Regenerated => "queries",
+        }
+    }
+
+    /// The set a stage's `queries.parquet` holds: the release's when `import` wrote it.
+    pub fn of_stage(stage: &str) -> QuerySet {
+        if stage == QuerySet::Release.stage() {
+            QuerySet::Release
+        } else {
+            QuerySet::Regenerated
         }
     }
 

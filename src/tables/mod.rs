@@ -1,3 +1,238 @@
-//! The tables stages exchange: their files, schemas and typed readers.
+//! The tables stages exchange: each one's name, file, schema and what it holds — the contracts
+//! between stages. A stage declares the tables it provides and needs by these declarations; the
+//! planner (`engine::plan`) connects them.
 
+pub mod crops;
 pub mod dataset;
+pub mod oracle;
+pub mod regions;
+pub mod retrievals;
+pub mod vg;
+
+use arrow::datatypes::{DataType, Field};
+
+use crate::engine::{TableDecl, TableKind};
+
+pub(crate) fn list_field(name: &str) -> Field {
+    Field::new_list(name, Field::new_list_field(DataType::Utf8, true), false)
+}
+
+pub(crate) fn xywh_fields(prefix: &str) -> Vec<Field> {
+    ["x", "y", "w", "h"]
+        .iter()
+        .map(|c| Field::new(format!("{prefix}{c}"), DataType::Int32, false))
+        .collect()
+}
+
+pub(crate) fn corner_fields(prefix: &str) -> Vec<Field> {
+    ["x1", "y1", "x2", "y2"]
+        .iter()
+        .map(|c| Field::new(format!("{prefix}{c}"), DataType::Int32, false))
+        .collect()
+}
+
+macro_rules! table {
+    ($id:ident, $name:literal, $file:literal, $kind:ident, $schema:expr, $about:literal) => {
+        #[doc = $about]
+        pub static $id: TableDecl = TableDecl {
+            name: $name,
+            file: $file,
+            kind: TableKind::$kind,
+            schema: $schema,
+            about: $about,
+        };
+    };
+}
+
+table!(
+    VG,
+    "vg",
+    "vg",
+    Dir,
+    None,
+    "a Visual Genome folder: image_data.json, relationships.json, objects.json, attributes.json"
+);
+table!(
+    VG_IMAGES,
+    "vg_images",
+    "vg/images",
+    Dir,
+    None,
+    "a folder of images `<image_id>.jpg`"
+);
+table!(
+    IMAGES,
+    "images",
+    "images.parquet",
+    Parquet,
+    Some(vg::images_schema),
+    "Visual Genome's images: id, size, URL"
+);
+table!(
+    RELATIONSHIPS,
+    "relationships",
+    "relationships.parquet",
+    Parquet,
+    Some(vg::relationships_schema),
+    "Visual Genome's relationships, subject and object flattened"
+);
+table!(
+    OBJECTS,
+    "objects",
+    "objects.parquet",
+    Parquet,
+    Some(vg::objects_schema),
+    "Visual Genome's objects"
+);
+table!(
+    ATTRIBUTES,
+    "attributes",
+    "attributes.parquet",
+    Parquet,
+    Some(vg::attributes_schema),
+    "Visual Genome's attributes"
+);
+table!(
+    REGIONS,
+    "regions",
+    "regions.parquet",
+    Parquet,
+    Some(regions::regions_schema),
+    "candidate regions: subject–object pairs with their triplet and boxes"
+);
+table!(
+    TRIPLETS,
+    "triplets",
+    "triplets.parquet",
+    Parquet,
+    Some(regions::triplets_schema),
+    "the triplets with their captions"
+);
+table!(
+    CROPS,
+    "crops",
+    "crops.parquet",
+    Parquet,
+    Some(crops::crops_schema),
+    "a PNG per region, with its status"
+);
+table!(
+    CROP_FILES,
+    "crop_files",
+    "crops",
+    Dir,
+    None,
+    "the crops' PNG files, `<region_id>.png`"
+);
+table!(
+    ORACLE_REGIONS,
+    "oracle_region_embeddings",
+    "region_embeddings.arrow",
+    Arrow,
+    None,
+    "an oracle model's raw embeddings of the cropped regions"
+);
+table!(
+    ORACLE_CAPTIONS,
+    "oracle_caption_embeddings",
+    "caption_embeddings.arrow",
+    Arrow,
+    None,
+    "an oracle model's raw embeddings of the captions"
+);
+table!(
+    REGION_SCORES,
+    "region_scores",
+    "region_scores.parquet",
+    Parquet,
+    Some(oracle::region_scores_schema),
+    "each region's similarity with its own caption, by the oracle model"
+);
+table!(
+    ORACLE_MODEL,
+    "oracle_model",
+    "model.json",
+    Json,
+    None,
+    "the oracle model's identity"
+);
+table!(
+    DATASET,
+    "dataset",
+    "dataset.parquet",
+    Parquet,
+    Some(dataset::dataset_schema),
+    "the benchmark's regions, numbered by dataset_id"
+);
+table!(
+    QUERIES,
+    "queries",
+    "queries.parquet",
+    Parquet,
+    Some(dataset::queries_schema),
+    "transformation queries"
+);
+table!(
+    IMAGE_EMBEDDINGS,
+    "image_embeddings",
+    "image_embeddings.arrow",
+    Arrow,
+    None,
+    "raw image embeddings of the dataset, by dataset_id"
+);
+table!(
+    WORD_EMBEDDINGS,
+    "word_embeddings",
+    "word_embeddings.arrow",
+    Arrow,
+    None,
+    "raw word embeddings"
+);
+table!(
+    CAPTION_EMBEDDINGS,
+    "caption_embeddings",
+    "caption_embeddings.arrow",
+    Arrow,
+    None,
+    "raw caption embeddings, by triplet_id"
+);
+table!(
+    EMBEDDING_MODEL,
+    "embedding_model",
+    "model.json",
+    Json,
+    None,
+    "where the embeddings came from"
+);
+table!(
+    RETRIEVALS,
+    "retrievals",
+    "retrievals.parquet",
+    Parquet,
+    Some(retrievals::retrievals_schema),
+    "the top k images per query and λ"
+);
+table!(
+    RETRIEVAL_PROVENANCE,
+    "retrieval_provenance",
+    "provenance.json",
+    Json,
+    None,
+    "the queries, embeddings and heads of the retrievals"
+);
+table!(
+    SCORES,
+    "scores",
+    "scores.parquet",
+    Parquet,
+    Some(retrievals::scores_schema),
+    "the SIMAT score per λ × split × field"
+);
+table!(
+    SCORES_JSON,
+    "scores_json",
+    "scores.json",
+    Json,
+    None,
+    "the scores with their provenance"
+);

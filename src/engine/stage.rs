@@ -1,0 +1,204 @@
+//! What a stage is to the engine: the tables it provides and needs, what its fingerprint covers,
+//! and its run.
+//!
+//! Stages never name each other. A stage declares the tables it *provides* (a file or folder in
+//! its directory, with a schema) and the tables it *needs*; the planner ([`super::plan`]) finds,
+//! for each need, the stage that provides it — in the same pipeline, or already finished in the
+//! run directory — and the stage reads it through [`StageContext::input`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::SchemaRef;
+
+use crate::error::{Error, Result};
+use crate::ui::Ui;
+
+/// How a table is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// A Parquet file.
+    Parquet,
+    /// An Arrow IPC file (an embedding store).
+    Arrow,
+    /// A JSON document.
+    Json,
+    /// A folder of files.
+    Dir,
+}
+
+/// A table stages exchange: its name (unique), its file in the providing stage's directory, and
+/// its schema.
+#[derive(Debug)]
+pub struct TableDecl {
+    /// The table's name, unique across simat.
+    pub name: &'static str,
+    /// Its path relative to the providing stage's directory.
+    pub file: &'static str,
+    /// How it is stored.
+    pub kind: TableKind,
+    /// Its Arrow schema, for tables (documented under `schemas/`).
+    pub schema: Option<fn() -> SchemaRef>,
+    /// What it holds, in a few words.
+    pub about: &'static str,
+}
+
+/// A table a stage reads.
+#[derive(Debug, Clone)]
+pub struct Need {
+    /// The table.
+    pub table: &'static TableDecl,
+    /// The stage can run without it.
+    pub optional: bool,
+    /// The stage that must provide it (an explicit choice of the stage's config).
+    pub from: Option<&'static str>,
+    /// How a user says which provider, when two could: a flag and key of the stage.
+    pub choose: Option<&'static str>,
+}
+
+impl Need {
+    /// A required table.
+    pub fn of(table: &'static TableDecl) -> Need {
+        Need {
+            table,
+            optional: false,
+            from: None,
+            choose: None,
+        }
+    }
+
+    /// A table used when present.
+    pub fn optional(table: &'static TableDecl) -> Need {
+        Need {
+            optional: true,
+            ..Need::of(table)
+        }
+    }
+
+    /// Provided by this stage, by the config's explicit choice.
+    pub fn from(mut self, stage: Option<&'static str>) -> Need {
+        self.from = stage;
+        self
+    }
+
+    /// How to choose between providers, for the message when two could.
+    pub fn choose(mut self, how: &'static str) -> Need {
+        self.choose = Some(how);
+        self
+    }
+}
+
+/// One step of a pipeline, as the engine runs it.
+pub trait Stage: Sync {
+    /// The stage's name: its directory in the run, its manifest key, its pipeline section and
+    /// its subcommand.
+    fn name(&self) -> &'static str;
+    /// Bumped whenever the stage's code changes its outputs.
+    fn version(&self) -> u32;
+    /// The tables this configuration of the stage writes.
+    fn provides(&self) -> Vec<&'static TableDecl>;
+    /// The tables it reads.
+    fn needs(&self) -> Vec<Need>;
+    /// The settings that change its outputs, as JSON with no absolute paths (hashed into the
+    /// fingerprint).
+    fn fingerprint(&self) -> serde_json::Value;
+    /// External source files, as (label, path); their content is hashed into the fingerprint.
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        Ok(vec![])
+    }
+    /// Providers to prefer when several could meet a need (`--from STAGE`, `from = [...]`).
+    fn prefer(&self) -> &[String] {
+        &[]
+    }
+    /// Run the stage, writing its outputs under `ctx.stage_dir`.
+    fn run(&self, ctx: &StageContext) -> Result<StageReport>;
+}
+
+/// What a running stage is given.
+#[derive(Debug)]
+pub struct StageContext<'a> {
+    /// The run directory.
+    pub run_dir: &'a Path,
+    /// This stage's name.
+    pub stage: &'static str,
+    /// This stage's directory, created before `run`.
+    pub stage_dir: PathBuf,
+    /// Terminal manners.
+    pub ui: &'a Ui,
+    /// This run's fingerprint of the stage: a stage that checkpoints its work in chunks records
+    /// it beside them, and resumes only from chunks of the same fingerprint.
+    pub fingerprint: String,
+    /// The BLAKE3 of each input file (by the labels of [`Stage::inputs`]), as the fingerprint
+    /// holds them, so that a stage can record them without hashing the files again.
+    pub input_hashes: BTreeMap<String, String>,
+    /// For each needed table that has a provider: the providing stage.
+    pub providers: BTreeMap<&'static str, String>,
+    /// The tables this stage declared it provides.
+    pub provides: Vec<&'static TableDecl>,
+}
+
+impl StageContext<'_> {
+    /// The path of a table this stage needs.
+    pub fn input(&self, table: &TableDecl) -> Result<PathBuf> {
+        self.maybe(table).ok_or_else(|| {
+            Error::Internal(format!(
+                "stage `{}` reads `{}`, which it did not declare as a need (or which has no provider)",
+                self.stage, table.name
+            ))
+        })
+    }
+
+    /// The path of a table this stage needs, when it has a provider.
+    pub fn maybe(&self, table: &TableDecl) -> Option<PathBuf> {
+        self.providers
+            .get(table.name)
+            .map(|stage| self.run_dir.join(stage).join(table.file))
+    }
+
+    /// The stage that provides a needed table.
+    pub fn provider(&self, table: &TableDecl) -> Option<&str> {
+        self.providers.get(table.name).map(String::as_str)
+    }
+
+    /// Where this stage writes a table it provides.
+    pub fn output(&self, table: &TableDecl) -> Result<PathBuf> {
+        if !self.provides.iter().any(|t| t.name == table.name) {
+            return Err(Error::Internal(format!(
+                "stage `{}` writes `{}`, which it did not declare",
+                self.stage, table.name
+            )));
+        }
+        Ok(self.stage_dir.join(table.file))
+    }
+
+    /// A path inside this stage's directory for a file that is not a table (a crop, a chunk).
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.stage_dir.join(file)
+    }
+}
+
+/// What a stage reports when it finishes.
+#[derive(Debug, Default, Clone)]
+pub struct StageReport {
+    /// The files written, relative to the stage directory, with row counts for tables.
+    pub outputs: Vec<(String, Option<u64>)>,
+    /// Named counts: items read, kept, skipped and why.
+    pub counters: BTreeMap<String, u64>,
+    /// Items skipped because they were bad (counted in `counters` too); nonzero makes the
+    /// process exit with 1.
+    pub skipped: u64,
+    /// One line per kind of skipped item, with an example id, for the user.
+    pub notes: Vec<String>,
+}
+
+impl StageReport {
+    /// Add `n` to a counter.
+    pub fn count(&mut self, key: &str, n: u64) {
+        *self.counters.entry(key.to_string()).or_default() += n;
+    }
+
+    /// Record a written table with its row count.
+    pub fn table(&mut self, table: &TableDecl, rows: Option<u64>) {
+        self.outputs.push((table.file.to_string(), rows));
+    }
+}

@@ -1,0 +1,134 @@
+//! Retrievals and scores.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Schema of `retrievals.parquet`.
+pub fn retrievals_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("query_id", DataType::Int64, false),
+        Field::new("lambda", DataType::Float64, false),
+        Field::new("rank", DataType::Int32, false),
+        Field::new("dataset_id", DataType::Int64, false),
+        Field::new("score", DataType::Float32, false),
+    ]))
+}
+
+/// Schema of `scores.parquet` (its metadata holds the provenance as JSON).
+pub fn scores_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("lambda", DataType::Float64, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("field", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("n_queries", DataType::Int64, false),
+        Field::new("query_set", DataType::Utf8, false),
+        Field::new("heads", DataType::Utf8, true),
+        Field::new("oracle", DataType::Utf8, false),
+        Field::new("threshold", DataType::Float64, false),
+    ]))
+}
+
+/// One row of the scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRow {
+    /// λ.
+    pub lambda: f64,
+    /// `dev`, `test` or `all`.
+    pub split: String,
+    /// `subj`, `rel`, `obj` or `all`.
+    pub field: String,
+    /// The SIMAT score, ×100.
+    pub score: f64,
+    /// Queries counted.
+    pub n_queries: u64,
+}
+
+/// `scores.json`: the scores and what they are of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScoresFile {
+    /// The query set, embeddings, heads, oracle, threshold and simat version.
+    pub provenance: serde_json::Value,
+    /// One row per λ × split × field.
+    pub scores: Vec<ScoreRow>,
+}
+
+impl ScoresFile {
+    /// Read `scores.json`.
+    pub fn read(path: &Path) -> Result<ScoresFile> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io("failed to read", path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::data(path, e.to_string()))
+    }
+}
+
+/// Schema metadata key of `scores.parquet` holding the provenance as JSON.
+pub const PROVENANCE_KEY: &str = "simat:provenance";
+
+impl ScoresFile {
+    /// What the scores are of, on one line, then the table: a row per λ × split, a column per
+    /// field.
+    pub fn table(&self) -> String {
+        let p = &self.provenance;
+        let described = match p["query_set"].as_str() {
+            Some("release") => crate::tables::dataset::QuerySet::Release.describe(),
+            Some("regenerated") => crate::tables::dataset::QuerySet::Regenerated.describe(),
+            _ => "unknown queries",
+        };
+        let model = match (
+            &p["embeddings"]["model"]["name"],
+            &p["embeddings"]["source"],
+        ) {
+            (serde_json::Value::String(name), _) => format!("model {name}"),
+            (_, serde_json::Value::String(source)) => format!("embeddings from {source}"),
+            _ => "embeddings".to_string(),
+        };
+        let heads = p["heads"]["name"]
+            .as_str()
+            .map(|h| format!("heads {h}"))
+            .unwrap_or_else(|| "no heads".into());
+        let oracle = p["oracle"]["file"]
+            .as_str()
+            .or(p["oracle"]["kind"].as_str())
+            .unwrap_or("?");
+        let mut out = format!(
+            "{described} {} queries; {model}, {heads}; oracle {oracle} > {}\n",
+            p["queries"]["rows"], p["threshold"]
+        );
+        out.push_str(&format!(
+            "{:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "lambda", "split", "subj", "rel", "obj", "all", "queries"
+        ));
+        let rows = &self.scores;
+        let mut keys: Vec<(f64, &str)> = Vec::new();
+        for r in rows {
+            if !keys.iter().any(|(l, s)| *l == r.lambda && *s == r.split) {
+                keys.push((r.lambda, &r.split));
+            }
+        }
+        for (lambda, split) in keys {
+            let get = |f: &str| {
+                rows.iter()
+                    .find(|r| r.lambda == lambda && r.split == split && r.field == f)
+            };
+            let cells: Vec<String> = ["subj", "rel", "obj", "all"]
+                .iter()
+                .map(|f| {
+                    get(f)
+                        .map(|r| format!("{:8.2}", r.score))
+                        .unwrap_or_default()
+                })
+                .collect();
+            let n = get("all").map(|r| r.n_queries).unwrap_or(0);
+            out.push_str(&format!(
+                "\n{lambda:>8} {split:>6} {} {n:>9}",
+                cells.join(" ")
+            ));
+        }
+        out
+    }
+}
