@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Images per second of `simat embed` against Python (PIL + open_clip's transform +
+"""Images per second of `simat encode` against Python (PIL + open_clip's transform +
 onnxruntime's Python API) and against ONNX Runtime alone on ready tensors, on the same ONNX file,
 the same rendered synthetic crops, the same batch size and thread count, in one run.
 
@@ -83,8 +83,8 @@ def main():
         # Rendered synthetic crops: the demo's synth and crops stages.
         pipe = os.path.join(work, "p.toml")
         with open(pipe, "w") as f:
-            f.write('run_dir = "run"\n[synth]\nimages = 600\nseed = 11\nrender = true\n'
-                    'plant_rate = 0.15\n[crops]\n')
+            f.write('run_dir = "run"\n[synth]\nimage_count = 600\nseed = 11\nrender = true\n'
+                    'plant_rate = 0.15\n[ingest]\n[triplets]\n[crops]\n')
         subprocess.run([simat, "-q", "run", pipe], check=True, capture_output=True)
         crops = os.path.join(work, "run/crops/crops")
         files = sorted(os.listdir(crops))[:args.images]
@@ -110,10 +110,10 @@ def main():
                 (n / float(secs), rss))
             outdir = os.path.join(work, "out")
             shutil.rmtree(outdir, ignore_errors=True)
-            wall, rss, _ = timed([simat, "-q", "embed", "--model", args.model, "--images", images,
+            wall, rss, _ = timed([simat, "-q", "encode", "--model", args.model, "--images", images,
                                   "--out", outdir, "--batch-size", str(args.batch),
                                   "--threads", str(args.threads)])
-            results.setdefault("simat embed (decode + preprocess + ORT)", []).append((n / wall, rss))
+            results.setdefault("simat encode (decode + preprocess + ORT)", []).append((n / wall, rss))
         base = max(r for r, _ in results["onnxruntime alone, ready tensors"])
         print(f"{'contender':<50} {'images/s':>9} {'vs ORT alone':>13} {'peak RSS':>10}")
         for name, rows in results.items():

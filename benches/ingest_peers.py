@@ -5,7 +5,7 @@
     cargo build --release
     python3 benches/ingest_peers.py [--images 108000] [--work bench-out/ingest]
 
-1. `simat synth --images N` writes a synthetic Visual Genome (N = 108,000 is about VG's size:
+1. `simat synth --image-count N` writes a synthetic Visual Genome (N = 108,000 is about VG's size:
    check the relationship count and file size against VG's 2.3 M and ~0.7 GB).
 2. Three contenders turn `relationships.json` into a flat relationships table (one row per
    relationship, subject and object flattened), each in a fresh process, timed with peak RSS:
@@ -99,11 +99,13 @@ def main():
     ap.add_argument("--skip-python", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    vg = os.path.join(args.work, "vg")
+    synth_run = os.path.join(args.work, "synth-run")
+    vg = os.path.join(synth_run, "synth", "vg")
     rel = os.path.join(vg, "relationships.json")
     if not os.path.exists(rel):
-        t, rss, out = timed([SIMAT, "-q", "synth", "--out", vg, "--images", str(args.images), "--seed", "1"])
-        print(f"synth: {out.strip()} in {t:.1f}s, peak RSS {rss / 2**20:.0f} MiB")
+        t, rss, out = timed([SIMAT, "-q", "synth", "--run", synth_run, "--image-count",
+                             str(args.images), "--seed", "1"])
+        print(f"synth: {t:.1f}s, peak RSS {rss / 2**20:.0f} MiB")
     size = os.path.getsize(rel)
 
     # simat reads image_data.json and relationships.json (objects/attributes absent → empty tables).

@@ -4,25 +4,25 @@
 //! SIMAT benchmark (Couairon et al., 2022) from raw Visual Genome annotations and leaves every
 //! intermediate result as a Parquet file that an analyst can open.
 //!
-//! The crate is organised as the pipeline is:
+//! The crate is layered; each layer uses only those before it:
 //!
-//! - [`run`]: the run engine (stages, fingerprints, manifest, atomic outputs);
-//! - [`io`]: Parquet/Arrow I/O and the streaming JSON splitter;
-//! - [`synth`], [`ingest`], [`triplets`], [`crops`], [`oracle`], [`select`], [`import`],
-//!   [`embed`], [`queries`], [`retrieve`], [`score`]: one module per stage;
-//! - [`model`]: ONNX Runtime, CLIP model folders, preprocessing and tokenizer; [`store`]: the
-//!   memory-mapped embedding stores; [`linalg`]: the blocked GEMM, top-k and λ sweep;
-//! - [`pipeline`]: pipeline TOML files; [`schemas`]: the documented output schemas.
+//! - [`error`], [`ui`]: typed errors, terminal manners;
+//! - [`io`] (Parquet, Arrow IPC stores, `.npy`, PyTorch files, atomic files, chunks) and
+//!   [`linalg`] (the blocked GEMM, top-k, λ sweep, linear heads);
+//! - [`model`] (ONNX Runtime, CLIP folders, preprocessing, tokenizer, heads, the chunked runner)
+//!   and [`tables`] (what stages exchange: names, files, schemas, readers);
+//! - [`engine`]: the stage contract, the planner, fingerprints and the manifest;
+//! - [`stages`]: one module per stage, and [`stages::ALL`], the one list of them;
+//! - [`pipeline`] (pipeline TOML files) and [`cli`] (the command line); [`schemas`]: the
+//!   documented output schemas.
 //!
 //! ```no_run
-//! use simat::{pipeline::Pipeline, run::{Engine, RunOptions}, ui::Ui};
+//! use simat::{engine::{Engine, RunOptions}, pipeline::Pipeline, ui::Ui};
 //!
 //! let pipeline = Pipeline::load("pipelines/demo.toml".as_ref())?;
 //! let ui = Ui::quiet();
-//! let engine = Engine::new(&pipeline.run_dir, &ui)?;
-//! let stages = pipeline.stages();
-//! let refs: Vec<&dyn simat::engine::Stage> = stages.iter().map(|s| s.as_ref()).collect();
-//! let outcomes = engine.run(&refs, &RunOptions::default())?;
+//! let engine = Engine::new(&pipeline.run_dir, &ui)?.with_catalogue(simat::stages::providers_of);
+//! let outcomes = engine.run(&pipeline.stages(), &RunOptions::default())?;
 //! for o in outcomes {
 //!     println!("{}: {:?}", o.stage, o.ran_because);
 //! }

@@ -2,7 +2,8 @@
 //! `TERM=dumb` and `--quiet`. Status lines and progress go to stderr; data goes to stdout.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -71,10 +72,12 @@ impl Ui {
         }
     }
 
-    /// A progress bar over `len` units (hidden unless on a terminal); finish it with
-    /// `finish_and_clear`.
-    pub fn progress(&self, len: u64, unit: &str, message: &str) -> ProgressBar {
+    /// Progress over `len` units: a bar on a terminal; elsewhere (a pipe, a log file, a job
+    /// under a scheduler) an `info` event of the `simat::progress` target at each tenth, so the
+    /// log shows the job is alive. Finish it with `finish_and_clear`.
+    pub fn progress(&self, len: u64, unit: &str, message: &str) -> Progress {
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        let mut log = None;
         match self.style {
             OutputStyle::Terminal | OutputStyle::TerminalNoColor => {
                 let template = format!(
@@ -86,8 +89,78 @@ impl Ui {
                 bar.set_prefix(message.to_string());
                 bar.enable_steady_tick(Duration::from_millis(200));
             }
-            _ => bar.set_draw_target(ProgressDrawTarget::hidden()),
+            OutputStyle::Plain => {
+                bar.set_draw_target(ProgressDrawTarget::hidden());
+                log = Some(ProgressLog {
+                    what: message.to_string(),
+                    unit: unit.to_string(),
+                    len,
+                    done: AtomicU64::new(0),
+                    next_tenth: AtomicU64::new(1),
+                    start: Instant::now(),
+                });
+            }
+            OutputStyle::Quiet => bar.set_draw_target(ProgressDrawTarget::hidden()),
         }
-        bar
+        Progress { bar, log }
+    }
+}
+
+/// Progress of a long stage: see [`Ui::progress`].
+#[derive(Debug)]
+pub struct Progress {
+    bar: ProgressBar,
+    log: Option<ProgressLog>,
+}
+
+#[derive(Debug)]
+struct ProgressLog {
+    what: String,
+    unit: String,
+    len: u64,
+    done: AtomicU64,
+    next_tenth: AtomicU64,
+    start: Instant,
+}
+
+impl Progress {
+    /// `n` more units done.
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        let Some(l) = &self.log else { return };
+        let done = l.done.fetch_add(n, Ordering::Relaxed) + n;
+        let tenth = (done * 10).checked_div(l.len).unwrap_or(10);
+        let next = l.next_tenth.load(Ordering::Relaxed);
+        if tenth >= next
+            && l.next_tenth
+                .compare_exchange(next, tenth + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::info!(
+                target: "simat::progress",
+                "{}: {done}/{} {} ({}%) in {:.1}s",
+                l.what,
+                l.len,
+                l.unit,
+                (done * 100).checked_div(l.len).unwrap_or(100),
+                l.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// `pos` units done in all.
+    pub fn set_position(&self, pos: u64) {
+        let done = self
+            .log
+            .as_ref()
+            .map_or(self.bar.position(), |l| l.done.load(Ordering::Relaxed));
+        if pos > done {
+            self.inc(pos - done);
+        }
+    }
+
+    /// Done: clear the bar.
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
     }
 }

@@ -264,3 +264,43 @@ fn status_alone_sees_an_upstream_rerun() {
         "{status}"
     );
 }
+
+/// Every bad value of a pipeline is reported before any stage runs, each with its section and
+/// key (and flag); so is a need that nothing provides.
+#[test]
+fn every_bad_value_is_reported_before_anything_runs() {
+    let dir = tempdir();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "run_dir = \"run\"\n[synth]\nplant_rate = 1.5\n[ingest]\n[triplets]\n[crops]\nchunk_images = 0\n[select]\nthreshold = nan\n[queries]\ntest_fraction = 2\n[embed]\nmodel = \"m\"\nbatch_size = 0\n[retrieve]\nk = 0\n[score]\nsplit = \"sometimes\"\n[sccore]\n",
+    )
+    .unwrap();
+    let err = stderr(&run_ok(&["run", s(&p)], 2));
+    for want in [
+        "`[synth] plant_rate` (--plant-rate): 1.5 is not between 0 and 1",
+        "`[crops] chunk_images` (--chunk-images): must be at least 1",
+        "`[select] threshold` (--threshold): must be a number",
+        "`[queries] test_fraction` (--test-fraction): 2 is not between 0 and 1",
+        "`[embed] batch_size` (--batch-size): must be at least 1",
+        "`[retrieve] k` (--k): must be at least 1",
+        "`[score] split` (--split): `sometimes`: expected dev, test or all",
+        "[sccore] is not a stage; the stages are synth, import, ingest",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+    assert!(!dir.path().join("run").exists(), "a stage ran");
+    // A need nothing provides: before anything runs too.
+    std::fs::write(
+        &p,
+        "run_dir = \"run\"\n[synth]\n[ingest]\n[triplets]\n[select]\noracle = \"model\"\n",
+    )
+    .unwrap();
+    let err = stderr(&run_ok(&["run", s(&p)], 2));
+    assert!(
+        err.contains("stage `select`: needs `region_scores`")
+            && err.contains("`simat oracle` (or its section in a pipeline) writes it"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run/synth").exists(), "a stage ran");
+}

@@ -809,3 +809,65 @@ fn knn_equals_brute_force_with_ties_by_lower_id() {
         }
     }
 }
+
+/// The release path as a pipeline — import, import-embeddings of the release's kind of files,
+/// retrieve with the .pt heads, score with a matrix oracle — gives the scores of the same steps
+/// run one by one.
+#[test]
+fn the_release_path_as_a_pipeline() {
+    let inputs = reference_inputs();
+    let dir = tempdir();
+    let steps = dir.path().join("steps");
+    import_release(&steps);
+    let oracle = inputs.join("oracle.npy");
+    score_ok(
+        &[
+            "score",
+            "--run",
+            s(&steps),
+            "--lambda",
+            "0,1",
+            "--heads",
+            s(&heads_pt()),
+            "--oracle",
+            s(&oracle),
+        ],
+        0,
+    );
+    let p = dir.path().join("release.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"run_dir = "piped"
+[import]
+release = "{}"
+[import-embeddings]
+image_embeddings = "{}"
+word_embeddings = "{}"
+[retrieve]
+lambdas = [0.0, 1.0]
+heads = "{}"
+[score]
+oracle = "{}"
+"#,
+            s(&release()),
+            s(&inputs.join("img.pt")),
+            s(&words_ptd()),
+            s(&heads_pt()),
+            s(&oracle)
+        ),
+    )
+    .unwrap();
+    let out = run_ok(&["run", s(&p)], 0);
+    assert!(
+        stdout(&out).contains("heads head_clip_t=0.1.pt; oracle oracle.npy"),
+        "{}",
+        stdout(&out)
+    );
+    let piped = read_scores(&dir.path().join("piped"));
+    assert_eq!(piped.scores, read_scores(&steps).scores);
+    assert_eq!(
+        piped.provenance["oracle"],
+        read_scores(&steps).provenance["oracle"]
+    );
+}

@@ -146,7 +146,7 @@ pub fn main() -> ExitCode {
     let quiet = matches.get_flag("quiet");
     let verbose = matches.get_flag("verbose");
     let ui = Ui::detect(quiet, verbose);
-    init_logging(verbose);
+    init_logging(&ui);
     match dispatch(&matches, &ui) {
         Ok(code) => code,
         Err(err) => {
@@ -162,12 +162,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIMAT_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if verbose { "info" } else { "warn" })
-    });
+/// Logs on stderr: `SIMAT_LOG` when set; else warnings, with progress events where no bar is
+/// drawn (see [`Ui::progress`]), and everything at `info` with `-v`.
+fn init_logging(ui: &Ui) {
+    let default = match ui.style {
+        crate::ui::OutputStyle::Quiet => "error",
+        _ if ui.verbose => "info",
+        crate::ui::OutputStyle::Plain => "warn,simat::progress=info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIMAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ui.style == crate::ui::OutputStyle::Terminal)
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -232,7 +232,7 @@ fn embed_chunk(
     part: &[PathBuf],
     start: usize,
     batch: usize,
-    bar: &indicatif::ProgressBar,
+    bar: &crate::ui::Progress,
 ) -> Result<ChunkEmbeddings> {
     let mut positions = Vec::with_capacity(part.len());
     let mut failed = Vec::new();

@@ -43,7 +43,7 @@ pub const RELEASE_FILES: &[&str] = &[
 ];
 
 /// Configuration of `import-simat`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImportConfig {
     /// The release folder (retrieval_db.tsv, triplets.csv, captions.txt, transfos.csv). Not

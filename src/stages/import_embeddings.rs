@@ -34,7 +34,7 @@ use crate::tables;
 use crate::tables::dataset::Dataset;
 
 /// Configuration of `import-embeddings`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImportEmbeddingsConfig {
     /// Raw image embeddings: keyed by region (a PyTorch dict region_id → vector such as the

@@ -32,7 +32,7 @@ use crate::tables;
 use crate::tables::vg::{attributes_schema, images_schema, objects_schema, relationships_schema};
 
 /// Configuration of the ingest stage.
-#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// The Visual Genome folder (image_data.json, relationships.json, and optionally

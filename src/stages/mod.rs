@@ -53,6 +53,8 @@ pub trait StageDef: Stage + Sized + 'static {
         + DeserializeOwned
         + Default
         + Clone
+        + PartialEq
+        + std::fmt::Debug
         + Send
         + 'static;
     /// Make the config's relative paths relative to `base` (a pipeline file's folder).
@@ -147,6 +149,42 @@ pub trait Entry: Sync {
     fn default_toml(&self) -> Result<toml::Table>;
     /// Its summary lines after a run.
     fn summary(&self, run_dir: &Path) -> Result<Option<String>>;
+    /// The keys of its pipeline section (the config's fields, `from` aside).
+    fn keys(&self) -> Vec<&'static str>;
+    /// Whether its default config survives TOML: written, read back, equal.
+    fn round_trips(&self) -> std::result::Result<(), String>;
+}
+
+/// The field names of a config, as serde deserialises it.
+fn field_names<T: DeserializeOwned>() -> Vec<&'static str> {
+    use serde::de::{Error as _, Visitor};
+    struct Capture(Vec<&'static str>);
+    impl<'de> serde::Deserializer<'de> for &mut Capture {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(
+            self,
+            _: V,
+        ) -> std::result::Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Self::Error> {
+            self.0 = fields.to_vec();
+            Err(Self::Error::custom("captured"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut c = Capture(vec![]);
+    let _ = T::deserialize(&mut c);
+    c.0
 }
 
 /// The registry's handle on a [`StageDef`].
@@ -258,6 +296,19 @@ impl<S: StageDef> Entry for Registered<S> {
     fn summary(&self, run_dir: &Path) -> Result<Option<String>> {
         S::summary(run_dir)
     }
+    fn keys(&self) -> Vec<&'static str> {
+        field_names::<S::Config>()
+    }
+    fn round_trips(&self) -> std::result::Result<(), String> {
+        let default = S::Config::default();
+        let text = toml::to_string(&default).map_err(|e| e.to_string())?;
+        let back: S::Config = toml::from_str(&text).map_err(|e| format!("{e}\n{text}"))?;
+        if back == default {
+            Ok(())
+        } else {
+            Err(format!("{default:?} became {back:?} through\n{text}"))
+        }
+    }
 }
 
 /// Every stage, in pipeline order: the table of contents of simat's stages.
@@ -289,4 +340,199 @@ pub fn providers_of(table: &str) -> Vec<&'static str> {
         .filter(|e| e.provides().iter().any(|t| t.name == table))
         .map(|e| e.name())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::engine::{Engine, RunOptions, TableKind};
+    use crate::tables::ALL_TABLES;
+
+    /// The registry's lint: what ARCHITECTURE.md asks of it.
+    #[test]
+    fn registry_is_consistent() {
+        // Unique names, aliases included.
+        let mut names = BTreeSet::new();
+        for e in ALL {
+            for n in std::iter::once(e.name()).chain(e.aliases().iter().copied()) {
+                assert!(names.insert(n), "stage name `{n}` twice");
+            }
+        }
+        // Tables: unique names; every table has a provider, and every provided table is known.
+        let mut tables = BTreeSet::new();
+        for t in ALL_TABLES {
+            assert!(tables.insert(t.name), "table `{}` twice", t.name);
+            assert!(
+                !providers_of(t.name).is_empty(),
+                "no stage provides `{}`",
+                t.name
+            );
+            assert_eq!(
+                t.schema.is_some(),
+                t.kind == TableKind::Parquet,
+                "`{}`: Parquet tables have schemas",
+                t.name
+            );
+        }
+        for e in ALL {
+            for t in e.provides() {
+                assert!(
+                    tables.contains(t.name),
+                    "`{}` provides an unlisted table",
+                    e.name()
+                );
+            }
+        }
+        // Flags are pipeline keys and back; defaults round-trip through TOML.
+        for e in ALL {
+            let cmd = e.command();
+            let flags: BTreeSet<String> = cmd
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| !["run", "force", "from", "help"].contains(l))
+                .map(|l| l.replace('-', "_"))
+                .collect();
+            let keys: BTreeSet<String> = e
+                .keys()
+                .into_iter()
+                .filter(|k| !e.toml_only().contains(k))
+                .map(str::to_string)
+                .collect();
+            assert_eq!(
+                flags,
+                keys,
+                "`{}`: flags and pipeline keys differ",
+                e.name()
+            );
+            for k in e.toml_only() {
+                assert!(
+                    e.keys().contains(k),
+                    "`{}`: toml-only `{k}` is not a key",
+                    e.name()
+                );
+            }
+            e.round_trips()
+                .unwrap_or_else(|m| panic!("`{}`: defaults do not round-trip: {m}", e.name()));
+        }
+    }
+
+    /// A stage of a test module: one type, one `StageDef`, run by the engine with no other
+    /// change — what adding a stage to simat takes, besides its line in [`ALL`].
+    #[derive(Debug, Clone)]
+    struct CountQueries {
+        config: CountConfig,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clap::Args)]
+    #[serde(default, deny_unknown_fields)]
+    struct CountConfig {
+        /// Count only queries of this field.
+        #[arg(long, default_value = "subj")]
+        field: String,
+    }
+
+    impl Default for CountConfig {
+        fn default() -> Self {
+            clap_default()
+        }
+    }
+
+    static COUNT: TableDecl = TableDecl {
+        name: "query_count",
+        file: "count.json",
+        kind: TableKind::Json,
+        schema: None,
+        about: "a count",
+    };
+
+    impl StageDef for CountQueries {
+        const NAME: &'static str = "count-queries";
+        const ABOUT: &'static str = "Counts queries";
+        const PROVIDES: &'static [&'static TableDecl] = &[&COUNT];
+        type Config = CountConfig;
+        fn build(config: CountConfig) -> Result<Self> {
+            if !["subj", "rel", "obj"].contains(&config.field.as_str()) {
+                return Err(bad::<Self>("field", "expected subj, rel or obj"));
+            }
+            Ok(CountQueries { config })
+        }
+    }
+
+    impl Stage for CountQueries {
+        fn name(&self) -> &'static str {
+            Self::NAME
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn provides(&self) -> Vec<&'static TableDecl> {
+            vec![&COUNT]
+        }
+        fn needs(&self) -> Vec<Need> {
+            vec![Need::of(&crate::tables::QUERIES)]
+        }
+        fn fingerprint(&self) -> serde_json::Value {
+            serde_json::to_value(&self.config).unwrap()
+        }
+        fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+            let q = crate::tables::dataset::Queries::read(&ctx.input(&crate::tables::QUERIES)?)?;
+            let n = q
+                .field
+                .iter()
+                .filter(|f| f.as_str() == self.config.field)
+                .count();
+            crate::io::atomic::write_atomic(ctx.output(&COUNT)?, n.to_string().as_bytes())?;
+            let mut r = StageReport::default();
+            r.table(&COUNT, None);
+            Ok(r)
+        }
+    }
+
+    #[test]
+    fn a_stage_is_one_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/simat-release");
+        let entry = Registered::<CountQueries>::new();
+        let mut section = toml::Table::new();
+        section.insert("field".into(), "rel".into());
+        let count = entry.build_from_toml(&section, run).unwrap();
+        let import = find("import-simat")
+            .unwrap()
+            .build_from_toml(
+                &toml::toml! { release = (release.to_string_lossy().into_owned()) },
+                run,
+            )
+            .unwrap();
+        let ui = crate::ui::Ui::quiet();
+        let engine = Engine::new(run, &ui).unwrap();
+        engine
+            .run(&[import.as_ref(), count.as_ref()], &RunOptions::default())
+            .unwrap();
+        let n: usize = std::fs::read_to_string(run.join("count-queries/count.json"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        // transfos.csv has 478 rows with field = rel.
+        assert_eq!(n, 478);
+        // Its flag and its validation come from the same definition.
+        assert!(entry
+            .command()
+            .get_arguments()
+            .any(|a| a.get_long() == Some("field")));
+        section.insert("field".into(), "verb".into());
+        let err = entry
+            .build_from_toml(&section, run)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "`[count-queries] field` (--field): expected subj, rel or obj"
+        );
+        assert_eq!(entry.keys(), vec!["field"]);
+        entry.round_trips().unwrap();
+    }
 }

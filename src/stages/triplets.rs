@@ -40,7 +40,7 @@ pub const DEFAULT_CAPTION: &str = "A {subj} {rel} {a|an} {obj}.";
 #[serde(default, deny_unknown_fields)]
 pub struct TripletsConfig {
     /// A vocabulary TOML file (subjects, objects, relations, captions, min_region_side), or a
-    /// pipeline file with a [triplets] section. Default: SIMAT's vocabulary.
+    /// pipeline file with a `[triplets]` section. Default: SIMAT's vocabulary.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vocab: Option<PathBuf>,

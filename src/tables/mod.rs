@@ -236,3 +236,31 @@ table!(
     None,
     "the scores with their provenance"
 );
+
+/// Every table, for the registry's checks.
+pub static ALL_TABLES: &[&TableDecl] = &[
+    &VG,
+    &VG_IMAGES,
+    &IMAGES,
+    &RELATIONSHIPS,
+    &OBJECTS,
+    &ATTRIBUTES,
+    &REGIONS,
+    &TRIPLETS,
+    &CROPS,
+    &CROP_FILES,
+    &ORACLE_REGIONS,
+    &ORACLE_CAPTIONS,
+    &REGION_SCORES,
+    &ORACLE_MODEL,
+    &DATASET,
+    &QUERIES,
+    &IMAGE_EMBEDDINGS,
+    &WORD_EMBEDDINGS,
+    &CAPTION_EMBEDDINGS,
+    &EMBEDDING_MODEL,
+    &RETRIEVALS,
+    &RETRIEVAL_PROVENANCE,
+    &SCORES,
+    &SCORES_JSON,
+];
