@@ -43,6 +43,26 @@ pub enum Error {
         message: String,
     },
 
+    /// An Arrow failure on a named file, with Arrow's error kept.
+    #[error("`{}`: {source}", path.display())]
+    Arrow {
+        /// The Arrow IPC or Parquet file.
+        path: PathBuf,
+        /// Arrow's error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+
+    /// A Parquet failure on a named file, with Parquet's error kept.
+    #[error("`{}`: {source}", path.display())]
+    Parquet {
+        /// The Parquet file.
+        path: PathBuf,
+        /// Parquet's error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
     /// A configuration file (pipeline or vocabulary) that cannot be used.
     #[error("`{}`: {message}", path.display())]
     Config {
@@ -181,6 +201,30 @@ impl Error {
         Error::Stage {
             stage: stage.to_string(),
             message: message.into(),
+        }
+    }
+}
+
+/// An Arrow or Parquet error, given the file it concerns.
+pub trait WithPath {
+    /// The error as an [`Error`] naming `path`.
+    fn with_path(self, path: impl AsRef<Path>) -> Error;
+}
+
+impl WithPath for arrow::error::ArrowError {
+    fn with_path(self, path: impl AsRef<Path>) -> Error {
+        Error::Arrow {
+            path: path.as_ref().to_path_buf(),
+            source: self,
+        }
+    }
+}
+
+impl WithPath for parquet::errors::ParquetError {
+    fn with_path(self, path: impl AsRef<Path>) -> Error {
+        Error::Parquet {
+            path: path.as_ref().to_path_buf(),
+            source: self,
         }
     }
 }

@@ -22,7 +22,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WithPath};
 use crate::io::atomic::AtomicFile;
 
 /// Rows per Parquet row group: big enough for good compression, small enough to stream.
@@ -53,8 +53,8 @@ impl TableWriter {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("simat {}", crate::ENGINE_VERSION))
             .build();
-        let writer = ArrowWriter::try_new(file, schema, Some(props))
-            .map_err(|e| Error::columnar(path, e))?;
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| e.with_path(path))?;
         Ok(TableWriter {
             writer,
             path: path.to_path_buf(),
@@ -98,8 +98,7 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<u64> {
 /// Read a Parquet table, keeping only `columns` (all when empty).
 pub fn read_table(path: &Path, columns: &[&str]) -> Result<ParquetRecordBatchReader> {
     let file = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::columnar(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.with_path(path))?;
     let builder = if columns.is_empty() {
         builder
     } else {
@@ -123,7 +122,7 @@ pub fn read_table(path: &Path, columns: &[&str]) -> Result<ParquetRecordBatchRea
     builder
         .with_batch_size(64 * 1024)
         .build()
-        .map_err(|e| Error::columnar(path, e))
+        .map_err(|e| e.with_path(path))
 }
 
 /// Read a whole Parquet table into one batch (small tables only).
@@ -132,8 +131,8 @@ pub fn read_all(path: &Path) -> Result<RecordBatch> {
     let schema = reader.schema();
     let batches = reader
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::columnar(path, e))?;
-    arrow::compute::concat_batches(&schema, &batches).map_err(|e| Error::columnar(path, e))
+        .map_err(|e| e.with_path(path))?;
+    arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.with_path(path))
 }
 
 /// A column by name, or an error naming the file and the column.
@@ -249,31 +248,31 @@ pub fn inspect(path: &Path, n: usize) -> Result<Inspection> {
     let file = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
     let (schema, rows, groups, batches): (SchemaRef, u64, usize, Vec<RecordBatch>) = match kind {
         FileKind::Parquet => {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| Error::columnar(path, e))?;
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.with_path(path))?;
             let meta = builder.metadata().clone();
             let rows = meta.file_metadata().num_rows() as u64;
             let groups = meta.num_row_groups();
             let reader = builder
                 .with_limit(n)
                 .build()
-                .map_err(|e| Error::columnar(path, e))?;
+                .map_err(|e| e.with_path(path))?;
             let schema = reader.schema();
             let batches = reader
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::columnar(path, e))?;
+                .map_err(|e| e.with_path(path))?;
             (schema, rows, groups, batches)
         }
         FileKind::ArrowIpc => {
             let reader = arrow::ipc::reader::FileReader::try_new(file, None)
-                .map_err(|e| Error::columnar(path, e))?;
+                .map_err(|e| e.with_path(path))?;
             let schema = reader.schema();
             let groups = reader.num_batches();
             let mut rows = 0u64;
             let mut head = Vec::new();
             let mut taken = 0usize;
             for batch in reader {
-                let batch = batch.map_err(|e| Error::columnar(path, e))?;
+                let batch = batch.map_err(|e| e.with_path(path))?;
                 rows += batch.num_rows() as u64;
                 if taken < n {
                     let k = (n - taken).min(batch.num_rows());
@@ -284,8 +283,7 @@ pub fn inspect(path: &Path, n: usize) -> Result<Inspection> {
             (schema, rows, groups, head)
         }
     };
-    let head =
-        arrow::compute::concat_batches(&schema, &batches).map_err(|e| Error::columnar(path, e))?;
+    let head = arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.with_path(path))?;
     Ok(Inspection {
         kind,
         schema,

@@ -21,7 +21,7 @@ use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, R
 use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, WithPath};
 use crate::io::atomic::AtomicFile;
 use crate::linalg::Matrix;
 
@@ -60,7 +60,7 @@ pub fn write_store(path: &Path, keys: &[(&str, ArrayRef)], m: &Matrix) -> Result
         Arc::new(values),
         None,
     )
-    .map_err(|e| Error::columnar(path, e))?;
+    .map_err(|e| e.with_path(path))?;
     let mut fields: Vec<Field> = keys
         .iter()
         .map(|(name, ids)| Field::new(*name, ids.data_type().clone(), false))
@@ -72,14 +72,13 @@ pub fn write_store(path: &Path, keys: &[(&str, ArrayRef)], m: &Matrix) -> Result
     ));
     let mut columns: Vec<ArrayRef> = keys.iter().map(|(_, ids)| ids.clone()).collect();
     columns.push(Arc::new(list));
-    let batch =
-        RecordBatch::try_new(schema.clone(), columns).map_err(|e| Error::columnar(path, e))?;
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.with_path(path))?;
     let mut file = AtomicFile::create(path)?;
     {
         let mut w = arrow::ipc::writer::FileWriter::try_new(file.writer(), &schema)
-            .map_err(|e| Error::columnar(path, e))?;
-        w.write(&batch).map_err(|e| Error::columnar(path, e))?;
-        w.finish().map_err(|e| Error::columnar(path, e))?;
+            .map_err(|e| e.with_path(path))?;
+        w.write(&batch).map_err(|e| e.with_path(path))?;
+        w.finish().map_err(|e| e.with_path(path))?;
     }
     file.commit()?;
     Ok(())
@@ -112,7 +111,7 @@ impl EmbeddingStore {
         let trailer = buffer.len() - 10;
         let footer_len =
             arrow::ipc::reader::read_footer_length(buffer[trailer..].try_into().expect("10 bytes"))
-                .map_err(|e| Error::columnar(path, e))?;
+                .map_err(|e| e.with_path(path))?;
         if footer_len > trailer {
             return Err(bad("footer length out of range"));
         }
@@ -121,7 +120,7 @@ impl EmbeddingStore {
         let schema = arrow::ipc::convert::try_fb_to_schema(
             footer.schema().ok_or_else(|| bad("no schema in footer"))?,
         )
-        .map_err(|e| Error::columnar(path, e))?;
+        .map_err(|e| e.with_path(path))?;
         let decoder =
             arrow::ipc::reader::FileDecoder::new(Arc::new(schema.clone()), footer.version());
         let blocks = footer
@@ -136,7 +135,7 @@ impl EmbeddingStore {
             let data = buffer.slice_with_length(block.offset() as usize, len);
             if let Some(b) = decoder
                 .read_record_batch(block, &data)
-                .map_err(|e| Error::columnar(path, e))?
+                .map_err(|e| e.with_path(path))?
             {
                 batches.push(b);
             }
@@ -144,7 +143,7 @@ impl EmbeddingStore {
         let batch = match batches.len() {
             1 => batches.pop().expect("one batch"),
             _ => arrow::compute::concat_batches(&Arc::new(schema), &batches)
-                .map_err(|e| Error::columnar(path, e))?,
+                .map_err(|e| e.with_path(path))?,
         };
         let (rows, dim) = embedding_shape(&batch, path)?;
         Ok(EmbeddingStore { batch, rows, dim })

@@ -69,6 +69,15 @@ impl ModelRunConfig {
         })
     }
 
+    /// The model folder relative to `base` (a pipeline file's folder) when relative.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if let Some(p) = &mut self.model {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
     /// Check the numbers.
     pub fn check(&self, stage: &str) -> Result<()> {
         self.folder(stage)?;

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
 use crate::io::chunks::Chunks;
@@ -116,6 +116,7 @@ fn listing_digest(dir: &Path) -> String {
 
 impl StageDef for Crops {
     const NAME: &'static str = "crops";
+    const VERSION: u32 = 1;
     const ABOUT: &'static str =
         "One PNG per region, cut at its union box: RUN/crops/crops/*.png and crops.parquet";
     const PROVIDES: &'static [&'static TableDecl] = &[&tables::CROPS, &tables::CROP_FILES];
@@ -130,18 +131,6 @@ impl StageDef for Crops {
             return Err(super::bad::<Self>("chunk_images", "must be at least 1"));
         }
         Ok(Crops { config })
-    }
-}
-
-impl Stage for Crops {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         let mut v = vec![Need::of(&tables::REGIONS)];

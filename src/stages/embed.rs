@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, StringArray};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;
 use crate::model::runner::{
@@ -29,6 +29,7 @@ pub struct Embed {
 
 impl StageDef for Embed {
     const NAME: &'static str = "embed";
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "A model embeds the dataset's crops, words and captions: RUN/embed/*.arrow (raw outputs), model.json";
     const PROVIDES: &'static [&'static TableDecl] = &[
         &tables::IMAGE_EMBEDDINGS,
@@ -38,25 +39,11 @@ impl StageDef for Embed {
     ];
     type Config = ModelRunConfig;
     fn resolve_paths(c: &mut ModelRunConfig, base: &Path) {
-        if let Some(p) = &mut c.model {
-            super::resolve(p, base);
-        }
+        c.resolve_paths(base);
     }
     fn build(config: ModelRunConfig) -> Result<Self> {
         config.check(Self::NAME)?;
         Ok(Embed { config })
-    }
-}
-
-impl Stage for Embed {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        2
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         vec![

@@ -28,7 +28,7 @@ use arrow::array::{
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::write_table;
 use crate::tables;
@@ -61,6 +61,7 @@ pub struct Import {
 
 impl StageDef for Import {
     const NAME: &'static str = "import";
+    const VERSION: u32 = 1;
     const ABOUT: &'static str = "The official SIMAT release (retrieval_db.tsv, triplets.csv, captions.txt, transfos.csv) into RUN/import/{regions,triplets,dataset,queries}.parquet";
     const ALIASES: &'static [&'static str] = &["import-simat"];
     const PROVIDES: &'static [&'static TableDecl] = &[
@@ -80,18 +81,6 @@ impl StageDef for Import {
             .release
             .ok_or_else(|| super::bad::<Self>("release", "is required: the release's folder"))?;
         Ok(Import { release })
-    }
-}
-
-impl Stage for Import {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         vec![]

@@ -25,7 +25,7 @@ use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::{is_npy, read_matrix, read_table_embeddings, write_store};
 use crate::io::torch::{self, Key};
@@ -65,6 +65,7 @@ pub struct ImportEmbeddings {
 
 impl StageDef for ImportEmbeddings {
     const NAME: &'static str = "import-embeddings";
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "Raw image and word embeddings from files into RUN/import-embeddings/*.arrow, joined by key";
     const PROVIDES: &'static [&'static TableDecl] = &[
         &tables::IMAGE_EMBEDDINGS,
@@ -102,18 +103,6 @@ impl StageDef for ImportEmbeddings {
             word_vectors,
             words: c.words,
         })
-    }
-}
-
-impl Stage for ImportEmbeddings {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        2
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         vec![Need::of(&tables::DATASET)]

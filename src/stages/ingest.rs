@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
 use crate::io::json_stream::{spawn_splitter, ElementChunk, DEFAULT_BLOCK};
@@ -113,6 +113,7 @@ pub struct Ingest {
 
 impl StageDef for Ingest {
     const NAME: &'static str = "ingest";
+    const VERSION: u32 = 1;
     const ABOUT: &'static str = "Visual Genome 1.4 JSON into RUN/ingest/*.parquet";
     const PROVIDES: &'static [&'static TableDecl] = &[
         &tables::IMAGES,
@@ -131,18 +132,6 @@ impl StageDef for Ingest {
             return Err(super::bad::<Self>("block_bytes", "must be at least 1"));
         }
         Ok(Ingest { config })
-    }
-}
-
-impl Stage for Ingest {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         match self.config.vg {

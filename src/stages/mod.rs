@@ -34,10 +34,13 @@ use serde::Serialize;
 use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 
-/// A stage's one declaration.
-pub trait StageDef: Stage + Sized + 'static {
-    /// Its name.
+/// A stage's one declaration: what it is called, what it writes and reads, its settings, and
+/// its run. The engine sees it through [`Stage`], which the registry implements for it.
+pub trait StageDef: Sized + Send + Sync + 'static {
+    /// Its name: its directory in a run, its manifest key, its pipeline section, its subcommand.
     const NAME: &'static str;
+    /// Bumped whenever its code changes its outputs.
+    const VERSION: u32;
     /// One line for `--help`.
     const ABOUT: &'static str;
     /// Other names of its subcommand.
@@ -65,6 +68,20 @@ pub trait StageDef: Stage + Sized + 'static {
     fn summary(_run_dir: &Path) -> Result<Option<String>> {
         Ok(None)
     }
+    /// The tables this configuration writes (by default all of [`Self::PROVIDES`]).
+    fn provides(&self) -> Vec<&'static TableDecl> {
+        Self::PROVIDES.to_vec()
+    }
+    /// The tables it reads.
+    fn needs(&self) -> Vec<Need>;
+    /// The settings that change its outputs, as JSON without absolute paths.
+    fn fingerprint(&self) -> serde_json::Value;
+    /// External source files, as (label, path), hashed into the fingerprint.
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        Ok(vec![])
+    }
+    /// Run it, writing its outputs under `ctx.stage_dir`.
+    fn run(&self, ctx: &StageContext) -> Result<StageReport>;
 }
 
 /// The config that clap parses from no arguments: the defaults, written once in the clap
@@ -99,12 +116,12 @@ struct Configured<S> {
     from: Vec<String>,
 }
 
-impl<S: Stage> Stage for Configured<S> {
+impl<S: StageDef> Stage for Configured<S> {
     fn name(&self) -> &'static str {
-        self.stage.name()
+        S::NAME
     }
     fn version(&self) -> u32 {
-        self.stage.version()
+        S::VERSION
     }
     fn provides(&self) -> Vec<&'static TableDecl> {
         self.stage.provides()
@@ -449,6 +466,7 @@ mod tests {
 
     impl StageDef for CountQueries {
         const NAME: &'static str = "count-queries";
+        const VERSION: u32 = 1;
         const ABOUT: &'static str = "Counts queries";
         const PROVIDES: &'static [&'static TableDecl] = &[&COUNT];
         type Config = CountConfig;
@@ -457,18 +475,6 @@ mod tests {
                 return Err(bad::<Self>("field", "expected subj, rel or obj"));
             }
             Ok(CountQueries { config })
-        }
-    }
-
-    impl Stage for CountQueries {
-        fn name(&self) -> &'static str {
-            Self::NAME
-        }
-        fn version(&self) -> u32 {
-            1
-        }
-        fn provides(&self) -> Vec<&'static TableDecl> {
-            vec![&COUNT]
         }
         fn needs(&self) -> Vec<Need> {
             vec![Need::of(&crate::tables::QUERIES)]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::model::runner::ModelRunConfig;
 use crate::tables;
@@ -24,6 +24,7 @@ pub struct Oracle {
 
 impl StageDef for Oracle {
     const NAME: &'static str = "oracle";
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "A CLIP-family model judges every cropped region against every caption: RUN/oracle/{region,caption}_embeddings.arrow, region_scores.parquet";
     const PROVIDES: &'static [&'static TableDecl] = &[
         &tables::ORACLE_REGIONS,
@@ -33,25 +34,11 @@ impl StageDef for Oracle {
     ];
     type Config = ModelRunConfig;
     fn resolve_paths(c: &mut ModelRunConfig, base: &Path) {
-        if let Some(p) = &mut c.model {
-            super::resolve(p, base);
-        }
+        c.resolve_paths(base);
     }
     fn build(config: ModelRunConfig) -> Result<Self> {
         config.check(Self::NAME)?;
         Ok(Oracle { config })
-    }
-}
-
-impl Stage for Oracle {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        2
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         vec![

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::Result;
 use crate::tables;
 use crate::tables::dataset::{Dataset, Queries, Slot};
@@ -46,6 +46,7 @@ pub struct QueriesStage {
 
 impl StageDef for QueriesStage {
     const NAME: &'static str = "queries";
+    const VERSION: u32 = 1;
     const ABOUT: &'static str =
         "Transformation queries for the run's dataset: RUN/queries/queries.parquet";
     const PROVIDES: &'static [&'static TableDecl] = &[&tables::QUERIES];
@@ -58,18 +59,6 @@ impl StageDef for QueriesStage {
             ));
         }
         Ok(QueriesStage { config })
-    }
-}
-
-impl Stage for QueriesStage {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         vec![Need::of(&tables::DATASET)]

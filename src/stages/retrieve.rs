@@ -24,7 +24,7 @@ use arrow::array::{
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::EmbeddingStore;
 use crate::linalg::{first_non_finite, normalize_rows, sweep, Matrix};
@@ -80,6 +80,7 @@ pub const CHOOSE_QUERIES: &str =
 
 impl StageDef for Retrieve {
     const NAME: &'static str = "retrieve";
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "Answer every transformation query for each λ: RUN/retrieve/retrievals.parquet";
     const PROVIDES: &'static [&'static TableDecl] =
@@ -104,18 +105,6 @@ impl StageDef for Retrieve {
             heads::files(h).map_err(|e| super::bad::<Self>("heads", e.to_string()))?;
         }
         Ok(Retrieve { config })
-    }
-}
-
-impl Stage for Retrieve {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        2
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         vec![

@@ -27,8 +27,8 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schem
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
-use crate::error::{Error, Result};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
+use crate::error::{Error, Result, WithPath};
 use crate::linalg::Matrix;
 use crate::tables;
 use crate::tables::dataset::{Dataset, Queries, QuerySet, Slot};
@@ -70,6 +70,7 @@ pub struct Score {
 
 impl StageDef for Score {
     const NAME: &'static str = "score";
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "The SIMAT score of the retrievals: RUN/score/scores.parquet and scores.json";
     const PROVIDES: &'static [&'static TableDecl] = &[&tables::SCORES, &tables::SCORES_JSON];
@@ -95,18 +96,6 @@ impl StageDef for Score {
             "SIMAT scores (% of queries whose first image the oracle accepts):\n{}",
             file.table()
         )))
-    }
-}
-
-impl Stage for Score {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        2
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         let c = &self.config;
@@ -556,7 +545,7 @@ fn read_top1(path: &Path, queries: &Queries) -> Result<(Vec<f64>, Vec<Vec<usize>
     let mut lambdas: Vec<f64> = Vec::new();
     let mut top1: Vec<Vec<usize>> = Vec::new();
     for batch in crate::io::read_table(path, &["query_id", "lambda", "rank", "dataset_id"])? {
-        let b = batch.map_err(|e| Error::columnar(path, e))?;
+        let b = batch.map_err(|e| e.with_path(path))?;
         let qid = b.column(0).as_primitive::<Int64Type>();
         let lam = b.column(1).as_primitive::<Float64Type>();
         let rank = b.column(2).as_primitive::<Int32Type>();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::tables;
 use crate::tables::dataset::{ints, strs, Dataset};
@@ -53,6 +53,7 @@ pub struct Select {
 
 impl StageDef for Select {
     const NAME: &'static str = "select";
+    const VERSION: u32 = 1;
     const ABOUT: &'static str =
         "The dataset of a regenerated benchmark: RUN/select/dataset.parquet";
     const PROVIDES: &'static [&'static TableDecl] = &[&tables::DATASET];
@@ -68,18 +69,6 @@ impl StageDef for Select {
             return Err(super::bad::<Self>("min_images", "must be at least 1"));
         }
         Ok(Select { config })
-    }
-}
-
-impl Stage for Select {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         let mut v = vec![Need::of(&tables::REGIONS), Need::optional(&tables::CROPS)];

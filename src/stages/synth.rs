@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
 use crate::stages::triplets::Vocabulary;
@@ -936,6 +936,7 @@ pub struct Synth {
 
 impl StageDef for Synth {
     const NAME: &'static str = "synth";
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "A synthetic Visual Genome (the four JSON files, and JPEGs with --render) in RUN/synth/vg";
     const PROVIDES: &'static [&'static TableDecl] = &[&tables::VG, &tables::VG_IMAGES];
@@ -951,15 +952,6 @@ impl StageDef for Synth {
             return Err(super::bad::<Self>("image_count", "must be at least 1"));
         }
         Ok(Synth { config })
-    }
-}
-
-impl Stage for Synth {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        2
     }
     fn provides(&self) -> Vec<&'static TableDecl> {
         if self.config.render {

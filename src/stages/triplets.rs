@@ -22,8 +22,8 @@ use arrow::array::{
 use serde::{Deserialize, Serialize};
 
 use super::StageDef;
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
-use crate::error::{Error, Result};
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
+use crate::error::{Error, Result, WithPath};
 use crate::io::{column, i32_column, i64_column, read_table, str_column, write_table};
 use crate::tables;
 use crate::tables::regions::{regions_schema, triplets_schema};
@@ -245,6 +245,7 @@ pub struct Triplets {
 
 impl StageDef for Triplets {
     const NAME: &'static str = "triplets";
+    const VERSION: u32 = 1;
     const ABOUT: &'static str =
         "SIMAT triplet extraction into RUN/triplets/{regions,triplets}.parquet";
     const PROVIDES: &'static [&'static TableDecl] = &[&tables::REGIONS, &tables::TRIPLETS];
@@ -297,18 +298,6 @@ impl StageDef for Triplets {
             ));
         }
         Ok(Some(out))
-    }
-}
-
-impl Stage for Triplets {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
     }
     fn needs(&self) -> Vec<Need> {
         vec![
@@ -429,7 +418,7 @@ pub fn extract(
     let (mut read, mut no_subject, mut no_relation, mut no_object, mut small, mut merged) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for batch in read_table(relationships, REL_COLUMNS)? {
-        let batch = batch.map_err(|e| Error::columnar(relationships, e))?;
+        let batch = batch.map_err(|e| e.with_path(relationships))?;
         let image_id = i64_column(&batch, "image_id", relationships)?;
         let rel_id = i64_column(&batch, "relationship_id", relationships)?;
         let predicate = str_column(&batch, "predicate", relationships)?;
@@ -557,7 +546,7 @@ fn load_attributes(path: &Path, regions: &[Region]) -> Result<HashMap<(i64, i64)
         .collect();
     let mut out: HashMap<(i64, i64), Vec<String>> = HashMap::new();
     for batch in read_table(path, &["image_id", "object_id", "attributes"])? {
-        let batch = batch.map_err(|e| Error::columnar(path, e))?;
+        let batch = batch.map_err(|e| e.with_path(path))?;
         let image_id = i64_column(&batch, "image_id", path)?;
         let object_id = i64_column(&batch, "object_id", path)?;
         let lists = column(&batch, "attributes", path)?
