@@ -463,3 +463,78 @@ mod tests {
         assert!((y.data[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
     }
 }
+
+/// Whether an operand of [`gemm_par`] is used as stored or transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// As stored (row-major).
+    N,
+    /// Transposed.
+    T,
+}
+
+/// Rows of `C` per task of [`gemm_par`]: the split does not depend on the thread count, so the
+/// result is the same bit for bit whatever the threads.
+const GEMM_ROWS: usize = 64;
+
+/// `C (m×n) = op(A) · op(B)`, `op(A)` being `m×k` and `op(B)` `k×n`, all stored row-major (`A`
+/// as `m×k`, or `k×m` when transposed; `B` as `k×n`, or `n×k` when transposed). Parallel over
+/// blocks of [`GEMM_ROWS`] rows of `C`, each a single-threaded `gemm` call: deterministic.
+pub fn gemm_par(
+    a: &[f32],
+    op_a: Op,
+    b: &[f32],
+    op_b: Op,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // (row stride, column stride) of op(A) and op(B) in their storage.
+    let (a_rs, a_cs) = match op_a {
+        Op::N => (k as isize, 1),
+        Op::T => (1, m as isize),
+    };
+    let (b_rs, b_cs) = match op_b {
+        Op::N => (n as isize, 1),
+        Op::T => (1, k as isize),
+    };
+    let a_ptr = a.as_ptr() as usize;
+    c[..m * n]
+        .par_chunks_mut(GEMM_ROWS * n)
+        .enumerate()
+        .for_each(|(blk, cb)| {
+            let rows = cb.len() / n;
+            let r0 = blk * GEMM_ROWS;
+            // SAFETY: rows r0..r0+rows of op(A) and all of op(B) lie inside the asserted
+            // lengths; the output block is this task's own slice.
+            unsafe {
+                let a_off = (a_ptr as *const f32).offset(r0 as isize * a_rs);
+                gemm::gemm(
+                    rows,
+                    n,
+                    k,
+                    cb.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a_off,
+                    a_cs,
+                    a_rs,
+                    b.as_ptr(),
+                    b_cs,
+                    b_rs,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+}

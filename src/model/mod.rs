@@ -12,6 +12,7 @@ pub mod preprocess;
 pub mod resample;
 pub mod runner;
 pub mod tokenizer;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
