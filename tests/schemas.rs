@@ -90,6 +90,22 @@ fn written_files_match_the_schema_documents() {
     .unwrap();
     run_ok(&["run", s(&p)], 0);
     let synth_run = dir.path().join("synth-run");
+    // Heads trained on a few aligned pairs.
+    let pairs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/adapt");
+    run_ok(
+        &[
+            "adapt",
+            "--run",
+            s(&run),
+            "--images",
+            s(&pairs.join("x.npy")),
+            "--texts",
+            s(&pairs.join("y.npy")),
+            "--epochs",
+            "2",
+        ],
+        0,
+    );
     for (stage, file, _) in simat::schemas::all() {
         let path = match stage {
             "crops" | "select" | "oracle" => synth_run.join(stage).join(file),

@@ -2,6 +2,8 @@
 
 mod util;
 
+mod adapt;
+
 mod crops;
 mod embed;
 mod engine;

@@ -279,6 +279,26 @@ pub fn write_npy(path: &Path, m: &Matrix) -> Result<()> {
     Ok(())
 }
 
+/// Write a vector as a 1-D f32 `.npy` (atomically).
+pub fn write_npy_vector(path: &Path, v: &[f32]) -> Result<()> {
+    use npyz::WriterBuilder;
+    let mut file = AtomicFile::create(path)?;
+    {
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[v.len() as u64])
+            .writer(file.writer())
+            .begin_nd()
+            .map_err(|e| Error::io("failed to write", path, e))?;
+        w.extend(v.iter().copied())
+            .map_err(|e| Error::io("failed to write", path, e))?;
+        w.finish()
+            .map_err(|e| Error::io("failed to write", path, e))?;
+    }
+    file.commit()?;
+    Ok(())
+}
+
 /// Read a 1-D `.npy` of floats (a bias).
 pub fn read_vector(path: &Path) -> Result<Vec<f32>> {
     let (shape, data) = read_npy_f32(path)?;

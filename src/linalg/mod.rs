@@ -481,13 +481,9 @@ const GEMM_ROWS: usize = 64;
 /// as `m×k`, or `k×m` when transposed; `B` as `k×n`, or `n×k` when transposed). Parallel over
 /// blocks of [`GEMM_ROWS`] rows of `C`, each a single-threaded `gemm` call: deterministic.
 pub fn gemm_par(
-    a: &[f32],
-    op_a: Op,
-    b: &[f32],
-    op_b: Op,
-    m: usize,
-    n: usize,
-    k: usize,
+    (a, op_a): (&[f32], Op),
+    (b, op_b): (&[f32], Op),
+    (m, n, k): (usize, usize, usize),
     c: &mut [f32],
 ) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);

@@ -84,7 +84,7 @@ impl HeadParams {
 pub fn linear(x: &[f32], n: usize, d_in: usize, w: &[f32], b: &[f32]) -> Vec<f32> {
     let d_out = b.len();
     let mut y = vec![0f32; n * d_out];
-    gemm_par(x, Op::N, w, Op::T, n, d_out, d_in, &mut y);
+    gemm_par((x, Op::N), (w, Op::T), (n, d_out, d_in), &mut y);
     y.par_chunks_mut(d_out.max(1)).for_each(|row| {
         for (v, bb) in row.iter_mut().zip(b) {
             *v += bb;
@@ -127,7 +127,7 @@ pub fn loss_and_grad(
     let nv = normalise(&mut v, d);
     // S = û·v̂ᵀ / τ, then E = exp(S − rowmax) in place.
     let mut s = vec![0f32; b * b];
-    gemm_par(&u, Op::N, &v, Op::T, b, b, d, &mut s);
+    gemm_par((&u, Op::N), (&v, Op::T), (b, b, d), &mut s);
     let inv_tau = 1.0 / tau;
     let diag: Vec<f32> = (0..b).map(|i| s[i * b + i] * inv_tau).collect();
     let rows: Vec<(f32, f64)> = s
@@ -188,8 +188,8 @@ pub fn loss_and_grad(
     // ∂L/∂û = G·v̂/τ, ∂L/∂v̂ = Gᵀ·û/τ.
     let mut gu = vec![0f32; b * d];
     let mut gv = vec![0f32; b * d];
-    gemm_par(&s, Op::N, &v, Op::N, b, d, b, &mut gu);
-    gemm_par(&s, Op::T, &u, Op::N, b, d, b, &mut gv);
+    gemm_par((&s, Op::N), (&v, Op::N), (b, d, b), &mut gu);
+    gemm_par((&s, Op::T), (&u, Op::N), (b, d, b), &mut gv);
     for (g, unit, norms) in [(&mut gu, &u, &nu), (&mut gv, &v, &nv)] {
         g.par_chunks_mut(d)
             .zip(unit.par_chunks(d))
@@ -203,8 +203,8 @@ pub fn loss_and_grad(
             });
     }
     // ∂L/∂W = (∂L/∂u)ᵀ·x, ∂L/∂b = Σ_rows ∂L/∂u.
-    gemm_par(&gu, Op::T, x, Op::N, d, p.d_img, b, &mut grad.img_w);
-    gemm_par(&gv, Op::T, y, Op::N, d, p.d_txt, b, &mut grad.txt_w);
+    gemm_par((&gu, Op::T), (x, Op::N), (d, p.d_img, b), &mut grad.img_w);
+    gemm_par((&gv, Op::T), (y, Op::N), (d, p.d_txt, b), &mut grad.txt_w);
     for (g, out) in [(&gu, &mut grad.img_b), (&gv, &mut grad.txt_b)] {
         out.iter_mut().for_each(|v| *v = 0.0);
         for row in g.chunks(d) {

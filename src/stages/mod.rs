@@ -11,6 +11,8 @@
 //!
 //! Adding a stage: one file here, one line in [`ALL`] (and `mod`), and its test module.
 
+pub mod adapt;
+pub mod coco;
 pub mod crops;
 pub mod embed;
 pub mod import;
@@ -340,6 +342,8 @@ pub static ALL: &[&dyn Entry] = &[
     &Registered::<queries::QueriesStage>::new(),
     &Registered::<import_embeddings::ImportEmbeddings>::new(),
     &Registered::<embed::Embed>::new(),
+    &Registered::<coco::Coco>::new(),
+    &Registered::<adapt::Adapt>::new(),
     &Registered::<retrieve::Retrieve>::new(),
     &Registered::<score::Score>::new(),
 ];

@@ -2,6 +2,7 @@
 //! between stages. A stage declares the tables it provides and needs by these declarations; the
 //! planner (`engine::plan`) connects them.
 
+pub mod adapt;
 pub mod crops;
 pub mod dataset;
 pub mod oracle;
@@ -236,6 +237,38 @@ table!(
     None,
     "the scores with their provenance"
 );
+table!(
+    PAIR_IMAGES,
+    "pair_images",
+    "images.arrow",
+    Arrow,
+    None,
+    "raw image embeddings keyed by image_id, for training heads"
+);
+table!(
+    PAIR_CAPTIONS,
+    "pair_captions",
+    "captions.arrow",
+    Arrow,
+    None,
+    "raw caption embeddings keyed by image_id (several per image)"
+);
+table!(
+    HEADS,
+    "heads",
+    "heads",
+    Dir,
+    None,
+    "trained heads per τ: head_tau{τ}_{img,txt}_head_{weight,bias}.npy and .safetensors"
+);
+table!(
+    CURVE,
+    "curve",
+    "curve.parquet",
+    Parquet,
+    Some(adapt::curve_schema),
+    "the training curve of the heads"
+);
 
 /// Every table, for the registry's checks.
 pub static ALL_TABLES: &[&TableDecl] = &[
@@ -263,4 +296,8 @@ pub static ALL_TABLES: &[&TableDecl] = &[
     &RETRIEVAL_PROVENANCE,
     &SCORES,
     &SCORES_JSON,
+    &PAIR_IMAGES,
+    &PAIR_CAPTIONS,
+    &HEADS,
+    &CURVE,
 ];

@@ -1,0 +1,236 @@
+//! `coco`: training pairs for `adapt` from COCO's captions format (`captions_train2017.json`
+//! and its image folder), embedded once by a model: `images.arrow` (`image_id`, raw embedding)
+//! and `captions.arrow` (`image_id`, `caption_id`, `caption`, raw embedding), images checkpointed
+//! in chunks like `embed`. Images that cannot be read are left out and counted (their captions
+//! stay, and `adapt` counts them as captions without an image).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray};
+use serde::{Deserialize, Serialize};
+
+use super::StageDef;
+use crate::engine::{Need, StageContext, StageReport, TableDecl};
+use crate::error::{Error, Result};
+use crate::io::store::write_store;
+use crate::model::runner::{embed_images_chunked, embed_texts, stage_identity, ModelRunConfig};
+use crate::model::Device;
+use crate::tables;
+
+/// Configuration of `coco`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct CocoConfig {
+    /// COCO's captions file (`annotations/captions_train2017.json`: images with `id` and
+    /// `file_name`, annotations with `image_id` and `caption`).
+    #[arg(long)]
+    pub captions: Option<PathBuf>,
+    /// The folder of its images (`file_name` is looked up there).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// The model folder that embeds them.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// `cpu`, or `cuda:N` with the GPU build of ONNX Runtime.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// Images (or texts) per inference batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads; 0 lets it use every core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Images per checkpointed chunk.
+    #[arg(long, default_value_t = 1024)]
+    pub chunk_images: usize,
+}
+
+impl Default for CocoConfig {
+    fn default() -> Self {
+        super::clap_default()
+    }
+}
+
+/// The coco stage.
+#[derive(Debug, Clone)]
+pub struct Coco {
+    captions: PathBuf,
+    image_dir: PathBuf,
+    model: ModelRunConfig,
+}
+
+#[derive(Deserialize)]
+struct CocoFile {
+    images: Vec<CocoImage>,
+    annotations: Vec<CocoCaption>,
+}
+
+#[derive(Deserialize)]
+struct CocoImage {
+    id: i64,
+    file_name: String,
+}
+
+#[derive(Deserialize)]
+struct CocoCaption {
+    #[serde(default)]
+    id: i64,
+    image_id: i64,
+    caption: String,
+}
+
+impl StageDef for Coco {
+    const NAME: &'static str = "coco";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "Training pairs from COCO captions, embedded by a model: RUN/coco/{images,captions}.arrow (raw)";
+    const PROVIDES: &'static [&'static TableDecl] = &[&tables::PAIR_IMAGES, &tables::PAIR_CAPTIONS];
+    type Config = CocoConfig;
+    fn resolve_paths(c: &mut CocoConfig, base: &Path) {
+        for p in [&mut c.captions, &mut c.image_dir, &mut c.model]
+            .into_iter()
+            .flatten()
+        {
+            super::resolve(p, base);
+        }
+    }
+    fn build(c: CocoConfig) -> Result<Self> {
+        let captions = c
+            .captions
+            .ok_or_else(|| super::bad::<Self>("captions", "is required: COCO's captions JSON"))?;
+        let image_dir = c.image_dir.ok_or_else(|| {
+            super::bad::<Self>("image_dir", "is required: the folder of its images")
+        })?;
+        let model = ModelRunConfig {
+            model: c.model,
+            device: c.device,
+            batch_size: c.batch_size,
+            threads: c.threads,
+            chunk_images: c.chunk_images,
+        };
+        model.check(Self::NAME)?;
+        Ok(Coco {
+            captions,
+            image_dir,
+            model,
+        })
+    }
+    fn needs(&self) -> Vec<Need> {
+        vec![]
+    }
+    fn fingerprint(&self) -> serde_json::Value {
+        self.model.fingerprint_value("coco")
+    }
+    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
+        if !self.captions.is_file() {
+            return Err(Error::input_missing(
+                Self::NAME,
+                "captions file",
+                &self.captions,
+                "",
+            ));
+        }
+        if !self.image_dir.is_dir() {
+            return Err(Error::input_missing(
+                Self::NAME,
+                "images folder",
+                &self.image_dir,
+                "",
+            ));
+        }
+        let mut v = vec![("captions".to_string(), self.captions.clone())];
+        v.extend(self.model.inputs(Self::NAME)?);
+        Ok(v)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+        let text = std::fs::read(&self.captions)
+            .map_err(|e| Error::io("failed to read", &self.captions, e))?;
+        let file: CocoFile = serde_json::from_slice(&text).map_err(|e| Error::Json {
+            path: self.captions.clone(),
+            byte_offset: 0,
+            message: format!("not COCO's captions format: {e}"),
+        })?;
+        let mut images: BTreeMap<i64, PathBuf> = BTreeMap::new();
+        for im in &file.images {
+            if images
+                .insert(im.id, self.image_dir.join(&im.file_name))
+                .is_some()
+            {
+                return Err(Error::data(
+                    &self.captions,
+                    format!("image id {} appears twice", im.id),
+                ));
+            }
+        }
+        let ids: Vec<i64> = images.keys().copied().collect();
+        let files: Vec<PathBuf> = images.values().cloned().collect();
+        let mut model = self.model.open()?;
+        let (emb, chunks) = embed_images_chunked(
+            &mut model,
+            &files,
+            &self.model,
+            &ctx.stage_dir,
+            &ctx.fingerprint,
+            ctx.ui,
+        )?;
+        let kept: Vec<i64> = emb.positions.iter().map(|&p| ids[p]).collect();
+        write_store(
+            &ctx.output(&tables::PAIR_IMAGES)?,
+            &[("image_id", Arc::new(Int64Array::from(kept)) as ArrayRef)],
+            &emb.matrix,
+        )?;
+        let texts: Vec<&str> = file
+            .annotations
+            .iter()
+            .map(|a| a.caption.as_str())
+            .collect();
+        let caption_m = embed_texts(&mut model, &texts, self.model.batch_size)?;
+        write_store(
+            &ctx.output(&tables::PAIR_CAPTIONS)?,
+            &[
+                (
+                    "image_id",
+                    Arc::new(Int64Array::from_iter_values(
+                        file.annotations.iter().map(|a| a.image_id),
+                    )) as ArrayRef,
+                ),
+                (
+                    "caption_id",
+                    Arc::new(Int64Array::from_iter_values(
+                        file.annotations.iter().map(|a| a.id),
+                    )),
+                ),
+                (
+                    "caption",
+                    Arc::new(StringArray::from_iter_values(texts.iter().copied())),
+                ),
+            ],
+            &caption_m,
+        )?;
+        crate::model::runner::write_model_json(
+            &ctx.stage_dir,
+            stage_identity(&model, &ctx.input_hashes),
+            &self.model,
+            emb.matrix.cols,
+        )?;
+        chunks.finish();
+        let mut report = StageReport::default();
+        report.table(&tables::PAIR_IMAGES, Some(emb.matrix.rows as u64));
+        report.table(&tables::PAIR_CAPTIONS, Some(caption_m.rows as u64));
+        report.outputs.push(("model.json".into(), None));
+        report.count("images", emb.matrix.rows as u64);
+        report.count("captions", caption_m.rows as u64);
+        report.count("images_unreadable", emb.failed.len() as u64);
+        report.count("chunks_resumed", emb.chunks_resumed as u64);
+        if let Some((p, f)) = emb.failed.first() {
+            report.skipped += emb.failed.len() as u64;
+            report.notes.push(format!(
+                "{} image(s) could not be read, e.g. `{}`: {f}",
+                emb.failed.len(),
+                files[*p].display()
+            ));
+        }
+        Ok(report)
+    }
+}
