@@ -475,7 +475,8 @@ pub enum Op {
 
 /// Rows of `C` per task of [`gemm_par`]: the split does not depend on the thread count, so the
 /// result is the same bit for bit whatever the threads.
-const GEMM_ROWS: usize = 64;
+const GEMM_ROWS: usize = 256;
+const GEMM_COLS: usize = 1024;
 
 /// `C (m×n) = op(A) · op(B)`, `op(A)` being `m×k` and `op(B)` `k×n`, all stored row-major (`A`
 /// as `m×k`, or `k×m` when transposed; `B` as `k×n`, or `n×k` when transposed). Parallel over
@@ -499,38 +500,41 @@ pub fn gemm_par(
         Op::N => (n as isize, 1),
         Op::T => (1, k as isize),
     };
-    let a_ptr = a.as_ptr() as usize;
-    c[..m * n]
-        .par_chunks_mut(GEMM_ROWS * n)
-        .enumerate()
-        .for_each(|(blk, cb)| {
-            let rows = cb.len() / n;
-            let r0 = blk * GEMM_ROWS;
-            // SAFETY: rows r0..r0+rows of op(A) and all of op(B) lie inside the asserted
-            // lengths; the output block is this task's own slice.
-            unsafe {
-                let a_off = (a_ptr as *const f32).offset(r0 as isize * a_rs);
-                gemm::gemm(
-                    rows,
-                    n,
-                    k,
-                    cb.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a_off,
-                    a_cs,
-                    a_rs,
-                    b.as_ptr(),
-                    b_cs,
-                    b_rs,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
+    let (a_ptr, b_ptr, c_ptr) = (
+        a.as_ptr() as usize,
+        b.as_ptr() as usize,
+        c.as_mut_ptr() as usize,
+    );
+    let (mb, nb) = (m.div_ceil(GEMM_ROWS), n.div_ceil(GEMM_COLS));
+    (0..mb * nb).into_par_iter().for_each(|t| {
+        let (bi, bj) = (t / nb, t % nb);
+        let (r0, c0) = (bi * GEMM_ROWS, bj * GEMM_COLS);
+        let rows = GEMM_ROWS.min(m - r0);
+        let cols = GEMM_COLS.min(n - c0);
+        // SAFETY: rows r0.. of op(A), columns c0.. of op(B) lie inside the asserted lengths;
+        // each task writes its own disjoint block of C.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                (c_ptr as *mut f32).add(r0 * n + c0),
+                1,
+                n as isize,
+                false,
+                (a_ptr as *const f32).offset(r0 as isize * a_rs),
+                a_cs,
+                a_rs,
+                (b_ptr as *const f32).offset(c0 as isize * b_cs),
+                b_cs,
+                b_rs,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
 }

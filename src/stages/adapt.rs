@@ -539,6 +539,7 @@ impl Adapt {
         let mut resumed = 0u64;
         let steps_per_epoch = train.len().div_ceil(c.batch_size);
         let bar = ctx.ui.progress(n_chunks as u64, "epochs", "adapt");
+        let started = std::time::Instant::now();
         for (ti, &tau) in c.tau.iter().enumerate() {
             let mut p = init_heads(c.init, d, c.seed);
             let mut adam = Adam::new(&p);
@@ -640,6 +641,7 @@ impl Adapt {
                 .push((format!("heads/{name}.safetensors"), None));
         }
         bar.finish_and_clear();
+        report.count("train_ms", started.elapsed().as_millis() as u64);
         let schema = tables::adapt::curve_schema();
         let all = arrow::compute::concat_batches(&schema, &curve)
             .map_err(|e| Error::Internal(e.to_string()))?;
