@@ -241,10 +241,12 @@ fn scores_equal_eval_py() {
         score_ok(&args, 0);
         let ours = read_scores(&run);
         assert_eq!(ours.provenance["query_set"], "release");
-        assert_eq!(
-            ours.provenance["heads"]["name"].as_str(),
-            with_heads.then_some("head_clip_t=0.1.pt")
-        );
+        let want_heads = if with_heads {
+            "head_clip_t=0.1.pt"
+        } else {
+            "none"
+        };
+        assert!(ours.scores.iter().all(|r| r.heads == want_heads));
 
         // simat's first retrieved image per query and λ.
         let queries =
@@ -811,29 +813,54 @@ fn knn_equals_brute_force_with_ties_by_lower_id() {
 }
 
 /// The release path as a pipeline — import, import-embeddings of the release's kind of files,
-/// retrieve with the .pt heads, score with a matrix oracle — gives the scores of the same steps
-/// run one by one.
+/// heads trained by `adapt`, retrieve with no heads, the release's .pt heads and every trained τ
+/// in one run, score with a matrix oracle — gives, for each head set, the scores of the same
+/// steps run one by one, and the table says which heads made each row.
 #[test]
 fn the_release_path_as_a_pipeline() {
     let inputs = reference_inputs();
     let dir = tempdir();
-    let steps = dir.path().join("steps");
-    import_release(&steps);
     let oracle = inputs.join("oracle.npy");
-    score_ok(
-        &[
+    let steps = |name: &str, heads: Option<&Path>| {
+        let run = dir.path().join(name);
+        import_release(&run);
+        let mut args = vec![
             "score",
             "--run",
-            s(&steps),
+            s(&run),
             "--lambda",
             "0,1",
-            "--heads",
-            s(&heads_pt()),
             "--oracle",
             s(&oracle),
-        ],
-        0,
-    );
+        ];
+        if let Some(h) = heads {
+            args.extend(["--heads", s(h)]);
+        }
+        score_ok(&args, 0);
+        read_scores(&run).scores
+    };
+    let with_pt = steps("steps-pt", Some(&heads_pt()));
+    let without = steps("steps-none", None);
+    // 512-d pairs for adapt.
+    let n = 600;
+    let x = simat::linalg::Matrix::new(
+        n,
+        512,
+        (0..n * 512)
+            .map(|i| ((i * 7919) % 1009) as f32 / 500.0 - 1.0)
+            .collect(),
+    )
+    .unwrap();
+    let y = simat::linalg::Matrix::new(
+        n,
+        512,
+        (0..n * 512)
+            .map(|i| ((i * 7919) % 1009) as f32 / 500.0 - 1.0 + ((i * 31) % 17) as f32 / 40.0)
+            .collect(),
+    )
+    .unwrap();
+    simat::io::store::write_npy(&dir.path().join("x.npy"), &x).unwrap();
+    simat::io::store::write_npy(&dir.path().join("y.npy"), &y).unwrap();
     let p = dir.path().join("release.toml");
     std::fs::write(
         &p,
@@ -844,9 +871,15 @@ release = "{}"
 [import-embeddings]
 image_embeddings = "{}"
 word_embeddings = "{}"
+[adapt]
+images = "x.npy"
+texts = "y.npy"
+tau = [0.1, 1.0]
+epochs = 2
+batch_size = 128
 [retrieve]
 lambdas = [0.0, 1.0]
-heads = "{}"
+heads = ["none", "{}", "adapt"]
 [score]
 oracle = "{}"
 "#,
@@ -860,14 +893,23 @@ oracle = "{}"
     .unwrap();
     let out = run_ok(&["run", s(&p)], 0);
     assert!(
-        stdout(&out).contains("heads head_clip_t=0.1.pt; oracle oracle.npy"),
+        stdout(&out)
+            .contains("heads none, head_clip_t=0.1.pt, head_tau0.1, head_tau1; oracle oracle.npy"),
         "{}",
         stdout(&out)
     );
     let piped = read_scores(&dir.path().join("piped"));
-    assert_eq!(piped.scores, read_scores(&steps).scores);
-    assert_eq!(
-        piped.provenance["oracle"],
-        read_scores(&steps).provenance["oracle"]
-    );
+    let of = |h: &str| -> Vec<simat::tables::retrievals::ScoreRow> {
+        piped
+            .scores
+            .iter()
+            .filter(|r| r.heads == h)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of("head_clip_t=0.1.pt"), with_pt);
+    assert_eq!(of("none"), without);
+    assert_eq!(of("head_tau0.1").len(), without.len());
+    assert_eq!(of("head_tau1").len(), without.len());
+    assert_eq!(piped.scores.len(), 4 * without.len());
 }

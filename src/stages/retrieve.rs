@@ -50,15 +50,44 @@ pub struct RetrieveConfig {
     /// stage). Needed when the run has both.
     #[arg(long, value_enum)]
     pub queries: Option<QuerySet>,
-    /// Linear heads on the raw embeddings: a PyTorch file (the release's head_clip_t=0.1.pt) or
-    /// the prefix of PREFIX_{img,txt}_head_{weight,bias}.npy. Identified in fingerprints by
-    /// content, not path.
-    #[arg(long, value_name = "FILE_OR_PREFIX")]
-    pub heads: Option<PathBuf>,
+    /// The head sets to retrieve with, each a row group of the retrievals and of the scores:
+    /// `none` (the raw embeddings, normalised), a PyTorch file of heads (the release's
+    /// head_clip_t=0.1.pt) or the prefix of PREFIX_{img,txt}_head_{weight,bias}.npy, or `adapt`
+    /// (every τ the run's adapt stage trained). Repeat or separate with commas; default `none`.
+    /// Files are identified in fingerprints by content, not path.
+    #[arg(long, value_name = "none|FILE_OR_PREFIX|adapt", value_delimiter = ',')]
+    #[serde(deserialize_with = "one_or_many")]
+    pub heads: Vec<String>,
     /// Apply heads even to embeddings that are already unit-norm (heads trained on normalised
     /// vectors).
     #[arg(long)]
     pub allow_normalised: bool,
+}
+
+/// A string or a list of strings (`heads = "x"` or `heads = ["none", "x"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// `none`: no heads.
+pub const NO_HEADS: &str = "none";
+/// `adapt`: the heads the run's adapt stage trained.
+pub const ADAPT_HEADS: &str = "adapt";
+
+/// A head set of the config that names files.
+fn heads_file(entry: &str) -> Option<&Path> {
+    (entry != NO_HEADS && entry != ADAPT_HEADS).then(|| Path::new(entry))
 }
 
 impl Default for RetrieveConfig {
@@ -87,8 +116,12 @@ impl StageDef for Retrieve {
         &[&tables::RETRIEVALS, &tables::RETRIEVAL_PROVENANCE];
     type Config = RetrieveConfig;
     fn resolve_paths(c: &mut RetrieveConfig, base: &Path) {
-        if let Some(p) = &mut c.heads {
-            super::resolve(p, base);
+        for h in &mut c.heads {
+            if let Some(p) = heads_file(h) {
+                if p.is_relative() {
+                    *h = base.join(p).to_string_lossy().into_owned();
+                }
+            }
         }
     }
     fn build(config: RetrieveConfig) -> Result<Self> {
@@ -101,33 +134,57 @@ impl StageDef for Retrieve {
                 "needs at least one λ, each a finite number",
             ));
         }
-        if let Some(h) = &config.heads {
-            heads::files(h).map_err(|e| super::bad::<Self>("heads", e.to_string()))?;
+        for h in &config.heads {
+            if let Some(p) = heads_file(h) {
+                heads::files(p).map_err(|e| super::bad::<Self>("heads", e.to_string()))?;
+            }
+        }
+        let mut seen = config.heads.clone();
+        seen.sort();
+        seen.dedup();
+        if seen.len() != config.heads.len() {
+            return Err(super::bad::<Self>("heads", "a head set is given twice"));
         }
         Ok(Retrieve { config })
     }
     fn needs(&self) -> Vec<Need> {
-        vec![
+        let mut v = vec![
             Need::of(&tables::QUERIES)
                 .from(self.config.queries.map(QuerySet::stage))
                 .choose(CHOOSE_QUERIES),
             Need::of(&tables::IMAGE_EMBEDDINGS),
             Need::of(&tables::WORD_EMBEDDINGS),
             Need::optional(&tables::EMBEDDING_MODEL),
-        ]
+        ];
+        if self.config.heads.iter().any(|h| h == ADAPT_HEADS) {
+            v.push(Need::of(&tables::HEADS).choose("an [adapt] section (heads = \"adapt\")"));
+        }
+        v
     }
     fn fingerprint(&self) -> serde_json::Value {
         let mut c = serde_json::to_value(&self.config).expect("config serialises");
-        if self.config.heads.is_some() {
-            c["heads"] = serde_json::json!("file"); // its content is an input
-        }
+        // A file's content is an input; its path is not the fingerprint's business.
+        c["heads"] = serde_json::json!(self
+            .config
+            .heads
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match heads_file(h) {
+                Some(_) => format!("file {i}"),
+                None => h.clone(),
+            })
+            .collect::<Vec<_>>());
         c
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        match &self.config.heads {
-            None => Ok(vec![]),
-            Some(p) => heads::files(p).map_err(|e| Error::stage(Self::NAME, e.to_string())),
+        let mut v = Vec::new();
+        for (i, h) in self.config.heads.iter().enumerate() {
+            if let Some(p) = heads_file(h) {
+                let files = heads::files(p).map_err(|e| Error::stage(Self::NAME, e.to_string()))?;
+                v.extend(files.into_iter().map(|(l, f)| (format!("heads{i}/{l}"), f)));
+            }
         }
+        Ok(v)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
@@ -144,28 +201,11 @@ impl StageDef for Retrieve {
             .ok_or_else(|| Error::columnar(&wpath, "column `word` is missing"))?
             .as_string::<i32>()
             .clone();
-        let heads = match &c.heads {
-            None => None,
-            Some(p) => Some(Heads::load(p)?),
-        };
+        let head_sets = self.head_sets(ctx)?;
         let origin = ctx
             .maybe(&tables::EMBEDDING_MODEL)
             .and_then(|p| embeddings_origin(&p));
-        let (db, word_m) = embedding_space(
-            &images.to_matrix(),
-            &ipath,
-            &words.to_matrix(),
-            &wpath,
-            heads.as_ref(),
-            c.allow_normalised,
-        )
-        .map_err(|e| match (e, origin) {
-            (Error::Data { path, message }, Some(o)) => Error::Data {
-                path,
-                message: format!("{message} ({o})"),
-            },
-            (e, _) => e,
-        })?;
+        let (raw_images, raw_words) = (images.to_matrix(), words.to_matrix());
         let index: HashMap<&str, usize> = (0..words.rows).map(|i| (word_col.value(i), i)).collect();
         let lookup = |w: &str, qi: usize| -> Result<usize> {
             index.get(w).copied().ok_or_else(|| {
@@ -185,54 +225,63 @@ impl StageDef for Retrieve {
             value.push(lookup(&queries.value[i], i)?);
             target.push(lookup(&queries.target[i], i)?);
             let d = queries.dataset_id[i];
-            if d < 0 || d as usize >= db.rows {
+            if d < 0 || d as usize >= raw_images.rows {
                 return Err(Error::data(
                     &qpath,
                     format!(
                         "query {}: dataset_id {d} is outside the {} image embeddings",
-                        queries.query_id[i], db.rows
+                        queries.query_id[i], raw_images.rows
                     ),
                 ));
             }
             rows.push(d as usize);
         }
-        let query_images = db.gather(&rows);
         let lambdas: Vec<f32> = c.lambdas.iter().map(|&l| l as f32).collect();
         let exclude: Vec<i64> = queries.dataset_id.clone();
-        let hits = sweep(
-            db.view(),
-            query_images.view(),
-            word_m.view(),
-            &value,
-            &target,
-            &lambdas,
-            c.k,
-            &exclude,
-        );
-
-        let n = hits
-            .iter()
-            .map(|per_q| per_q.iter().map(Vec::len).sum::<usize>())
-            .sum::<usize>();
-        let (mut qid, mut lam, mut rank, mut did, mut score) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (l, per_q) in hits.iter().enumerate() {
-            for (i, list) in per_q.iter().enumerate() {
-                for (r, h) in list.iter().enumerate() {
-                    qid.push(queries.query_id[i]);
-                    lam.push(c.lambdas[l]);
-                    rank.push(r as i32);
-                    did.push(h.id as i64);
-                    score.push(h.score);
+        let (mut hname, mut qid, mut lam, mut rank, mut did, mut score) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (label, heads) in &head_sets {
+            let (db, word_m) = embedding_space(
+                &raw_images,
+                &ipath,
+                &raw_words,
+                &wpath,
+                heads.as_ref(),
+                c.allow_normalised,
+            )
+            .map_err(|e| match (e, &origin) {
+                (Error::Data { path, message }, Some(o)) => Error::Data {
+                    path,
+                    message: format!("{message} ({o}; heads {label})"),
+                },
+                (e, _) => e,
+            })?;
+            let query_images = db.gather(&rows);
+            let hits = sweep(
+                db.view(),
+                query_images.view(),
+                word_m.view(),
+                &value,
+                &target,
+                &lambdas,
+                c.k,
+                &exclude,
+            );
+            for (l, per_q) in hits.iter().enumerate() {
+                for (i, list) in per_q.iter().enumerate() {
+                    for (r, h) in list.iter().enumerate() {
+                        hname.push(label.clone());
+                        qid.push(queries.query_id[i]);
+                        lam.push(c.lambdas[l]);
+                        rank.push(r as i32);
+                        did.push(h.id as i64);
+                        score.push(h.score);
+                    }
                 }
             }
         }
         let cols: Vec<ArrayRef> = vec![
+            Arc::new(arrow::array::StringArray::from(hname)),
             Arc::new(Int64Array::from(qid)),
             Arc::new(Float64Array::from(lam)),
             Arc::new(Int32Array::from(rank)),
@@ -242,7 +291,7 @@ impl StageDef for Retrieve {
         let batch = RecordBatch::try_new(retrievals_schema(), cols)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let written = crate::io::write_table(&ctx.output(&tables::RETRIEVALS)?, &batch)?;
-        let provenance = self.provenance(ctx, query_set, &qpath, queries.len())?;
+        let provenance = self.provenance(ctx, query_set, &qpath, queries.len(), &head_sets)?;
         crate::io::atomic::write_atomic(
             ctx.output(&tables::RETRIEVAL_PROVENANCE)?,
             (serde_json::to_string_pretty(&provenance).expect("json") + "\n").as_bytes(),
@@ -251,13 +300,67 @@ impl StageDef for Retrieve {
         report.table(&tables::RETRIEVALS, Some(written));
         report.table(&tables::RETRIEVAL_PROVENANCE, None);
         report.count("queries", queries.len() as u64);
-        report.count("database", db.rows as u64);
+        report.count("database", raw_images.rows as u64);
         report.count("lambdas", c.lambdas.len() as u64);
+        report.count("head_sets", head_sets.len() as u64);
         Ok(report)
     }
 }
 
 impl Retrieve {
+    /// The head sets, labelled: `none`, a file's name, or `head_tau{τ}` for the adapt stage's.
+    fn head_sets(&self, ctx: &StageContext) -> Result<Vec<(String, Option<Heads>)>> {
+        let entries: Vec<String> = if self.config.heads.is_empty() {
+            vec![NO_HEADS.to_string()]
+        } else {
+            self.config.heads.clone()
+        };
+        let mut out = Vec::new();
+        for h in &entries {
+            match h.as_str() {
+                NO_HEADS => out.push((NO_HEADS.to_string(), None)),
+                ADAPT_HEADS => {
+                    let dir = ctx.input(&tables::HEADS)?;
+                    let mut found: Vec<(f64, String)> = std::fs::read_dir(&dir)
+                        .map_err(|e| Error::io("failed to list", &dir, e))?
+                        .filter_map(|e| e.ok())
+                        .filter_map(|e| {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            let prefix = name.strip_suffix("_img_head_weight.npy")?.to_string();
+                            let tau: f64 = prefix.strip_prefix("head_tau")?.parse().ok()?;
+                            Some((tau, prefix))
+                        })
+                        .collect();
+                    found.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    if found.is_empty() {
+                        return Err(Error::data(&dir, "no trained heads here"));
+                    }
+                    for (_, prefix) in found {
+                        out.push((prefix.clone(), Some(Heads::load(&dir.join(&prefix))?)));
+                    }
+                }
+                file => {
+                    let p = Path::new(file);
+                    let label = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| file.to_string());
+                    out.push((label, Some(Heads::load(p)?)));
+                }
+            }
+        }
+        let mut labels: Vec<&String> = out.iter().map(|(l, _)| l).collect();
+        labels.sort();
+        labels.dedup();
+        if labels.len() != out.len() {
+            return Err(Error::stage(
+                Self::NAME,
+                "two head sets have the same name: give files of different names",
+            ));
+        }
+        Ok(out)
+    }
+
     /// What the retrievals come from: the query set, the embeddings (`embed/model.json`), the
     /// heads (file names and BLAKE3), λ and k.
     fn provenance(
@@ -266,6 +369,7 @@ impl Retrieve {
         query_set: QuerySet,
         qpath: &Path,
         n_queries: usize,
+        head_sets: &[(String, Option<Heads>)],
     ) -> Result<serde_json::Value> {
         let c = &self.config;
         let embeddings: serde_json::Value = match ctx.maybe(&tables::EMBEDDING_MODEL) {
@@ -275,12 +379,11 @@ impl Retrieve {
             }
             None => serde_json::Value::Null,
         };
-        let heads = c.heads.as_ref().map(|p| {
-            serde_json::json!({
-                "name": p.file_name().map(|n| n.to_string_lossy().into_owned()),
-                "files": ctx.input_hashes,
-            })
-        });
+        let heads: Vec<serde_json::Value> = head_sets
+            .iter()
+            .map(|(label, _)| serde_json::json!({"name": label}))
+            .collect();
+        let heads = serde_json::json!({"sets": heads, "files": ctx.input_hashes});
         Ok(serde_json::json!({
             "query_set": query_set,
             "queries": {

@@ -177,7 +177,8 @@ impl StageDef for Score {
             }
         };
         let mut rows = Vec::new();
-        for (l, &lambda) in lambdas.iter().enumerate() {
+        for (l, (heads, lambda)) in lambdas.iter().enumerate() {
+            let lambda = *lambda;
             let success: Vec<bool> = (0..queries.len())
                 .map(|i| oracle.success(top1[l][i], &queries, &dataset, i, c.threshold))
                 .collect::<Result<_>>()?;
@@ -205,6 +206,7 @@ impl StageDef for Score {
                         f64::NAN
                     };
                     rows.push(ScoreRow {
+                        heads: heads.clone(),
                         lambda,
                         split: split.to_string(),
                         field: field.into(),
@@ -224,7 +226,7 @@ impl StageDef for Score {
             "threshold": c.threshold,
             "simat_version": crate::ENGINE_VERSION,
         });
-        let heads_name = provenance["heads"]["name"].as_str().map(str::to_string);
+
         let oracle_name = match &oracle_provenance["file"] {
             serde_json::Value::String(f) => f.clone(),
             _ => oracle_provenance["kind"]
@@ -251,7 +253,9 @@ impl StageDef for Score {
                 query_set.as_str(),
                 n_rows,
             ))),
-            Arc::new(StringArray::from(vec![heads_name.as_deref(); n_rows])),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.heads.as_str()),
+            )),
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                 oracle_name.as_str(),
                 n_rows,
@@ -535,31 +539,40 @@ impl Oracle {
 
 /// The λ values of the retrievals, and per λ the first retrieved dataset_id of each query (in
 /// the queries' order).
-fn read_top1(path: &Path, queries: &Queries) -> Result<(Vec<f64>, Vec<Vec<usize>>)> {
+/// The (head set, λ) of the retrievals, and per (head set, λ) the first retrieved dataset_id of
+/// each query (in the queries' order).
+/// (head set, λ) pairs, and per pair the first retrieved dataset_id of each query.
+type Top1 = (Vec<(String, f64)>, Vec<Vec<usize>>);
+
+fn read_top1(path: &Path, queries: &Queries) -> Result<Top1> {
     let index: HashMap<i64, usize> = queries
         .query_id
         .iter()
         .enumerate()
         .map(|(i, &q)| (q, i))
         .collect();
-    let mut lambdas: Vec<f64> = Vec::new();
+    let mut keys: Vec<(String, f64)> = Vec::new();
     let mut top1: Vec<Vec<usize>> = Vec::new();
-    for batch in crate::io::read_table(path, &["query_id", "lambda", "rank", "dataset_id"])? {
+    for batch in
+        crate::io::read_table(path, &["heads", "query_id", "lambda", "rank", "dataset_id"])?
+    {
         let b = batch.map_err(|e| e.with_path(path))?;
-        let qid = b.column(0).as_primitive::<Int64Type>();
-        let lam = b.column(1).as_primitive::<Float64Type>();
-        let rank = b.column(2).as_primitive::<Int32Type>();
-        let did = b.column(3).as_primitive::<Int64Type>();
+        let heads = b.column(0).as_string::<i32>();
+        let qid = b.column(1).as_primitive::<Int64Type>();
+        let lam = b.column(2).as_primitive::<Float64Type>();
+        let rank = b.column(3).as_primitive::<Int32Type>();
+        let did = b.column(4).as_primitive::<Int64Type>();
         for r in 0..b.num_rows() {
             if rank.value(r) != 0 {
                 continue;
             }
-            let l = match lambdas.iter().position(|&x| x == lam.value(r)) {
-                Some(l) => l,
+            let (h, l) = (heads.value(r), lam.value(r));
+            let k = match keys.iter().position(|(kh, kl)| kh == h && *kl == l) {
+                Some(k) => k,
                 None => {
-                    lambdas.push(lam.value(r));
+                    keys.push((h.to_string(), l));
                     top1.push(vec![usize::MAX; queries.len()]);
-                    lambdas.len() - 1
+                    keys.len() - 1
                 }
             };
             let Some(&i) = index.get(&qid.value(r)) else {
@@ -568,19 +581,19 @@ fn read_top1(path: &Path, queries: &Queries) -> Result<(Vec<f64>, Vec<Vec<usize>
                     format!("query {} is not in the queries table", qid.value(r)),
                 ));
             };
-            top1[l][i] = did.value(r) as usize;
+            top1[k][i] = did.value(r) as usize;
         }
     }
-    for (l, t) in top1.iter().enumerate() {
+    for (k, t) in top1.iter().enumerate() {
         if let Some(i) = t.iter().position(|&d| d == usize::MAX) {
             return Err(Error::data(
                 path,
                 format!(
-                    "no retrieval for query {} at λ = {}",
-                    queries.query_id[i], lambdas[l]
+                    "no retrieval for query {} at λ = {} with heads {}",
+                    queries.query_id[i], keys[k].1, keys[k].0
                 ),
             ));
         }
     }
-    Ok((lambdas, top1))
+    Ok((keys, top1))
 }

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 /// Schema of `retrievals.parquet`.
 pub fn retrievals_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
+        Field::new("heads", DataType::Utf8, false),
         Field::new("query_id", DataType::Int64, false),
         Field::new("lambda", DataType::Float64, false),
         Field::new("rank", DataType::Int32, false),
@@ -37,6 +38,8 @@ pub fn scores_schema() -> SchemaRef {
 /// One row of the scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreRow {
+    /// The head set of the retrieval: `none`, a file's name, or `head_tau{τ}`.
+    pub heads: String,
     /// λ.
     pub lambda: f64,
     /// `dev`, `test` or `all`.
@@ -87,10 +90,15 @@ impl ScoresFile {
             (_, serde_json::Value::String(source)) => format!("embeddings from {source}"),
             _ => "embeddings".to_string(),
         };
-        let heads = p["heads"]["name"]
-            .as_str()
-            .map(|h| format!("heads {h}"))
-            .unwrap_or_else(|| "no heads".into());
+        let sets: Vec<&str> = p["heads"]["sets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|h| h["name"].as_str()).collect())
+            .unwrap_or_default();
+        let heads = match sets.as_slice() {
+            [] | ["none"] => "no heads".to_string(),
+            [one] => format!("heads {one}"),
+            many => format!("heads {}", many.join(", ")),
+        };
         let oracle = p["oracle"]["file"]
             .as_str()
             .or(p["oracle"]["kind"].as_str())
@@ -99,21 +107,30 @@ impl ScoresFile {
             "{described} {} queries; {model}, {heads}; oracle {oracle} > {}\n",
             p["queries"]["rows"], p["threshold"]
         );
+        let rows = &self.scores;
+        let several = rows.iter().any(|r| r.heads != rows[0].heads);
+        let width = rows.iter().map(|r| r.heads.len()).max().unwrap_or(5).max(5);
+        if several {
+            out.push_str(&format!("{:<width$} ", "heads"));
+        }
         out.push_str(&format!(
             "{:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
             "lambda", "split", "subj", "rel", "obj", "all", "queries"
         ));
-        let rows = &self.scores;
-        let mut keys: Vec<(f64, &str)> = Vec::new();
+        let mut keys: Vec<(&str, f64, &str)> = Vec::new();
         for r in rows {
-            if !keys.iter().any(|(l, s)| *l == r.lambda && *s == r.split) {
-                keys.push((r.lambda, &r.split));
+            if !keys
+                .iter()
+                .any(|(h, l, s)| *h == r.heads && *l == r.lambda && *s == r.split)
+            {
+                keys.push((&r.heads, r.lambda, &r.split));
             }
         }
-        for (lambda, split) in keys {
+        for (heads, lambda, split) in keys {
             let get = |f: &str| {
-                rows.iter()
-                    .find(|r| r.lambda == lambda && r.split == split && r.field == f)
+                rows.iter().find(|r| {
+                    r.heads == heads && r.lambda == lambda && r.split == split && r.field == f
+                })
             };
             let cells: Vec<String> = ["subj", "rel", "obj", "all"]
                 .iter()
