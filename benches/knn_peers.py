@@ -67,7 +67,7 @@ def run_case(name, n, m, d, k, threads, work):
 
     table = pq.read_table(out).to_pydict()
     ids = np.array(table["id"]).reshape(m, k)
-    sc = np.array(table["score"]).reshape(m, k)
+    sc = np.array(table["similarity"]).reshape(m, k)
     same = (ids == I).all(axis=1)
     tie_ok = np.abs(sc - D).max(axis=1) < 1e-4
     assert (same | tie_ok).all(), "simat and faiss disagree beyond ties"

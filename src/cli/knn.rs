@@ -17,7 +17,7 @@ pub fn knn_schema() -> SchemaRef {
         Field::new("query", DataType::Int64, false),
         Field::new("rank", DataType::Int32, false),
         Field::new("id", DataType::Int64, false),
-        Field::new("score", DataType::Float32, false),
+        Field::new("similarity", DataType::Float32, false),
     ]))
 }
 

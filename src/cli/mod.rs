@@ -68,7 +68,7 @@ enum Tool {
         /// Per query, one database row to skip (.npy of m integers; negative skips none).
         #[arg(long)]
         exclude: Option<PathBuf>,
-        /// Output Parquet: query, rank, id, score.
+        /// Output Parquet: query, rank, id, similarity.
         #[arg(long)]
         out: PathBuf,
     },

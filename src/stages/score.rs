@@ -70,10 +70,15 @@ pub struct Score {
 
 impl StageDef for Score {
     const NAME: &'static str = "score";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
         "The SIMAT score of the retrievals: RUN/score/scores.parquet and scores.json";
-    const PROVIDES: &'static [&'static TableDecl] = &[&tables::SCORES, &tables::SCORES_JSON];
+    const PROVIDES: &'static [&'static TableDecl] = &[
+        &tables::SCORES,
+        &tables::SCORES_JSON,
+        &tables::RESULTS,
+        &tables::BREAKDOWN,
+    ];
     type Config = ScoreConfig;
     fn resolve_paths(c: &mut ScoreConfig, base: &Path) {
         c.oracle = oracle::resolve(&c.oracle, base);
@@ -177,11 +182,14 @@ impl StageDef for Score {
             }
         };
         let mut rows = Vec::new();
+        let mut results = Results::default();
         for (l, (heads, lambda)) in lambdas.iter().enumerate() {
             let lambda = *lambda;
-            let success: Vec<bool> = (0..queries.len())
-                .map(|i| oracle.success(top1[l][i], &queries, &dataset, i, c.threshold))
+            let judged: Vec<(Option<f64>, bool)> = (0..queries.len())
+                .map(|i| oracle.judge(top1[l][i], &queries, &dataset, i, c.threshold))
                 .collect::<Result<_>>()?;
+            results.push(heads, lambda, &queries, &dataset, &top1[l], &judged);
+            let success: Vec<bool> = judged.iter().map(|j| j.1).collect();
             for split in &splits {
                 for field in ["subj", "rel", "obj", "all"] {
                     let keep = |i: usize| {
@@ -236,6 +244,9 @@ impl StageDef for Score {
         };
         let n_rows = rows.len();
         let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.heads.as_str()),
+            )),
             Arc::new(Float64Array::from_iter_values(
                 rows.iter().map(|r| r.lambda),
             )),
@@ -253,9 +264,6 @@ impl StageDef for Score {
                 query_set.as_str(),
                 n_rows,
             ))),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.heads.as_str()),
-            )),
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
                 oracle_name.as_str(),
                 n_rows,
@@ -281,12 +289,188 @@ impl StageDef for Score {
             ctx.output(&tables::SCORES_JSON)?,
             (serde_json::to_string_pretty(&file).expect("json") + "\n").as_bytes(),
         )?;
+        let results_batch = results.to_batch()?;
+        let n_results = crate::io::write_table(&ctx.output(&tables::RESULTS)?, &results_batch)?;
+        let n_breakdown = crate::io::write_table(
+            &ctx.output(&tables::BREAKDOWN)?,
+            &breakdown(&results, &splits)?,
+        )?;
         let mut report = StageReport::default();
         report.table(&tables::SCORES, Some(n));
         report.table(&tables::SCORES_JSON, None);
+        report.table(&tables::RESULTS, Some(n_results));
+        report.table(&tables::BREAKDOWN, Some(n_breakdown));
         report.count("queries", queries.len() as u64);
         Ok(report)
     }
+}
+
+/// `results.parquet`, one row per (head set, λ, query), built column by column.
+#[derive(Debug, Default)]
+struct Results {
+    heads: Vec<String>,
+    lam: Vec<f64>,
+    query_id: Vec<i64>,
+    split: Vec<String>,
+    field: Vec<&'static str>,
+    value: Vec<String>,
+    target: Vec<String>,
+    subj: Vec<String>,
+    rel: Vec<String>,
+    obj: Vec<String>,
+    source_triplet_id: Vec<i64>,
+    target_triplet_id: Vec<i64>,
+    source_caption_id: Vec<i64>,
+    target_caption_id: Vec<i64>,
+    region_id: Vec<i64>,
+    dataset_id: Vec<i64>,
+    retrieved_dataset_id: Vec<i64>,
+    retrieved_region_id: Vec<i64>,
+    oracle_value: Vec<Option<f64>>,
+    success: Vec<bool>,
+    weight: Vec<f64>,
+}
+
+impl Results {
+    fn push(
+        &mut self,
+        heads: &str,
+        lam: f64,
+        q: &Queries,
+        d: &Dataset,
+        top1: &[usize],
+        judged: &[(Option<f64>, bool)],
+    ) {
+        for i in 0..q.len() {
+            let src = &d.triplet[q.dataset_id[i] as usize];
+            let r = top1[i];
+            self.heads.push(heads.to_string());
+            self.lam.push(lam);
+            self.query_id.push(q.query_id[i]);
+            self.split.push(q.split[i].clone());
+            self.field.push(q.field[i].as_str());
+            self.value.push(q.value[i].clone());
+            self.target.push(q.target[i].clone());
+            self.subj.push(src[0].clone());
+            self.rel.push(src[1].clone());
+            self.obj.push(src[2].clone());
+            self.source_triplet_id.push(q.source_triplet_id[i]);
+            self.target_triplet_id.push(q.target_triplet_id[i]);
+            self.source_caption_id.push(q.source_caption_id[i]);
+            self.target_caption_id.push(q.target_caption_id[i]);
+            self.region_id.push(q.region_id[i]);
+            self.dataset_id.push(q.dataset_id[i]);
+            self.retrieved_dataset_id.push(r as i64);
+            self.retrieved_region_id.push(d.region_id[r]);
+            self.oracle_value.push(judged[i].0);
+            self.success.push(judged[i].1);
+            self.weight.push(q.weight(i));
+        }
+    }
+
+    fn to_batch(&self) -> Result<RecordBatch> {
+        let s = |v: &Vec<String>| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(v.iter().map(String::as_str)))
+        };
+        let i = |v: &Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v.clone())) };
+        let cols: Vec<ArrayRef> = vec![
+            s(&self.heads),
+            Arc::new(Float64Array::from(self.lam.clone())),
+            i(&self.query_id),
+            s(&self.split),
+            Arc::new(StringArray::from_iter_values(self.field.iter().copied())),
+            s(&self.value),
+            s(&self.target),
+            s(&self.subj),
+            s(&self.rel),
+            s(&self.obj),
+            i(&self.source_triplet_id),
+            i(&self.target_triplet_id),
+            i(&self.source_caption_id),
+            i(&self.target_caption_id),
+            i(&self.region_id),
+            i(&self.dataset_id),
+            i(&self.retrieved_dataset_id),
+            i(&self.retrieved_region_id),
+            Arc::new(Float64Array::from(self.oracle_value.clone())),
+            Arc::new(arrow::array::BooleanArray::from(self.success.clone())),
+            Arc::new(Float64Array::from(self.weight.clone())),
+        ];
+        RecordBatch::try_new(tables::retrievals::results_schema(), cols)
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+/// `breakdown.parquet`: per head set, λ and split, the queries and weighted score of each source
+/// word, target word, relation, subject, object and triplet (the SIMAT score within the group).
+fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
+    use std::collections::BTreeMap;
+    type Key = (String, u64, String, &'static str, String);
+    // (heads, λ bits, split, dimension, key) → (queries, Σw, Σw·success), in first-seen order
+    // of (heads, λ) and sorted keys within.
+    let mut groups: BTreeMap<(usize, Key), (i64, f64, f64)> = BTreeMap::new();
+    let mut order: Vec<(String, u64)> = Vec::new();
+    for k in 0..r.heads.len() {
+        let hl = (r.heads[k].clone(), r.lam[k].to_bits());
+        let pos = match order.iter().position(|o| *o == hl) {
+            Some(p) => p,
+            None => {
+                order.push(hl.clone());
+                order.len() - 1
+            }
+        };
+        let dims: [(&'static str, String); 6] = [
+            ("source_word", r.value[k].clone()),
+            ("target_word", r.target[k].clone()),
+            ("relation", r.rel[k].clone()),
+            ("subject", r.subj[k].clone()),
+            ("object", r.obj[k].clone()),
+            (
+                "triplet",
+                format!("{} | {} | {}", r.subj[k], r.rel[k], r.obj[k]),
+            ),
+        ];
+        for split in splits {
+            if *split != "all" && r.split[k] != *split {
+                continue;
+            }
+            for (dim, key) in &dims {
+                let e = groups
+                    .entry((
+                        pos,
+                        (hl.0.clone(), hl.1, split.to_string(), dim, key.clone()),
+                    ))
+                    .or_insert((0, 0.0, 0.0));
+                e.0 += 1;
+                e.1 += r.weight[k];
+                if r.success[k] {
+                    e.2 += r.weight[k];
+                }
+            }
+        }
+    }
+    let (mut heads, mut lam, mut split, mut dim, mut key, mut n, mut score) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((_, (h, l, s, d, k)), (q, w, ws)) in groups {
+        heads.push(h);
+        lam.push(f64::from_bits(l));
+        split.push(s);
+        dim.push(d);
+        key.push(k);
+        n.push(q);
+        score.push(100.0 * ws / w);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(heads)),
+        Arc::new(Float64Array::from(lam)),
+        Arc::new(StringArray::from(split)),
+        Arc::new(StringArray::from(dim)),
+        Arc::new(StringArray::from(key)),
+        Arc::new(Int64Array::from(n)),
+        Arc::new(Float64Array::from(score)),
+    ];
+    RecordBatch::try_new(tables::retrievals::breakdown_schema(), cols)
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -503,16 +687,18 @@ fn model_oracle(ctx: &StageContext, dataset: &Dataset) -> Result<Oracle> {
 }
 
 impl Oracle {
-    fn success(
+    /// The oracle's value for the retrieved image and query `i`'s target caption (none for
+    /// `labels`), and whether the query succeeds.
+    fn judge(
         &self,
         retrieved: usize,
         q: &Queries,
         d: &Dataset,
         i: usize,
         threshold: f64,
-    ) -> Result<bool> {
+    ) -> Result<(Option<f64>, bool)> {
         Ok(match self {
-            Oracle::Labels => d.triplet_id[retrieved] == q.target_triplet_id[i],
+            Oracle::Labels => (None, d.triplet_id[retrieved] == q.target_triplet_id[i]),
             Oracle::Matrix(m, path) => {
                 let v = m.row(retrieved)[q.target_caption_id[i] as usize];
                 if v.is_nan() {
@@ -524,23 +710,23 @@ impl Oracle {
                         ),
                     ));
                 }
-                v as f64 > threshold
+                (Some(v as f64), v as f64 > threshold)
             }
             Oracle::Model {
                 regions,
                 captions,
                 caption_row,
-            } => caption_row.get(&q.target_triplet_id[i]).is_some_and(|&c| {
-                crate::linalg::dot(regions.row(retrieved), captions.row(c)) as f64 > threshold
-            }),
+            } => match caption_row.get(&q.target_triplet_id[i]) {
+                Some(&c) => {
+                    let v = crate::linalg::dot(regions.row(retrieved), captions.row(c)) as f64;
+                    (Some(v), v > threshold)
+                }
+                None => (None, false),
+            },
         })
     }
 }
 
-/// The λ values of the retrievals, and per λ the first retrieved dataset_id of each query (in
-/// the queries' order).
-/// The (head set, λ) of the retrievals, and per (head set, λ) the first retrieved dataset_id of
-/// each query (in the queries' order).
 /// (head set, λ) pairs, and per pair the first retrieved dataset_id of each query.
 type Top1 = (Vec<(String, f64)>, Vec<Vec<usize>>);
 
@@ -553,9 +739,7 @@ fn read_top1(path: &Path, queries: &Queries) -> Result<Top1> {
         .collect();
     let mut keys: Vec<(String, f64)> = Vec::new();
     let mut top1: Vec<Vec<usize>> = Vec::new();
-    for batch in
-        crate::io::read_table(path, &["heads", "query_id", "lambda", "rank", "dataset_id"])?
-    {
+    for batch in crate::io::read_table(path, &["heads", "query_id", "lam", "rank", "dataset_id"])? {
         let b = batch.map_err(|e| e.with_path(path))?;
         let heads = b.column(0).as_string::<i32>();
         let qid = b.column(1).as_primitive::<Int64Type>();

@@ -238,6 +238,22 @@ table!(
     "the scores with their provenance"
 );
 table!(
+    RESULTS,
+    "results",
+    "results.parquet",
+    Parquet,
+    Some(retrievals::results_schema),
+    "one row per head set, λ and query: the retrieved image, the oracle's value, success"
+);
+table!(
+    BREAKDOWN,
+    "breakdown",
+    "breakdown.parquet",
+    Parquet,
+    Some(retrievals::breakdown_schema),
+    "the score per source word, target word, relation, subject, object and triplet"
+);
+table!(
     PAIR_IMAGES,
     "pair_images",
     "images.arrow",
@@ -296,6 +312,8 @@ pub static ALL_TABLES: &[&TableDecl] = &[
     &RETRIEVAL_PROVENANCE,
     &SCORES,
     &SCORES_JSON,
+    &RESULTS,
+    &BREAKDOWN,
     &PAIR_IMAGES,
     &PAIR_CAPTIONS,
     &HEADS,

@@ -13,23 +13,67 @@ pub fn retrievals_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("heads", DataType::Utf8, false),
         Field::new("query_id", DataType::Int64, false),
-        Field::new("lambda", DataType::Float64, false),
+        Field::new("lam", DataType::Float64, false),
         Field::new("rank", DataType::Int32, false),
         Field::new("dataset_id", DataType::Int64, false),
-        Field::new("score", DataType::Float32, false),
+        Field::new("similarity", DataType::Float32, false),
+    ]))
+}
+
+/// Schema of `results.parquet`: one row per (head set, λ, query) — whether it succeeded, and
+/// everything needed to ask why.
+pub fn results_schema() -> SchemaRef {
+    let i = |n: &str| Field::new(n, DataType::Int64, false);
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        s("heads"),
+        Field::new("lam", DataType::Float64, false),
+        i("query_id"),
+        s("split"),
+        s("field"),
+        s("value"),
+        s("target"),
+        s("subj"),
+        s("rel"),
+        s("obj"),
+        i("source_triplet_id"),
+        i("target_triplet_id"),
+        i("source_caption_id"),
+        i("target_caption_id"),
+        i("region_id"),
+        i("dataset_id"),
+        i("retrieved_dataset_id"),
+        i("retrieved_region_id"),
+        Field::new("oracle_value", DataType::Float64, true),
+        Field::new("success", DataType::Boolean, false),
+        Field::new("weight", DataType::Float64, false),
+    ]))
+}
+
+/// Schema of `breakdown.parquet`: the score within each group of queries — per source word,
+/// target word, relation, subject, object and triplet — per head set, λ and split.
+pub fn breakdown_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("heads", DataType::Utf8, false),
+        Field::new("lam", DataType::Float64, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("dimension", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("queries", DataType::Int64, false),
+        Field::new("score", DataType::Float64, false),
     ]))
 }
 
 /// Schema of `scores.parquet` (its metadata holds the provenance as JSON).
 pub fn scores_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("lambda", DataType::Float64, false),
+        Field::new("heads", DataType::Utf8, false),
+        Field::new("lam", DataType::Float64, false),
         Field::new("split", DataType::Utf8, false),
         Field::new("field", DataType::Utf8, false),
         Field::new("score", DataType::Float64, false),
         Field::new("n_queries", DataType::Int64, false),
         Field::new("query_set", DataType::Utf8, false),
-        Field::new("heads", DataType::Utf8, true),
         Field::new("oracle", DataType::Utf8, false),
         Field::new("threshold", DataType::Float64, false),
     ]))
