@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # What the tests need beyond a Rust toolchain: numpy (the independent reference in
-# tests/reference/) and ONNX Runtime's shared library (.onnxruntime/, from PyPI's wheel).
+# tests/reference/), ONNX Runtime's shared library (.onnxruntime/, from PyPI's wheel) and
+# headless Chromium (Debian's `chromium`, for the HTML report's browser tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c "import numpy" 2>/dev/null || python3 -m pip install --quiet numpy
 bash scripts/setup_onnxruntime.sh
+if [ -z "${CHROMIUM:-}" ] && ! [ -x /usr/bin/chromium ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi

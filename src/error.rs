@@ -136,6 +136,10 @@ pub enum Error {
         message: String,
     },
 
+    /// A SQL query over runs that cannot be answered: the reason, and what exists.
+    #[error("{0}")]
+    Query(String),
+
     /// A bug in simat.
     #[error(
         "internal error: {0} (this is a bug in simat; please report it with the command you ran)"

@@ -37,6 +37,8 @@ pub mod io;
 pub mod linalg;
 pub mod model;
 pub mod pipeline;
+pub mod query;
+pub mod report;
 pub mod schemas;
 pub mod stages;
 pub mod tables;

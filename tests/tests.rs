@@ -3,6 +3,7 @@
 mod util;
 
 mod adapt;
+mod browser;
 
 mod crops;
 mod embed;
@@ -10,6 +11,8 @@ mod engine;
 mod ingest;
 mod model;
 mod official;
+mod query;
+mod report;
 mod schemas;
 mod simat;
 mod triplets;

@@ -195,3 +195,17 @@ pub fn score_ok(args: &[&str], code: i32) -> Output {
     );
     out
 }
+
+/// The README's demo (`pipelines/demo.toml`), run once per test process into a temporary run
+/// directory that the tests only read.
+pub fn demo_run() -> PathBuf {
+    static RUN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tempdir().keep();
+        let run = dir.join("demo");
+        let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.toml");
+        run_ok(&["run", s(&pipeline), "--run-dir", s(&run)], 0);
+        run
+    })
+    .clone()
+}

@@ -1,9 +1,10 @@
 //! The `simat` command line: one subcommand per registered stage (derived from
 //! [`crate::stages::ALL`]), `run` and `status` for pipelines, and the tools (`inspect`, `knn`,
-//! `encode`, `stand-ins`, `runtime`). It parses, dispatches and reports; the work is in the
+//! `encode`, `stand-ins`, `runtime`, `query`, `export`). It parses, dispatches and reports; the work is in the
 //! library.
 
 pub mod knn;
+pub mod query;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,35 @@ enum Tool {
         /// Rows to show.
         #[arg(short = 'n', long, default_value_t = 10)]
         rows: usize,
+    },
+    /// SQL over the tables of finished runs (polars): `simat query RUN... "SELECT ..."`. Every
+    /// Parquet or Arrow table a finished stage wrote is a table by its name (`results`,
+    /// `breakdown`, `scores`, `queries`, ...); several runs are unioned under a `run` column.
+    Query {
+        /// Run directories, then the SQL (the last argument).
+        #[arg(required = true, num_args = 1.., value_name = "RUN... SQL")]
+        args: Vec<String>,
+        /// List the tables and their columns instead (every argument is a run).
+        #[arg(long)]
+        tables: bool,
+        /// Output format (default: aligned columns; parquet for an --out FILE.parquet).
+        #[arg(long, value_enum)]
+        format: Option<query::Format>,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// At most this many rows in the aligned table on stdout.
+        #[arg(long, default_value_t = 100)]
+        max_rows: usize,
+    },
+    /// An embedding store (.arrow) for other tools: FILE.npy (float32 N × D, keys by row in
+    /// FILE.keys.csv) or FILE.parquet (keys and a FLOAT[D] list column).
+    Export {
+        /// The embedding store, e.g. RUN/embed/image_embeddings.arrow.
+        store: PathBuf,
+        /// The output: .npy or .parquet.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Exact inner-product k-NN between two matrices (.npy, Arrow IPC or Parquet).
     Knn {
@@ -221,7 +251,10 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
     let (name, sub) = matches.subcommand().expect("a subcommand is required");
     if let Some(entry) = stages::find(name) {
         let stage = entry.build_from_matches(sub)?;
-        let run_dir = sub.get_one::<PathBuf>("run").expect("required");
+        let run_dir = sub
+            .get_one::<PathBuf>("run")
+            .or_else(|| sub.get_one::<PathBuf>("run_dir"))
+            .expect("required");
         let mut opts = RunOptions::default();
         if sub.get_flag("force") {
             opts.force.insert(stage.name().to_string());
@@ -258,6 +291,14 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             json,
         } => status(&run, pipeline.as_deref(), json, ui),
         Tool::Inspect { file, rows } => inspect(&file, rows),
+        Tool::Query {
+            args,
+            tables,
+            format,
+            out,
+            max_rows,
+        } => query::query(&args, tables, format, out.as_deref(), max_rows, ui),
+        Tool::Export { store, out } => query::export(&store, &out, ui),
         Tool::Knn {
             db,
             queries,

@@ -23,6 +23,8 @@ pub enum TableKind {
     Arrow,
     /// A JSON document.
     Json,
+    /// An HTML document.
+    Html,
     /// A folder of files.
     Dir,
 }

@@ -20,6 +20,7 @@ pub mod import_embeddings;
 pub mod ingest;
 pub mod oracle;
 pub mod queries;
+pub mod report;
 pub mod retrieve;
 pub mod score;
 pub mod select;
@@ -236,7 +237,17 @@ impl<S: StageDef> Entry for Registered<S> {
         S::TOML_ONLY
     }
     fn command(&self) -> clap::Command {
-        let cmd = clap::Command::new(S::NAME).visible_aliases(S::ALIASES.iter().copied());
+        // The run directory as `--run RUN` or as the first positional argument; added before
+        // the config's own positionals (report's compared runs) so that it comes first.
+        let cmd = clap::Command::new(S::NAME)
+            .visible_aliases(S::ALIASES.iter().copied())
+            .arg(
+                clap::Arg::new("run_dir")
+                    .value_name("RUN")
+                    .conflicts_with("run")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("The run directory (or --run RUN)"),
+            );
         S::Config::augment_args(cmd)
             .about(S::ABOUT)
             .long_about(None)
@@ -244,7 +255,7 @@ impl<S: StageDef> Entry for Registered<S> {
                 clap::Arg::new("run")
                     .long("run")
                     .value_name("RUN")
-                    .required(true)
+                    .required_unless_present("run_dir")
                     .value_parser(clap::value_parser!(PathBuf))
                     .help("The run directory"),
             )
@@ -346,6 +357,7 @@ pub static ALL: &[&dyn Entry] = &[
     &Registered::<adapt::Adapt>::new(),
     &Registered::<retrieve::Retrieve>::new(),
     &Registered::<score::Score>::new(),
+    &Registered::<report::ReportStage>::new(),
 ];
 
 /// The registered stage called `name` (or by one of its aliases).
@@ -409,10 +421,15 @@ mod tests {
         // Flags are pipeline keys and back; defaults round-trip through TOML.
         for e in ALL {
             let cmd = e.command();
+            // Flags, and positional arguments by their ids (report's compared runs).
             let flags: BTreeSet<String> = cmd
                 .get_arguments()
-                .filter_map(|a| a.get_long())
-                .filter(|l| !["run", "force", "from", "help"].contains(l))
+                .filter_map(|a| {
+                    a.get_long()
+                        .map(str::to_string)
+                        .or_else(|| a.is_positional().then(|| a.get_id().as_str().to_string()))
+                })
+                .filter(|l| !["run", "run_dir", "force", "from", "help"].contains(&l.as_str()))
                 .map(|l| l.replace('-', "_"))
                 .collect();
             let keys: BTreeSet<String> = e

@@ -254,6 +254,14 @@ table!(
     "the score per source word, target word, relation, subject, object and triplet"
 );
 table!(
+    REPORT,
+    "report",
+    "report.html",
+    Html,
+    None,
+    "the run's scores as one self-contained HTML page: plots, breakdowns, contact sheets"
+);
+table!(
     PAIR_IMAGES,
     "pair_images",
     "images.arrow",
@@ -314,6 +322,7 @@ pub static ALL_TABLES: &[&TableDecl] = &[
     &SCORES_JSON,
     &RESULTS,
     &BREAKDOWN,
+    &REPORT,
     &PAIR_IMAGES,
     &PAIR_CAPTIONS,
     &HEADS,
