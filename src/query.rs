@@ -255,7 +255,7 @@ impl Catalog {
         let words = words(sql);
         let mut ctx = SQLContext::new();
         for t in &self.tables {
-            if words.iter().any(|w| *w == t.name) {
+            if words.contains(&t.name) {
                 ctx.register(&t.name, self.frame(&t.name)?);
             }
         }
@@ -292,7 +292,7 @@ impl Catalog {
             let named: Vec<&Registered> = self
                 .tables
                 .iter()
-                .filter(|t| words.iter().any(|w| *w == t.name))
+                .filter(|t| words.contains(&t.name))
                 .collect();
             let list = if named.is_empty() {
                 listed(self.tables.iter().collect())

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, Int64Type};
+use arrow::datatypes::Int64Type;
 
 use crate::util::*;
 
@@ -49,29 +49,15 @@ fn csv_rows(out: &std::process::Output) -> Vec<BTreeMap<String, String>> {
 /// `results.parquet`'s rows at λ = `lam` for the first head set: (value, rel, weight, success).
 fn results_at(run: &Path, lam: f64) -> Vec<(String, String, f64, bool)> {
     let b = simat::io::read_all(&run.join("score/results.parquet")).unwrap();
-    let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-    let (value, rel) = (s("value"), s("rel"));
-    let l = b
-        .column_by_name("lam")
-        .unwrap()
-        .as_primitive::<Float64Type>()
-        .clone();
-    let w = b
-        .column_by_name("weight")
-        .unwrap()
-        .as_primitive::<Float64Type>()
-        .clone();
-    let ok = b.column_by_name("success").unwrap().as_boolean().clone();
+    let (value, rel) = (col_str(&b, "value"), col_str(&b, "rel"));
+    let (l, w, ok) = (
+        col_f64(&b, "lam"),
+        col_f64(&b, "weight"),
+        col_bool(&b, "success"),
+    );
     (0..b.num_rows())
-        .filter(|&i| l.value(i) == lam)
-        .map(|i| {
-            (
-                value.value(i).into(),
-                rel.value(i).into(),
-                w.value(i),
-                ok.value(i),
-            )
-        })
+        .filter(|&i| l[i] == lam)
+        .map(|i| (value[i].clone(), rel[i].clone(), w[i], ok[i]))
         .collect()
 }
 
@@ -244,20 +230,8 @@ fn formats_and_files() {
     run_ok(&["query", s(&run), sql, "--out", s(&out)], 0);
     let back = simat::io::read_all(&out).unwrap();
     assert_eq!(back.num_rows(), want.num_rows());
-    let n: i64 = back
-        .column_by_name("n_queries")
-        .unwrap()
-        .as_primitive::<Int64Type>()
-        .values()
-        .iter()
-        .sum();
-    let m: i64 = want
-        .column_by_name("n_queries")
-        .unwrap()
-        .as_primitive::<Int64Type>()
-        .values()
-        .iter()
-        .sum();
+    let sum = |b| col_i64(b, "n_queries").iter().sum::<i64>();
+    let (n, m) = (sum(&back), sum(&want));
     assert_eq!(n, m);
     // Parquet to stdout is refused.
     let err = stderr(&run_ok(&["query", s(&run), sql, "--format", "parquet"], 2));

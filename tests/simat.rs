@@ -364,53 +364,41 @@ fn results_reaggregate_to_the_scores() {
         0,
     );
     let r = simat::io::read_all(&run.join("score/results.parquet")).unwrap();
-    let str_col = |n: &str| r.column_by_name(n).unwrap().as_string::<i32>().clone();
     let (heads, split, field, rel) = (
-        str_col("heads"),
-        str_col("split"),
-        str_col("field"),
-        str_col("rel"),
+        col_str(&r, "heads"),
+        col_str(&r, "split"),
+        col_str(&r, "field"),
+        col_str(&r, "rel"),
     );
-    let f64_col = |n: &str| {
-        r.column_by_name(n)
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .clone()
-    };
-    let (lam, weight, value) = (f64_col("lam"), f64_col("weight"), f64_col("oracle_value"));
-    let i64_col = |n: &str| {
-        r.column_by_name(n)
-            .unwrap()
-            .as_primitive::<Int64Type>()
-            .clone()
-    };
-    let (retrieved, target_caption) = (
-        i64_col("retrieved_dataset_id"),
-        i64_col("target_caption_id"),
+    let (lam, weight, value) = (
+        col_f64(&r, "lam"),
+        col_f64(&r, "weight"),
+        col_f64(&r, "oracle_value"),
     );
-    let success = r.column_by_name("success").unwrap().as_boolean().clone();
+    let retrieved = col_i64(&r, "retrieved_dataset_id");
+    let target_caption = col_i64(&r, "target_caption_id");
+    let success = col_bool(&r, "success");
     let n_queries = simat::tables::dataset::Queries::read(&run.join("import/queries.parquet"))
         .unwrap()
         .len();
     assert_eq!(r.num_rows(), 2 * 2 * n_queries);
 
     let m = simat::io::store::read_matrix(&oracle).unwrap();
-    let mut successes = 0;
     for i in 0..r.num_rows() {
-        let v = m.row(retrieved.value(i) as usize)[target_caption.value(i) as usize] as f64;
-        assert_eq!(value.value(i), v, "row {i}");
-        assert_eq!(success.value(i), v > threshold, "row {i}");
-        successes += success.value(i) as usize;
+        let v = m.row(retrieved[i] as usize)[target_caption[i] as usize] as f64;
+        assert_eq!(value[i], v, "row {i}");
+        assert_eq!(success[i], v > threshold, "row {i}");
     }
+    let successes = success.iter().filter(|&&s| s).count();
     assert!(successes > 0 && successes < r.num_rows());
 
     // Σ weight · success / Σ weight, in the rows' order (so the sums are bit-equal).
     let sum = |keep: &dyn Fn(usize) -> bool| {
         let (mut num, mut den, mut n) = (0f64, 0f64, 0i64);
         for i in (0..r.num_rows()).filter(|&i| keep(i)) {
-            den += weight.value(i);
-            if success.value(i) {
-                num += weight.value(i);
+            den += weight[i];
+            if success[i] {
+                num += weight[i];
             }
             n += 1;
         }
@@ -419,65 +407,47 @@ fn results_reaggregate_to_the_scores() {
     // scores.parquet, not scores.json: JSON's decimal text need not round-trip the last bit.
     let t = simat::io::read_all(&run.join("score/scores.parquet")).unwrap();
     assert_eq!(t.num_rows(), 2 * 2 * 3 * 4);
-    let ts = |n: &str| t.column_by_name(n).unwrap().as_string::<i32>().clone();
-    let (t_heads, t_split, t_field) = (ts("heads"), ts("split"), ts("field"));
-    let tf = |n: &str| {
-        t.column_by_name(n)
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .clone()
-    };
-    let (t_lam, t_score) = (tf("lam"), tf("score"));
-    let t_n = t
-        .column_by_name("n_queries")
-        .unwrap()
-        .as_primitive::<Int64Type>()
-        .clone();
+    let (t_heads, t_split, t_field) = (
+        col_str(&t, "heads"),
+        col_str(&t, "split"),
+        col_str(&t, "field"),
+    );
+    let (t_lam, t_score, t_n) = (
+        col_f64(&t, "lam"),
+        col_f64(&t, "score"),
+        col_i64(&t, "n_queries"),
+    );
     for j in 0..t.num_rows() {
         let (score, n) = sum(&|i| {
-            heads.value(i) == t_heads.value(j)
-                && lam.value(i) == t_lam.value(j)
-                && (t_split.value(j) == "all" || split.value(i) == t_split.value(j))
-                && (t_field.value(j) == "all" || field.value(i) == t_field.value(j))
+            heads[i] == t_heads[j]
+                && lam[i] == t_lam[j]
+                && (t_split[j] == "all" || split[i] == t_split[j])
+                && (t_field[j] == "all" || field[i] == t_field[j])
         });
-        assert_eq!(
-            (t_score.value(j), t_n.value(j)),
-            (score, n),
-            "scores row {j}"
-        );
+        assert_eq!((t_score[j], t_n[j]), (score, n), "scores row {j}");
     }
 
     let b = simat::io::read_all(&run.join("score/breakdown.parquet")).unwrap();
-    let bs = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-    let (b_heads, b_split, b_dim, b_key) = (bs("heads"), bs("split"), bs("dimension"), bs("key"));
-    let b_lam = b
-        .column_by_name("lam")
-        .unwrap()
-        .as_primitive::<Float64Type>()
-        .clone();
-    let b_score = b
-        .column_by_name("score")
-        .unwrap()
-        .as_primitive::<Float64Type>()
-        .clone();
-    let b_n = b
-        .column_by_name("queries")
-        .unwrap()
-        .as_primitive::<Int64Type>()
-        .clone();
+    let (b_heads, b_split, b_dim, b_key) = (
+        col_str(&b, "heads"),
+        col_str(&b, "split"),
+        col_str(&b, "dimension"),
+        col_str(&b, "key"),
+    );
+    let (b_lam, b_score, b_n) = (
+        col_f64(&b, "lam"),
+        col_f64(&b, "score"),
+        col_i64(&b, "queries"),
+    );
     let mut relations = 0;
-    for j in (0..b.num_rows()).filter(|&j| b_dim.value(j) == "relation") {
+    for j in (0..b.num_rows()).filter(|&j| b_dim[j] == "relation") {
         let (score, n) = sum(&|i| {
-            heads.value(i) == b_heads.value(j)
-                && lam.value(i) == b_lam.value(j)
-                && (b_split.value(j) == "all" || split.value(i) == b_split.value(j))
-                && rel.value(i) == b_key.value(j)
+            heads[i] == b_heads[j]
+                && lam[i] == b_lam[j]
+                && (b_split[j] == "all" || split[i] == b_split[j])
+                && rel[i] == b_key[j]
         });
-        assert_eq!(
-            (b_score.value(j), b_n.value(j)),
-            (score, n),
-            "breakdown row {j}"
-        );
+        assert_eq!((b_score[j], b_n[j]), (score, n), "breakdown row {j}");
         relations += 1;
     }
     assert!(relations > 2 * 2 * 3, "{relations} relation rows");

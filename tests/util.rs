@@ -209,3 +209,46 @@ pub fn demo_run() -> PathBuf {
     })
     .clone()
 }
+
+/// A column of a batch as values (the tests' view of a table).
+pub fn col_f64(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<f64> {
+    use arrow::array::AsArray;
+    let c = b
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"));
+    c.as_primitive::<arrow::datatypes::Float64Type>()
+        .values()
+        .to_vec()
+}
+
+/// An Int64 column's values.
+pub fn col_i64(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
+    use arrow::array::AsArray;
+    let c = b
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"));
+    c.as_primitive::<arrow::datatypes::Int64Type>()
+        .values()
+        .to_vec()
+}
+
+/// A Utf8 column's values.
+pub fn col_str(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<String> {
+    use arrow::array::AsArray;
+    let c = b
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"));
+    c.as_string::<i32>()
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A Boolean column's values.
+pub fn col_bool(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<bool> {
+    use arrow::array::AsArray;
+    let c = b
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"));
+    c.as_boolean().iter().map(|v| v.unwrap_or(false)).collect()
+}

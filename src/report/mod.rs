@@ -127,6 +127,9 @@ const PALETTE: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
 ];
 
+/// A breakdown group: its queries and its score per λ (by the λ's bits).
+type Group = (i64, BTreeMap<u64, f64>);
+
 fn fmt_lam(l: f64) -> String {
     let s = format!("{l}");
     s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
@@ -419,7 +422,7 @@ impl Report {
             ("triplet", "Triplet"),
         ] {
             // key → (queries, score per λ)
-            let mut groups: BTreeMap<&str, (i64, BTreeMap<u64, f64>)> = BTreeMap::new();
+            let mut groups: BTreeMap<&str, Group> = BTreeMap::new();
             for g in self
                 .breakdown
                 .iter()
@@ -431,8 +434,7 @@ impl Report {
             if groups.is_empty() {
                 continue;
             }
-            let mut order: Vec<(&str, &(i64, BTreeMap<u64, f64>))> =
-                groups.iter().map(|(k, v)| (*k, v)).collect();
+            let mut order: Vec<(&str, &Group)> = groups.iter().map(|(k, v)| (*k, v)).collect();
             order.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
             let shown = order.len().min(self.max_rows);
             let _ = write!(
