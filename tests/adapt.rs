@@ -16,18 +16,6 @@ fn reference() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap()
 }
 
-fn flat(v: &serde_json::Value) -> Vec<f32> {
-    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
-        match v {
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            x => out.push(x.as_f64().unwrap() as f32),
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
-}
-
 /// `tests/data/adapt/make_adapt_reference.py`'s settings as flags.
 fn parity_args(run: &Path) -> Vec<String> {
     let s = &reference()["settings"];
@@ -114,7 +102,7 @@ fn adapt_equals_pytorch() {
         (&h.txt.weight.data, "txt_head.weight"),
         (&h.txt.bias, "txt_head.bias"),
     ] {
-        let d = max_abs_diff(got, &flat(&r["heads"][key]));
+        let d = max_abs_diff(got, &floats(&r["heads"][key]));
         assert!(d < 1e-4, "{key}: {d}");
     }
     // The safetensors file holds the same heads.

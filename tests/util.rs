@@ -118,13 +118,17 @@ pub fn clip_reference() -> serde_json::Value {
         .unwrap()
 }
 
-/// A JSON array of numbers as f32.
+/// A JSON array of numbers, nested or not, as f32 in row-major order.
 pub fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            x => out.push(x.as_f64().unwrap() as f32),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
 }
 
 /// The largest absolute difference between two equally long slices.
@@ -210,45 +214,26 @@ pub fn demo_run() -> PathBuf {
     .clone()
 }
 
-/// A column of a batch as values (the tests' view of a table).
+/// A Float64 column's values (through the library's typed accessors).
 pub fn col_f64(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<f64> {
-    use arrow::array::AsArray;
-    let c = b
-        .column_by_name(name)
-        .unwrap_or_else(|| panic!("no column {name}"));
-    c.as_primitive::<arrow::datatypes::Float64Type>()
+    simat::io::f64_column(b, name, Path::new(name))
+        .unwrap()
         .values()
         .to_vec()
 }
 
 /// An Int64 column's values.
 pub fn col_i64(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<i64> {
-    use arrow::array::AsArray;
-    let c = b
-        .column_by_name(name)
-        .unwrap_or_else(|| panic!("no column {name}"));
-    c.as_primitive::<arrow::datatypes::Int64Type>()
-        .values()
-        .to_vec()
+    simat::tables::dataset::ints(b, name, Path::new(name)).unwrap()
 }
 
 /// A Utf8 column's values.
 pub fn col_str(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<String> {
-    use arrow::array::AsArray;
-    let c = b
-        .column_by_name(name)
-        .unwrap_or_else(|| panic!("no column {name}"));
-    c.as_string::<i32>()
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect()
+    simat::tables::dataset::strs(b, name, Path::new(name)).unwrap()
 }
 
 /// A Boolean column's values.
 pub fn col_bool(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<bool> {
-    use arrow::array::AsArray;
-    let c = b
-        .column_by_name(name)
-        .unwrap_or_else(|| panic!("no column {name}"));
-    c.as_boolean().iter().map(|v| v.unwrap_or(false)).collect()
+    let c = simat::io::bool_column(b, name, Path::new(name)).unwrap();
+    (0..c.len()).map(|i| c.value(i)).collect()
 }

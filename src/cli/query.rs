@@ -299,23 +299,18 @@ pub fn export(store: &Path, out: &Path, ui: &Ui) -> Result<ExitCode> {
             let m = crate::linalg::Matrix::new(rows, dim, data.to_vec())?;
             crate::io::store::write_npy(out, &m)?;
             let keys_path = out.with_extension("keys.csv");
-            let keys: Vec<(usize, &Arc<Field>)> = batch
-                .schema_ref()
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != vec_index)
-                .collect();
-            let key_cols: Vec<ArrayRef> =
-                keys.iter().map(|(i, _)| batch.column(*i).clone()).collect();
-            let key_fields: Vec<Arc<Field>> = keys.iter().map(|(_, f)| (*f).clone()).collect();
-            let row = |n: usize| -> ArrayRef {
-                Arc::new(arrow::array::UInt64Array::from_iter_values(0..n as u64))
-            };
-            let mut cols = vec![row(rows)];
-            cols.extend(key_cols);
+            // `row`, then every column but the vectors.
+            let keys = batch.project(
+                &(0..batch.num_columns())
+                    .filter(|&i| i != vec_index)
+                    .collect::<Vec<_>>(),
+            )?;
             let mut fields = vec![Arc::new(Field::new("row", DataType::UInt64, false))];
-            fields.extend(key_fields);
+            fields.extend(keys.schema().fields().iter().cloned());
+            let mut cols: Vec<ArrayRef> = vec![Arc::new(
+                arrow::array::UInt64Array::from_iter_values(0..rows as u64),
+            )];
+            cols.extend(keys.columns().iter().cloned());
             let keys_batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
             let mut f = crate::io::atomic::AtomicFile::create(&keys_path)?;
             write_text(f.writer(), Format::Csv, &[keys_batch])?;

@@ -187,6 +187,28 @@ pub fn i32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result
         .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Int32")))
 }
 
+/// A Float64 column by name.
+pub fn f64_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a arrow::array::Float64Array> {
+    column(batch, name, path)?
+        .as_primitive_opt::<arrow::datatypes::Float64Type>()
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Float64")))
+}
+
+/// A Boolean column by name.
+pub fn bool_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a arrow::array::BooleanArray> {
+    column(batch, name, path)?
+        .as_boolean_opt()
+        .ok_or_else(|| Error::columnar(path, format!("column `{name}` is not Boolean")))
+}
+
 /// A Utf8 column by name.
 pub fn str_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray> {
     column(batch, name, path)?

@@ -14,12 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, Int64Type};
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
-use crate::tables::retrievals::{ScoreRow, ScoresFile};
+use crate::tables::retrievals::{GroupScore, ScoreRow, ScoresFile};
 
 /// HTML-escape text (element content and attribute values).
 pub fn esc(s: &str) -> String {
@@ -46,25 +44,6 @@ pub struct RunScores {
     pub file: ScoresFile,
     /// When its score stage ran (RFC 3339, UTC).
     pub scored_at: Option<String>,
-}
-
-/// One row of `breakdown.parquet`.
-#[derive(Debug, Clone)]
-pub struct GroupScore {
-    /// Head set.
-    pub heads: String,
-    /// λ.
-    pub lam: f64,
-    /// Split.
-    pub split: String,
-    /// `source_word`, `relation`, ...
-    pub dimension: String,
-    /// The group's key.
-    pub key: String,
-    /// Queries in the group.
-    pub queries: i64,
-    /// Its score, ×100.
-    pub score: f64,
 }
 
 /// What a query retrieved at one λ.
@@ -551,125 +530,6 @@ pub fn thumbnail(path: &Path, size: u32) -> Result<String> {
         "data:image/jpeg;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(&bytes)
     ))
-}
-
-/// `breakdown.parquet`'s rows.
-pub fn read_breakdown(path: &Path) -> Result<Vec<GroupScore>> {
-    let b = crate::io::read_all(path)?;
-    let s = |n: &str| -> Result<Vec<String>> {
-        Ok(crate::io::column(&b, n, path)?
-            .as_string::<i32>()
-            .iter()
-            .map(|v| v.unwrap_or_default().to_string())
-            .collect())
-    };
-    let (heads, split, dimension, key) = (s("heads")?, s("split")?, s("dimension")?, s("key")?);
-    let lam = crate::io::column(&b, "lam", path)?
-        .as_primitive::<Float64Type>()
-        .clone();
-    let score = crate::io::column(&b, "score", path)?
-        .as_primitive::<Float64Type>()
-        .clone();
-    let queries = crate::io::column(&b, "queries", path)?
-        .as_primitive::<Int64Type>()
-        .clone();
-    Ok((0..b.num_rows())
-        .map(|i| GroupScore {
-            heads: heads[i].clone(),
-            lam: lam.value(i),
-            split: split[i].clone(),
-            dimension: dimension[i].clone(),
-            key: key[i].clone(),
-            queries: queries.value(i),
-            score: score.value(i),
-        })
-        .collect())
-}
-
-/// `results.parquet`'s columns the sheets need, one entry per row.
-#[derive(Debug, Clone)]
-pub struct ResultRow {
-    /// Head set.
-    pub heads: String,
-    /// λ.
-    pub lam: f64,
-    /// Query id.
-    pub query_id: i64,
-    /// dev or test.
-    pub split: String,
-    /// Slot.
-    pub field: String,
-    /// Source word.
-    pub value: String,
-    /// Target word.
-    pub target: String,
-    /// The query's own region.
-    pub region_id: i64,
-    /// The query image's dataset id.
-    pub dataset_id: i64,
-    /// The target triplet.
-    pub target_triplet_id: i64,
-    /// The retrieved image.
-    pub retrieved_dataset_id: i64,
-    /// Its region.
-    pub retrieved_region_id: i64,
-    /// The oracle's value.
-    pub oracle_value: Option<f64>,
-    /// Success.
-    pub success: bool,
-}
-
-/// `results.parquet`, read.
-pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
-    let b = crate::io::read_all(path)?;
-    let s = |n: &str| -> Result<arrow::array::StringArray> {
-        Ok(crate::io::column(&b, n, path)?.as_string::<i32>().clone())
-    };
-    let i = |n: &str| -> Result<arrow::array::Int64Array> {
-        Ok(crate::io::column(&b, n, path)?
-            .as_primitive::<Int64Type>()
-            .clone())
-    };
-    let (heads, split, field, value, target) = (
-        s("heads")?,
-        s("split")?,
-        s("field")?,
-        s("value")?,
-        s("target")?,
-    );
-    let (query_id, region_id, dataset_id, target_triplet_id, retrieved, retrieved_region) = (
-        i("query_id")?,
-        i("region_id")?,
-        i("dataset_id")?,
-        i("target_triplet_id")?,
-        i("retrieved_dataset_id")?,
-        i("retrieved_region_id")?,
-    );
-    let lam = crate::io::column(&b, "lam", path)?
-        .as_primitive::<Float64Type>()
-        .clone();
-    let oracle = crate::io::column(&b, "oracle_value", path)?
-        .as_primitive::<Float64Type>()
-        .clone();
-    let success = crate::io::column(&b, "success", path)?.as_boolean().clone();
-    Ok((0..b.num_rows())
-        .map(|k| ResultRow {
-            heads: heads.value(k).to_string(),
-            lam: lam.value(k),
-            query_id: query_id.value(k),
-            split: split.value(k).to_string(),
-            field: field.value(k).to_string(),
-            value: value.value(k).to_string(),
-            target: target.value(k).to_string(),
-            region_id: region_id.value(k),
-            dataset_id: dataset_id.value(k),
-            target_triplet_id: target_triplet_id.value(k),
-            retrieved_dataset_id: retrieved.value(k),
-            retrieved_region_id: retrieved_region.value(k),
-            oracle_value: oracle.is_valid(k).then(|| oracle.value(k)),
-            success: success.value(k),
-        })
-        .collect())
 }
 
 const CSS: &str = r#"

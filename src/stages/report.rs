@@ -4,6 +4,7 @@
 //! The contact sheets sample `sheet_queries` queries with a seeded generator, so a report is the
 //! same file for the same run and settings; thumbnails are downscaled JPEGs inside the page.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
@@ -172,8 +173,8 @@ impl StageDef for ReportStage {
                 scored_at: scored_at(run),
             });
         }
-        let breakdown = report::read_breakdown(&ctx.input(&tables::BREAKDOWN)?)?;
-        let results = report::read_results(&ctx.input(&tables::RESULTS)?)?;
+        let breakdown = tables::retrievals::read_breakdown(&ctx.input(&tables::BREAKDOWN)?)?;
+        let results = tables::retrievals::read_results(&ctx.input(&tables::RESULTS)?)?;
         let heads = results
             .first()
             .map(|r| r.heads.clone())
@@ -192,40 +193,38 @@ impl StageDef for ReportStage {
         };
         let mut thumbnails = 0u64;
         let mut missing_pixels = 0u64;
+        // A region retrieved at several λ is decoded once.
+        let mut made: HashMap<i64, String> = HashMap::new();
         let mut thumb = |region: i64| -> Result<Option<String>> {
             let Some(files) = &crops else {
                 return Ok(None);
             };
-            match files.get(&region) {
-                Some(p) => {
-                    thumbnails += 1;
-                    report::thumbnail(p, c.thumbnail).map(Some)
-                }
-                None => {
-                    missing_pixels += 1;
-                    Ok(None)
-                }
+            let Some(p) = files.get(&region) else {
+                missing_pixels += 1;
+                return Ok(None);
+            };
+            thumbnails += 1;
+            if let Some(uri) = made.get(&region) {
+                return Ok(Some(uri.clone()));
             }
+            let uri = report::thumbnail(p, c.thumbnail)?;
+            made.insert(region, uri.clone());
+            Ok(Some(uri))
         };
 
         // The sheets: queries of the first head set, drawn with the seed; one pick per λ.
-        let mut query_ids: Vec<i64> = results
-            .iter()
-            .filter(|r| r.heads == heads)
-            .map(|r| r.query_id)
-            .collect();
-        query_ids.sort_unstable();
-        query_ids.dedup();
+        let mut by_query: BTreeMap<i64, Vec<&tables::retrievals::ResultRow>> = BTreeMap::new();
+        for r in results.iter().filter(|r| r.heads == heads) {
+            by_query.entry(r.query_id).or_default().push(r);
+        }
+        let mut query_ids: Vec<i64> = by_query.keys().copied().collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(c.seed);
         query_ids.shuffle(&mut rng);
         query_ids.truncate(c.sheet_queries);
         query_ids.sort_unstable();
         let mut sheets = Vec::new();
         for qid in query_ids {
-            let mut rows: Vec<&report::ResultRow> = results
-                .iter()
-                .filter(|r| r.heads == heads && r.query_id == qid)
-                .collect();
+            let mut rows = by_query.remove(&qid).expect("a drawn query");
             rows.sort_by(|a, b| a.lam.total_cmp(&b.lam));
             let first = rows[0];
             let source_triplet = dataset.triplet_id[first.dataset_id as usize];

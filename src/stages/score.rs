@@ -405,20 +405,16 @@ impl Results {
 /// word, target word, relation, subject, object and triplet (the SIMAT score within the group).
 fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
     use std::collections::BTreeMap;
-    type Key = (String, u64, String, &'static str, String);
-    // (heads, λ bits, split, dimension, key) → (queries, Σw, Σw·success), in first-seen order
-    // of (heads, λ) and sorted keys within.
-    let mut groups: BTreeMap<(usize, Key), (i64, f64, f64)> = BTreeMap::new();
-    let mut order: Vec<(String, u64)> = Vec::new();
+    // (head set and λ by first appearance, split, dimension, key) → (queries, Σw, Σw·success).
+    let mut order: Vec<(&str, f64)> = Vec::new();
+    type GroupKey<'a> = (usize, &'a str, &'static str, String);
+    let mut groups: BTreeMap<GroupKey, (i64, f64, f64)> = BTreeMap::new();
     for k in 0..r.heads.len() {
-        let hl = (r.heads[k].clone(), r.lam[k].to_bits());
-        let pos = match order.iter().position(|o| *o == hl) {
-            Some(p) => p,
-            None => {
-                order.push(hl.clone());
-                order.len() - 1
-            }
-        };
+        let hl = (r.heads[k].as_str(), r.lam[k]);
+        let pos = order.iter().position(|o| *o == hl).unwrap_or_else(|| {
+            order.push(hl);
+            order.len() - 1
+        });
         let dims: [(&'static str, String); 6] = [
             ("source_word", r.value[k].clone()),
             ("target_word", r.target[k].clone()),
@@ -430,16 +426,10 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
                 format!("{} | {} | {}", r.subj[k], r.rel[k], r.obj[k]),
             ),
         ];
-        for split in splits {
-            if *split != "all" && r.split[k] != *split {
-                continue;
-            }
+        for split in splits.iter().filter(|s| **s == "all" || r.split[k] == **s) {
             for (dim, key) in &dims {
                 let e = groups
-                    .entry((
-                        pos,
-                        (hl.0.clone(), hl.1, split.to_string(), dim, key.clone()),
-                    ))
+                    .entry((pos, split, dim, key.clone()))
                     .or_insert((0, 0.0, 0.0));
                 e.0 += 1;
                 e.1 += r.weight[k];
@@ -451,9 +441,9 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
     }
     let (mut heads, mut lam, mut split, mut dim, mut key, mut n, mut score) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for ((_, (h, l, s, d, k)), (q, w, ws)) in groups {
-        heads.push(h);
-        lam.push(f64::from_bits(l));
+    for ((pos, s, d, k), (q, w, ws)) in groups {
+        heads.push(order[pos].0);
+        lam.push(order[pos].1);
         split.push(s);
         dim.push(d);
         key.push(k);

@@ -3,10 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::array::Array;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::tables::dataset::{ints, strs};
 
 /// Schema of `retrievals.parquet`.
 pub fn retrievals_schema() -> SchemaRef {
@@ -192,4 +194,124 @@ impl ScoresFile {
         }
         out
     }
+}
+
+/// One row of `breakdown.parquet`.
+#[derive(Debug, Clone)]
+pub struct GroupScore {
+    /// Head set.
+    pub heads: String,
+    /// λ.
+    pub lam: f64,
+    /// Split.
+    pub split: String,
+    /// `source_word`, `relation`, ...
+    pub dimension: String,
+    /// The group's key.
+    pub key: String,
+    /// Queries in the group.
+    pub queries: i64,
+    /// Its score, ×100.
+    pub score: f64,
+}
+
+/// One row of `results.parquet`, the columns a reader of single queries needs.
+#[derive(Debug, Clone)]
+pub struct ResultRow {
+    /// Head set.
+    pub heads: String,
+    /// λ.
+    pub lam: f64,
+    /// Query id.
+    pub query_id: i64,
+    /// dev or test.
+    pub split: String,
+    /// Slot.
+    pub field: String,
+    /// Source word.
+    pub value: String,
+    /// Target word.
+    pub target: String,
+    /// The query's own region.
+    pub region_id: i64,
+    /// The query image's dataset id.
+    pub dataset_id: i64,
+    /// The target triplet.
+    pub target_triplet_id: i64,
+    /// The retrieved image.
+    pub retrieved_dataset_id: i64,
+    /// Its region.
+    pub retrieved_region_id: i64,
+    /// The oracle's value (none for the `labels` oracle).
+    pub oracle_value: Option<f64>,
+    /// Success.
+    pub success: bool,
+}
+
+/// `breakdown.parquet`, read.
+pub fn read_breakdown(path: &Path) -> Result<Vec<GroupScore>> {
+    let b = crate::io::read_all(path)?;
+    let (heads, split, dimension, key) = (
+        strs(&b, "heads", path)?,
+        strs(&b, "split", path)?,
+        strs(&b, "dimension", path)?,
+        strs(&b, "key", path)?,
+    );
+    let lam = crate::io::f64_column(&b, "lam", path)?;
+    let score = crate::io::f64_column(&b, "score", path)?;
+    let queries = crate::io::i64_column(&b, "queries", path)?;
+    Ok((0..b.num_rows())
+        .map(|i| GroupScore {
+            heads: heads[i].clone(),
+            lam: lam.value(i),
+            split: split[i].clone(),
+            dimension: dimension[i].clone(),
+            key: key[i].clone(),
+            queries: queries.value(i),
+            score: score.value(i),
+        })
+        .collect())
+}
+
+/// `results.parquet`, read.
+pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
+    let b = crate::io::read_all(path)?;
+    let s = |n: &str| strs(&b, n, path);
+    let i = |n: &str| ints(&b, n, path);
+    let (heads, split, field, value, target) = (
+        s("heads")?,
+        s("split")?,
+        s("field")?,
+        s("value")?,
+        s("target")?,
+    );
+    let (query_id, region_id, dataset_id, target_triplet_id, retrieved, retrieved_region) = (
+        i("query_id")?,
+        i("region_id")?,
+        i("dataset_id")?,
+        i("target_triplet_id")?,
+        i("retrieved_dataset_id")?,
+        i("retrieved_region_id")?,
+    );
+    let lam = crate::io::f64_column(&b, "lam", path)?;
+    let oracle = crate::io::f64_column(&b, "oracle_value", path)?;
+    let success = crate::io::bool_column(&b, "success", path)?;
+    Ok((0..b.num_rows())
+        .map(|k| ResultRow {
+            heads: heads[k].clone(),
+            lam: lam.value(k),
+            query_id: query_id[k],
+            split: split[k].clone(),
+            field: field[k].clone(),
+            value: value[k].clone(),
+            target: target[k].clone(),
+            region_id: region_id[k],
+            dataset_id: dataset_id[k],
+            target_triplet_id: target_triplet_id[k],
+            retrieved_dataset_id: retrieved[k],
+            retrieved_region_id: retrieved_region[k],
+            oracle_value: oracle.is_valid(k).then(|| oracle.value(k)),
+            success: success.value(k),
+        })
+        .collect())
 }
