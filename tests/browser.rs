@@ -29,6 +29,7 @@ pub struct Browser {
     session: String,
     /// Events seen so far.
     pub events: Vec<Value>,
+    stderr_path: std::path::PathBuf,
     _profile: tempfile::TempDir,
 }
 
@@ -49,6 +50,7 @@ impl Browser {
     /// Start headless Chromium with a fresh profile, nothing in the background, and open a page.
     pub fn start() -> Browser {
         let profile = tempfile::tempdir().unwrap();
+        let stderr_path = profile.path().join("chromium.stderr");
         let (cmd_read, cmd_write) = std::io::pipe().unwrap();
         let (out_read, out_write) = std::io::pipe().unwrap();
         let (cmd_read, out_write): (OwnedFd, OwnedFd) = (cmd_read.into(), out_write.into());
@@ -73,13 +75,25 @@ impl Browser {
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe dup2 calls between fork and exec.
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+        // SAFETY: only async-signal-safe fcntl/dup2 calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(r3, 3) < 0 || libc::dup2(w4, 4) < 0 {
+                // The pipes are close-on-exec and may already sit on fd 3 or 4 (they do when the
+                // test binary runs outside cargo): `dup2(3, 3)` would keep the flag, and one
+                // dup2 could overwrite the other's source. Copy both above 10 first, so that each
+                // dup2 onto 3 and 4 makes a fresh descriptor without close-on-exec.
+                let high_r = libc::fcntl(r3, libc::F_DUPFD, 10);
+                let high_w = libc::fcntl(w4, libc::F_DUPFD, 10);
+                if high_r < 0
+                    || high_w < 0
+                    || libc::dup2(high_r, 3) < 0
+                    || libc::dup2(high_w, 4) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
+                libc::close(high_r);
+                libc::close(high_w);
                 Ok(())
             });
         }
@@ -93,6 +107,7 @@ impl Browser {
             next_id: 0,
             session: String::new(),
             events: Vec::new(),
+            stderr_path,
             _profile: profile,
         };
         let target = b.call_browser("Target.createTarget", json!({"url": "about:blank"}));
@@ -107,7 +122,19 @@ impl Browser {
         b
     }
 
-    fn send(&mut self, method: &str, params: Value, session: Option<&str>) -> u64 {
+    /// Chromium's own stderr so far, for a failure message.
+    fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn try_send(
+        &mut self,
+        method: &str,
+        params: Value,
+        session: Option<&str>,
+    ) -> std::io::Result<u64> {
         self.next_id += 1;
         let mut msg = json!({"id": self.next_id, "method": method, "params": params});
         if let Some(s) = session {
@@ -115,14 +142,28 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&msg).unwrap();
         bytes.push(0);
-        self.to.write_all(&bytes).unwrap();
-        self.next_id
+        self.to.write_all(&bytes)?;
+        Ok(self.next_id)
+    }
+
+    fn send(&mut self, method: &str, params: Value, session: Option<&str>) -> u64 {
+        match self.try_send(method, params, session) {
+            Ok(id) => id,
+            Err(e) => panic!(
+                "{method}: cannot write to chromium's DevTools pipe ({e}); chromium's stderr:\n{}",
+                self.stderr_tail()
+            ),
+        }
     }
 
     fn read_message(&mut self) -> Value {
         let mut buf = Vec::new();
-        let n = self.from.read_until(0, &mut buf).unwrap();
-        assert!(n > 0, "chromium closed the DevTools pipe");
+        let n = self.from.read_until(0, &mut buf).unwrap_or(0);
+        assert!(
+            n > 0,
+            "chromium closed the DevTools pipe; its stderr:\n{}",
+            self.stderr_tail()
+        );
         buf.pop();
         serde_json::from_slice(&buf).unwrap()
     }
@@ -228,7 +269,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.send("Browser.close", json!({}), None);
+        // Never panic here: a drop during a failed test's unwinding would abort the whole run.
+        let _ = self.try_send("Browser.close", json!({}), None);
         // Give it a moment to exit cleanly, then make sure.
         for _ in 0..50 {
             if let Ok(Some(_)) = self.child.try_wait() {
