@@ -11,6 +11,8 @@
     python3 scripts/export_clip.py ViT-B-32 --pretrained open_clip_model.safetensors --out ...
     python3 scripts/export_clip.py tiny --out data/tiny-clip --reference             # the test model
     python3 scripts/export_clip.py tiny --hf --out data/tiny-clip-hf                 # the same, as HF
+    python3 scripts/export_clip.py tiny --checkpoint runs/train-world/checkpoint.pt \
+        --out data/tiny-clip-world --reference        # the demo's model (scripts/train_tiny_clip.py)
 
 With --hf the model is written as a Hugging Face `transformers` CLIPModel would be exported
 (optimum's layout and names): its weights are copied into a `CLIPModel` (which the script checks
@@ -291,6 +293,9 @@ def main():
     ap.add_argument("model", help="an open_clip model name (open_clip.list_models()) or `tiny`")
     ap.add_argument("--pretrained", default=None,
                     help="a checkpoint file or an open_clip pretrained tag (from the local cache)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="with `tiny`: a checkpoint of scripts/train_tiny_clip.py (its architecture "
+                         "and trained weights) instead of random weights")
     ap.add_argument("--out", required=True)
     ap.add_argument("--reference", action="store_true",
                     help="also write PyTorch reference outputs under OUT/reference/")
@@ -302,7 +307,15 @@ def main():
     import open_clip
     from PIL import Image
 
-    if args.model == "tiny":
+    if args.model == "tiny" and args.checkpoint:
+        from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        arch = ckpt["arch"]
+        model = CLIP(embed_dim=arch["embed_dim"], vision_cfg=CLIPVisionCfg(**arch["vision_cfg"]),
+                     text_cfg=CLIPTextCfg(**arch["text_cfg"]))
+        model.load_state_dict(ckpt["state_dict"])
+        args.pretrained = "trained on the demo world by scripts/train_tiny_clip.py"
+    elif args.model == "tiny":
         model = tiny_model(torch, open_clip)
     else:
         check_tokenizer(open_clip, args.model)

@@ -43,6 +43,7 @@ pub mod schemas;
 pub mod stages;
 pub mod tables;
 pub mod ui;
+pub mod world;
 
 /// simat's version, recorded in manifests and fingerprints.
 pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -92,57 +92,62 @@ fn clip_tokens_equal_open_clip() {
         .any(|r| r["ids"][76].as_i64().unwrap() != 0));
 }
 
-/// The tiny CLIP (`scripts/export_clip.py tiny --reference`): simat's token ids equal
+/// Both committed tiny CLIPs (`scripts/export_clip.py tiny --reference`, random weights; and the
+/// one `scripts/train_tiny_clip.py` trained on the demo world): simat's token ids equal
 /// open_clip's, and both towers give PyTorch's embeddings within 1e-4 on the same inputs.
 #[test]
-fn tiny_clip_equals_pytorch() {
+fn tiny_clips_equal_pytorch() {
     use simat::model::clip::ClipModel;
-    let mut model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
-    let r = clip_reference();
-    let rows = r["texts"].as_array().unwrap();
-    assert_token_ids(model.tokenizer(), rows);
-    let texts = texts_of(rows);
-    // Batches of 4 over 6 texts: a partial last batch too.
-    let text = model.embed_texts(&texts, 4).unwrap();
-    assert_eq!((text.rows, text.cols), (texts.len(), 32));
-    for (i, t) in r["texts"].as_array().unwrap().iter().enumerate() {
-        let d = max_abs_diff(text.row(i), &floats(&t["embedding"]));
-        assert!(d < 1e-4, "text {i}: {d}");
-    }
+    for dir in [tiny_clip(), world_clip()] {
+        let mut model = ClipModel::open(&dir, simat::model::Device::Cpu, 1).unwrap();
+        let r = reference_of(&dir);
+        let rows = r["texts"].as_array().unwrap();
+        assert_token_ids(model.tokenizer(), rows);
+        let texts = texts_of(rows);
+        // Batches of 4 over 6 texts: a partial last batch too.
+        let text = model.embed_texts(&texts, 4).unwrap();
+        assert_eq!(text.rows, texts.len());
+        for (i, t) in rows.iter().enumerate() {
+            let want = floats(&t["embedding"]);
+            assert_eq!(want.len(), text.cols);
+            let d = max_abs_diff(text.row(i), &want);
+            assert!(d < 1e-4, "{}: text {i}: {d}", dir.display());
+        }
 
-    let (shape, pixels) =
-        simat::io::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
-    assert_eq!(&shape[1..], &[3, 224, 224]);
-    let image = model.embed_pixels(shape[0], &pixels).unwrap();
-    for (i, im) in r["images"].as_array().unwrap().iter().enumerate() {
-        let d = max_abs_diff(image.row(i), &floats(&im["embedding"]));
-        assert!(d < 1e-4, "image {i}: {d}");
+        let (shape, pixels) =
+            simat::io::store::read_npy_f32(&dir.join("reference/pixels.npy")).unwrap();
+        assert_eq!(&shape[1..], &[3, 224, 224]);
+        let image = model.embed_pixels(shape[0], &pixels).unwrap();
+        for (i, im) in r["images"].as_array().unwrap().iter().enumerate() {
+            let d = max_abs_diff(image.row(i), &floats(&im["embedding"]));
+            assert!(d < 1e-4, "{}: image {i}: {d}", dir.display());
+        }
     }
 }
 
 /// simat's preprocessing of image files (PNGs upscaled, downscaled, with an odd centre crop,
 /// grey; a 4:2:0 JPEG) equals open_clip's `image_transform(224)` within 1e-2 per value (the
-/// reference is stored as f16, which adds at most 2e-3).
+/// reference is stored as f16, which adds at most 2e-3), for both committed models.
 #[test]
 fn preprocessing_equals_open_clip() {
     use simat::model::clip::ClipModel;
-    let model = ClipModel::open(&tiny_clip(), simat::model::Device::Cpu, 1).unwrap();
-    let (shape, want) =
-        simat::io::store::read_npy_f32(&tiny_clip().join("reference/pixels.npy")).unwrap();
-    let per = shape[1..].iter().product::<usize>();
-    for (i, im) in clip_reference()["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
-        let file = tiny_clip()
-            .join("reference")
-            .join(im["file"].as_str().unwrap());
-        let mut got = vec![0f32; per];
-        model.preprocess().file(&file, &mut got).unwrap();
-        let d = max_abs_diff(&got, &want[i * per..(i + 1) * per]);
-        assert!(d < 1e-2, "{}: max difference {d}", file.display());
+    for dir in [tiny_clip(), world_clip()] {
+        let model = ClipModel::open(&dir, simat::model::Device::Cpu, 1).unwrap();
+        let (shape, want) =
+            simat::io::store::read_npy_f32(&dir.join("reference/pixels.npy")).unwrap();
+        let per = shape[1..].iter().product::<usize>();
+        for (i, im) in reference_of(&dir)["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            let file = dir.join("reference").join(im["file"].as_str().unwrap());
+            let mut got = vec![0f32; per];
+            model.preprocess().file(&file, &mut got).unwrap();
+            let d = max_abs_diff(&got, &want[i * per..(i + 1) * per]);
+            assert!(d < 1e-2, "{}: max difference {d}", file.display());
+        }
     }
 }
 

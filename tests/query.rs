@@ -132,10 +132,7 @@ fn recipe_model_comparison_unions_runs() {
     let other = dir.path().join("other-lambdas");
     copy_dir(&demo, &other);
     run_ok(&["retrieve", s(&other), "--lambdas", "0.5,1.5"], 0);
-    run_ok(
-        &["score", s(&other), "--oracle", "model", "--threshold", "0"],
-        0,
-    );
+    run_ok(&["score", s(&other), "--oracle", "labels"], 0);
     let sql = readme_recipe(3);
     let rows = csv_rows(&run_ok(
         &["query", s(&demo), s(&other), &sql, "--format", "csv"],
@@ -147,7 +144,7 @@ fn recipe_model_comparison_unions_runs() {
             .map(|r| num(&r["lam"]))
             .collect()
     };
-    assert_eq!(lams("demo"), vec![0.0, 1.0, 2.0, 3.0], "{rows:?}");
+    assert_eq!(lams("demo"), vec![0.0, 0.5, 1.0, 2.0, 4.0, 8.0], "{rows:?}");
     assert_eq!(lams("other-lambdas"), vec![0.5, 1.5], "{rows:?}");
     // The scores are each run's own.
     for run in [&demo, &other] {

@@ -149,10 +149,7 @@ fn the_report_is_reproducible_and_compares_runs() {
     let other = dir.path().join("other");
     copy_dir(&demo, &other);
     run_ok(&["retrieve", s(&other), "--lambdas", "0.5,1.5"], 0);
-    run_ok(
-        &["score", s(&other), "--oracle", "model", "--threshold", "0"],
-        0,
-    );
+    run_ok(&["score", s(&other), "--oracle", "labels"], 0);
     run_ok(
         &[
             "report",

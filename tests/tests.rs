@@ -16,3 +16,4 @@ mod report;
 mod schemas;
 mod simat;
 mod triplets;
+mod world;

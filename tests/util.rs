@@ -112,10 +112,19 @@ pub fn tiny_clip() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip")
 }
 
-/// The tiny CLIP's PyTorch references (`reference/reference.json`).
+/// The tiny CLIP trained on the demo world (`scripts/train_tiny_clip.py`).
+pub fn world_clip() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-clip-world")
+}
+
+/// A model folder's PyTorch references (`reference/reference.json`).
+pub fn reference_of(model: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(model.join("reference/reference.json")).unwrap()).unwrap()
+}
+
+/// The tiny CLIP's PyTorch references.
 pub fn clip_reference() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(tiny_clip().join("reference/reference.json")).unwrap())
-        .unwrap()
+    reference_of(&tiny_clip())
 }
 
 /// A JSON array of numbers, nested or not, as f32 in row-major order.

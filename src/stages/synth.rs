@@ -4,8 +4,11 @@
 //! 21 relationships per image, long-tailed (Zipf) object names and predicates, and VG's quirks
 //! (`name` or `names`, case and white-space noise in predicates, pairs annotated twice, null
 //! COCO/Flickr ids, extra fields, boxes too small to be regions). The SIMAT vocabulary is
-//! planted at a realistic rate. With `render`, one JPEG per image at its stated size, each object
-//! drawn as a box with its name, under `images/`.
+//! planted at a realistic rate, each planted pair of boxes arranged as its relation is drawn. With
+//! `render`, one JPEG per image at its stated size under `images/`: every planted triplet legible
+//! in its region (its subject's and object's icons, placed and badged as the relation says: see
+//! [`crate::world`]), other objects as frames with their names; and `captions.json`, three to
+//! five captions per image in COCO's format, for training a model on the world and for `coco`.
 //!
 //! Output is a function of the seed alone: each image draws from its own ChaCha stream, so images
 //! can be generated in parallel and the bytes do not depend on the thread count.
@@ -26,6 +29,9 @@ use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
 use crate::stages::triplets::Vocabulary;
 use crate::tables;
+use crate::world::{
+    self, PLANT_OBJECTS, RELATIONS as RELATION_FREQUENCY, SUBJECTS as SUBJECT_FREQUENCY,
+};
 
 /// Configuration of the synthetic Visual Genome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -37,7 +43,9 @@ pub struct SynthConfig {
     /// Seed; the output is a function of it.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Also draw one JPEG per image under `vg/images/`.
+    /// Also draw one JPEG per image under `vg/images/` (each planted triplet legible: icons per
+    /// name, relations as arrangements; see `simat::world`) and write `vg/captions.json`
+    /// (COCO's format).
     #[arg(long)]
     pub render: bool,
     /// Fraction of relationships that are SIMAT triplets (subject and relation in the
@@ -203,82 +211,9 @@ const PREDICATES: &[&str] = &[
     "against",
 ];
 
-/// Objects that SIMAT regions are planted with.
-const PLANT_OBJECTS: &[&str] = &[
-    "bench",
-    "table",
-    "chair",
-    "frisbee",
-    "grass",
-    "bed",
-    "couch",
-    "floor",
-    "field",
-    "beach",
-    "computer",
-    "water",
-    "motorcycle",
-    "surfboard",
-    "snow",
-    "horse",
-    "sand",
-    "bus",
-    "sofa",
-    "desk",
-    "boat",
-    "skateboard",
-    "ball",
-    "blanket",
-    "fence",
-    "tree",
-    "car",
-    "wall",
-    "dirt",
-    "rock",
-    "pillow",
-    "sidewalk",
-    "train",
-    "bike",
-    "carpet",
-    "counter",
-    "rug",
-    "kite",
-    "pizza",
-    "hay",
-];
-
 const ATTRIBUTES: &[&str] = &[
     "white", "black", "blue", "green", "red", "brown", "large", "wooden", "small", "yellow",
     "tall", "metal", "sitting", "standing", "young", "old", "smiling", "striped", "wet", "dark",
-];
-
-/// SIMAT's subjects and relations, most frequent first (as in the official release), so that
-/// planted triplets concentrate the way real ones do.
-const SUBJECT_FREQUENCY: &[&str] = &[
-    "man", "woman", "cat", "dog", "people", "boy", "girl", "bear", "cow", "bird", "giraffe",
-    "sheep", "horse", "zebra", "elephant",
-];
-const RELATION_FREQUENCY: &[&str] = &[
-    "sitting on a",
-    "laying in",
-    "playing with",
-    "leaning on",
-    "running in",
-    "swinging",
-    "touching",
-    "eating from",
-    "sleeping on",
-    "jumping on",
-    "entering",
-    "chasing",
-    "balancing on",
-    "grabbing",
-    "waiting at",
-    "biting",
-    "licking",
-    "sniffing",
-    "selling",
-    "leaving",
 ];
 
 /// Order `items` by their rank in `frequency` (unknown ones last, in their own order).
@@ -391,6 +326,18 @@ struct SynImage {
     objects: Vec<SynObject>,
     attributes: Vec<(usize, Vec<&'static str>)>,
     relationships: Vec<SynRelationship>,
+    /// The SIMAT triplets planted in it, in planting order.
+    planted: Vec<Planted>,
+}
+
+/// A planted SIMAT triplet: its subject and object (indices into the image's objects), its
+/// relation's canonical name and the surface form annotated.
+#[derive(Debug)]
+struct Planted {
+    subject: usize,
+    object: usize,
+    relation: String,
+    form: String,
 }
 
 /// Sampling tables built once.
@@ -457,6 +404,11 @@ fn make_object(id: i64, name: &str, w: i64, h: i64, rng: &mut ChaCha8Rng) -> Syn
     let bh = bh.min(h);
     let x = rng.random_range(0..=(w - bw));
     let y = rng.random_range(0..=(h - bh));
+    object_at(id, name, [x, y, bw, bh], rng)
+}
+
+fn object_at(id: i64, name: &str, b: world::Bbox, rng: &mut ChaCha8Rng) -> SynObject {
+    let [x, y, bw, bh] = b;
     let synsets = if rng.random_bool(0.7) {
         vec![format!("{}.n.01", name.replace(' ', "_"))]
     } else {
@@ -513,6 +465,7 @@ fn generate_image(index: u64, config: &SynthConfig, vocab: &Vocab) -> SynImage {
         })
         .collect();
     let n_rels = rng.random_range(8..=34usize);
+    let mut planted = Vec::new();
     let mut relationships = Vec::with_capacity(n_rels + 4);
     let mut rel_id = (index as i64) * 64 + 1;
     for _ in 0..n_rels {
@@ -521,10 +474,19 @@ fn generate_image(index: u64, config: &SynthConfig, vocab: &Vocab) -> SynImage {
             let obj = PLANT_OBJECTS[sample(&vocab.plant_obj_cdf, &mut rng)];
             let forms = &vocab.relations[sample(&vocab.relation_cdf, &mut rng)];
             let form = forms[rng.random_range(0..forms.len())].clone();
+            // The pair is arranged as the relation is drawn, so that the region shows it.
+            let look = world::relation_look(&forms[0]);
+            let (obj_box, subj_box) = world::place_pair(look.placement, width, height, &mut rng);
             let si = objects.len();
             let next = id_base + si as i64;
-            objects.push(make_object(next, subj, width, height, &mut rng));
-            objects.push(make_object(next + 1, obj, width, height, &mut rng));
+            objects.push(object_at(next, subj, subj_box, &mut rng));
+            objects.push(object_at(next + 1, obj, obj_box, &mut rng));
+            planted.push(Planted {
+                subject: si,
+                object: si + 1,
+                relation: forms[0].clone(),
+                form: form.clone(),
+            });
             (si, si + 1, form)
         } else {
             let s = rng.random_range(0..objects.len());
@@ -576,6 +538,7 @@ fn generate_image(index: u64, config: &SynthConfig, vocab: &Vocab) -> SynImage {
         objects,
         attributes,
         relationships,
+        planted,
     }
 }
 
@@ -583,6 +546,9 @@ fn generate_image(index: u64, config: &SynthConfig, vocab: &Vocab) -> SynImage {
 #[derive(Default)]
 struct Block {
     image_data: Vec<u8>,
+    /// `captions.json`'s `images` entries and `annotations` entries (with `render`).
+    caption_images: Vec<u8>,
+    caption_annotations: Vec<u8>,
     relationships: Vec<u8>,
     objects: Vec<u8>,
     attributes: Vec<u8>,
@@ -596,10 +562,35 @@ fn sep(buf: &mut Vec<u8>, first: bool) {
     }
 }
 
-fn encode_block(images: &[SynImage], first_block: bool) -> Block {
+fn encode_block(images: &[SynImage], first_block: bool, config: &SynthConfig) -> Block {
     let mut b = Block::default();
     for (k, img) in images.iter().enumerate() {
         let first = first_block && k == 0;
+        if config.render {
+            sep(&mut b.caption_images, first);
+            serde_json::to_writer(
+                &mut b.caption_images,
+                &serde_json::json!({
+                    "id": img.data.image_id,
+                    "file_name": format!("{}.jpg", img.data.image_id),
+                    "width": img.data.width,
+                    "height": img.data.height,
+                }),
+            )
+            .expect("serialises");
+            for (c, caption) in captions_of(img, config.seed).iter().enumerate() {
+                sep(&mut b.caption_annotations, first && c == 0);
+                serde_json::to_writer(
+                    &mut b.caption_annotations,
+                    &serde_json::json!({
+                        "id": img.data.image_id * 8 + c as i64,
+                        "image_id": img.data.image_id,
+                        "caption": caption,
+                    }),
+                )
+                .expect("serialises");
+            }
+        }
         sep(&mut b.image_data, first);
         serde_json::to_writer(&mut b.image_data, &img.data).expect("serialises");
         sep(&mut b.relationships, first);
@@ -665,6 +656,73 @@ pub struct SynthSummary {
     pub rendered: u64,
 }
 
+/// The world's captions in COCO's format (`images` with `id` and `file_name`, `annotations` with
+/// `image_id` and `caption`), beside the VG files, with `render`.
+pub const CAPTIONS_FILE: &str = "captions.json";
+
+fn article(noun: &str) -> &'static str {
+    match noun {
+        "people" | "grass" | "water" | "snow" | "sand" | "dirt" | "hay" => "",
+        n if n.starts_with(['a', 'e', 'i', 'o', 'u']) => "an",
+        _ => "a",
+    }
+}
+
+fn with_article(noun: &str) -> String {
+    match article(noun) {
+        "" => noun.to_string(),
+        a => format!("{a} {noun}"),
+    }
+}
+
+/// Three to five captions of an image, as COCO annotators would write them for this world: one
+/// per planted triplet (up to five, in a few phrasings), then the clutter it shows. A function of
+/// the seed and the image alone.
+fn captions_of(img: &SynImage, seed: u64) -> Vec<String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xC0C0_CA7105);
+    rng.set_stream(img.data.image_id as u64);
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in &img.planted {
+        let (s, o) = (
+            img.objects[p.subject].label(),
+            img.objects[p.object].label(),
+        );
+        if out.len() == 5 || !seen.insert((s, p.relation.as_str(), o)) {
+            continue;
+        }
+        let form = p.form.trim();
+        let obj = if form.ends_with(" a") {
+            o.to_string()
+        } else {
+            format!("the {o}")
+        };
+        let phrase = format!("{} {form} {obj}", with_article(s));
+        out.push(match rng.random_range(0..4) {
+            0 => phrase,
+            1 => format!("there is {phrase}"),
+            2 => format!("a picture of {phrase}"),
+            _ => format!("{phrase} in the scene"),
+        });
+    }
+    let clutter: Vec<&str> = img
+        .objects
+        .iter()
+        .map(SynObject::label)
+        .filter(|l| !l.is_empty())
+        .collect();
+    while out.len() < 3 && clutter.len() >= 2 {
+        let a = clutter[rng.random_range(0..clutter.len())];
+        let b = clutter[rng.random_range(0..clutter.len())];
+        out.push(format!(
+            "a scene with {} and {}",
+            with_article(a),
+            with_article(b)
+        ));
+    }
+    out
+}
+
 /// Images generated per parallel block.
 const BLOCK_IMAGES: u64 = 512;
 
@@ -696,6 +754,7 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
     }
     let bar = ui.progress(config.image_count, "images", "synth");
     let mut summary = SynthSummary::default();
+    let (mut caption_images, mut caption_annotations) = (Vec::new(), Vec::new());
     let n_blocks = config.image_count.div_ceil(BLOCK_IMAGES);
     // Two blocks in flight per thread keeps both cores busy while the writer drains.
     let window = (rayon::current_num_threads() as u64 * 2).max(2);
@@ -715,7 +774,7 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
                         render_image(img, &out.join("images"))?;
                     }
                 }
-                Ok(encode_block(&images, bi == 0))
+                Ok(encode_block(&images, bi == 0, config))
             })
             .collect();
         for block in blocks {
@@ -727,6 +786,8 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
             summary.relationships += block.n_relationships;
             summary.objects += block.n_objects;
             summary.relationships_bytes += block.relationships.len() as u64;
+            caption_images.extend_from_slice(&block.caption_images);
+            caption_annotations.extend_from_slice(&block.caption_annotations);
         }
         let done = (end_block * BLOCK_IMAGES).min(config.image_count);
         bar.set_position(done);
@@ -739,16 +800,21 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
     for f in files {
         f.commit()?;
     }
+    if config.render {
+        // COCO's layout: every image, then every caption (held until the images are written;
+        // a few hundred bytes per image, and rendering is for small worlds).
+        let mut f = AtomicFile::create(out.join(CAPTIONS_FILE))?;
+        write(&mut f, b"{\"images\": [")?;
+        write(&mut f, &caption_images)?;
+        write(&mut f, b"],\n\"annotations\": [")?;
+        write(&mut f, &caption_annotations)?;
+        write(&mut f, b"]}\n")?;
+        f.commit()?;
+    }
     summary.images = config.image_count;
     summary.relationships_bytes += 3;
     summary.rendered = if config.render { config.image_count } else { 0 };
     Ok(summary)
-}
-
-fn colour_of(name: &str) -> Rgb<u8> {
-    let h = blake3::hash(name.as_bytes());
-    let b = h.as_bytes();
-    Rgb([40 + b[0] % 160, 40 + b[1] % 160, 40 + b[2] % 160])
 }
 
 fn draw_rect(img: &mut RgbImage, o: &SynObject, colour: Rgb<u8>) {
@@ -803,18 +869,36 @@ fn draw_text(img: &mut RgbImage, text: &str, x0: i64, y0: i64, colour: Rgb<u8>) 
     }
 }
 
+/// Draw an image: clutter objects as frames with their names, then each planted triplet as its
+/// object's icon, its subject's icon placed as the relation says, and the relation's badge
+/// (`crate::world`).
 fn render_image(img: &SynImage, dir: &Path) -> Result<PathBuf> {
     let (w, h) = (img.data.width as u32, img.data.height as u32);
     let tint = (img.data.image_id % 40) as u8;
     let mut canvas = RgbImage::from_pixel(w, h, Rgb([215 + tint, 220, 225 - tint]));
-    for o in &img.objects {
-        let colour = colour_of(o.label());
+    let planted: std::collections::HashSet<usize> = img
+        .planted
+        .iter()
+        .flat_map(|p| [p.subject, p.object])
+        .collect();
+    for (i, o) in img.objects.iter().enumerate() {
+        if planted.contains(&i) {
+            continue;
+        }
+        let colour = world::clutter_colour(o.label());
         draw_rect(&mut canvas, o, colour);
         draw_text(&mut canvas, o.label(), o.x + 3, o.y + 3, colour);
     }
+    for p in &img.planted {
+        let bbox = |o: &SynObject| [o.x, o.y, o.w, o.h];
+        let (s, o) = (&img.objects[p.subject], &img.objects[p.object]);
+        world::draw_icon(&mut canvas, bbox(o), o.label());
+        world::draw_icon(&mut canvas, bbox(s), s.label());
+        world::draw_badge(&mut canvas, bbox(s), world::relation_look(&p.relation));
+    }
     let path = dir.join(format!("{}.jpg", img.data.image_id));
     let mut file = AtomicFile::create(&path)?;
-    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(file.writer(), 85);
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(file.writer(), 90);
     canvas
         .write_with_encoder(encoder)
         .map_err(|e| Error::io("failed to encode", &path, std::io::Error::other(e)))?;
@@ -909,7 +993,7 @@ pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Resul
             let mut canvas =
                 RgbImage::from_pixel(w as u32, h as u32, Rgb([215 + tint, 220, 225 - tint]));
             for (name, b) in boxes {
-                let colour = colour_of(name);
+                let colour = world::clutter_colour(name);
                 draw_box(&mut canvas, *b, colour);
                 draw_text(&mut canvas, name, b[0].max(0) + 3, b[1].max(0) + 3, colour);
             }
@@ -936,10 +1020,12 @@ pub struct Synth {
 
 impl StageDef for Synth {
     const NAME: &'static str = "synth";
-    const VERSION: u32 = 2;
+    // 3: planted pairs arranged by relation and drawn as icons; captions.json.
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
         "A synthetic Visual Genome (the four JSON files, and JPEGs with --render) in RUN/synth/vg";
-    const PROVIDES: &'static [&'static TableDecl] = &[&tables::VG, &tables::VG_IMAGES];
+    const PROVIDES: &'static [&'static TableDecl] =
+        &[&tables::VG, &tables::VG_IMAGES, &tables::VG_CAPTIONS];
     type Config = SynthConfig;
     fn build(config: SynthConfig) -> Result<Self> {
         if !(0.0..=1.0).contains(&config.plant_rate) {
@@ -955,7 +1041,7 @@ impl StageDef for Synth {
     }
     fn provides(&self) -> Vec<&'static TableDecl> {
         if self.config.render {
-            vec![&tables::VG, &tables::VG_IMAGES]
+            vec![&tables::VG, &tables::VG_IMAGES, &tables::VG_CAPTIONS]
         } else {
             vec![&tables::VG]
         }
@@ -983,6 +1069,11 @@ impl StageDef for Synth {
             report
                 .outputs
                 .push((format!("{}/{file}", tables::VG.file), Some(rows)));
+        }
+        if self.config.render {
+            report
+                .outputs
+                .push((tables::VG_CAPTIONS.file.to_string(), Some(s.images)));
         }
         Ok(report)
     }
@@ -1019,6 +1110,66 @@ mod tests {
             std::fs::read(dir.path().join("a/relationships.json")).unwrap(),
             std::fs::read(dir.path().join("c/relationships.json")).unwrap()
         );
+    }
+
+    #[test]
+    fn a_rendered_world_has_coco_captions_of_its_planted_triplets() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SynthConfig {
+            image_count: 40,
+            seed: 5,
+            render: true,
+            plant_rate: 0.2,
+        };
+        synthesize(&config, dir.path(), &crate::ui::Ui::quiet()).unwrap();
+        let coco: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CAPTIONS_FILE)).unwrap())
+                .unwrap();
+        let images = coco["images"].as_array().unwrap();
+        assert_eq!(images.len(), 40);
+        for im in images {
+            let file = dir
+                .path()
+                .join("images")
+                .join(im["file_name"].as_str().unwrap());
+            assert!(file.exists(), "{file:?}");
+        }
+        let vocab = Vocab::new(&Vocabulary::default());
+        let mut per_image = std::collections::BTreeMap::<i64, Vec<String>>::new();
+        let mut ids = std::collections::HashSet::new();
+        for a in coco["annotations"].as_array().unwrap() {
+            assert!(
+                ids.insert(a["id"].as_i64().unwrap()),
+                "duplicate caption id"
+            );
+            per_image
+                .entry(a["image_id"].as_i64().unwrap())
+                .or_default()
+                .push(a["caption"].as_str().unwrap().to_string());
+        }
+        assert_eq!(per_image.len(), 40);
+        let mut mentioned = 0;
+        for i in 0..40u64 {
+            let img = generate_image(i, &config, &vocab);
+            let caps = &per_image[&img.data.image_id];
+            assert!((3..=5).contains(&caps.len()), "{caps:?}");
+            // Each of the first planted triplets is worded in one caption: subject, the surface
+            // form annotated, object.
+            for p in img.planted.iter().take(2) {
+                let (s, o) = (
+                    img.objects[p.subject].label(),
+                    img.objects[p.object].label(),
+                );
+                assert!(
+                    caps.iter()
+                        .any(|c| c.contains(s) && c.contains(p.form.trim()) && c.contains(o)),
+                    "{s} {} {o} not in {caps:?}",
+                    p.form
+                );
+                mentioned += 1;
+            }
+        }
+        assert!(mentioned > 40, "{mentioned} planted triplets checked");
     }
 
     #[test]

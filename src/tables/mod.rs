@@ -62,6 +62,14 @@ table!(
     "a folder of images `<image_id>.jpg`"
 );
 table!(
+    VG_CAPTIONS,
+    "vg_captions",
+    "vg/captions.json",
+    Json,
+    None,
+    "captions of a rendered world in COCO's format: images (id, file_name), annotations (image_id, caption)"
+);
+table!(
     IMAGES,
     "images",
     "images.parquet",
@@ -298,6 +306,7 @@ table!(
 pub static ALL_TABLES: &[&TableDecl] = &[
     &VG,
     &VG_IMAGES,
+    &VG_CAPTIONS,
     &IMAGES,
     &RELATIONSHIPS,
     &OBJECTS,
