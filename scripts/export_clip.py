@@ -314,6 +314,7 @@ def main():
         model = CLIP(embed_dim=arch["embed_dim"], vision_cfg=CLIPVisionCfg(**arch["vision_cfg"]),
                      text_cfg=CLIPTextCfg(**arch["text_cfg"]))
         model.load_state_dict(ckpt["state_dict"])
+        args.model = "tiny-world"
         args.pretrained = "trained on the demo world by scripts/train_tiny_clip.py"
     elif args.model == "tiny":
         model = tiny_model(torch, open_clip)
