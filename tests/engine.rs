@@ -304,3 +304,30 @@ fn every_bad_value_is_reported_before_anything_runs() {
     );
     assert!(!dir.path().join("run/synth").exists(), "a stage ran");
 }
+
+/// A reader that is gone before the first line (`simat status RUN | head -0`) ends the command
+/// quietly: exit 0 and no panic, for the tools that print to stdout.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let run = demo_run();
+    let results = run.join("score/results.parquet");
+    for args in [
+        vec!["status", s(&run)],
+        vec!["inspect", s(&results)],
+        vec!["query", s(&run), "SELECT * FROM results"],
+        vec!["query", s(&run), "--tables"],
+    ] {
+        let mut child = simat()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

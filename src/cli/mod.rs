@@ -6,6 +6,15 @@
 pub mod knn;
 pub mod query;
 
+/// `println!` that returns the write's error instead of panicking: a reader that closed the pipe
+/// (`simat status RUN | head -1`) ends the command quietly with exit 0 (see [`main`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -262,7 +271,7 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
         let outcomes = run_stages(run_dir, &[stage.as_ref()], &opts, ui)?;
         if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
             if let Some(text) = entry.summary(&run_dir.clone())? {
-                println!("{text}");
+                outln!("{text}");
             }
         }
         return Ok(exit_of(&outcomes));
@@ -355,11 +364,11 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
         }
         Tool::Runtime { model } => {
             let (_, path) = crate::model::environment()?;
-            println!("ONNX Runtime: {}", path.display());
-            println!("{}", crate::model::build_info()?);
+            outln!("ONNX Runtime: {}", path.display());
+            outln!("{}", crate::model::build_info()?);
             if let Some(m) = model {
                 let model = crate::model::OnnxModel::load(&m, 0)?;
-                println!(
+                outln!(
                     "{}: inputs {:?}, outputs {:?}",
                     m.display(),
                     model.inputs(),
@@ -377,14 +386,14 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
 }
 
 fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
-    println!("run directory: {}", run_dir.display());
+    outln!("run directory: {}", run_dir.display());
     for o in outcomes {
         let state = if o.ran_because.is_some() {
             "ran"
         } else {
             "fresh"
         };
-        println!(
+        outln!(
             "  {:<9} {:<6} {}",
             o.stage,
             state,
@@ -395,7 +404,7 @@ fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
     for o in outcomes.iter().rev() {
         if let Some(entry) = stages::find(&o.stage) {
             if let Some(text) = entry.summary(run_dir)? {
-                println!("{text}");
+                outln!("{text}");
                 break;
             }
         }
@@ -412,7 +421,7 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
     }
     let manifest = Manifest::load(run)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&manifest)?);
+        outln!("{}", serde_json::to_string_pretty(&manifest)?);
         return Ok(ExitCode::SUCCESS);
     }
     let planned: Vec<(String, Freshness)> = match pipeline {
@@ -470,8 +479,8 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
         };
         let detail = rec.map(|r| describe(&name, r)).unwrap_or(name.clone());
         match why {
-            Some(w) => println!("{word:>8}  {detail}: {w}"),
-            None => println!("{word:>8}  {detail}"),
+            Some(w) => outln!("{word:>8}  {detail}: {w}"),
+            None => outln!("{word:>8}  {detail}"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -480,7 +489,7 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
 fn inspect(file: &Path, rows: usize) -> Result<ExitCode> {
     let i = crate::io::inspect(file, rows)
         .with_context(|| format!("cannot inspect `{}`", file.display()))?;
-    println!(
+    outln!(
         "{} ({:?}, {} rows in {} {})",
         file.display(),
         i.kind,
@@ -491,17 +500,17 @@ fn inspect(file: &Path, rows: usize) -> Result<ExitCode> {
             crate::io::FileKind::ArrowIpc => "record batches",
         }
     );
-    println!("schema:");
+    outln!("schema:");
     for f in i.schema.fields() {
-        println!(
+        outln!(
             "  {}: {}{}",
             f.name(),
             f.data_type(),
             if f.is_nullable() { " (nullable)" } else { "" }
         );
     }
-    println!("first {} rows:", i.head.num_rows());
-    println!("{}", arrow::util::pretty::pretty_format_batches(&[i.head])?);
+    outln!("first {} rows:", i.head.num_rows());
+    outln!("{}", arrow::util::pretty::pretty_format_batches(&[i.head])?);
     Ok(ExitCode::SUCCESS)
 }
 
