@@ -331,3 +331,25 @@ fn a_closed_pipe_ends_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `status RUN --pipeline P` plans P against RUN, not against P's own `run_dir`: the README's demo,
+/// run elsewhere with `--run-dir`, is fresh stage by stage.
+#[test]
+fn status_with_a_pipeline_honours_the_run_directory_given() {
+    let run = demo_run();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The demo's pipeline with a run_dir that does not exist (and its model path absolute).
+    let dir = tempdir();
+    let text = std::fs::read_to_string(root.join("pipelines/demo.toml"))
+        .unwrap()
+        .replace("\"../runs/demo\"", "\"no-such-run\"")
+        .replace("\"../data/", &format!("\"{}/data/", root.display()));
+    let pipeline = dir.path().join("demo.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    let out = stdout(&run_ok(&["status", s(&run), "--pipeline", s(&pipeline)], 0));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10, "{out}");
+    for line in lines {
+        assert!(line.trim_start().starts_with("fresh"), "{out}");
+    }
+}
