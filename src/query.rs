@@ -160,9 +160,16 @@ fn polars_error(what: &str, e: PolarsError) -> Error {
     Error::Query(format!("{what}: {first}"))
 }
 
-/// A table file as a polars frame, through Arrow IPC in memory.
+/// A table file as a polars frame: an Arrow IPC file as it is; a Parquet file read with arrow-rs
+/// and handed over as Arrow IPC in memory.
 fn load(source: &TableSource) -> Result<DataFrame> {
-    let batch = crate::io::read_any(&source.path)?;
+    let polars_read = |e| polars_error(&format!("`{}`", source.path.display()), e);
+    if crate::io::sniff(&source.path)? == crate::io::FileKind::ArrowIpc {
+        let file = std::fs::File::open(&source.path)
+            .map_err(|e| Error::io("failed to open", &source.path, e))?;
+        return IpcReader::new(file).finish().map_err(polars_read);
+    }
+    let batch = crate::io::read_all(&source.path)?;
     let mut buf = Vec::new();
     {
         let mut w = arrow::ipc::writer::FileWriter::try_new(&mut buf, &batch.schema())
@@ -173,7 +180,7 @@ fn load(source: &TableSource) -> Result<DataFrame> {
     }
     IpcReader::new(std::io::Cursor::new(buf))
         .finish()
-        .map_err(|e| polars_error(&format!("`{}`", source.path.display()), e))
+        .map_err(polars_read)
 }
 
 /// The identifiers of a SQL text, lower-cased (to find the tables it names).

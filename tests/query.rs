@@ -256,7 +256,9 @@ fn export_to_npy_and_parquet_reads_back_equal() {
     let header = keys.lines().next().unwrap();
     assert!(header.starts_with("row,dataset_id"), "{header}");
     assert_eq!(keys.lines().count(), 1 + m.rows);
-    let store_batch = simat::io::read_any(&store).unwrap();
+    let store_batch = simat::io::store::EmbeddingStore::open(&store)
+        .unwrap()
+        .batch;
     let ids = store_batch
         .column_by_name("dataset_id")
         .unwrap()

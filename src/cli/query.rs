@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
@@ -262,41 +262,13 @@ fn write_aligned(w: &mut impl Write, batches: &[RecordBatch], max_rows: usize) -
 /// its keys beside it (`<stem>.keys.csv`), or as Parquet with the vectors in a `FLOAT[D]`
 /// column (a list column DuckDB, polars and pandas read).
 pub fn export(store: &Path, out: &Path, ui: &Ui) -> Result<ExitCode> {
-    let batch = crate::io::read_any(store)
-        .with_context(|| format!("cannot read the embedding store `{}`", store.display()))?;
-    let (vec_index, dim) = batch
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .find_map(|(i, f)| match f.data_type() {
-            DataType::FixedSizeList(item, d) if item.data_type() == &DataType::Float32 => {
-                Some((i, *d as usize))
-            }
-            _ => None,
-        })
-        .with_context(|| {
-            format!(
-                "`{}` has no FixedSizeList<Float32> column: not an embedding store",
-                store.display()
-            )
-        })?;
-    let rows = batch.num_rows();
+    let (batch, m) = crate::io::store::read_table_embeddings(store)
+        .with_context(|| format!("`{}`: not an embedding store", store.display()))?;
+    let vec_index = crate::io::store::embedding_column(&batch.schema()).expect("read as a store");
+    let (rows, dim) = (m.rows, m.cols);
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
         "npy" => {
-            let list = batch.column(vec_index).as_fixed_size_list();
-            let values = list
-                .values()
-                .as_primitive::<arrow::datatypes::Float32Type>();
-            anyhow::ensure!(
-                list.null_count() == 0 && values.null_count() == 0,
-                "`{}` has null vectors",
-                store.display()
-            );
-            let start = list.offset() * dim;
-            let data = &values.values()[start..start + rows * dim];
-            let m = crate::linalg::Matrix::new(rows, dim, data.to_vec())?;
             crate::io::store::write_npy(out, &m)?;
             let keys_path = out.with_extension("keys.csv");
             // `row`, then every column but the vectors.

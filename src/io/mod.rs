@@ -149,23 +149,6 @@ pub fn read_schema(path: &Path) -> Result<SchemaRef> {
     })
 }
 
-/// Every row of a Parquet or Arrow IPC file, as one batch.
-pub fn read_any(path: &Path) -> Result<RecordBatch> {
-    match sniff(path)? {
-        FileKind::Parquet => read_all(path),
-        FileKind::ArrowIpc => {
-            let file = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
-            let reader = arrow::ipc::reader::FileReader::try_new(file, None)
-                .map_err(|e| e.with_path(path))?;
-            let schema = reader.schema();
-            let batches = reader
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| e.with_path(path))?;
-            arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.with_path(path))
-        }
-    }
-}
-
 /// A column by name, or an error naming the file and the column.
 pub fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef> {
     batch

@@ -40,6 +40,26 @@ pub fn embedding_field(d: usize) -> Field {
     )
 }
 
+/// Which column holds the embeddings: `embedding`, else the first `FixedSizeList` column.
+pub fn embedding_column(schema: &arrow::datatypes::Schema) -> Option<usize> {
+    schema.index_of(EMBEDDING).ok().or_else(|| {
+        schema
+            .fields()
+            .iter()
+            .position(|f| matches!(f.data_type(), DataType::FixedSizeList(_, _)))
+    })
+}
+
+/// The embeddings of a batch whose shape [`embedding_shape`] checked, row-major.
+fn embedding_values(batch: &RecordBatch, rows: usize, dim: usize) -> &[f32] {
+    let list = batch
+        .column(embedding_column(&batch.schema()).expect("checked by embedding_shape"))
+        .as_fixed_size_list();
+    let values = list.values().as_primitive::<Float32Type>().values();
+    let start = list.offset() * dim;
+    &values[start..start + rows * dim]
+}
+
 /// Schema metadata key saying what the vectors of a store are.
 pub const VECTORS_KEY: &str = "simat:vectors";
 
@@ -151,14 +171,7 @@ impl EmbeddingStore {
 
     /// The embeddings, row-major, `rows × dim`.
     pub fn values(&self) -> &[f32] {
-        let list = self
-            .batch
-            .column_by_name(EMBEDDING)
-            .expect("checked in open")
-            .as_fixed_size_list();
-        let values = list.values().as_primitive::<Float32Type>().values();
-        let start = list.offset() * self.dim;
-        &values[start..start + self.rows * self.dim]
+        embedding_values(&self.batch, self.rows, self.dim)
     }
 
     /// A copy as a [`Matrix`].
@@ -179,14 +192,8 @@ impl EmbeddingStore {
 }
 
 fn embedding_shape(batch: &RecordBatch, path: &Path) -> Result<(usize, usize)> {
-    let col = batch
-        .column_by_name(EMBEDDING)
-        .or_else(|| {
-            batch
-                .columns()
-                .iter()
-                .find(|c| matches!(c.data_type(), DataType::FixedSizeList(_, _)))
-        })
+    let col = embedding_column(&batch.schema())
+        .map(|i| batch.column(i))
         .ok_or_else(|| {
             Error::columnar(path, "no `embedding` column (FixedSizeList<Float32, D>)")
         })?;
@@ -244,18 +251,7 @@ pub fn read_table_embeddings(path: &Path) -> Result<(RecordBatch, Matrix)> {
         crate::io::FileKind::Parquet => crate::io::read_all(path)?,
     };
     let (rows, dim) = embedding_shape(&batch, path)?;
-    let col = batch.column_by_name(EMBEDDING).cloned().unwrap_or_else(|| {
-        batch
-            .columns()
-            .iter()
-            .find(|c| matches!(c.data_type(), DataType::FixedSizeList(_, _)))
-            .cloned()
-            .expect("checked by embedding_shape")
-    });
-    let list = col.as_fixed_size_list();
-    let values = list.values().as_primitive::<Float32Type>().values();
-    let start = list.offset() * dim;
-    let m = Matrix::new(rows, dim, values[start..start + rows * dim].to_vec())?;
+    let m = Matrix::new(rows, dim, embedding_values(&batch, rows, dim).to_vec())?;
     Ok((batch, m))
 }
 
