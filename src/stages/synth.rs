@@ -660,11 +660,11 @@ pub struct SynthSummary {
 /// `image_id` and `caption`), beside the VG files, with `render`.
 pub const CAPTIONS_FILE: &str = "captions.json";
 
+/// The article of a noun in a caption: none for plurals and mass nouns, else a or an.
 fn article(noun: &str) -> &'static str {
     match noun {
         "people" | "grass" | "water" | "snow" | "sand" | "dirt" | "hay" => "",
-        n if n.starts_with(['a', 'e', 'i', 'o', 'u']) => "an",
-        _ => "a",
+        n => crate::stages::triplets::article_for(n),
     }
 }
 
@@ -817,8 +817,22 @@ pub fn synthesize(config: &SynthConfig, out: &Path, ui: &crate::ui::Ui) -> Resul
     Ok(summary)
 }
 
-fn draw_rect(img: &mut RgbImage, o: &SynObject, colour: Rgb<u8>) {
-    draw_box(img, [o.x, o.y, o.x + o.w, o.y + o.h], colour);
+/// A name drawn as clutter: a frame of the box `x1, y1, x2, y2` with the name inside, in the
+/// name's colour.
+fn draw_named_box(img: &mut RgbImage, name: &str, b: [i64; 4]) {
+    let colour = world::clutter_colour(name);
+    draw_box(img, b, colour);
+    draw_text(img, name, b[0].max(0) + 3, b[1].max(0) + 3, colour);
+}
+
+/// Write `canvas` as a JPEG at `path` (atomically).
+fn write_jpeg(canvas: &RgbImage, path: &Path, quality: u8) -> Result<PathBuf> {
+    let mut file = AtomicFile::create(path)?;
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(file.writer(), quality);
+    canvas
+        .write_with_encoder(encoder)
+        .map_err(|e| Error::io("failed to encode", path, std::io::Error::other(e)))?;
+    file.commit()
 }
 
 /// A two-pixel frame of the box `x1, y1, x2, y2` (exclusive ends), cut to the image.
@@ -885,9 +899,7 @@ fn render_image(img: &SynImage, dir: &Path) -> Result<PathBuf> {
         if planted.contains(&i) {
             continue;
         }
-        let colour = world::clutter_colour(o.label());
-        draw_rect(&mut canvas, o, colour);
-        draw_text(&mut canvas, o.label(), o.x + 3, o.y + 3, colour);
+        draw_named_box(&mut canvas, o.label(), [o.x, o.y, o.x + o.w, o.y + o.h]);
     }
     for p in &img.planted {
         let bbox = |o: &SynObject| [o.x, o.y, o.w, o.h];
@@ -896,13 +908,7 @@ fn render_image(img: &SynImage, dir: &Path) -> Result<PathBuf> {
         world::draw_icon(&mut canvas, bbox(s), s.label());
         world::draw_badge(&mut canvas, bbox(s), world::relation_look(&p.relation));
     }
-    let path = dir.join(format!("{}.jpg", img.data.image_id));
-    let mut file = AtomicFile::create(&path)?;
-    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(file.writer(), 90);
-    canvas
-        .write_with_encoder(encoder)
-        .map_err(|e| Error::io("failed to encode", &path, std::io::Error::other(e)))?;
-    file.commit()
+    write_jpeg(&canvas, &dir.join(format!("{}.jpg", img.data.image_id)), 90)
 }
 
 /// Stand-in images for the official release: one JPEG `<image_id>.jpg` per image of its
@@ -993,17 +999,9 @@ pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Resul
             let mut canvas =
                 RgbImage::from_pixel(w as u32, h as u32, Rgb([215 + tint, 220, 225 - tint]));
             for (name, b) in boxes {
-                let colour = world::clutter_colour(name);
-                draw_box(&mut canvas, *b, colour);
-                draw_text(&mut canvas, name, b[0].max(0) + 3, b[1].max(0) + 3, colour);
+                draw_named_box(&mut canvas, name, *b);
             }
-            let path = out.join(format!("{image_id}.jpg"));
-            let mut file = AtomicFile::create(&path)?;
-            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(file.writer(), 85);
-            canvas
-                .write_with_encoder(encoder)
-                .map_err(|e| Error::io("failed to encode", &path, std::io::Error::other(e)))?;
-            file.commit()?;
+            write_jpeg(&canvas, &out.join(format!("{image_id}.jpg")), 85)?;
             bar.inc(1);
             Ok(())
         })?;
@@ -1041,7 +1039,7 @@ impl StageDef for Synth {
     }
     fn provides(&self) -> Vec<&'static TableDecl> {
         if self.config.render {
-            vec![&tables::VG, &tables::VG_IMAGES, &tables::VG_CAPTIONS]
+            Self::PROVIDES.to_vec()
         } else {
             vec![&tables::VG]
         }

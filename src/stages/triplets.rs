@@ -195,7 +195,8 @@ pub fn normalise(s: &str) -> String {
     out
 }
 
-fn article_for(word: &str) -> &'static str {
+/// "an" before a vowel, else "a".
+pub fn article_for(word: &str) -> &'static str {
     match word.chars().next().map(|c| c.to_ascii_lowercase()) {
         Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
         _ => "a",
