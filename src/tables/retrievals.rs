@@ -251,7 +251,7 @@ pub struct ResultRow {
 /// `breakdown.parquet`, read.
 pub fn read_breakdown(path: &Path) -> Result<Vec<GroupScore>> {
     let b = crate::io::read_all(path)?;
-    let (heads, split, dimension, key) = (
+    let (mut heads, mut split, mut dimension, mut key) = (
         strs(&b, "heads", path)?,
         strs(&b, "split", path)?,
         strs(&b, "dimension", path)?,
@@ -260,13 +260,15 @@ pub fn read_breakdown(path: &Path) -> Result<Vec<GroupScore>> {
     let lam = crate::io::f64_column(&b, "lam", path)?;
     let score = crate::io::f64_column(&b, "score", path)?;
     let queries = crate::io::i64_column(&b, "queries", path)?;
+    // The strings were copied out of the batch once; each row takes its own.
+    let take = std::mem::take::<String>;
     Ok((0..b.num_rows())
         .map(|i| GroupScore {
-            heads: heads[i].clone(),
+            heads: take(&mut heads[i]),
             lam: lam.value(i),
-            split: split[i].clone(),
-            dimension: dimension[i].clone(),
-            key: key[i].clone(),
+            split: take(&mut split[i]),
+            dimension: take(&mut dimension[i]),
+            key: take(&mut key[i]),
             queries: queries.value(i),
             score: score.value(i),
         })
@@ -278,7 +280,7 @@ pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
     let b = crate::io::read_all(path)?;
     let s = |n: &str| strs(&b, n, path);
     let i = |n: &str| ints(&b, n, path);
-    let (heads, split, field, value, target) = (
+    let (mut heads, mut split, mut field, mut value, mut target) = (
         s("heads")?,
         s("split")?,
         s("field")?,
@@ -296,15 +298,16 @@ pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
     let lam = crate::io::f64_column(&b, "lam", path)?;
     let oracle = crate::io::f64_column(&b, "oracle_value", path)?;
     let success = crate::io::bool_column(&b, "success", path)?;
+    let take = std::mem::take::<String>;
     Ok((0..b.num_rows())
         .map(|k| ResultRow {
-            heads: heads[k].clone(),
+            heads: take(&mut heads[k]),
             lam: lam.value(k),
             query_id: query_id[k],
-            split: split[k].clone(),
-            field: field[k].clone(),
-            value: value[k].clone(),
-            target: target[k].clone(),
+            split: take(&mut split[k]),
+            field: take(&mut field[k]),
+            value: take(&mut value[k]),
+            target: take(&mut target[k]),
             region_id: region_id[k],
             dataset_id: dataset_id[k],
             target_triplet_id: target_triplet_id[k],
