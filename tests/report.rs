@@ -60,16 +60,8 @@ fn the_report_loads_clean_in_chromium() {
     assert_eq!(page["untitled"], 0, "{page}");
     assert_eq!(page["without_axis_labels"], 0, "{page}");
     // The demo's 12 sampled queries, one pick per λ of the run.
-    let mut lambdas: Vec<f64> =
-        simat::tables::retrievals::ScoresFile::read(&run.join("score/scores.json"))
-            .unwrap()
-            .scores
-            .iter()
-            .map(|r| r.lambda)
-            .collect();
-    lambdas.dedup();
     assert_eq!(page["sheets"], 12, "{page}");
-    assert_eq!(page["marks"], 12 * lambdas.len(), "{page}");
+    assert_eq!(page["marks"], 12 * scored_lambdas(&run).len(), "{page}");
     assert!(page["sortable"].as_u64().unwrap() >= 5, "{page}");
     assert_eq!(page["provenance_rows"], 1, "{page}");
 
@@ -192,37 +184,8 @@ fn without_pixels_the_sheets_show_captions() {
     let dir = tempdir();
     let run = dir.path().join("official");
     let release = shared_data().join("simat-release");
-    run_ok(&["import", "--release", s(&release), "--run", s(&run)], 0);
-    // Seeded random image embeddings in dataset_id order, the release's word vectors.
-    let dataset =
-        simat::tables::dataset::Dataset::read(&run.join("import/dataset.parquet")).unwrap();
-    let d = 512;
-    let mut x = 0x9e3779b97f4a7c15u64;
-    let data: Vec<f32> = (0..dataset.len() * d)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    let npy = dir.path().join("images.npy");
-    simat::io::store::write_npy(
-        &npy,
-        &simat::linalg::Matrix::new(dataset.len(), d, data).unwrap(),
-    )
-    .unwrap();
-    run_ok(
-        &[
-            "import-embeddings",
-            s(&run),
-            "--image-embeddings",
-            s(&npy),
-            "--word-embeddings",
-            s(&release.join("original/simat_words_clip.ptd")),
-        ],
-        0,
-    );
+    // The release's tables and word vectors, the reference's seeded image embeddings.
+    crate::simat::import_release(&run);
     run_ok(&["retrieve", s(&run), "--lambdas", "0,1"], 0);
     run_ok(&["score", s(&run)], 0);
     run_ok(&["report", s(&run), "--sheet-queries", "5"], 0);

@@ -67,7 +67,7 @@ fn reference_inputs() -> PathBuf {
 }
 
 /// Import the release and the reference's keyed image embeddings into `run`.
-fn import_release(run: &Path) -> PathBuf {
+pub fn import_release(run: &Path) -> PathBuf {
     let inputs = reference_inputs();
     run_ok(
         &["import-simat", "--release", s(&release()), "--run", s(run)],

@@ -223,6 +223,15 @@ pub fn demo_run() -> PathBuf {
     .clone()
 }
 
+/// The λ a run was scored at (its `score/scores.json`), in order, each once.
+pub fn scored_lambdas(run: &Path) -> Vec<f64> {
+    let file = simat::tables::retrievals::ScoresFile::read(&run.join("score/scores.json")).unwrap();
+    let mut lambdas: Vec<f64> = file.scores.iter().map(|r| r.lambda).collect();
+    lambdas.sort_by(f64::total_cmp);
+    lambdas.dedup();
+    lambdas
+}
+
 /// A Float64 column's values (through the library's typed accessors).
 pub fn col_f64(b: &arrow::record_batch::RecordBatch, name: &str) -> Vec<f64> {
     simat::io::f64_column(b, name, Path::new(name))

@@ -96,9 +96,7 @@ fn embeddings_on_the_wrong_regions_lose_the_effect() {
     shift_embeddings(&images, &shifted);
 
     let want = scores(&demo);
-    let mut lambdas: Vec<f64> = want.scores.iter().map(|r| r.lambda).collect();
-    lambdas.dedup();
-    let lambdas = lambdas
+    let lambdas = scored_lambdas(&demo)
         .iter()
         .map(f64::to_string)
         .collect::<Vec<_>>()
@@ -151,23 +149,13 @@ fn embeddings_on_the_wrong_regions_lose_the_effect() {
 /// Rewrite an exported Parquet store with its `embedding` column rotated by half its rows and
 /// every key column in place.
 fn shift_embeddings(from: &Path, to: &Path) {
-    let file = std::fs::File::open(from).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let batches: Vec<_> = reader.map(Result::unwrap).collect();
-    let schema = batches[0].schema();
-    let batch = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    let batch = simat::io::read_all(from).unwrap();
     let n = batch.num_rows() as u32;
     assert!(n > 10);
     let idx = UInt32Array::from_iter_values((0..n).map(|i| (i + n / 2) % n));
-    let col = schema.index_of("embedding").unwrap();
+    let col = batch.schema().index_of("embedding").unwrap();
     let mut columns: Vec<Arc<dyn Array>> = batch.columns().to_vec();
     columns[col] = arrow::compute::take(batch.column(col).as_ref(), &idx, None).unwrap();
-    let shifted = arrow::record_batch::RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let out = std::fs::File::create(to).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(out, schema, None).unwrap();
-    w.write(&shifted).unwrap();
-    w.close().unwrap();
+    let shifted = arrow::record_batch::RecordBatch::try_new(batch.schema(), columns).unwrap();
+    simat::io::write_table(to, &shifted).unwrap();
 }
