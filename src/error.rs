@@ -114,6 +114,15 @@ pub enum Error {
         hint: String,
     },
 
+    /// Another process runs stages in the run directory.
+    #[error("`{}` is in use by {holder}; wait for it to finish, or pass --wait to wait here", run_dir.display())]
+    Locked {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Who holds it: PID, command line and start time, from the lock file.
+        holder: String,
+    },
+
     /// A stage cannot run because something it needs is not there.
     #[error("stage `{stage}`: {message}")]
     Stage {

@@ -353,3 +353,162 @@ fn status_with_a_pipeline_honours_the_run_directory_given() {
         assert!(line.trim_start().starts_with("fresh"), "{out}");
     }
 }
+
+/// The stage outputs of a run of [`pipeline`], by stage and file.
+fn outputs(run: &Path) -> Vec<(String, Vec<(String, String)>)> {
+    ["ingest", "triplets"]
+        .iter()
+        .map(|s| (s.to_string(), hashes(&run.join(s))))
+        .collect()
+}
+
+/// Hold `RUN/.lock` as another simat would: flock on it, with its text.
+fn hold_lock(run: &Path) -> std::fs::File {
+    std::fs::create_dir_all(run).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(run.join(".lock"))
+        .unwrap();
+    file.lock().unwrap();
+    std::fs::write(
+        run.join(".lock"),
+        "pid 4242\ncommand simat run other.toml\nsince 2026-11-28T10:00:00Z\n",
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn a_held_run_directory_refuses_a_second_run_naming_the_holder() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    let run = dir.path().join("run");
+    let held = hold_lock(&run);
+    let out = run_ok(&["run", s(&p)], 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "is in use by process 4242 (`simat run other.toml`, since 2026-11-28T10:00:00Z)"
+        ) && err.contains("--wait"),
+        "{err}"
+    );
+    assert!(!run.join("manifest.json").exists() && !run.join("synth").exists());
+    drop(held);
+
+    // On a finished run: a forced rerun and a single stage's subcommand are refused and change
+    // nothing; readers do not take the lock.
+    run_ok(&["run", s(&p)], 0);
+    let manifest = std::fs::read(run.join("manifest.json")).unwrap();
+    let before = outputs(&run);
+    let held = hold_lock(&run);
+    let out = run_ok(&["run", s(&p), "--force", "ingest"], 2);
+    assert!(stderr(&out).contains("in use by process 4242"));
+    let out = run_ok(&["triplets", s(&run), "--force"], 2);
+    assert!(stderr(&out).contains("in use by process 4242"));
+    assert_eq!(std::fs::read(run.join("manifest.json")).unwrap(), manifest);
+    assert_eq!(outputs(&run), before);
+    run_ok(&["status", s(&run)], 0);
+    run_ok(&["query", s(&run), "SELECT count(*) AS n FROM triplets"], 0);
+    drop(held);
+}
+
+#[test]
+fn wait_runs_after_the_holder_and_gives_a_single_runs_outputs() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    let run = dir.path().join("run");
+    let held = hold_lock(&run);
+    let mut child = simat()
+        .args(["run", "--wait", s(&p)])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "--wait should still be waiting for the holder"
+    );
+    assert!(!run.join("manifest.json").exists());
+    // The holder ends cleanly: it empties the file, then lets go.
+    held.set_len(0).unwrap();
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("Waiting for process 4242"), "{err}");
+    assert!(!err.contains("took over"), "{err}");
+
+    let single = tempdir();
+    let q = pipeline(single.path(), "");
+    run_ok(&["run", s(&q)], 0);
+    assert_eq!(outputs(&run), outputs(&single.path().join("run")));
+}
+
+#[test]
+fn two_concurrent_runs_one_runs_the_other_waits_or_is_refused() {
+    let single = tempdir();
+    let q = pipeline(single.path(), "");
+    run_ok(&["run", s(&q)], 0);
+    let want = outputs(&single.path().join("run"));
+
+    for wait in [false, true] {
+        let dir = tempdir();
+        let p = pipeline(dir.path(), "");
+        let spawn = || {
+            let mut cmd = simat();
+            cmd.arg("run");
+            if wait {
+                cmd.arg("--wait");
+            }
+            cmd.arg(s(&p))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let codes: Vec<_> = outs.iter().map(|o| o.status.code()).collect();
+        for o in &outs {
+            let err = String::from_utf8_lossy(&o.stderr);
+            match o.status.code() {
+                Some(0) => {}
+                Some(2) if !wait => assert!(err.contains("is in use by process"), "{err}"),
+                c => panic!("exit {c:?} (wait = {wait}): {err}"),
+            }
+        }
+        assert!(codes.contains(&Some(0)), "{codes:?}");
+        assert_eq!(outputs(&dir.path().join("run")), want, "wait = {wait}");
+        // Whatever happened, the run is whole: a third run finds everything fresh.
+        let out = run_ok(&["run", s(&p)], 0);
+        assert_eq!(
+            verbs(&stderr(&out)),
+            ["Fresh synth", "Fresh ingest", "Fresh triplets"]
+        );
+    }
+}
+
+#[test]
+fn the_lock_of_a_killed_run_is_taken_over_and_said() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    // What a SIGKILLed holder leaves: its text, and no lock (the kernel dropped it).
+    std::fs::write(
+        run.join(".lock"),
+        "pid 4243\ncommand simat run killed.toml\nsince 2026-11-28T09:00:00Z\n",
+    )
+    .unwrap();
+    let out = run_ok(&["run", s(&p)], 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("took over the lock") && err.contains("process 4243"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(run.join(".lock")).unwrap(), "");
+    let out = run_ok(&["run", s(&p)], 0);
+    assert!(!stderr(&out).contains("took over"));
+}

@@ -162,6 +162,9 @@ struct Globals {
     /// Explain why stages run (stale reasons) and print stage reports.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// When another simat runs stages in the run directory, wait for it instead of exiting.
+    #[arg(long, global = true)]
+    wait: bool,
 }
 
 /// The whole command line: the globals, the tools, and a subcommand per stage.
@@ -264,7 +267,10 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             .get_one::<PathBuf>("run")
             .or_else(|| sub.get_one::<PathBuf>("run_dir"))
             .expect("required");
-        let mut opts = RunOptions::default();
+        let mut opts = RunOptions {
+            wait: matches.get_flag("wait"),
+            ..RunOptions::default()
+        };
         if sub.get_flag("force") {
             opts.force.insert(stage.name().to_string());
         }
@@ -287,6 +293,7 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             let opts = RunOptions {
                 force: force.into_iter().collect::<BTreeSet<_>>(),
                 until,
+                wait: matches.get_flag("wait"),
             };
             let outcomes = run_stages(&p.run_dir, &p.stages(), &opts, ui)?;
             if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {

@@ -13,6 +13,7 @@
 //! `--force STAGE` reruns that stage and every later stage that depends on it.
 
 pub mod fingerprint;
+pub mod lock;
 pub mod manifest;
 pub mod plan;
 pub mod stage;
@@ -35,6 +36,8 @@ pub struct RunOptions {
     pub force: BTreeSet<String>,
     /// Stop after this stage.
     pub until: Option<String>,
+    /// When another process holds the run directory, wait for it instead of failing.
+    pub wait: bool,
 }
 
 /// The outcome of one stage in a run.
@@ -272,6 +275,7 @@ impl<'a> Engine<'a> {
                 ));
             }
         }
+        let _lock = lock::RunLock::acquire(&self.run_dir, opts.wait, self.ui)?;
         let mut manifest = Manifest::load(&self.run_dir)?;
         let providers = plan::resolve(stages, &manifest, self.catalogue)?;
         let mut forced: BTreeSet<&str> = opts.force.iter().map(String::as_str).collect();
