@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int32Type, Int64Type};
 
 use crate::util::*;
@@ -202,4 +202,115 @@ fn killed_crops_resume_from_their_chunks() {
         hashes(&clean.join("crops/crops"))
     );
     assert!(!dir.path().join("run/crops/chunks").exists());
+}
+
+/// A small JPEG whose header says 30000 × 30000 (2.7 GB of RGB once decoded).
+fn jpeg_header_bomb() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 90]));
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode_image(&img)
+        .unwrap();
+    let sof = bytes
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline JPEG has SOF0");
+    // SOF0: marker, length (2), precision (1), height (2), width (2).
+    bytes[sof + 5..sof + 7].copy_from_slice(&30000u16.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&30000u16.to_be_bytes());
+    bytes
+}
+
+/// Run `simat ARGS` and return its exit code, stderr and peak RSS in MiB (`wait4`'s rusage of
+/// that child alone, not of the test's other children).
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which std::process cannot see
+fn run_measured(args: &[&str]) -> (Option<i32>, String, f64) {
+    let mut child = simat()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child, not yet waited for; status and usage are valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (
+        code,
+        reader.join().unwrap(),
+        usage.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+#[test]
+fn a_header_bomb_is_corrupt_with_its_reason_and_never_decoded() {
+    let dir = tempdir();
+    let vg = dir.path().join("vg");
+    tiny_vg(&vg);
+    let bomb = jpeg_header_bomb();
+    assert!(bomb.len() < 10_000);
+    std::fs::write(vg.join("images/3.jpg"), &bomb).unwrap();
+    let run = dir.path().join("run");
+    run_ok(&["ingest", "--vg", s(&vg), "--run", s(&run)], 0);
+    run_ok(&["triplets", "--run", s(&run)], 0);
+    let (code, err, peak_mib) = run_measured(&[
+        "crops",
+        "--image-dir",
+        s(&vg.join("images")),
+        "--run",
+        s(&run),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("1 region(s) not cropped: image corrupt"),
+        "{err}"
+    );
+    eprintln!("crops with a 30000 × 30000 JPEG header: peak RSS {peak_mib:.0} MiB");
+    assert!(peak_mib < 200.0, "peak RSS {peak_mib:.0} MiB");
+    let b = simat::io::read_all(&run.join("crops/crops.parquet")).unwrap();
+    let status = col_str(&b, "status");
+    let reason = b.column_by_name("reason").unwrap().as_string::<i32>();
+    let i = status.iter().position(|s| s == "corrupt").unwrap();
+    assert!(
+        reason
+            .value(i)
+            .contains("3.jpg: 30000 × 30000 = 900000000 pixels is over the limit of 178956970"),
+        "{}",
+        reason.value(i)
+    );
+    assert!(status
+        .iter()
+        .enumerate()
+        .all(|(j, s)| (s == "corrupt") == reason.is_valid(j)));
+
+    // The same image under a limit it fits is decoded (and found short of its claimed rows).
+    let (code, err, _) = run_measured(&[
+        "crops",
+        "--image-dir",
+        s(&vg.join("images")),
+        "--run",
+        s(&run),
+        "--max-pixels",
+        "1000",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    let b = simat::io::read_all(&run.join("crops/crops.parquet")).unwrap();
+    let reason = b.column_by_name("reason").unwrap().as_string::<i32>();
+    let over: Vec<_> = (0..b.num_rows())
+        .filter(|&j| reason.is_valid(j) && reason.value(j).contains("over the limit of 1000"))
+        .collect();
+    assert_eq!(
+        over.len(),
+        4,
+        "image 1 (120 × 80, three regions) and image 3 are over 1,000 pixels"
+    );
 }

@@ -512,3 +512,29 @@ fn the_lock_of_a_killed_run_is_taken_over_and_said() {
     let out = run_ok(&["run", s(&p)], 0);
     assert!(!stderr(&out).contains("took over"));
 }
+
+#[test]
+fn select_refuses_an_oracle_matrix_with_nan_naming_the_cell() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    run_ok(&["run", s(&p)], 0);
+    let run = dir.path().join("run");
+    let regions = simat::io::read_all(&run.join("triplets/regions.parquet")).unwrap();
+    let tid = col_i64(&regions, "triplet_id");
+    let rid = col_i64(&regions, "region_id");
+    let cols = *tid.iter().max().unwrap() as usize + 1;
+    let mut m = simat::linalg::Matrix::new(tid.len(), cols, vec![1.0; tid.len() * cols]).unwrap();
+    let row = tid.len() / 2;
+    m.data[row * cols + tid[row] as usize] = f32::NAN;
+    let oracle = dir.path().join("oracle.npy");
+    simat::io::store::write_npy(&oracle, &m).unwrap();
+    let err = stderr(&run_ok(&["select", s(&run), "--oracle", s(&oracle)], 2));
+    assert!(
+        err.contains(&format!(
+            "oracle.npy`: row {row}, column {} (region {}, triplet {}) holds NaN or infinity",
+            tid[row], rid[row], tid[row]
+        )),
+        "{err}"
+    );
+    assert!(!run.join("select/dataset.parquet").exists());
+}

@@ -310,3 +310,53 @@ fn a_graph_with_other_names_is_refused_with_its_names() {
         "{err}"
     );
 }
+
+/// `model.toml` is read as strictly as a pipeline: an unknown key (a misspelt `image_size` would
+/// otherwise be preprocessed at the default without a word) and sizes no tower takes are named
+/// errors before any allocation.
+#[test]
+fn a_model_toml_with_an_unknown_key_or_an_impossible_size_is_refused() {
+    let dir = tempdir();
+    let texts = dir.path().join("t.txt");
+    std::fs::write(&texts, "a cat\n").unwrap();
+    let cases = [
+        (
+            "image_size = 224",
+            "image_sise = 336",
+            "unknown field `image_sise`",
+        ),
+        (
+            "image_size = 224",
+            "image_size = 4000000000",
+            "image_size 4000000000 is not between 1 and 4096 pixels",
+        ),
+        (
+            "context_length = 77",
+            "context_length = 100000000000",
+            "context_length 100000000000 is not between 1 and 8192 tokens",
+        ),
+    ];
+    for (i, (from, to, want)) in cases.iter().enumerate() {
+        let model = dir.path().join(format!("model{i}"));
+        copy_dir(&tiny_clip(), &model);
+        let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
+        assert!(toml.contains(from));
+        std::fs::write(model.join("model.toml"), toml.replace(from, to)).unwrap();
+        let err = stderr(&run_ok(
+            &[
+                "encode",
+                "--model",
+                s(&model),
+                "--texts",
+                s(&texts),
+                "--out",
+                s(&dir.path().join("out")),
+            ],
+            2,
+        ));
+        assert!(
+            err.contains("model.toml") && err.contains(want),
+            "{to}: {err}"
+        );
+    }
+}

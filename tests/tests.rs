@@ -9,6 +9,7 @@ mod crops;
 mod embed;
 mod engine;
 mod ingest;
+mod knn;
 mod model;
 mod official;
 mod query;

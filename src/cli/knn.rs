@@ -2,6 +2,7 @@
 //! scoring jobs. Output: Parquet with `query, rank, id, score`.
 
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch};
@@ -10,6 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use crate::error::Result;
 use crate::io::TableWriter;
 use crate::linalg::Hit;
+use crate::ui::Ui;
 
 /// Schema of the k-NN output.
 pub fn knn_schema() -> SchemaRef {
@@ -44,4 +46,91 @@ pub fn write_hits(path: &Path, hits: &[Vec<Hit>]) -> Result<u64> {
         w.write(&RecordBatch::try_new(knn_schema(), cols).expect("knn batch matches its schema"))?;
     }
     w.finish()
+}
+
+/// `simat knn`: read, check, search, write.
+pub fn knn(
+    db: &Path,
+    queries: &Path,
+    k: usize,
+    exclude: Option<&Path>,
+    out: &Path,
+    ui: &Ui,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(k >= 1, "-k must be at least 1");
+    let start = std::time::Instant::now();
+    let db_m = crate::io::store::read_matrix(db)?;
+    let q_m = crate::io::store::read_matrix(queries)?;
+    for (m, p, what) in [(&db_m, db, "database"), (&q_m, queries, "queries")] {
+        anyhow::ensure!(m.rows > 0, "`{}` ({what}) has no rows", p.display());
+        anyhow::ensure!(
+            m.cols > 0,
+            "`{}` ({what}) has vectors of dimension 0",
+            p.display()
+        );
+    }
+    anyhow::ensure!(
+        k <= db_m.rows,
+        "-k {k} asks for more neighbours than the {} rows of the database `{}`",
+        db_m.rows,
+        db.display()
+    );
+    anyhow::ensure!(
+        db_m.cols == q_m.cols,
+        "`{}` has dimension {} but `{}` has {}",
+        db.display(),
+        db_m.cols,
+        queries.display(),
+        q_m.cols
+    );
+    for (m, p) in [(&db_m, db), (&q_m, queries)] {
+        if let Some(row) = crate::linalg::first_non_finite(m) {
+            anyhow::bail!("`{}`: row {row} holds NaN or infinity", p.display());
+        }
+    }
+    let exclude = match exclude {
+        Some(p) => {
+            let ids = crate::io::store::read_npy_ids(p)?;
+            anyhow::ensure!(
+                ids.len() == q_m.rows,
+                "`{}` has {} ids for {} queries",
+                p.display(),
+                ids.len(),
+                q_m.rows
+            );
+            if let Some((row, id)) = ids
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id >= db_m.rows as i64)
+            {
+                anyhow::bail!(
+                    "`{}`: row {row} excludes database row {id}, but the database `{}` has {} rows (ids 0..{}; negative excludes none)",
+                    p.display(),
+                    db.display(),
+                    db_m.rows,
+                    db_m.rows - 1
+                );
+            }
+            Some(ids)
+        }
+        None => None,
+    };
+    let loaded = start.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let hits = crate::linalg::knn(db_m.view(), q_m.view(), k, exclude.as_deref());
+    let search = t.elapsed().as_secs_f64();
+    let rows = crate::cli::knn::write_hits(out, &hits)?;
+    let gflop = 2.0 * db_m.rows as f64 * q_m.rows as f64 * db_m.cols as f64 / 1e9;
+    ui.status(
+        "Finished",
+        format!(
+            "{} queries × {} database rows (d = {}), k = {k}: search {search:.2}s ({:.0} GFLOP/s), load {loaded:.2}s, {rows} rows in `{}`",
+            q_m.rows,
+            db_m.rows,
+            db_m.cols,
+            gflop / search.max(1e-9),
+            out.display()
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -321,7 +321,7 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             k,
             exclude,
             out,
-        } => knn(&db, &queries, k, exclude.as_deref(), &out, ui),
+        } => knn::knn(&db, &queries, k, exclude.as_deref(), &out, ui),
         Tool::Encode {
             model,
             images,
@@ -518,64 +518,5 @@ fn inspect(file: &Path, rows: usize) -> Result<ExitCode> {
     }
     outln!("first {} rows:", i.head.num_rows());
     outln!("{}", arrow::util::pretty::pretty_format_batches(&[i.head])?);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn knn(
-    db: &Path,
-    queries: &Path,
-    k: usize,
-    exclude: Option<&Path>,
-    out: &Path,
-    ui: &Ui,
-) -> Result<ExitCode> {
-    anyhow::ensure!(k >= 1, "-k must be at least 1");
-    let start = std::time::Instant::now();
-    let db_m = crate::io::store::read_matrix(db)?;
-    let q_m = crate::io::store::read_matrix(queries)?;
-    anyhow::ensure!(
-        db_m.cols == q_m.cols,
-        "`{}` has dimension {} but `{}` has {}",
-        db.display(),
-        db_m.cols,
-        queries.display(),
-        q_m.cols
-    );
-    for (m, p) in [(&db_m, db), (&q_m, queries)] {
-        if let Some(row) = crate::linalg::first_non_finite(m) {
-            anyhow::bail!("`{}`: row {row} holds NaN or infinity", p.display());
-        }
-    }
-    let exclude = match exclude {
-        Some(p) => {
-            let ids = crate::io::store::read_npy_ids(p)?;
-            anyhow::ensure!(
-                ids.len() == q_m.rows,
-                "`{}` has {} ids for {} queries",
-                p.display(),
-                ids.len(),
-                q_m.rows
-            );
-            Some(ids)
-        }
-        None => None,
-    };
-    let loaded = start.elapsed().as_secs_f64();
-    let t = std::time::Instant::now();
-    let hits = crate::linalg::knn(db_m.view(), q_m.view(), k, exclude.as_deref());
-    let search = t.elapsed().as_secs_f64();
-    let rows = crate::cli::knn::write_hits(out, &hits)?;
-    let gflop = 2.0 * db_m.rows as f64 * q_m.rows as f64 * db_m.cols as f64 / 1e9;
-    ui.status(
-        "Finished",
-        format!(
-            "{} queries × {} database rows (d = {}), k = {k}: search {search:.2}s ({:.0} GFLOP/s), load {loaded:.2}s, {rows} rows in `{}`",
-            q_m.rows,
-            db_m.rows,
-            db_m.cols,
-            gflop / search.max(1e-9),
-            out.display()
-        ),
-    );
     Ok(ExitCode::SUCCESS)
 }

@@ -48,17 +48,24 @@ impl AtomicFile {
         self.writer.as_mut().expect("writer taken only by commit")
     }
 
-    /// Flush, sync and rename into place.
+    /// Flush, sync and rename into place. On failure (a full disk shows up here, at the last
+    /// flush) the temporary file is removed, as on drop.
     pub fn commit(mut self) -> Result<PathBuf> {
         let writer = self.writer.take().expect("commit called once");
-        let file = writer
-            .into_inner()
-            .map_err(|e| Error::io("failed to write", &self.tmp, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| Error::io("failed to sync", &self.tmp, e))?;
-        drop(file);
-        fs::rename(&self.tmp, &self.dest)
-            .map_err(|e| Error::io("failed to rename into place", &self.dest, e))?;
+        let done = (|| {
+            let file = writer
+                .into_inner()
+                .map_err(|e| Error::io("failed to write", &self.tmp, e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| Error::io("failed to sync", &self.tmp, e))?;
+            drop(file);
+            fs::rename(&self.tmp, &self.dest)
+                .map_err(|e| Error::io("failed to rename into place", &self.dest, e))
+        })();
+        if let Err(e) = done {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         Ok(std::mem::take(&mut self.dest))
     }
 }

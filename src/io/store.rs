@@ -312,6 +312,7 @@ fn npy_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, Vec<usize>, String)> {
+    precheck_npy_shape(path)?;
     let f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
     let npy = npyz::NpyFile::new(BufReader::new(f)).map_err(|e| npy_err(path, e))?;
     if npy.order() == npyz::Order::Fortran {
@@ -320,9 +321,105 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, Vec<usize>, 
             "Fortran-ordered array; save it with np.ascontiguousarray first",
         ));
     }
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let descr = npy.dtype().descr().trim_matches('\'').to_string();
+    check_npy_size(path, npy.shape(), npy.dtype().num_bytes())?;
     Ok((npy, shape, descr))
+}
+
+/// The array a `.npy` header describes must be the data the file holds: its element count
+/// computed without overflow (a header can claim 2³² × 2³², which wraps to 0) and its bytes equal
+/// to what follows the header, before anything is allocated for it.
+fn check_npy_size(path: &Path, shape: &[u64], item: Option<usize>) -> Result<()> {
+    let claimed = shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(item? as u64));
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io("failed to read", path, e))?
+        .len();
+    let header = npy_header(path)?.0;
+    let holds = file_len.saturating_sub(header);
+    match claimed {
+        Some(bytes) if bytes == holds => Ok(()),
+        Some(bytes) => Err(Error::data(
+            path,
+            format!(
+                "the header's shape {shape:?} needs {bytes} bytes of data, the file holds {holds} after its {header}-byte header (truncated or not a .npy?)"
+            ),
+        )),
+        None => Err(Error::data(
+            path,
+            format!("the header's shape {shape:?} is too large to exist (its size overflows 64 bits)"),
+        )),
+    }
+}
+
+/// The header of a `.npy`: its length in bytes (magic, version, length field and text) and its
+/// text.
+fn npy_header(path: &Path) -> Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
+    let mut head = [0u8; 12];
+    f.read_exact(&mut head)
+        .map_err(|_| Error::data(path, "not a .npy file: shorter than its header"))?;
+    let (start, len) = match head[6] {
+        1 => (10u64, u16::from_le_bytes([head[8], head[9]]) as u64),
+        _ => (
+            12u64,
+            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64,
+        ),
+    };
+    let mut text = String::new();
+    let mut f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
+    std::io::copy(&mut (&mut f).take(start), &mut std::io::sink())
+        .map_err(|e| Error::io("failed to read", path, e))?;
+    f.take(len.min(1 << 20))
+        .read_to_string(&mut text)
+        .map_err(|_| Error::data(path, "the .npy header is not text"))?;
+    Ok((start + len, text))
+}
+
+/// Before npyz multiplies the header's dimensions (which wraps, or panics), check that their
+/// product exists and is no more elements than the file has bytes.
+fn precheck_npy_shape(path: &Path) -> Result<()> {
+    let (_, text) = npy_header(path)?;
+    let Some(open) = text
+        .find("'shape'")
+        .and_then(|i| text[i..].find('(').map(|j| i + j))
+    else {
+        return Ok(()); // npyz names what is missing
+    };
+    let close = text[open..]
+        .find(')')
+        .map(|j| open + j)
+        .unwrap_or(text.len());
+    let mut count: Option<u64> = Some(1);
+    for dim in text[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        let Ok(d) = dim.parse::<u64>() else {
+            return Ok(()); // not a number: npyz's error says so
+        };
+        count = count.and_then(|c| c.checked_mul(d));
+    }
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io("failed to read", path, e))?
+        .len();
+    let shape = &text[open..=close.min(text.len() - 1)];
+    match count {
+        None => Err(Error::data(
+            path,
+            format!("the header's shape {shape} is too large to exist (its size overflows 64 bits)"),
+        )),
+        Some(n) if n > file_len => Err(Error::data(
+            path,
+            format!("the header's shape {shape} has {n} elements, more than the file's {file_len} bytes (truncated or not a .npy?)"),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Shape and values of a float `.npy`, converted to f32.

@@ -36,7 +36,7 @@ pub struct Matrix {
 impl Matrix {
     /// A matrix from row-major data; fails when the length does not match.
     pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
-        if data.len() != rows * cols {
+        if rows.checked_mul(cols) != Some(data.len()) {
             return Err(Error::Internal(format!(
                 "matrix of {rows}×{cols} given {} values",
                 data.len()
@@ -273,6 +273,8 @@ fn blocked_search(
         "database and queries differ in dimension"
     );
     let (d, n_db, n_q, per) = (db.cols, db.rows, queries.rows, lists_per_query);
+    // No list holds more than the database: a huge k allocates nothing it cannot fill.
+    let k = k.min(n_db);
     let q_blocks: Vec<(usize, usize)> = (0..n_q)
         .step_by(Q_BLOCK)
         .map(|s| (s, (s + Q_BLOCK).min(n_q)))

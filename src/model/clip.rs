@@ -128,8 +128,10 @@ impl TowerIo {
     }
 }
 
-/// `model.toml`.
+/// `model.toml`. Unknown keys are refused, as in pipelines: a misspelt `image_size` would
+/// otherwise preprocess at the default size without a word.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The model's name (informational).
     #[serde(default)]
@@ -153,6 +155,12 @@ pub struct ModelConfig {
     #[serde(default)]
     pub embed_dim: Option<usize>,
 }
+
+/// The largest image side a model folder may ask for: CLIP-family towers take 224 to 448; a
+/// batch of 4096² RGB floats is already 200 MB per image.
+pub const MAX_IMAGE_SIZE: u32 = 4096;
+/// The longest token context a model folder may ask for.
+pub const MAX_CONTEXT_LENGTH: usize = 8192;
 
 fn default_image_size() -> u32 {
     224
@@ -314,11 +322,29 @@ impl ClipModel {
         } else {
             ModelConfig::default()
         };
-        if config.image_size == 0 || config.std.contains(&0.0) {
-            return Err(Error::Config {
-                path: toml_path,
-                message: "image_size and std must be non-zero".into(),
-            });
+        let bad = |message: String| Error::Config {
+            path: toml_path.clone(),
+            message,
+        };
+        if config.image_size == 0 || config.image_size > MAX_IMAGE_SIZE {
+            return Err(bad(format!(
+                "image_size {} is not between 1 and {MAX_IMAGE_SIZE} pixels",
+                config.image_size
+            )));
+        }
+        if config.context_length == 0 || config.context_length > MAX_CONTEXT_LENGTH {
+            return Err(bad(format!(
+                "context_length {} is not between 1 and {MAX_CONTEXT_LENGTH} tokens",
+                config.context_length
+            )));
+        }
+        if config.std.iter().any(|&v| v == 0.0 || !v.is_finite())
+            || config.mean.iter().any(|v| !v.is_finite())
+        {
+            return Err(bad(format!(
+                "mean {:?} and std {:?} must be finite, std non-zero",
+                config.mean, config.std
+            )));
         }
         let tokenizer = ClipTokenizer::load(&dir.join("tokenizer.json"), config.context_length)?;
         let preprocess = Preprocess::new(config.image_size, config.mean, config.std);
@@ -345,6 +371,11 @@ impl ClipModel {
     /// The preprocessing of the image tower.
     pub fn preprocess(&self) -> &Preprocess {
         &self.preprocess
+    }
+
+    /// Refuse images of more than `max_pixels` pixels, undecoded (default: Pillow's limit).
+    pub fn set_max_pixels(&mut self, max_pixels: u64) {
+        self.preprocess.set_max_pixels(max_pixels);
     }
 
     /// The tokenizer.

@@ -58,6 +58,8 @@ pub struct Preprocess {
     /// `((v / 255) − mean[c]) / std[c]` for every 8-bit level `v`, computed in f32 as torchvision
     /// does, so a table lookup gives its values bit for bit.
     table: Vec<[f32; 256]>,
+    /// Images with more pixels are refused undecoded.
+    max_pixels: u64,
 }
 
 /// The size of the short-side resize: the short side becomes `size`, the long side
@@ -83,21 +85,45 @@ pub fn centre_offset(len: u32, size: u32) -> u32 {
     }
 }
 
+/// The most pixels an image may have before simat refuses to decode it: Pillow's
+/// `DecompressionBombError` threshold (2 × `Image.MAX_IMAGE_PIXELS` = 2 × 89,478,485), so that a
+/// file Pillow would open is one simat opens.
+pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
 /// Decode an image file's bytes to 8-bit RGB as Pillow would: JPEG with libjpeg-turbo's decoder,
-/// other formats with the `image` crate. The error says why the bytes do not decode.
-pub fn decode_rgb(bytes: &[u8]) -> Result<image::RgbImage, String> {
+/// other formats with the `image` crate. The dimensions are read from the header first and an
+/// image over `max_pixels` is refused before any pixel buffer exists (a 142 KB JPEG can claim
+/// 30000 × 30000). The error says why the bytes do not decode.
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage, String> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return decode_jpeg(bytes);
+        return decode_jpeg(bytes, max_pixels);
     }
-    image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map(|i| i.into_rgb8())
-        .map_err(|e| e.to_string())
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())
+    };
+    let (w, h) = reader()?.into_dimensions().map_err(|e| e.to_string())?;
+    check_pixels(w, h, max_pixels)?;
+    let mut limits = image::Limits::default();
+    // Room for the decoder's own buffers at 16 bits × 4 channels, and no more.
+    limits.max_alloc = Some((w as u64 * h as u64).saturating_mul(8).max(1 << 20));
+    let mut r = reader()?;
+    r.limits(limits);
+    r.decode().map(|i| i.into_rgb8()).map_err(|e| e.to_string())
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<image::RgbImage, String> {
+fn check_pixels(w: u32, h: u32, max_pixels: u64) -> Result<(), String> {
+    let n = w as u64 * h as u64;
+    if n > max_pixels {
+        return Err(format!(
+            "{w} × {h} = {n} pixels is over the limit of {max_pixels} (max_pixels; Pillow refuses such images as decompression bombs)"
+        ));
+    }
+    Ok(())
+}
+
+fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage, String> {
     // libjpeg pads a truncated file with grey and only warns; Pillow refuses it ("image file is
     // truncated"), and so does simat. Entropy-coded data escapes 0xFF, so the image is complete
     // when an end-of-image marker follows the last start-of-scan marker.
@@ -108,9 +134,9 @@ fn decode_jpeg(bytes: &[u8]) -> Result<image::RgbImage, String> {
     }
     // libjpeg reports fatal errors by unwinding (without the panic hook); catch them here.
     std::panic::catch_unwind(|| -> Result<image::RgbImage, String> {
-        let mut started = mozjpeg::Decompress::new_mem(bytes)
-            .and_then(|d| d.rgb())
-            .map_err(|e| e.to_string())?;
+        let header = mozjpeg::Decompress::new_mem(bytes).map_err(|e| e.to_string())?;
+        check_pixels(header.width() as u32, header.height() as u32, max_pixels)?;
+        let mut started = header.rgb().map_err(|e| e.to_string())?;
         let (w, h) = (started.width() as u32, started.height() as u32);
         let pixels = started.read_scanlines::<u8>().map_err(|e| e.to_string())?;
         started.finish().map_err(|e| e.to_string())?;
@@ -139,7 +165,11 @@ impl Preprocess {
                 t
             })
             .collect();
-        Preprocess { size, table }
+        Preprocess {
+            size,
+            table,
+            max_pixels: MAX_PIXELS,
+        }
     }
 
     /// Values per image: `3 × size × size`.
@@ -152,6 +182,11 @@ impl Preprocess {
         false
     }
 
+    /// Refuse images of more than `max_pixels` pixels (default [`MAX_PIXELS`]).
+    pub fn set_max_pixels(&mut self, max_pixels: u64) {
+        self.max_pixels = max_pixels;
+    }
+
     /// The square side.
     pub fn size(&self) -> u32 {
         self.size
@@ -160,7 +195,7 @@ impl Preprocess {
     /// Decode `path` and write its `3 × size × size` values (channels first) into `out`.
     pub fn file(&self, path: &Path, out: &mut [f32]) -> Result<(), ImageFailure> {
         let bytes = std::fs::read(path).map_err(|e| ImageFailure::Missing(e.to_string()))?;
-        let rgb = decode_rgb(&bytes).map_err(ImageFailure::Corrupt)?;
+        let rgb = decode_rgb(&bytes, self.max_pixels).map_err(ImageFailure::Corrupt)?;
         let (w, h) = rgb.dimensions();
         if w == 0 || h == 0 {
             return Err(ImageFailure::Corrupt("the image has no pixels".into()));
@@ -199,6 +234,26 @@ impl Preprocess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_before_decoding_png_and_jpeg_alike() {
+        let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode_image(&img)
+            .unwrap();
+        for bytes in [&png, &jpeg] {
+            assert_eq!(decode_rgb(bytes, 1200).unwrap().dimensions(), (40, 30));
+            let err = decode_rgb(bytes, 1199).unwrap_err();
+            assert!(
+                err.starts_with("40 × 30 = 1200 pixels is over the limit of 1199"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn resize_keeps_the_short_side_and_truncates_the_long_one() {

@@ -43,6 +43,10 @@ pub struct ModelRunConfig {
     /// Images per checkpointed chunk.
     #[arg(long, default_value_t = 1024)]
     pub chunk_images: usize,
+    /// Images of more pixels are not decoded: counted as corrupt, with the reason (default:
+    /// Pillow's decompression-bomb limit, 178,956,970).
+    #[arg(long, default_value_t = crate::model::preprocess::MAX_PIXELS)]
+    pub max_pixels: u64,
 }
 
 impl Default for ModelRunConfig {
@@ -99,7 +103,11 @@ impl ModelRunConfig {
     /// The fingerprinted part: the device (a GPU may round differently); the model enters by
     /// [`Self::inputs`], and batch size, threads and chunking do not change the vectors.
     pub fn fingerprint_value(&self, source: &str) -> serde_json::Value {
-        serde_json::json!({"source": source, "device": self.device.to_string()})
+        serde_json::json!({
+            "source": source,
+            "device": self.device.to_string(),
+            "max_pixels": self.max_pixels,
+        })
     }
 
     /// The model's files as stage inputs.
@@ -131,7 +139,9 @@ impl ModelRunConfig {
 
     /// Open the model.
     pub fn open(&self) -> Result<ClipModel> {
-        ClipModel::open(self.folder("model")?, self.device, self.threads)
+        let mut model = ClipModel::open(self.folder("model")?, self.device, self.threads)?;
+        model.set_max_pixels(self.max_pixels);
+        Ok(model)
     }
 }
 

@@ -520,8 +520,12 @@ fn bar_cell(h: &mut String, score: f64) {
 
 /// A thumbnail of an image file as a JPEG data URI, its longest side at most `size` pixels.
 pub fn thumbnail(path: &Path, size: u32) -> Result<String> {
-    let img = image::open(path).map_err(|e| Error::data(path, format!("cannot decode: {e}")))?;
-    let small = img.thumbnail(size, size).to_rgb8();
+    let bytes = std::fs::read(path).map_err(|e| Error::io("failed to read", path, e))?;
+    let img = crate::model::preprocess::decode_rgb(&bytes, crate::model::preprocess::MAX_PIXELS)
+        .map_err(|e| Error::data(path, format!("cannot decode: {e}")))?;
+    let small = image::DynamicImage::ImageRgb8(img)
+        .thumbnail(size, size)
+        .to_rgb8();
     let mut bytes = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 82)
         .encode_image(&small)

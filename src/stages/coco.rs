@@ -45,6 +45,10 @@ pub struct CocoConfig {
     /// Images per checkpointed chunk.
     #[arg(long, default_value_t = 1024)]
     pub chunk_images: usize,
+    /// Images of more pixels are not decoded: skipped and counted, with the reason (default:
+    /// Pillow's decompression-bomb limit, 178,956,970).
+    #[arg(long, default_value_t = crate::model::preprocess::MAX_PIXELS)]
+    pub max_pixels: u64,
 }
 
 impl Default for CocoConfig {
@@ -108,6 +112,7 @@ impl StageDef for Coco {
             batch_size: c.batch_size,
             threads: c.threads,
             chunk_images: c.chunk_images,
+            max_pixels: c.max_pixels,
         };
         model.check(Self::NAME)?;
         Ok(Coco {

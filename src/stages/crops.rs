@@ -53,6 +53,10 @@ pub struct CropsConfig {
     /// Crop only the regions of the dataset (the official release's 5,859).
     #[arg(long)]
     pub only_dataset: bool,
+    /// Images of more pixels are not decoded: their regions are `corrupt`, with the reason
+    /// (default: Pillow's decompression-bomb limit, 178,956,970).
+    #[arg(long, default_value_t = crate::model::preprocess::MAX_PIXELS)]
+    pub max_pixels: u64,
 }
 
 impl Default for CropsConfig {
@@ -116,7 +120,7 @@ fn listing_digest(dir: &Path) -> String {
 
 impl StageDef for Crops {
     const NAME: &'static str = "crops";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "One PNG per region, cut at its union box: RUN/crops/crops/*.png and crops.parquet";
     const PROVIDES: &'static [&'static TableDecl] = &[&tables::CROPS, &tables::CROP_FILES];
@@ -153,6 +157,7 @@ impl StageDef for Crops {
             "chunk_images": c.chunk_images,
             "outside": c.outside,
             "only_dataset": c.only_dataset,
+            "max_pixels": c.max_pixels,
         })
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
@@ -191,6 +196,8 @@ struct Row {
     region_id: i64,
     image_id: i64,
     status: &'static str,
+    /// Why an image was not cropped (`corrupt`: the decoder's message).
+    reason: Option<String>,
     file: Option<String>,
     bbox: [i32; 4],
     size: [i32; 2],
@@ -208,6 +215,9 @@ fn rows_batch(rows: &[Row]) -> RecordBatch {
             rows.iter().map(|r| r.image_id),
         )),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.status))),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.reason.as_deref()),
+        )),
         Arc::new(StringArray::from_iter(
             rows.iter().map(|r| r.file.as_deref()),
         )),
@@ -228,11 +238,13 @@ fn crop_image(
     image_id: i64,
     regions: &[(i64, [i32; 4])],
     outside: Outside,
+    max_pixels: u64,
 ) -> Result<Vec<Row>> {
     let row = |region_id: i64, status, file, bbox, size| Row {
         region_id,
         image_id,
         status,
+        reason: None,
         file,
         bbox,
         size,
@@ -246,13 +258,16 @@ fn crop_image(
     // Decoded as Pillow decodes (libjpeg-turbo for JPEG), so crops equal the original pipeline's.
     let decoded = std::fs::read(&path)
         .map_err(|e| e.to_string())
-        .and_then(|b| crate::model::preprocess::decode_rgb(&b));
+        .and_then(|b| crate::model::preprocess::decode_rgb(&b, max_pixels));
     let img = match decoded {
         Ok(i) => image::DynamicImage::ImageRgb8(i),
-        Err(_) => {
+        Err(reason) => {
             return Ok(regions
                 .iter()
-                .map(|(r, b)| row(*r, "corrupt", None, *b, [0, 0]))
+                .map(|(r, b)| Row {
+                    reason: Some(format!("{}: {reason}", path.display())),
+                    ..row(*r, "corrupt", None, *b, [0, 0])
+                })
                 .collect())
         }
     };
@@ -336,7 +351,14 @@ fn crop_all(
             let rows: Vec<Vec<Row>> = part
                 .par_iter()
                 .map(|(image_id, regs)| {
-                    crop_image(image_dir, &ctx.stage_dir, *image_id, regs, config.outside)
+                    crop_image(
+                        image_dir,
+                        &ctx.stage_dir,
+                        *image_id,
+                        regs,
+                        config.outside,
+                        config.max_pixels,
+                    )
                 })
                 .collect::<Result<_>>()?;
             let rows: Vec<Row> = rows.into_iter().flatten().collect();

@@ -138,6 +138,17 @@ impl StageDef for Select {
                         ),
                     ));
                 }
+                if let Some(i) =
+                    (0..region_id.len()).find(|&i| !m.row(i)[triplet_id[i] as usize].is_finite())
+                {
+                    return Err(Error::data(
+                        &p,
+                        format!(
+                            "row {i}, column {} (region {}, triplet {}) holds NaN or infinity",
+                            triplet_id[i], region_id[i], triplet_id[i]
+                        ),
+                    ));
+                }
                 let tids = triplet_id.clone();
                 Box::new(move |i| m.row(i)[tids[i] as usize] as f64)
             }

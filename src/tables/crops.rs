@@ -18,6 +18,7 @@ pub fn crops_schema() -> SchemaRef {
         Field::new("region_id", DataType::Int64, false),
         Field::new("image_id", DataType::Int64, false),
         Field::new("status", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
         Field::new("file", DataType::Utf8, true),
         i32f("x1"),
         i32f("y1"),
