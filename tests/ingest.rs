@@ -289,3 +289,78 @@ fn killed_ingest_resumes_to_identical_outputs() {
         "{err}"
     );
 }
+
+/// Real VG repeats annotations: an image record twice, an id twice. The first in file order is
+/// kept, every later one skipped and counted by file, and the tables equal the clean sample's.
+#[test]
+fn duplicate_ids_are_skipped_counted_and_the_first_kept() {
+    let dir = tempdir();
+    let clean_vg = dir.path().join("clean");
+    copy_sample(&clean_vg);
+    let clean = dir.path().join("clean-run");
+    assert_eq!(ingest(&clean_vg, &clean).status.code(), Some(0));
+
+    let vg = dir.path().join("vg");
+    copy_sample(&vg);
+    // The first element of a JSON array, repeated right after itself (or at the end).
+    let first_element = |text: &str| -> String {
+        let mut depth = 0;
+        for (i, c) in text.char_indices().skip(1) {
+            match c {
+                '{' | '[' => depth += 1,
+                '}' | ']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return text[1..=i].to_string();
+                    }
+                }
+                _ => {}
+            }
+        }
+        panic!("no first element");
+    };
+    let repeat_first = |file: &str, at_end: bool| -> usize {
+        let path = vg.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = first_element(&text);
+        let text = if at_end {
+            format!("{}, {first}]", text.trim_end().trim_end_matches(']'))
+        } else {
+            format!("[{first}, {}", &text[1..])
+        };
+        std::fs::write(&path, text).unwrap();
+        first.matches("\"relationship_id\"").count()
+    };
+    repeat_first("image_data.json", false);
+    let repeated_relationships = repeat_first("relationships.json", true);
+    assert!(repeated_relationships > 0);
+    repeat_first("attributes.json", false);
+    let run = dir.path().join("run");
+    let out = ingest(&vg, &run);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("skipped 1 record(s): images duplicate id (first: image_id 3 again (in image 3); the first is kept)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "skipped {repeated_relationships} record(s): relationships duplicate id"
+        )),
+        "{err}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
+    let counters = &manifest["stages"]["ingest"]["counters"];
+    assert_eq!(counters["skipped_images_duplicate_id"], 1);
+    assert_eq!(
+        counters["skipped_relationships_duplicate_id"],
+        repeated_relationships as u64
+    );
+    assert_eq!(counters["skipped_attributes_duplicate_id"], 1);
+    for table in ["images", "relationships", "objects", "attributes"] {
+        let got = simat::io::read_all(&run.join(format!("ingest/{table}.parquet"))).unwrap();
+        let want = simat::io::read_all(&clean.join(format!("ingest/{table}.parquet"))).unwrap();
+        assert_eq!(got, want, "{table}");
+    }
+}

@@ -163,3 +163,44 @@ fn triplets_are_consistent_and_deterministic() {
         assert!(!c.contains(" a a ") && !c.contains(" a an "), "{c}");
     }
 }
+
+/// A union box wider than i32 (subject at x = −2e9, object at x = +2e9, each box valid alone) is
+/// skipped and counted, never wrapped or saturated into a plausible box.
+#[test]
+fn a_union_box_beyond_32_bits_is_skipped_and_counted() {
+    let dir = crate::util::tempdir();
+    let vg = dir.path().join("vg");
+    std::fs::create_dir_all(&vg).unwrap();
+    std::fs::write(
+        vg.join("image_data.json"),
+        r#"[{"image_id": 1, "width": 100, "height": 100}]"#,
+    )
+    .unwrap();
+    let rel = |id: i64, sx: i64, ox: i64| {
+        format!(
+            r#"{{"relationship_id": {id}, "predicate": "sitting on", "subject": {{"object_id": {}, "x": {sx}, "y": 0, "w": 60, "h": 60, "name": "man"}}, "object": {{"object_id": {}, "x": {ox}, "y": 10, "w": 60, "h": 60, "name": "bench"}}}}"#,
+            id * 10,
+            id * 10 + 1
+        )
+    };
+    std::fs::write(
+        vg.join("relationships.json"),
+        format!(
+            r#"[{{"image_id": 1, "relationships": [{}, {}, {}]}}]"#,
+            rel(1, 0, 20),
+            rel(2, -2_000_000_000, 2_000_000_000),
+            rel(3, 2_147_483_600, 0),
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    crate::util::run_ok(&["ingest", s(&run), "--vg", s(&vg)], 0);
+    let out = crate::util::run_ok(&["triplets", s(&run)], 1);
+    let err = crate::util::stderr(&out);
+    assert!(
+        err.contains("skipped 2 region(s) whose box or union box leaves the 32-bit pixel range (first: relationship 2)"),
+        "{err}"
+    );
+    let regions = simat::io::read_all(&run.join("triplets/regions.parquet")).unwrap();
+    assert_eq!(crate::util::col_i64(&regions, "relationship_id"), [1]);
+}

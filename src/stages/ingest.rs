@@ -62,11 +62,17 @@ pub struct VgTable {
     pub table: &'static str,
     /// The counter of its rows in the stage report.
     counter: &'static str,
+    /// The id of a row: a later row with an id already written is a duplicate, skipped and
+    /// counted (the first in file order is kept).
+    key: &'static str,
+    /// The skip reason of a duplicate.
+    duplicate: &'static str,
     schema: fn() -> SchemaRef,
     stream: StreamFn,
 }
 
-type StreamFn = fn(&Path, &Path, SchemaRef, usize, &crate::ui::Ui) -> Result<Pending>;
+type StreamFn =
+    fn(&Path, &Path, SchemaRef, [&'static str; 2], usize, &crate::ui::Ui) -> Result<Pending>;
 
 /// The four files, in the order ingest reads them.
 pub const VG_TABLES: [VgTable; 4] = [
@@ -75,6 +81,8 @@ pub const VG_TABLES: [VgTable; 4] = [
         required: true,
         table: "images.parquet",
         counter: "images",
+        key: "image_id",
+        duplicate: "images_duplicate_id",
         schema: images_schema,
         stream: stream_table::<ImageRows>,
     },
@@ -83,6 +91,8 @@ pub const VG_TABLES: [VgTable; 4] = [
         required: true,
         table: "relationships.parquet",
         counter: "relationships",
+        key: "relationship_id",
+        duplicate: "relationships_duplicate_id",
         schema: relationships_schema,
         stream: stream_table::<RelationshipRows>,
     },
@@ -91,6 +101,8 @@ pub const VG_TABLES: [VgTable; 4] = [
         required: false,
         table: "objects.parquet",
         counter: "objects",
+        key: "object_id",
+        duplicate: "objects_duplicate_id",
         schema: objects_schema,
         stream: stream_table::<ObjectRows>,
     },
@@ -99,6 +111,8 @@ pub const VG_TABLES: [VgTable; 4] = [
         required: false,
         table: "attributes.parquet",
         counter: "attribute_rows",
+        key: "object_id",
+        duplicate: "attributes_duplicate_id",
         schema: attributes_schema,
         stream: stream_table::<AttributeRows>,
     },
@@ -572,6 +586,7 @@ fn stream_table<B: PartBuilder>(
     src: &Path,
     dest: &Path,
     schema: SchemaRef,
+    [key, duplicate]: [&'static str; 2],
     block: usize,
     ui: &crate::ui::Ui,
 ) -> Result<Pending> {
@@ -588,14 +603,15 @@ fn stream_table<B: PartBuilder>(
     let dest_owned = dest.to_path_buf();
     let writer = std::thread::Builder::new()
         .name("parquet-writer".into())
-        .spawn(move || -> Result<TableWriter> {
+        .spawn(move || -> Result<(TableWriter, Tally)> {
             let mut w = TableWriter::create(&dest_owned, schema)?;
+            let mut unique = UniqueIds::new(key, duplicate);
             for batches in rx {
                 for b in &batches {
-                    w.write(b)?;
+                    w.write(&unique.keep_first(b))?;
                 }
             }
-            Ok(w)
+            Ok((w, unique.tally))
         })
         .map_err(|e| Error::io("failed to start a writer thread for", dest, e))?;
 
@@ -656,8 +672,60 @@ fn stream_table<B: PartBuilder>(
     if let Some(e) = failure {
         return Err(e); // `written` is dropped: its temporary file is removed
     }
-    let (file, rows) = written?.close()?;
+    let (written, duplicates) = written?;
+    tally.merge(duplicates);
+    let (file, rows) = written.close()?;
     Ok((file, rows, elements, tally))
+}
+
+/// The ids a table has written, to skip later rows that repeat one. Runs on the writer thread,
+/// which sees the batches in file order, so "first" means first in the file.
+struct UniqueIds {
+    key: &'static str,
+    reason: &'static str,
+    seen: rustc_hash::FxHashSet<i64>,
+    tally: Tally,
+}
+
+impl UniqueIds {
+    fn new(key: &'static str, reason: &'static str) -> Self {
+        UniqueIds {
+            key,
+            reason,
+            seen: Default::default(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// `batch` without the rows whose id was written before (or earlier in it).
+    fn keep_first(&mut self, batch: &RecordBatch) -> RecordBatch {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Int64Type;
+        let ids = batch
+            .column_by_name(self.key)
+            .expect("every VG table has its key column")
+            .as_primitive::<Int64Type>();
+        let images = batch
+            .column_by_name("image_id")
+            .expect("every VG table has image_id")
+            .as_primitive::<Int64Type>();
+        let keep: arrow::array::BooleanArray = (0..batch.num_rows())
+            .map(|r| {
+                let fresh = self.seen.insert(ids.value(r));
+                if !fresh {
+                    let (key, id, image) = (self.key, ids.value(r), images.value(r));
+                    self.tally.skip(self.reason, || {
+                        format!("{key} {id} again (in image {image}); the first is kept")
+                    });
+                }
+                Some(fresh)
+            })
+            .collect();
+        if keep.true_count() == batch.num_rows() {
+            return batch.clone();
+        }
+        arrow::compute::filter_record_batch(batch, &keep).expect("a mask of the batch's length")
+    }
 }
 
 /// Run ingest: read the folder `vg`, write the four tables into `out_dir`.
@@ -678,7 +746,7 @@ pub fn ingest(
         let dest = out_dir.join(t.table);
         let schema = (t.schema)();
         let (file, rows, elements, tally_of_file) = if src.is_file() {
-            (t.stream)(&src, &dest, schema, block, ui)?
+            (t.stream)(&src, &dest, schema, [t.key, t.duplicate], block, ui)?
         } else if t.required {
             return Err(Error::io(
                 "failed to open",

@@ -381,10 +381,16 @@ impl<'a> BoxColumns<'a> {
         Ok(BoxColumns([c("x")?, c("y")?, c("w")?, c("h")?]))
     }
 
-    /// Row `i` as `x1, y1, x2, y2`.
-    fn xyxy(&self, i: usize) -> Bbox {
-        let [x, y, w, h] = self.0.map(|c| c.value(i));
-        [x, y, x.saturating_add(w), y.saturating_add(h)]
+    /// Row `i` as `x1, y1, x2, y2`, or `None` when `x + w` or `y + h` leaves i32 (the box
+    /// arithmetic is done in i64, so nothing wraps or saturates silently).
+    fn xyxy(&self, i: usize) -> Option<Bbox> {
+        let [x, y, w, h] = self.0.map(|c| c.value(i) as i64);
+        Some([
+            x as i32,
+            y as i32,
+            i32::try_from(x + w).ok()?,
+            i32::try_from(y + h).ok()?,
+        ])
     }
 }
 
@@ -418,6 +424,7 @@ pub fn extract(
     let mut regions: HashMap<(i64, i64, i64, Arc<str>), Region> = HashMap::new();
     let (mut read, mut no_subject, mut no_relation, mut no_object, mut small, mut merged) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut out_of_range, mut out_of_range_first) = (0u64, None::<i64>);
     for batch in read_table(relationships, REL_COLUMNS)? {
         let batch = batch.map_err(|e| e.with_path(relationships))?;
         let image_id = i64_column(&batch, "image_id", relationships)?;
@@ -445,12 +452,19 @@ pub fn extract(
                 no_object += 1;
                 continue;
             }
-            let subj_box = subj_boxes.xyxy(i);
-            let obj_box = obj_boxes.xyxy(i);
+            let (Some(subj_box), Some(obj_box)) = (subj_boxes.xyxy(i), obj_boxes.xyxy(i)) else {
+                out_of_range += 1;
+                out_of_range_first.get_or_insert(rel_id.value(i));
+                continue;
+            };
             let u = union(&subj_box, &obj_box);
-            if ((u[2] - u[0]) as i64) < matcher.min_side
-                || ((u[3] - u[1]) as i64) < matcher.min_side
-            {
+            let (uw, uh) = (u[2] as i64 - u[0] as i64, u[3] as i64 - u[1] as i64);
+            if uw > i32::MAX as i64 || uh > i32::MAX as i64 {
+                out_of_range += 1;
+                out_of_range_first.get_or_insert(rel_id.value(i));
+                continue;
+            }
+            if uw < matcher.min_side || uh < matcher.min_side {
                 small += 1;
                 continue;
             }
@@ -533,6 +547,13 @@ pub fn extract(
     report.count("rejected_predicate_not_in_vocabulary", no_relation);
     report.count("rejected_object_not_in_vocabulary", no_object);
     report.count("rejected_region_too_small", small);
+    report.count("skipped_region_out_of_range", out_of_range);
+    if let Some(first) = out_of_range_first {
+        report.skipped += out_of_range;
+        report.notes.push(format!(
+            "skipped {out_of_range} region(s) whose box or union box leaves the 32-bit pixel range (first: relationship {first})"
+        ));
+    }
     report.count("duplicates_merged", merged);
     report.count("regions", n_regions);
     report.count("triplets", n_triplets);
