@@ -207,6 +207,41 @@ fn import_errors_name_the_row() {
             )),
         "{err}"
     );
+    std::fs::copy(release().join("triplets.csv"), rel.join("triplets.csv")).unwrap();
+    // retrieval_db.tsv row 5's subject box: NaN, beyond i32, inverted.
+    let db = release().join("retrieval_db.tsv");
+    let text = std::fs::read_to_string(&db).unwrap();
+    for (i, (value, why)) in [
+        (
+            "nan,28,243,176",
+            "a coordinate is not a finite number within the 32-bit pixel range",
+        ),
+        (
+            "6,28,1e30,176",
+            "a coordinate is not a finite number within the 32-bit pixel range",
+        ),
+        (
+            "243,28,6,176",
+            "the box is empty or inverted (x1 ≥ x2 or y1 ≥ y2)",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut cells: Vec<String> = lines[5].split('\t').map(str::to_string).collect();
+        cells[9] = value.into();
+        lines[5] = cells.join("\t");
+        std::fs::write(rel.join("retrieval_db.tsv"), lines.join("\n") + "\n").unwrap();
+        let err = import(&format!("box{i}"));
+        assert!(
+            err.contains("retrieval_db.tsv")
+                && err.contains(&format!(
+                    "row 5: `subj_bbox` = \"{value}\" is not x1,y1,x2,y2: {why}"
+                )),
+            "{err}"
+        );
+    }
 }
 
 /// The acceptance test of the official-SIMAT issue: simat's scores equal a reference that

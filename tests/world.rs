@@ -326,3 +326,20 @@ fn heads_trained_on_the_world_change_the_score_and_need_raw_vectors() {
         share * 100.0
     );
 }
+
+/// Heads of another model (the release's, for CLIP ViT-B/32's 512 dimensions) on the demo's
+/// 64-dimension embeddings: refused, naming the heads file and the embeddings.
+#[test]
+fn heads_of_another_model_are_refused_naming_the_heads() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    copy_dir(&demo_run(), &run);
+    let heads = shared_data().join("simat-release/original/head_clip_t=0.1.pt");
+    let err = stderr(&run_ok(&["retrieve", s(&run), "--heads", s(&heads)], 2));
+    assert!(
+        err.contains(
+            "head_clip_t=0.1.pt`: the image head takes 512 inputs, but the image embeddings (`"
+        ) && err.contains("image_embeddings.arrow`) have dimension 64"),
+        "{err}"
+    );
+}

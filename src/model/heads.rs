@@ -20,6 +20,8 @@ pub struct Heads {
     pub img: LinearHead,
     /// Applied to text (word, caption) embeddings.
     pub txt: LinearHead,
+    /// The file (or `.npy` prefix) they were read from, for messages.
+    pub source: PathBuf,
 }
 
 /// The four `.npy` files of a prefix, labelled by part.
@@ -71,13 +73,18 @@ impl Heads {
     pub fn load(path: &Path) -> Result<Heads> {
         let heads = if is_torch(path) {
             let (img, txt) = crate::io::torch::read_heads(path)?;
-            Heads { img, txt }
+            Heads {
+                img,
+                txt,
+                source: path.to_path_buf(),
+            }
         } else {
             files(path)?;
             let [(_, iw), (_, ib), (_, tw), (_, tb)] = npy_files(path);
             Heads {
                 img: npy_head(&iw, &ib)?,
                 txt: npy_head(&tw, &tb)?,
+                source: path.to_path_buf(),
             }
         };
         for (head, which) in [(&heads.img, "image"), (&heads.txt, "text")] {
@@ -94,22 +101,30 @@ impl Heads {
 
     /// Apply the image head to raw image embeddings (`file` names them in errors).
     pub fn images(&self, raw: &Matrix, file: &Path) -> Result<Matrix> {
-        apply(&self.img, raw, file, "image")
+        apply(&self.img, raw, file, "image", &self.source)
     }
 
     /// Apply the text head to raw text embeddings.
     pub fn texts(&self, raw: &Matrix, file: &Path) -> Result<Matrix> {
-        apply(&self.txt, raw, file, "text")
+        apply(&self.txt, raw, file, "text", &self.source)
     }
 }
 
-fn apply(head: &LinearHead, raw: &Matrix, file: &Path, which: &str) -> Result<Matrix> {
+fn apply(
+    head: &LinearHead,
+    raw: &Matrix,
+    file: &Path,
+    which: &str,
+    heads: &Path,
+) -> Result<Matrix> {
     if head.weight.cols != raw.cols {
         return Err(Error::data(
-            file,
+            heads,
             format!(
-                "embeddings of dimension {}, but the {which} head takes {} inputs",
-                raw.cols, head.weight.cols
+                "the {which} head takes {} inputs, but the {which} embeddings (`{}`) have dimension {}: these heads were trained for another model",
+                head.weight.cols,
+                file.display(),
+                raw.cols
             ),
         ));
     }

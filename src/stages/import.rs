@@ -145,23 +145,33 @@ fn field<T: std::str::FromStr>(
     })
 }
 
+/// A box `x1,y1,x2,y2` of pixel coordinates: four finite numbers within i32, rounded, with
+/// `x1 < x2` and `y1 < y2`. Anything else names the row, the column and the value.
 pub(crate) fn parse_box(s: &str, name: &str, row: usize, path: &Path) -> Result<[i32; 4]> {
-    let v: Vec<i32> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f64>().map(|f| f.round() as i32))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| {
-            Error::data(
-                path,
-                format!("row {row}: `{name}` = {s:?} is not x1,y1,x2,y2"),
-            )
-        })?;
-    v.try_into().map_err(|_| {
+    let bad = |why: &str| {
         Error::data(
             path,
-            format!("row {row}: `{name}` = {s:?} is not x1,y1,x2,y2"),
+            format!("row {row}: `{name}` = {s:?} is not x1,y1,x2,y2{why}"),
         )
-    })
+    };
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad(""))?;
+    let v: [f64; 4] = v.try_into().map_err(|_| bad(""))?;
+    if v.iter()
+        .any(|x| !x.is_finite() || x.round() < i32::MIN as f64 || x.round() > i32::MAX as f64)
+    {
+        return Err(bad(
+            ": a coordinate is not a finite number within the 32-bit pixel range",
+        ));
+    }
+    let b = v.map(|x| x.round() as i32);
+    if b[0] >= b[2] || b[1] >= b[3] {
+        return Err(bad(": the box is empty or inverted (x1 ≥ x2 or y1 ≥ y2)"));
+    }
+    Ok(b)
 }
 
 struct DbRegion {
