@@ -314,3 +314,46 @@ fn a_header_bomb_is_corrupt_with_its_reason_and_never_decoded() {
         "image 1 (120 × 80, three regions) and image 3 are over 1,000 pixels"
     );
 }
+
+/// Crop PNGs are outputs too: one rewritten at the same size after `crops` finished makes the
+/// stage stale ("output crops/ was modified"), and the rerun writes the same bytes back.
+#[test]
+fn a_damaged_crop_png_makes_crops_stale() {
+    let dir = tempdir();
+    let vg = dir.path().join("vg");
+    tiny_vg(&vg);
+    let run = dir.path().join("run");
+    run_ok(&["ingest", "--vg", s(&vg), "--run", s(&run)], 0);
+    run_ok(&["triplets", "--run", s(&run)], 0);
+    let images = vg.join("images");
+    let crops = ["crops", s(&run), "--image-dir", s(&images)];
+    run_ok(&crops, 1);
+    let png = std::fs::read_dir(run.join("crops/crops"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let good = std::fs::read(&png).unwrap();
+    let err = stderr(&run_ok(&crops, 0));
+    assert!(err.contains("Fresh crops (2 files"), "{err}");
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(&png, &bad).unwrap();
+    let mut verbose = vec!["-v"];
+    verbose.extend(crops);
+    let err = stderr(&run_ok(&verbose, 1));
+    assert!(
+        err.contains("Stale crops: output crops/ was modified"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&png).unwrap(), good);
+    // Removed, the same.
+    std::fs::remove_file(&png).unwrap();
+    let err = stderr(&run_ok(&verbose, 1));
+    assert!(
+        err.contains("Stale crops: output crops/ was modified"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&png).unwrap(), good);
+}

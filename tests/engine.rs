@@ -538,3 +538,36 @@ fn select_refuses_an_oracle_matrix_with_nan_naming_the_cell() {
     );
     assert!(!run.join("select/dataset.parquet").exists());
 }
+
+/// Rendered images are outputs: a JPEG rewritten after `synth` makes it stale, and the rerun
+/// renders the same bytes.
+#[test]
+fn a_damaged_rendered_image_makes_synth_stale() {
+    let dir = tempdir();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "run_dir = \"run\"\n[synth]\nimage_count = 12\nseed = 3\nrender = true\n",
+    )
+    .unwrap();
+    run_ok(&["run", s(&p)], 0);
+    let images = dir.path().join("run/synth/vg/images");
+    let jpeg = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let good = std::fs::read(&jpeg).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(&jpeg, &bad).unwrap();
+    let err = stderr(&run_ok(&["-v", "run", s(&p)], 0));
+    assert!(
+        err.contains("Stale synth: output vg/images/ was modified"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&jpeg).unwrap(), good);
+    let status = stdout(&run_ok(&["status", s(&dir.path().join("run"))], 0));
+    assert!(status.trim_start().starts_with("fresh  synth"), "{status}");
+}

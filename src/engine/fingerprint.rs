@@ -218,6 +218,61 @@ impl fmt::Display for StaleReason {
     }
 }
 
+/// The digest of a folder a stage wrote (crop PNGs, rendered images): BLAKE3 over every file
+/// under it, by relative path in sorted order, with its length and its own BLAKE3; and the total
+/// bytes. A file rewritten, added or removed changes it.
+pub fn hash_folder(dir: &Path) -> Result<(u64, String)> {
+    use rayon::prelude::*;
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| Error::io("failed to list", &d, e))? {
+            let entry = entry.map_err(|e| Error::io("failed to list", &d, e))?;
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let hashed: Vec<(String, u64, blake3::Hash)> = files
+        .par_iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).map_err(|e| Error::io("failed to hash", path, e))?;
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap_or(path)
+                .to_string_lossy()
+                .into_owned();
+            Ok((rel, bytes.len() as u64, blake3::hash(&bytes)))
+        })
+        .collect::<Result<_>>()?;
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0;
+    for (rel, len, hash) in &hashed {
+        hasher.update(rel.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&len.to_le_bytes());
+        hasher.update(hash.as_bytes());
+        total += len;
+    }
+    Ok((total, hasher.finalize().to_hex().to_string()))
+}
+
+/// Size and digest of an output: a file's BLAKE3, or [`hash_folder`] for a folder (its name
+/// ends with `/` in the manifest).
+pub fn hash_output(path: &Path, folder: bool) -> Result<(u64, String)> {
+    if folder {
+        return hash_folder(path);
+    }
+    let bytes = std::fs::metadata(path)
+        .map_err(|e| Error::io("failed to stat output", path, e))?
+        .len();
+    Ok((bytes, hash_file(path)?))
+}
+
 /// BLAKE3 of a file's content, hex. Read in blocks (each hashed on all cores) rather than
 /// memory-mapped, so that hashing a large input does not inflate the resident set.
 pub fn hash_file(path: &Path) -> Result<String> {

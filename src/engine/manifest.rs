@@ -74,6 +74,14 @@ pub struct OutputRecord {
     pub blake3: String,
 }
 
+impl OutputRecord {
+    /// Whether this output is a folder of files (crop PNGs, rendered images), recorded by the
+    /// digest of its files.
+    pub fn is_folder(&self) -> bool {
+        self.file.ends_with('/')
+    }
+}
+
 impl StageRecord {
     /// Digest of the outputs, used as the upstream key of downstream fingerprints.
     pub fn output_digest(&self) -> String {

@@ -180,14 +180,19 @@ impl<'a> Engine<'a> {
         for out in &rec.outputs {
             let path = dir.join(&out.file);
             let meta = match std::fs::metadata(&path) {
-                Ok(m) => m,
-                Err(_) => {
+                Ok(m) if m.is_dir() == out.is_folder() => m,
+                _ => {
                     return Ok(Some(StaleReason::OutputMissing {
                         file: out.file.clone(),
                     }))
                 }
             };
-            if meta.len() != out.bytes || fingerprint::hash_file(&path)? != out.blake3 {
+            let changed = if out.is_folder() {
+                fingerprint::hash_folder(&path)? != (out.bytes, out.blake3.clone())
+            } else {
+                meta.len() != out.bytes || fingerprint::hash_file(&path)? != out.blake3
+            };
+            if changed {
                 return Ok(Some(StaleReason::OutputChanged {
                     file: out.file.clone(),
                 }));
@@ -376,14 +381,12 @@ impl<'a> Engine<'a> {
         let mut outputs = Vec::new();
         for (file, rows) in &report.outputs {
             let path = stage_dir.join(file);
-            let bytes = std::fs::metadata(&path)
-                .map_err(|e| Error::io("failed to stat output", &path, e))?
-                .len();
+            let (bytes, blake3) = fingerprint::hash_output(&path, file.ends_with('/'))?;
             outputs.push(OutputRecord {
                 file: file.clone(),
                 rows: *rows,
                 bytes,
-                blake3: fingerprint::hash_file(&path)?,
+                blake3,
             });
         }
         let record = StageRecord {

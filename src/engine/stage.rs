@@ -203,4 +203,11 @@ impl StageReport {
     pub fn table(&mut self, table: &TableDecl, rows: Option<u64>) {
         self.outputs.push((table.file.to_string(), rows));
     }
+
+    /// Record a folder of files written beside the tables (crop PNGs, rendered images): the
+    /// manifest keeps a digest of every file in it, so that damage makes the stage stale.
+    pub fn folder(&mut self, rel: &str) {
+        self.outputs
+            .push((format!("{}/", rel.trim_end_matches('/')), None));
+    }
 }

@@ -385,6 +385,9 @@ fn crop_all(
 
     let mut report = StageReport::default();
     report.table(&tables::CROPS, Some(n));
+    if ctx.stage_dir.join("crops").is_dir() {
+        report.folder("crops");
+    }
     report.count("chunks_resumed", resumed);
     for status in ["ok", "clamped", "padded", "outside", "missing", "corrupt"] {
         let c = counts.get(status).copied().unwrap_or(0);

@@ -1072,6 +1072,7 @@ impl StageDef for Synth {
             report
                 .outputs
                 .push((tables::VG_CAPTIONS.file.to_string(), Some(s.images)));
+            report.folder(tables::VG_IMAGES.file);
         }
         Ok(report)
     }
