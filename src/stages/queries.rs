@@ -69,19 +69,20 @@ impl StageDef for QueriesStage {
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let path = ctx.input(&tables::DATASET)?;
         let dataset = Dataset::read(&path)?;
-        let queries = generate(&dataset, &self.config);
-        let n = crate::io::write_table(&ctx.output(&tables::QUERIES)?, &queries.to_batch())?;
+        let (n, per_slot, regions) =
+            write_queries(
+                &dataset,
+                &self.config,
+                &ctx.output(&tables::QUERIES)?,
+                BATCH_QUERIES,
+            )?;
         let mut report = StageReport::default();
         report.table(&tables::QUERIES, Some(n));
         report.count("queries", n);
         for slot in Slot::ALL {
-            let k = queries.field.iter().filter(|f| **f == slot).count();
-            report.count(&format!("queries_{}", slot.as_str()), k as u64);
+            report.count(&format!("queries_{}", slot.as_str()), per_slot[slot.index()]);
         }
-        report.count(
-            "regions_with_queries",
-            queries.region_id.iter().collect::<BTreeSet<_>>().len() as u64,
-        );
+        report.count("regions_with_queries", regions);
         Ok(report)
     }
 }
@@ -128,61 +129,215 @@ pub fn one_slot_neighbours(triplets: &[[String; 3]]) -> Vec<[Vec<usize>; 3]> {
         .collect()
 }
 
-/// Generate the queries of `dataset`.
-pub fn generate(dataset: &Dataset, config: &QueriesConfig) -> Queries {
-    // Distinct triplets, with the images that show them and their ids.
-    let mut index: HashMap<&[String; 3], usize> = HashMap::new();
-    let mut triplets: Vec<[String; 3]> = Vec::new();
-    let mut images: Vec<BTreeSet<i64>> = Vec::new();
-    let mut ids: Vec<(i64, i64)> = Vec::new();
-    for i in 0..dataset.len() {
-        let t = &dataset.triplet[i];
-        let k = *index.entry(t).or_insert_with(|| {
-            triplets.push(t.clone());
-            images.push(BTreeSet::new());
-            ids.push((dataset.triplet_id[i], dataset.caption_id[i]));
-            triplets.len() - 1
-        });
-        images[k].insert(dataset.image_id[i]);
+/// The distinct triplets of a dataset, the images showing each, and their one-slot neighbours:
+/// what query generation walks, built once and walked twice (counts, then rows).
+struct QueryPlan<'a> {
+    dataset: &'a Dataset,
+    index: HashMap<&'a [String; 3], usize>,
+    triplets: Vec<[String; 3]>,
+    images: Vec<BTreeSet<i64>>,
+    /// (triplet_id, caption_id) per distinct triplet.
+    ids: Vec<(i64, i64)>,
+    neighbours: Vec<[Vec<usize>; 3]>,
+}
+
+/// One query, borrowing its words from the plan.
+struct QueryRow<'a> {
+    region: usize,
+    slot: Slot,
+    value: &'a str,
+    target: &'a str,
+    source_ids: (i64, i64),
+    target_ids: (i64, i64),
+    n_neighbours: i64,
+    split: &'static str,
+}
+
+impl<'a> QueryPlan<'a> {
+    fn new(dataset: &'a Dataset) -> Self {
+        let mut index: HashMap<&[String; 3], usize> = HashMap::new();
+        let mut triplets: Vec<[String; 3]> = Vec::new();
+        let mut images: Vec<BTreeSet<i64>> = Vec::new();
+        let mut ids: Vec<(i64, i64)> = Vec::new();
+        for i in 0..dataset.len() {
+            let t = &dataset.triplet[i];
+            let k = *index.entry(t).or_insert_with(|| {
+                triplets.push(t.clone());
+                images.push(BTreeSet::new());
+                ids.push((dataset.triplet_id[i], dataset.caption_id[i]));
+                triplets.len() - 1
+            });
+            images[k].insert(dataset.image_id[i]);
+        }
+        let neighbours = one_slot_neighbours(&triplets);
+        QueryPlan {
+            dataset,
+            index,
+            triplets,
+            images,
+            ids,
+            neighbours,
+        }
     }
-    let neighbours = one_slot_neighbours(&triplets);
-    let mut q = Queries::default();
-    for r in 0..dataset.len() {
-        let t = index[&dataset.triplet[r]];
-        let n_neighbours: usize = neighbours[t].iter().map(Vec::len).sum();
-        let split = split_of(config.seed, dataset.region_id[r], config.test_fraction);
-        for slot in Slot::ALL {
-            for &u in &neighbours[t][slot.index()] {
-                let other_image = images[u].iter().any(|&img| img != dataset.image_id[r]);
-                if !other_image {
-                    continue;
+
+    /// Every query in query_id order: by region (dataset order), slot, then target word.
+    fn for_each(&self, config: &QueriesConfig, mut f: impl FnMut(QueryRow<'_>)) {
+        let d = self.dataset;
+        for r in 0..d.len() {
+            let t = self.index[&d.triplet[r]];
+            let n_neighbours: usize = self.neighbours[t].iter().map(Vec::len).sum();
+            let split = split_of(config.seed, d.region_id[r], config.test_fraction);
+            for slot in Slot::ALL {
+                for &u in &self.neighbours[t][slot.index()] {
+                    if !self.images[u].iter().any(|&img| img != d.image_id[r]) {
+                        continue;
+                    }
+                    f(QueryRow {
+                        region: r,
+                        slot,
+                        value: &self.triplets[t][slot.index()],
+                        target: &self.triplets[u][slot.index()],
+                        source_ids: self.ids[t],
+                        target_ids: self.ids[u],
+                        n_neighbours: n_neighbours as i64,
+                        split,
+                    });
                 }
-                q.query_id.push(q.query_id.len() as i64);
-                q.region_id.push(dataset.region_id[r]);
-                q.dataset_id.push(r as i64);
-                q.field.push(slot);
-                q.value.push(triplets[t][slot.index()].clone());
-                q.target.push(triplets[u][slot.index()].clone());
-                q.source_triplet_id.push(ids[t].0);
-                q.target_triplet_id.push(ids[u].0);
-                q.source_caption_id.push(ids[t].1);
-                q.target_caption_id.push(ids[u].1);
-                q.n_neighbours.push(n_neighbours as i64);
-                q.split.push(split.to_string());
             }
         }
     }
-    let mut per_value: HashMap<&str, i64> = HashMap::new();
-    for v in &q.value {
-        *per_value.entry(v.as_str()).or_default() += 1;
+
+    /// Queries per `value` word (the release's `norm2`), from a first walk.
+    fn per_value(&self, config: &QueriesConfig) -> HashMap<String, i64> {
+        let mut per_value: HashMap<String, i64> = HashMap::new();
+        self.for_each(config, |q| match per_value.get_mut(q.value) {
+            Some(n) => *n += 1,
+            None => {
+                per_value.insert(q.value.to_string(), 1);
+            }
+        });
+        per_value
     }
-    q.n_same_value = q.value.iter().map(|v| per_value[v.as_str()]).collect();
+}
+
+impl Queries {
+    fn push_row(&mut self, d: &Dataset, q: &QueryRow<'_>, n_same_value: i64) {
+        self.query_id.push(-1);
+        self.region_id.push(d.region_id[q.region]);
+        self.dataset_id.push(q.region as i64);
+        self.field.push(q.slot);
+        self.value.push(q.value.to_string());
+        self.target.push(q.target.to_string());
+        self.source_triplet_id.push(q.source_ids.0);
+        self.target_triplet_id.push(q.target_ids.0);
+        self.source_caption_id.push(q.source_ids.1);
+        self.target_caption_id.push(q.target_ids.1);
+        self.n_neighbours.push(q.n_neighbours);
+        self.n_same_value.push(n_same_value);
+        self.split.push(q.split.to_string());
+    }
+}
+
+/// Generate the queries of `dataset`, all in memory (the stage streams them instead).
+pub fn generate(dataset: &Dataset, config: &QueriesConfig) -> Queries {
+    let plan = QueryPlan::new(dataset);
+    let per_value = plan.per_value(config);
+    let mut q = Queries::default();
+    plan.for_each(config, |row| {
+        let n = per_value[row.value];
+        q.push_row(dataset, &row, n);
+        let last = q.query_id.len() - 1;
+        q.query_id[last] = last as i64;
+    });
     q
+}
+
+/// Queries per written batch: the stage holds one batch, whatever the number of queries.
+const BATCH_QUERIES: usize = 1 << 16;
+
+/// Write the queries of `dataset` to `path` in batches; returns the report's counts: queries,
+/// queries per slot, regions with queries.
+fn write_queries(
+    dataset: &Dataset,
+    config: &QueriesConfig,
+    path: &std::path::Path,
+    batch_queries: usize,
+) -> Result<(u64, [u64; 3], u64)> {
+    let plan = QueryPlan::new(dataset);
+    let per_value = plan.per_value(config);
+    let mut w = crate::io::TableWriter::create(path, crate::tables::dataset::queries_schema())?;
+    let mut batch = Queries::default();
+    let (mut n, mut per_slot, mut regions, mut last_region) = (0u64, [0u64; 3], 0u64, None);
+    let mut failure = None;
+    plan.for_each(config, |row| {
+        if failure.is_some() {
+            return;
+        }
+        batch.push_row(dataset, &row, per_value[row.value]);
+        let last = batch.query_id.len() - 1;
+        batch.query_id[last] = n as i64;
+        n += 1;
+        per_slot[row.slot.index()] += 1;
+        if last_region != Some(row.region) {
+            regions += 1;
+            last_region = Some(row.region);
+        }
+        if batch.len() == batch_queries {
+            if let Err(e) = w.write(&batch.to_batch()) {
+                failure = Some(e);
+            }
+            batch = Queries::default();
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if !batch.is_empty() || n == 0 {
+        w.write(&batch.to_batch())?;
+    }
+    let rows = w.finish()?;
+    debug_assert_eq!(rows, n);
+    Ok((n, per_slot, regions))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_batches_equal_the_queries_generated_in_memory() {
+        let mut d = Dataset::default();
+        let triplets = [
+            ["man", "on", "bench"],
+            ["dog", "on", "bench"],
+            ["cat", "on", "bench"],
+            ["man", "under", "bench"],
+            ["man", "on", "chair"],
+            ["dog", "under", "chair"],
+        ];
+        for i in 0..60i64 {
+            let t = triplets[i as usize % triplets.len()];
+            d.region_id.push(1000 + i);
+            d.image_id.push(i / 2);
+            d.triplet_id.push(i % triplets.len() as i64);
+            d.caption_id.push(i % triplets.len() as i64);
+            d.triplet.push(t.map(String::from));
+        }
+        let config = QueriesConfig::default();
+        let want = generate(&d, &config);
+        assert!(want.len() > 50, "{} queries", want.len());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.parquet");
+        let (n, per_slot, regions) = write_queries(&d, &config, &path, 7).unwrap();
+        assert_eq!(n as usize, want.len());
+        assert_eq!(per_slot.iter().sum::<u64>(), n);
+        assert_eq!(
+            regions as usize,
+            want.region_id.iter().collect::<BTreeSet<_>>().len()
+        );
+        let got = Queries::read(&path).unwrap();
+        assert_eq!(got.to_batch(), want.to_batch());
+    }
 
     fn t(s: &str, r: &str, o: &str) -> [String; 3] {
         [s.into(), r.into(), o.into()]
