@@ -571,3 +571,68 @@ fn a_damaged_rendered_image_makes_synth_stale() {
     let status = stdout(&run_ok(&["status", s(&dir.path().join("run"))], 0));
     assert!(status.trim_start().starts_with("fresh  synth"), "{status}");
 }
+
+/// A stage that runs out of disk fails with an error naming the file, leaves no temporary file
+/// behind, and the rerun once space is back writes what a clean run writes. (A file-size limit
+/// makes writes fail with EFBIG where a full disk gives ENOSPC, through the same code.)
+#[test]
+fn a_full_disk_fails_cleanly_and_the_rerun_completes_identically() {
+    let clean = tempdir();
+    run_ok(&["run", s(&pipeline(clean.path(), ""))], 0);
+
+    let dir = tempdir();
+    let p = pipeline(dir.path(), "");
+    run_ok(&["run", s(&p), "--until", "synth"], 0);
+    let bin = env!("CARGO_BIN_EXE_simat");
+    // 200 blocks: room for the manifest and small tables, not for objects.parquet (~170 KB).
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 200; exec {bin} run {}",
+            s(&p)
+        ))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ingest") && err.contains(".parquet") && err.contains("too large"),
+        "{err}"
+    );
+    let leftovers: Vec<_> = walk(&dir.path().join("run"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let status = stdout(&run_ok(&["status", s(&dir.path().join("run"))], 0));
+    assert!(status.contains("failed  ingest"), "{status}");
+
+    let out = run_ok(&["run", s(&p)], 0);
+    assert_eq!(
+        verbs(&stderr(&out)),
+        ["Fresh synth", "Running ingest", "Running triplets"]
+    );
+    assert_eq!(
+        outputs(&dir.path().join("run")),
+        outputs(&clean.path().join("run"))
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -69,18 +69,20 @@ impl StageDef for QueriesStage {
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let path = ctx.input(&tables::DATASET)?;
         let dataset = Dataset::read(&path)?;
-        let (n, per_slot, regions) =
-            write_queries(
-                &dataset,
-                &self.config,
-                &ctx.output(&tables::QUERIES)?,
-                BATCH_QUERIES,
-            )?;
+        let (n, per_slot, regions) = write_queries(
+            &dataset,
+            &self.config,
+            &ctx.output(&tables::QUERIES)?,
+            BATCH_QUERIES,
+        )?;
         let mut report = StageReport::default();
         report.table(&tables::QUERIES, Some(n));
         report.count("queries", n);
         for slot in Slot::ALL {
-            report.count(&format!("queries_{}", slot.as_str()), per_slot[slot.index()]);
+            report.count(
+                &format!("queries_{}", slot.as_str()),
+                per_slot[slot.index()],
+            );
         }
         report.count("regions_with_queries", regions);
         Ok(report)
