@@ -201,6 +201,9 @@ impl Value {
     }
 }
 
+/// The largest pickle read from an archive (the tensors' values are separate entries).
+const MAX_PICKLE: u64 = 1 << 30;
+
 /// A `torch.save` file, its pickle decoded; tensor values are read on demand.
 #[derive(Debug)]
 pub struct TorchFile {
@@ -261,8 +264,11 @@ impl TorchFile {
             let mut entry = archive
                 .by_name(name)
                 .map_err(|e| bad(format!("entry `{name}`: {e}")))?;
-            let mut buf = Vec::with_capacity(entry.size() as usize);
-            entry
+            // The size is the archive's claim: reserve no more than a pickle needs, and read no
+            // more than MAX_PICKLE bytes whatever the entry inflates to.
+            let mut buf = Vec::with_capacity(entry.size().min(1 << 20) as usize);
+            (&mut entry)
+                .take(MAX_PICKLE)
                 .read_to_end(&mut buf)
                 .map_err(|e| bad(format!("entry `{name}`: {e}")))?;
             Ok::<_, Error>(buf)
@@ -305,7 +311,16 @@ impl TorchFile {
             .by_name(&name)
             .map_err(|e| bad(format!("storage entry `{name}`: {e}")))?;
         let size = t.dtype.size();
-        let need = t.storage_len as usize * size;
+        let too_large = || {
+            bad(format!(
+                "tensor of shape {:?} (offset {}, stride {:?}, storage of {} elements) is too large to exist",
+                t.shape, t.offset, t.stride, t.storage_len
+            ))
+        };
+        let need = usize::try_from(t.storage_len)
+            .ok()
+            .and_then(|n| n.checked_mul(size))
+            .ok_or_else(too_large)?;
         if entry.size() < need as u64 {
             return Err(bad(format!(
                 "storage entry `{name}` holds {} bytes, its {} elements need {need} (truncated file?)",
@@ -313,25 +328,45 @@ impl TorchFile {
                 t.storage_len
             )));
         }
-        let mut raw = Vec::with_capacity(need);
-        entry
-            .read_to_end(&mut raw)
-            .map_err(|e| bad(format!("storage entry `{name}`: {e}")))?;
-        let numel: usize = t.shape.iter().product();
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &n| a.checked_mul(n))
+            .ok_or_else(too_large)?;
+        if numel > t.storage_len as usize {
+            return Err(bad(format!(
+                "tensor of shape {:?} has {numel} elements, more than its storage's {}: views that repeat their storage (stride 0) are not read",
+                t.shape, t.storage_len
+            )));
+        }
         // The last element the view touches must lie inside the storage.
         if numel > 0 {
-            let last = t.offset as usize
-                + t.shape
-                    .iter()
-                    .zip(&t.stride)
-                    .map(|(&n, &s)| (n - 1) * s)
-                    .sum::<usize>();
+            let last = t
+                .shape
+                .iter()
+                .zip(&t.stride)
+                .try_fold(t.offset as usize, |a, (&n, &s)| {
+                    a.checked_add((n - 1).checked_mul(s)?)
+                })
+                .ok_or_else(too_large)?;
             if last >= t.storage_len as usize {
                 return Err(bad(format!(
                     "tensor of shape {:?} (offset {}, stride {:?}) reaches past its storage of {} elements",
                     t.shape, t.offset, t.stride, t.storage_len
                 )));
             }
+        }
+        let mut raw = Vec::with_capacity(need);
+        (&mut entry)
+            .take(need as u64)
+            .read_to_end(&mut raw)
+            .map_err(|e| bad(format!("storage entry `{name}`: {e}")))?;
+        if raw.len() < need {
+            return Err(bad(format!(
+                "storage entry `{name}` gave {} bytes, its {} elements need {need} (truncated file?)",
+                raw.len(),
+                t.storage_len
+            )));
         }
         let be = self.big_endian;
         let value = |i: usize| -> f32 {
