@@ -343,3 +343,50 @@ fn heads_of_another_model_are_refused_naming_the_heads() {
         "{err}"
     );
 }
+
+/// NaN reaches no score: a head with a NaN, and an oracle matrix with one, are refused naming the
+/// file and the place, before anything is written.
+#[test]
+fn non_finite_heads_and_oracles_are_refused_naming_the_place() {
+    use simat::io::store::{write_npy, write_npy_vector};
+    use simat::linalg::Matrix;
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    copy_dir(&demo_run(), &run);
+    let d = 64;
+    let mut w = Matrix::new(d, d, vec![0.0; d * d]).unwrap();
+    for i in 0..d {
+        w.data[i * d + i] = 1.0;
+    }
+    let prefix = dir.path().join("nan");
+    let part = |p: &str| dir.path().join(format!("nan_{p}.npy"));
+    write_npy(&part("txt_head_weight"), &w).unwrap();
+    write_npy_vector(&part("txt_head_bias"), &vec![0.0; d]).unwrap();
+    write_npy_vector(&part("img_head_bias"), &vec![0.0; d]).unwrap();
+    w.data[5 * d + 7] = f32::NAN;
+    write_npy(&part("img_head_weight"), &w).unwrap();
+    let err = stderr(&run_ok(&["retrieve", s(&run), "--heads", s(&prefix)], 2));
+    assert!(
+        err.contains("the image head holds NaN or infinity"),
+        "{err}"
+    );
+
+    let dataset = simat::io::read_all(&run.join("select/dataset.parquet")).unwrap();
+    let rows = dataset.num_rows();
+    let queries = simat::io::read_all(&run.join("queries/queries.parquet")).unwrap();
+    let cols = *col_i64(&queries, "target_caption_id").iter().max().unwrap() as usize + 1;
+    let mut m = Matrix::new(rows, cols, vec![0.5; rows * cols]).unwrap();
+    m.data[3 * cols + 1] = f32::INFINITY;
+    let oracle = dir.path().join("oracle.npy");
+    write_npy(&oracle, &m).unwrap();
+    let before = std::fs::read(run.join("score/scores.parquet")).unwrap();
+    let err = stderr(&run_ok(&["score", s(&run), "--oracle", s(&oracle)], 2));
+    assert!(
+        err.contains("oracle.npy`: row 3 (dataset_id 3) holds NaN or infinity"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("score/scores.parquet")).unwrap(),
+        before
+    );
+}
