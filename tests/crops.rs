@@ -204,53 +204,6 @@ fn killed_crops_resume_from_their_chunks() {
     assert!(!dir.path().join("run/crops/chunks").exists());
 }
 
-/// A small JPEG whose header says 30000 × 30000 (2.7 GB of RGB once decoded).
-fn jpeg_header_bomb() -> Vec<u8> {
-    let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 90]));
-    let mut bytes = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
-        .encode_image(&img)
-        .unwrap();
-    let sof = bytes
-        .windows(2)
-        .position(|w| w == [0xFF, 0xC0])
-        .expect("a baseline JPEG has SOF0");
-    // SOF0: marker, length (2), precision (1), height (2), width (2).
-    bytes[sof + 5..sof + 7].copy_from_slice(&30000u16.to_be_bytes());
-    bytes[sof + 7..sof + 9].copy_from_slice(&30000u16.to_be_bytes());
-    bytes
-}
-
-/// Run `simat ARGS` and return its exit code, stderr and peak RSS in MiB (`wait4`'s rusage of
-/// that child alone, not of the test's other children).
-#[allow(clippy::zombie_processes)] // reaped by wait4 below, which std::process cannot see
-fn run_measured(args: &[&str]) -> (Option<i32>, String, f64) {
-    let mut child = simat()
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
-        s
-    });
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child, not yet waited for; status and usage are valid out-pointers.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    (
-        code,
-        reader.join().unwrap(),
-        usage.ru_maxrss as f64 / 1024.0,
-    )
-}
-
 #[test]
 fn a_header_bomb_is_corrupt_with_its_reason_and_never_decoded() {
     let dir = tempdir();

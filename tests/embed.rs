@@ -313,3 +313,36 @@ fn labels_selection_keeps_only_cropped_regions() {
         dataset.len()
     );
 }
+
+/// A 5 KB JPEG whose header claims 30000 × 30000 among the images to encode: skipped as corrupt
+/// with the reason, the others encoded, and the process never holds the 2.6 GB it claims.
+#[test]
+fn encode_skips_a_header_bomb_without_decoding_it() {
+    let dir = tempdir();
+    let good = dir.path().join("a.png");
+    image::RgbImage::from_fn(50, 40, |x, y| image::Rgb([x as u8, y as u8, 3]))
+        .save(&good)
+        .unwrap();
+    let bomb = dir.path().join("b.jpg");
+    std::fs::write(&bomb, jpeg_header_bomb()).unwrap();
+    let out = dir.path().join("out");
+    let (code, err, peak_mib) = run_measured(&[
+        "encode",
+        "--model",
+        s(&world_clip()),
+        "--images",
+        s(&good),
+        s(&bomb),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "b.jpg`: corrupt: 30000 × 30000 = 900000000 pixels is over the limit of 178956970"
+        ),
+        "{err}"
+    );
+    assert!(peak_mib < 200.0, "peak RSS {peak_mib:.0} MiB");
+    assert_eq!(store(&out.join("image_embeddings.arrow")).rows, 1);
+}
