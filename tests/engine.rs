@@ -539,17 +539,7 @@ fn select_refuses_an_oracle_matrix_with_nan_naming_the_cell() {
     assert!(!run.join("select/dataset.parquet").exists());
 
     // 192 bytes whose header says 2³² × 2³² (the element count wraps to 0 in 64 bits).
-    let mut header =
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend([0u8; 64]);
-    std::fs::write(&oracle, &bytes).unwrap();
+    npy_claiming(&oracle, "(4294967296, 4294967296)", 64);
     let err = stderr(&run_ok(&["select", s(&run), "--oracle", s(&oracle)], 2));
     assert!(
         err.contains(

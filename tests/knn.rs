@@ -7,20 +7,6 @@ use simat::linalg::Matrix;
 
 use crate::util::*;
 
-/// A `.npy` of float32 whose header claims `shape` over `data_bytes` zero bytes.
-fn npy_claiming(path: &Path, shape: &str, data_bytes: usize) {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(std::iter::repeat_n(0u8, data_bytes));
-    std::fs::write(path, bytes).unwrap();
-}
-
 fn matrix(rows: usize, cols: usize, seed: u32) -> Matrix {
     let data = (0..rows * cols)
         .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5)

@@ -302,3 +302,17 @@ pub fn run_measured(args: &[&str]) -> (Option<i32>, String, f64) {
         usage.ru_maxrss as f64 / 1024.0,
     )
 }
+
+/// A `.npy` of float32 whose header claims `shape` over `data_bytes` zero bytes.
+pub fn npy_claiming(path: &Path, shape: &str, data_bytes: usize) {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, data_bytes));
+    std::fs::write(path, bytes).unwrap();
+}
