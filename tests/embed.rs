@@ -295,7 +295,16 @@ fn labels_selection_keeps_only_cropped_regions() {
     let image = simat::io::i64_column(&regions, "image_id", Path::new("r"))
         .unwrap()
         .value(0);
-    std::fs::remove_file(run.join(format!("synth/vg/images/{image}.jpg"))).unwrap();
+    // The images from a folder of the user's where one is missing (synth's own folder is an
+    // output: removing a file there makes synth render it again).
+    let images = dir.path().join("images");
+    copy_dir(&run.join("synth/vg/images"), &images);
+    std::fs::remove_file(images.join(format!("{image}.jpg"))).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "[crops]\n",
+        &format!("[crops]\nimage_dir = \"{}\"\n", images.display()),
+    );
+    std::fs::write(&p, text).unwrap();
     // crops counts the missing image (exit 1); the rest goes on.
     run_ok(&["run", s(&p)], 1);
     run_ok(&["run", s(&p)], 0);
