@@ -8,6 +8,7 @@ mod browser;
 mod crops;
 mod embed;
 mod engine;
+mod fuzz_regressions;
 mod ingest;
 mod knn;
 mod model;

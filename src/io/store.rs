@@ -380,10 +380,33 @@ fn npy_header(path: &Path) -> Result<(u64, String)> {
     Ok((start + len, text))
 }
 
+/// The deepest bracket nesting a `.npy` header may have (a plain one has two: `{…(…)}`).
+const MAX_NPY_NESTING: usize = 4;
+
 /// Before npyz multiplies the header's dimensions (which wraps, or panics), check that their
 /// product exists and is no more elements than the file has bytes.
 fn precheck_npy_shape(path: &Path) -> Result<()> {
     let (_, text) = npy_header(path)?;
+    // npyz's header parser backtracks: a few dozen nested brackets take it minutes (found by
+    // fuzzing). The headers simat reads (a plain dtype and a shape) nest two levels.
+    let mut depth = 0usize;
+    for c in text.bytes() {
+        match c {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NPY_NESTING {
+                    return Err(Error::data(
+                        path,
+                        format!(
+                            "the .npy header nests brackets more than {MAX_NPY_NESTING} levels deep: not an array of plain numbers"
+                        ),
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
     let Some(open) = text
         .find("'shape'")
         .and_then(|i| text[i..].find('(').map(|j| i + j))
