@@ -978,11 +978,12 @@ fn pairs(items: Vec<Value>) -> std::result::Result<Vec<(Value, Value)>, String> 
 fn set_items(target: &mut Value, kv: Vec<(Value, Value)>) -> std::result::Result<(), String> {
     match target {
         Value::Dict(d) => {
+            // Keys are compared without looking into containers: a key may be this very dict
+            // (a pickle can say so; fuzzing found it), which is borrowed mutably here.
             let mut d = d.borrow_mut();
             for (k, v) in kv {
                 // A key set twice keeps its first position and its last value, as in Python.
-                let key = k.show();
-                match d.iter_mut().find(|(old, _)| same_key(old, &k, &key)) {
+                match d.iter_mut().find(|(old, _)| same_key(old, &k)) {
                     Some(slot) => slot.1 = v,
                     None => d.push((k, v)),
                 }
@@ -993,11 +994,12 @@ fn set_items(target: &mut Value, kv: Vec<(Value, Value)>) -> std::result::Result
     }
 }
 
-fn same_key(a: &Value, b: &Value, b_shown: &str) -> bool {
+/// Whether two dict keys are the same: ints and strings by value; other keys never merge.
+fn same_key(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => x == y,
         (Value::Str(x), Value::Str(y)) => x == y,
-        _ => a.show() == b_shown && matches!(a, Value::Int(_) | Value::Str(_)),
+        _ => false,
     }
 }
 
