@@ -312,7 +312,11 @@ fn npy_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, Vec<usize>, String)> {
-    precheck_npy_shape(path)?;
+    let (header_len, text) = npy_header(path)?;
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io("failed to read", path, e))?
+        .len();
+    precheck_npy_shape(path, &text, file_len)?;
     let f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
     let npy = npyz::NpyFile::new(BufReader::new(f)).map_err(|e| npy_err(path, e))?;
     if npy.order() == npyz::Order::Fortran {
@@ -323,23 +327,31 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, Vec<usize>, 
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let descr = npy.dtype().descr().trim_matches('\'').to_string();
-    check_npy_size(path, npy.shape(), npy.dtype().num_bytes())?;
+    let holds = file_len.saturating_sub(header_len);
+    check_npy_size(
+        path,
+        npy.shape(),
+        npy.dtype().num_bytes(),
+        header_len,
+        holds,
+    )?;
     Ok((npy, shape, descr))
 }
 
 /// The array a `.npy` header describes must be the data the file holds: its element count
 /// computed without overflow (a header can claim 2³² × 2³², which wraps to 0) and its bytes equal
 /// to what follows the header, before anything is allocated for it.
-fn check_npy_size(path: &Path, shape: &[u64], item: Option<usize>) -> Result<()> {
+fn check_npy_size(
+    path: &Path,
+    shape: &[u64],
+    item: Option<usize>,
+    header: u64,
+    holds: u64,
+) -> Result<()> {
     let claimed = shape
         .iter()
         .try_fold(1u64, |n, &d| n.checked_mul(d))
         .and_then(|n| n.checked_mul(item? as u64));
-    let file_len = std::fs::metadata(path)
-        .map_err(|e| Error::io("failed to read", path, e))?
-        .len();
-    let header = npy_header(path)?.0;
-    let holds = file_len.saturating_sub(header);
     match claimed {
         Some(bytes) if bytes == holds => Ok(()),
         Some(bytes) => Err(Error::data(
@@ -358,7 +370,7 @@ fn check_npy_size(path: &Path, shape: &[u64], item: Option<usize>) -> Result<()>
 /// The header of a `.npy`: its length in bytes (magic, version, length field and text) and its
 /// text.
 fn npy_header(path: &Path) -> Result<(u64, String)> {
-    use std::io::Read;
+    use std::io::{Read, Seek};
     let mut f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
     let mut head = [0u8; 12];
     f.read_exact(&mut head)
@@ -370,10 +382,9 @@ fn npy_header(path: &Path) -> Result<(u64, String)> {
             u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64,
         ),
     };
-    let mut text = String::new();
-    let mut f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
-    std::io::copy(&mut (&mut f).take(start), &mut std::io::sink())
+    f.seek(std::io::SeekFrom::Start(start))
         .map_err(|e| Error::io("failed to read", path, e))?;
+    let mut text = String::new();
     f.take(len.min(1 << 20))
         .read_to_string(&mut text)
         .map_err(|_| Error::data(path, "the .npy header is not text"))?;
@@ -385,8 +396,7 @@ const MAX_NPY_NESTING: usize = 4;
 
 /// Before npyz multiplies the header's dimensions (which wraps, or panics), check that their
 /// product exists and is no more elements than the file has bytes.
-fn precheck_npy_shape(path: &Path) -> Result<()> {
-    let (_, text) = npy_header(path)?;
+fn precheck_npy_shape(path: &Path, text: &str, file_len: u64) -> Result<()> {
     // npyz's header parser backtracks: a few dozen nested brackets take it minutes (found by
     // fuzzing). The headers simat reads (a plain dtype and a shape) nest two levels.
     let mut depth = 0usize;
@@ -428,9 +438,6 @@ fn precheck_npy_shape(path: &Path) -> Result<()> {
         };
         count = count.and_then(|c| c.checked_mul(d));
     }
-    let file_len = std::fs::metadata(path)
-        .map_err(|e| Error::io("failed to read", path, e))?
-        .len();
     let shape = &text[open..=close.min(text.len() - 1)];
     match count {
         None => Err(Error::data(
