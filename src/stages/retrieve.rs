@@ -136,9 +136,9 @@ impl StageDef for Retrieve {
         }
         for h in &config.heads {
             if let Some(p) = heads_file(h) {
-                heads::files(p).map_err(|e| super::bad::<Self>("heads", e.to_string()))?;
-                // Read now (they are small), so that a damaged head set is reported before any
-                // stage runs rather than failing this one and losing its earlier outputs.
+                // Read now (they are small; a missing one is named as `heads::files` names it),
+                // so that a damaged head set is reported before any stage runs rather than
+                // failing this one and losing its earlier outputs.
                 heads::Heads::load(p).map_err(|e| super::bad::<Self>("heads", e.to_string()))?;
             }
         }
