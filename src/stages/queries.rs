@@ -182,8 +182,13 @@ impl<'a> QueryPlan<'a> {
         }
     }
 
-    /// Every query in query_id order: by region (dataset order), slot, then target word.
-    fn for_each(&self, config: &QueriesConfig, mut f: impl FnMut(QueryRow<'_>)) {
+    /// Every query in query_id order: by region (dataset order), slot, then target word; stops at
+    /// the first error `f` returns.
+    fn for_each(
+        &self,
+        config: &QueriesConfig,
+        mut f: impl FnMut(QueryRow<'_>) -> Result<()>,
+    ) -> Result<()> {
         let d = self.dataset;
         for r in 0..d.len() {
             let t = self.index[&d.triplet[r]];
@@ -203,28 +208,33 @@ impl<'a> QueryPlan<'a> {
                         target_ids: self.ids[u],
                         n_neighbours: n_neighbours as i64,
                         split,
-                    });
+                    })?;
                 }
             }
         }
+        Ok(())
     }
 
     /// Queries per `value` word (the release's `norm2`), from a first walk.
     fn per_value(&self, config: &QueriesConfig) -> HashMap<String, i64> {
         let mut per_value: HashMap<String, i64> = HashMap::new();
-        self.for_each(config, |q| match per_value.get_mut(q.value) {
-            Some(n) => *n += 1,
-            None => {
-                per_value.insert(q.value.to_string(), 1);
+        let counted = self.for_each(config, |q| {
+            match per_value.get_mut(q.value) {
+                Some(n) => *n += 1,
+                None => {
+                    per_value.insert(q.value.to_string(), 1);
+                }
             }
+            Ok(())
         });
+        counted.expect("counting cannot fail");
         per_value
     }
 }
 
 impl Queries {
-    fn push_row(&mut self, d: &Dataset, q: &QueryRow<'_>, n_same_value: i64) {
-        self.query_id.push(-1);
+    fn push_row(&mut self, query_id: u64, d: &Dataset, q: &QueryRow<'_>, n_same_value: i64) {
+        self.query_id.push(query_id as i64);
         self.region_id.push(d.region_id[q.region]);
         self.dataset_id.push(q.region as i64);
         self.field.push(q.slot);
@@ -242,42 +252,33 @@ impl Queries {
 
 /// Generate the queries of `dataset`, all in memory (the stage streams them instead).
 pub fn generate(dataset: &Dataset, config: &QueriesConfig) -> Queries {
-    let plan = QueryPlan::new(dataset);
-    let per_value = plan.per_value(config);
-    let mut q = Queries::default();
-    plan.for_each(config, |row| {
-        let n = per_value[row.value];
-        q.push_row(dataset, &row, n);
-        let last = q.query_id.len() - 1;
-        q.query_id[last] = last as i64;
-    });
-    q
+    let mut all = Queries::default();
+    in_batches(dataset, config, usize::MAX, |batch| {
+        all = batch;
+        Ok(())
+    })
+    .expect("collecting in memory cannot fail");
+    all
 }
 
 /// Queries per written batch: the stage holds one batch, whatever the number of queries.
 const BATCH_QUERIES: usize = 1 << 16;
 
-/// Write the queries of `dataset` to `path` in batches; returns the report's counts: queries,
-/// queries per slot, regions with queries.
-fn write_queries(
+/// The queries of `dataset` handed to `sink` in batches of `batch_queries` (one batch, maybe
+/// empty, when there are fewer); returns the report's counts: queries, queries per slot, regions
+/// with queries.
+fn in_batches(
     dataset: &Dataset,
     config: &QueriesConfig,
-    path: &std::path::Path,
     batch_queries: usize,
+    mut sink: impl FnMut(Queries) -> Result<()>,
 ) -> Result<(u64, [u64; 3], u64)> {
     let plan = QueryPlan::new(dataset);
     let per_value = plan.per_value(config);
-    let mut w = crate::io::TableWriter::create(path, crate::tables::dataset::queries_schema())?;
     let mut batch = Queries::default();
     let (mut n, mut per_slot, mut regions, mut last_region) = (0u64, [0u64; 3], 0u64, None);
-    let mut failure = None;
     plan.for_each(config, |row| {
-        if failure.is_some() {
-            return;
-        }
-        batch.push_row(dataset, &row, per_value[row.value]);
-        let last = batch.query_id.len() - 1;
-        batch.query_id[last] = n as i64;
+        batch.push_row(n, dataset, &row, per_value[row.value]);
         n += 1;
         per_slot[row.slot.index()] += 1;
         if last_region != Some(row.region) {
@@ -285,21 +286,28 @@ fn write_queries(
             last_region = Some(row.region);
         }
         if batch.len() == batch_queries {
-            if let Err(e) = w.write(&batch.to_batch()) {
-                failure = Some(e);
-            }
-            batch = Queries::default();
+            sink(std::mem::take(&mut batch))?;
         }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+        Ok(())
+    })?;
     if !batch.is_empty() || n == 0 {
-        w.write(&batch.to_batch())?;
+        sink(batch)?;
     }
-    let rows = w.finish()?;
-    debug_assert_eq!(rows, n);
     Ok((n, per_slot, regions))
+}
+
+/// Write the queries of `dataset` to `path` in batches of `batch_queries`; returns the counts of
+/// [`in_batches`].
+fn write_queries(
+    dataset: &Dataset,
+    config: &QueriesConfig,
+    path: &std::path::Path,
+    batch_queries: usize,
+) -> Result<(u64, [u64; 3], u64)> {
+    let mut w = crate::io::TableWriter::create(path, crate::tables::dataset::queries_schema())?;
+    let counts = in_batches(dataset, config, batch_queries, |b| w.write(&b.to_batch()))?;
+    w.finish()?;
+    Ok(counts)
 }
 
 #[cfg(test)]
