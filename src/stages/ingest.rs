@@ -71,8 +71,7 @@ pub struct VgTable {
     stream: StreamFn,
 }
 
-type StreamFn =
-    fn(&Path, &Path, SchemaRef, [&'static str; 2], usize, &crate::ui::Ui) -> Result<Pending>;
+type StreamFn = fn(&VgTable, &Path, &Path, usize, &crate::ui::Ui) -> Result<Pending>;
 
 /// The four files, in the order ingest reads them.
 pub const VG_TABLES: [VgTable; 4] = [
@@ -583,13 +582,13 @@ type Pending = (AtomicFile, u64, u64, Tally);
 /// Stream the JSON array at `src` into the Parquet table `dest`, left under its temporary name;
 /// returns (file, rows, elements, tally).
 fn stream_table<B: PartBuilder>(
+    table: &VgTable,
     src: &Path,
     dest: &Path,
-    schema: SchemaRef,
-    [key, duplicate]: [&'static str; 2],
     block: usize,
     ui: &crate::ui::Ui,
 ) -> Result<Pending> {
+    let (schema, key, duplicate) = ((table.schema)(), table.key, table.duplicate);
     let total = std::fs::metadata(src)
         .map_err(|e| Error::io("failed to read", src, e))?
         .len();
@@ -744,9 +743,8 @@ pub fn ingest(
     for t in &VG_TABLES {
         let src = vg.join(t.source);
         let dest = out_dir.join(t.table);
-        let schema = (t.schema)();
         let (file, rows, elements, tally_of_file) = if src.is_file() {
-            (t.stream)(&src, &dest, schema, [t.key, t.duplicate], block, ui)?
+            (t.stream)(t, &src, &dest, block, ui)?
         } else if t.required {
             return Err(Error::io(
                 "failed to open",
@@ -758,7 +756,7 @@ pub fn ingest(
                 "{} not found in the VG folder; {} is empty",
                 t.source, t.table
             ));
-            let (file, rows) = TableWriter::create(&dest, schema)?.close()?;
+            let (file, rows) = TableWriter::create(&dest, (t.schema)())?.close()?;
             (file, rows, 0, Tally::default())
         };
         report.count(t.counter, rows);
