@@ -345,6 +345,17 @@ fn union(a: &Bbox, b: &Bbox) -> Bbox {
     ]
 }
 
+/// Both boxes and the width and height of their union, when all of it fits i32 (computed in
+/// i64, so nothing wraps).
+fn in_range(subj: Option<Bbox>, obj: Option<Bbox>) -> Option<(Bbox, Bbox, [i64; 2])> {
+    let (subj, obj) = (subj?, obj?);
+    let u = union(&subj, &obj);
+    let side = [u[2] as i64 - u[0] as i64, u[3] as i64 - u[1] as i64];
+    side.iter()
+        .all(|&d| d <= i32::MAX as i64)
+        .then_some((subj, obj, side))
+}
+
 /// Lookups built once from the vocabulary.
 struct Matcher {
     subjects: HashSet<String>,
@@ -452,18 +463,13 @@ pub fn extract(
                 no_object += 1;
                 continue;
             }
-            let (Some(subj_box), Some(obj_box)) = (subj_boxes.xyxy(i), obj_boxes.xyxy(i)) else {
+            let Some((subj_box, obj_box, [uw, uh])) =
+                in_range(subj_boxes.xyxy(i), obj_boxes.xyxy(i))
+            else {
                 out_of_range += 1;
                 out_of_range_first.get_or_insert(rel_id.value(i));
                 continue;
             };
-            let u = union(&subj_box, &obj_box);
-            let (uw, uh) = (u[2] as i64 - u[0] as i64, u[3] as i64 - u[1] as i64);
-            if uw > i32::MAX as i64 || uh > i32::MAX as i64 {
-                out_of_range += 1;
-                out_of_range_first.get_or_insert(rel_id.value(i));
-                continue;
-            }
             if uw < matcher.min_side || uh < matcher.min_side {
                 small += 1;
                 continue;
