@@ -119,7 +119,7 @@ pub fn knn(
     let t = std::time::Instant::now();
     let hits = crate::linalg::knn(db_m.view(), q_m.view(), k, exclude.as_deref());
     let search = t.elapsed().as_secs_f64();
-    let rows = crate::cli::knn::write_hits(out, &hits)?;
+    let rows = write_hits(out, &hits)?;
     let gflop = 2.0 * db_m.rows as f64 * q_m.rows as f64 * db_m.cols as f64 / 1e9;
     ui.status(
         "Finished",

@@ -480,14 +480,7 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
                     })
                 });
                 match (
-                    r.outputs.iter().find(|o| {
-                        let p = dir.join(&o.file);
-                        if o.is_folder() {
-                            !p.is_dir()
-                        } else {
-                            !p.is_file()
-                        }
-                    }),
+                    r.outputs.iter().find(|o| !o.is_present_in(&dir)),
                     upstream_changed,
                 ) {
                     (Some(o), _) => ("stale", Some(format!("output {} is missing", o.file))),

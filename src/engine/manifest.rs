@@ -74,11 +74,21 @@ pub struct OutputRecord {
     pub blake3: String,
 }
 
+/// Whether an output's name is a folder of files (crop PNGs, rendered images), recorded by the
+/// digest of its files: its name ends with `/`.
+pub fn is_folder_output(name: &str) -> bool {
+    name.ends_with('/')
+}
+
 impl OutputRecord {
-    /// Whether this output is a folder of files (crop PNGs, rendered images), recorded by the
-    /// digest of its files.
+    /// Whether this output is a folder of files (see [`is_folder_output`]).
     pub fn is_folder(&self) -> bool {
-        self.file.ends_with('/')
+        is_folder_output(&self.file)
+    }
+
+    /// Whether it is in `stage_dir` as what it was written as (a file, or a folder).
+    pub fn is_present_in(&self, stage_dir: &std::path::Path) -> bool {
+        std::fs::metadata(stage_dir.join(&self.file)).is_ok_and(|m| m.is_dir() == self.is_folder())
     }
 }
 

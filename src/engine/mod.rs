@@ -178,21 +178,13 @@ impl<'a> Engine<'a> {
     fn check_outputs(&self, stage: &str, rec: &StageRecord) -> Result<Option<StaleReason>> {
         let dir = self.run_dir.join(stage);
         for out in &rec.outputs {
-            let path = dir.join(&out.file);
-            let meta = match std::fs::metadata(&path) {
-                Ok(m) if m.is_dir() == out.is_folder() => m,
-                _ => {
-                    return Ok(Some(StaleReason::OutputMissing {
-                        file: out.file.clone(),
-                    }))
-                }
-            };
-            let changed = if out.is_folder() {
-                fingerprint::hash_folder(&path)? != (out.bytes, out.blake3.clone())
-            } else {
-                meta.len() != out.bytes || fingerprint::hash_file(&path)? != out.blake3
-            };
-            if changed {
+            if !out.is_present_in(&dir) {
+                return Ok(Some(StaleReason::OutputMissing {
+                    file: out.file.clone(),
+                }));
+            }
+            let (bytes, digest) = fingerprint::hash_output(&dir.join(&out.file), out.is_folder())?;
+            if bytes != out.bytes || digest != out.blake3 {
                 return Ok(Some(StaleReason::OutputChanged {
                     file: out.file.clone(),
                 }));
@@ -381,7 +373,8 @@ impl<'a> Engine<'a> {
         let mut outputs = Vec::new();
         for (file, rows) in &report.outputs {
             let path = stage_dir.join(file);
-            let (bytes, blake3) = fingerprint::hash_output(&path, file.ends_with('/'))?;
+            let (bytes, blake3) =
+                fingerprint::hash_output(&path, manifest::is_folder_output(file))?;
             outputs.push(OutputRecord {
                 file: file.clone(),
                 rows: *rows,

@@ -207,6 +207,7 @@ impl StageReport {
     /// Record a folder of files written beside the tables (crop PNGs, rendered images): the
     /// manifest keeps a digest of every file in it, so that damage makes the stage stale.
     pub fn folder(&mut self, rel: &str) {
+        // The trailing `/` is what marks a folder in the manifest (`is_folder_output`).
         self.outputs
             .push((format!("{}/", rel.trim_end_matches('/')), None));
     }
