@@ -1,6 +1,6 @@
 //! `simat crops`: statuses for every kind of image trouble, pixels, and resume after SIGKILL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
@@ -43,14 +43,20 @@ fn tiny_vg(dir: &Path) {
     std::fs::write(dir.join("images/3.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
 }
 
-#[test]
-fn every_status_is_counted_and_pixels_are_right() {
+/// [`tiny_vg`] ingested and extracted in a fresh directory: (directory, VG folder, run).
+fn tiny_run() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempdir();
     let vg = dir.path().join("vg");
     tiny_vg(&vg);
     let run = dir.path().join("run");
     run_ok(&["ingest", "--vg", s(&vg), "--run", s(&run)], 0);
     run_ok(&["triplets", "--run", s(&run)], 0);
+    (dir, vg, run)
+}
+
+#[test]
+fn every_status_is_counted_and_pixels_are_right() {
+    let (_dir, vg, run) = tiny_run();
     let out = run_ok(
         &[
             "crops",
@@ -272,27 +278,14 @@ fn a_header_bomb_is_corrupt_with_its_reason_and_never_decoded() {
 /// stage stale ("output crops/ was modified"), and the rerun writes the same bytes back.
 #[test]
 fn a_damaged_crop_png_makes_crops_stale() {
-    let dir = tempdir();
-    let vg = dir.path().join("vg");
-    tiny_vg(&vg);
-    let run = dir.path().join("run");
-    run_ok(&["ingest", "--vg", s(&vg), "--run", s(&run)], 0);
-    run_ok(&["triplets", "--run", s(&run)], 0);
+    let (_dir, vg, run) = tiny_run();
     let images = vg.join("images");
     let crops = ["crops", s(&run), "--image-dir", s(&images)];
     run_ok(&crops, 1);
-    let png = std::fs::read_dir(run.join("crops/crops"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .min()
-        .unwrap();
-    let good = std::fs::read(&png).unwrap();
+    let png = first_file(&run.join("crops/crops"));
     let err = stderr(&run_ok(&crops, 0));
     assert!(err.contains("Fresh crops (2 files"), "{err}");
-    let mut bad = good.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x55;
-    std::fs::write(&png, &bad).unwrap();
+    let good = damage_middle_byte(&png);
     let mut verbose = vec!["-v"];
     verbose.extend(crops);
     let err = stderr(&run_ok(&verbose, 1));

@@ -562,16 +562,8 @@ fn a_damaged_rendered_image_makes_synth_stale() {
     .unwrap();
     run_ok(&["run", s(&p)], 0);
     let images = dir.path().join("run/synth/vg/images");
-    let jpeg = std::fs::read_dir(&images)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .min()
-        .unwrap();
-    let good = std::fs::read(&jpeg).unwrap();
-    let mut bad = good.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x55;
-    std::fs::write(&jpeg, &bad).unwrap();
+    let jpeg = first_file(&images);
+    let good = damage_middle_byte(&jpeg);
     let err = stderr(&run_ok(&["-v", "run", s(&p)], 0));
     assert!(
         err.contains("Stale synth: output vg/images/ was modified"),

@@ -316,3 +316,22 @@ pub fn npy_claiming(path: &Path, shape: &str, data_bytes: usize) {
     bytes.extend(std::iter::repeat_n(0u8, data_bytes));
     std::fs::write(path, bytes).unwrap();
 }
+
+/// The first file of a folder by name.
+pub fn first_file(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap()
+}
+
+/// Flip bits of the middle byte of `path` (same size, other content); returns the bytes it had.
+pub fn damage_middle_byte(path: &Path) -> Vec<u8> {
+    let good = std::fs::read(path).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(path, &bad).unwrap();
+    good
+}
