@@ -39,7 +39,7 @@ impl RunLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let holder = describe_holder(&read_holder(&mut file));
+                let holder = describe_holder(&read_holder_of_held(&mut file));
                 if !wait {
                     return Err(Error::Locked {
                         run_dir: run_dir.to_path_buf(),
@@ -74,6 +74,19 @@ impl Drop for RunLock {
         let _ = self.file.set_len(0);
         let _ = self.file.unlock();
     }
+}
+
+/// The text of a lock another process holds. A holder writes it just after taking the lock, so
+/// an empty file is read again for a moment before it is taken as saying nothing.
+fn read_holder_of_held(file: &mut File) -> String {
+    for _ in 0..20 {
+        let text = read_holder(file);
+        if !text.trim().is_empty() {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    read_holder(file)
 }
 
 fn read_holder(file: &mut File) -> String {
