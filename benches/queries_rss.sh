@@ -3,7 +3,8 @@
 #   benches/queries_rss.sh [IMAGES] [PLANT_RATE]   (defaults: 60000 0.15)
 # Builds the release binary, runs synth → ingest → triplets → select (labels, 2+ images) in a
 # temporary run, then `queries` alone under /usr/bin/time (GNU time, `-v`), and prints the
-# query count, wall time and peak RSS. Set SIMAT_KEEP=1 to keep the run directory.
+# query count, wall time and peak RSS. Set SIMAT_KEEP=1 to keep the run directory, then run the
+# peer on it: /usr/bin/time -v python benches/queries_peers.py RUN (DuckDB, the same queries).
 set -euo pipefail
 images=${1:-60000}
 rate=${2:-0.15}
