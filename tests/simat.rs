@@ -48,8 +48,7 @@ fn reference_inputs() -> PathBuf {
     static INPUTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     INPUTS
         .get_or_init(|| {
-            let dir = tempdir().keep();
-            let inputs = dir.join("inputs");
+            let inputs = per_process_dir("reference-inputs").join("inputs");
             python(&[
                 "inputs",
                 s(&release()),

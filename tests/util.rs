@@ -21,6 +21,29 @@ pub fn tempdir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// A directory that outlives its test (for inputs made once per test process and shared by its
+/// tests): under cargo's target tmpdir, named by this process; those of processes that have ended
+/// are removed first, so runs do not pile up.
+pub fn per_process_dir(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let prefix = format!("{name}-");
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The `simat` binary, with a clean environment for colour and logging.
 pub fn simat() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_simat"));
@@ -214,8 +237,7 @@ pub fn score_ok(args: &[&str], code: i32) -> Output {
 pub fn demo_run() -> PathBuf {
     static RUN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     RUN.get_or_init(|| {
-        let dir = tempdir().keep();
-        let run = dir.join("demo");
+        let run = per_process_dir("demo-run").join("demo");
         let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.toml");
         run_ok(&["run", s(&pipeline), "--run-dir", s(&run)], 0);
         run
