@@ -67,7 +67,6 @@ fn bench_sweep(c: &mut Criterion) {
     let value: Vec<usize> = (0..n_q).map(|_| rng.random_range(0..words.rows)).collect();
     let target: Vec<usize> = (0..n_q).map(|_| rng.random_range(0..words.rows)).collect();
     let exclude: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    let queries = db.gather(&rows);
     let mut g = c.benchmark_group("SIMAT sweep 5859 images, 17996 queries, k=5");
     g.sample_size(10).measurement_time(secs());
     for n_l in [1usize, 10] {
@@ -76,7 +75,7 @@ fn bench_sweep(c: &mut Criterion) {
             b.iter(|| {
                 sweep(
                     db.view(),
-                    queries.view(),
+                    &rows,
                     words.view(),
                     &value,
                     &target,

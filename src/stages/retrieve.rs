@@ -259,10 +259,9 @@ impl StageDef for Retrieve {
                 },
                 (e, _) => e,
             })?;
-            let query_images = db.gather(&rows);
             let hits = sweep(
                 db.view(),
-                query_images.view(),
+                &rows,
                 word_m.view(),
                 &value,
                 &target,
