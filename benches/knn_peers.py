@@ -2,20 +2,27 @@
 """Exact inner-product k-NN: `simat knn` against faiss-cpu IndexFlatIP and numpy, same data,
 same run, same thread count.
 
-    pip install numpy faiss-cpu
+    pip install numpy faiss-cpu pyarrow
     cargo build --release
-    python3 benches/knn_peers.py [--threads 2] [--work bench-out/knn]
+    python3 benches/knn_peers.py [--threads 2] [--work bench-out/knn] [--cases simat-size,200k,1m]
 
-Cases: 200,000 × 512 database with 20,000 queries, k = 10; and the SIMAT size (5,859 images,
-17,996 queries). Data are seeded Gaussian f32. Times are the search alone (simat reports its
-own search time, excluding file loading; faiss: add + search; numpy: blocked Q·DBᵀ +
-argpartition + sort of the k). Effective GFLOP/s = 2·n·m·d / seconds. Results are checked
-against faiss (ids equal, or scores equal within 1e-4 where a near tie reorders them).
+Cases: the SIMAT size (5,859 images, 17,996 queries); 200,000 × 512 with 20,000 queries; and
+1,000,000 × 512 with 10,000 queries; k = 10. Data are seeded Gaussian f32 written as `.npy`.
+
+Two times per tool:
+- search: simat's own report of its search (files already loaded); faiss's add + search;
+  numpy's blocked Q·DBᵀ + argpartition + sort of the k.
+- whole process: a fresh process that loads both `.npy` files, searches and writes its hits
+  (simat: `simat knn … --out hits.parquet`; faiss: a Python process that imports faiss, loads
+  with numpy, searches, and saves the ids and scores with `np.save`).
+Effective GFLOP/s = 2·n·m·d / search seconds. Results are checked against faiss (ids equal, or
+scores equal within 1e-4 where a near tie reorders them). The CPU model and its SIMD are printed.
 """
 import argparse
 import os
 import re
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -23,49 +30,97 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMAT = os.path.join(ROOT, "target", "release", "simat")
 
+FAISS_PROCESS = r"""
+import sys, time
+import numpy as np
+import faiss
+db_path, q_path, k, threads, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+faiss.omp_set_num_threads(threads)
+db = np.load(db_path, mmap_mode="r")
+q = np.load(q_path)
+index = faiss.IndexFlatIP(db.shape[1])
+index.add(np.ascontiguousarray(db))
+D, I = index.search(q, k)
+np.save(out + "-ids.npy", I)
+np.save(out + "-scores.npy", D)
+"""
+
+
+def cpu_line():
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    simd = [f for f in ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"] if f in flags]
+    return f"{model}; SIMD: {' '.join(simd) or 'none of avx2/avx512'}"
+
 
 def numpy_knn(db, q, k):
     ids = np.empty((len(q), k), dtype=np.int64)
     scores = np.empty((len(q), k), dtype=np.float32)
-    for s in range(0, len(q), 1024):
-        S = q[s:s + 1024] @ db.T
+    # Blocks of queries whose score block stays under ~1 GB.
+    step = max(1, min(1024, (1 << 28) // max(1, len(db))))
+    for s in range(0, len(q), step):
+        S = q[s:s + step] @ db.T
         part = np.argpartition(-S, k, axis=1)[:, :k]
         ps = np.take_along_axis(S, part, axis=1)
         order = np.argsort(-ps, axis=1, kind="stable")
-        ids[s:s + 1024] = np.take_along_axis(part, order, axis=1)
-        scores[s:s + 1024] = np.take_along_axis(ps, order, axis=1)
+        ids[s:s + step] = np.take_along_axis(part, order, axis=1)
+        scores[s:s + step] = np.take_along_axis(ps, order, axis=1)
     return scores, ids
 
 
-def run_case(name, n, m, d, k, threads, work):
+def timed(cmd, env=None):
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        sys.exit(f"{cmd[0]} failed ({p.returncode}):\n{p.stderr}")
+    return wall, p
+
+
+def run_case(name, n, m, d, k, threads, work, with_numpy):
     import faiss
     import pyarrow.parquet as pq
     rng = np.random.default_rng(0)
-    db = rng.standard_normal((n, d)).astype(np.float32)
-    q = rng.standard_normal((m, d)).astype(np.float32)
     dbp, qp, out = (os.path.join(work, f"{name}-{x}") for x in ["db.npy", "q.npy", "out.parquet"])
+    db = rng.standard_normal((n, d), dtype=np.float32)
+    q = rng.standard_normal((m, d), dtype=np.float32)
     np.save(dbp, db)
     np.save(qp, q)
     gflop = 2.0 * n * m * d / 1e9
-    res = {}
+    search, whole = {}, {}
 
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    p = subprocess.run([SIMAT, "knn", "--db", dbp, "--queries", qp, "-k", str(k), "--out", out],
-                       capture_output=True, text=True, env=env, check=True)
-    res["simat"] = float(re.search(r"search ([0-9.]+)s", p.stderr).group(1))
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    whole["simat"], p = timed([SIMAT, "knn", "--db", dbp, "--queries", qp, "-k", str(k),
+                               "--out", out], env)
+    search["simat"] = float(re.search(r"search ([0-9.]+)s", p.stderr).group(1))
+
+    faiss_out = os.path.join(work, f"{name}-faiss")
+    whole["faiss"], _ = timed([sys.executable, "-c", FAISS_PROCESS, dbp, qp, str(k), str(threads),
+                               faiss_out], env)
 
     faiss.omp_set_num_threads(threads)
     t = time.perf_counter()
     index = faiss.IndexFlatIP(d)
     index.add(db)
     D, I = index.search(q, k)
-    res["faiss"] = time.perf_counter() - t
+    search["faiss"] = time.perf_counter() - t
+    del index
 
-    t = time.perf_counter()
-    numpy_knn(db, q, k)
-    res["numpy"] = time.perf_counter() - t
+    if with_numpy:
+        t = time.perf_counter()
+        numpy_knn(db, q, k)
+        search["numpy"] = time.perf_counter() - t
 
-    table = pq.read_table(out).to_pydict()
+    table = pq.read_table(out, columns=["id", "similarity"]).to_pydict()
     ids = np.array(table["id"]).reshape(m, k)
     sc = np.array(table["similarity"]).reshape(m, k)
     same = (ids == I).all(axis=1)
@@ -74,20 +129,35 @@ def run_case(name, n, m, d, k, threads, work):
 
     print(f"\n{name}: database {n:,} × {d}, {m:,} queries, k = {k}, {threads} threads "
           f"({same.mean() * 100:.2f} % of queries identical to faiss, the rest near ties)")
-    print(f"{'tool':<7} {'seconds':>8} {'GFLOP/s':>8} {'vs faiss':>9}")
-    for tool in ["simat", "faiss", "numpy"]:
-        print(f"{tool:<7} {res[tool]:>8.2f} {gflop / res[tool]:>8.0f} {res['faiss'] / res[tool]:>8.2f}x")
-    return res
+    print(f"{'tool':<7} {'search s':>9} {'GFLOP/s':>8} {'vs faiss':>9} {'whole s':>8} {'vs faiss':>9}")
+    for tool in search:
+        w = whole.get(tool)
+        wcol = f"{w:>8.2f} {whole['faiss'] / w:>8.2f}x" if w else f"{'':>8} {'':>9}"
+        print(f"{tool:<7} {search[tool]:>9.2f} {gflop / search[tool]:>8.0f} "
+              f"{search['faiss'] / search[tool]:>8.2f}x {wcol}")
+    for f in [dbp, qp]:
+        os.remove(f)
+    return search, whole
+
+
+CASES = {
+    "simat-size": (5859, 17996, 512, 10, True),
+    "200k": (200_000, 20_000, 512, 10, True),
+    "1m": (1_000_000, 10_000, 512, 10, False),
+}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--work", default=os.path.join(ROOT, "bench-out", "knn"))
+    ap.add_argument("--cases", default="simat-size,200k,1m")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    run_case("simat-size", 5859, 17996, 512, 10, args.threads, args.work)
-    run_case("200k", 200_000, 20_000, 512, 10, args.threads, args.work)
+    print(f"CPU: {cpu_line()}")
+    for name in args.cases.split(","):
+        n, m, d, k, with_numpy = CASES[name]
+        run_case(name, n, m, d, k, args.threads, args.work, with_numpy)
 
 
 if __name__ == "__main__":

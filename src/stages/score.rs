@@ -289,12 +289,16 @@ impl StageDef for Score {
             ctx.output(&tables::SCORES_JSON)?,
             (serde_json::to_string_pretty(&file).expect("json") + "\n").as_bytes(),
         )?;
-        let results_batch = results.to_batch()?;
-        let n_results = crate::io::write_table(&ctx.output(&tables::RESULTS)?, &results_batch)?;
-        let n_breakdown = crate::io::write_table(
-            &ctx.output(&tables::BREAKDOWN)?,
-            &breakdown(&results, &splits)?,
-        )?;
+        // The per-query table and the breakdowns are independent: one core each.
+        let (results_path, breakdown_path) = (
+            ctx.output(&tables::RESULTS)?,
+            ctx.output(&tables::BREAKDOWN)?,
+        );
+        let (n_results, n_breakdown) = rayon::join(
+            || crate::io::write_table(&results_path, &results.to_batch()?),
+            || crate::io::write_table(&breakdown_path, &breakdown(&results, &splits)?),
+        );
+        let (n_results, n_breakdown) = (n_results?, n_breakdown?);
         let mut report = StageReport::default();
         report.table(&tables::SCORES, Some(n));
         report.table(&tables::SCORES_JSON, None);
@@ -307,17 +311,17 @@ impl StageDef for Score {
 
 /// `results.parquet`, one row per (head set, λ, query), built column by column.
 #[derive(Debug, Default)]
-struct Results {
-    heads: Vec<String>,
+struct Results<'a> {
+    heads: Vec<&'a str>,
     lam: Vec<f64>,
     query_id: Vec<i64>,
-    split: Vec<String>,
+    split: Vec<&'a str>,
     field: Vec<&'static str>,
-    value: Vec<String>,
-    target: Vec<String>,
-    subj: Vec<String>,
-    rel: Vec<String>,
-    obj: Vec<String>,
+    value: Vec<&'a str>,
+    target: Vec<&'a str>,
+    subj: Vec<&'a str>,
+    rel: Vec<&'a str>,
+    obj: Vec<&'a str>,
     source_triplet_id: Vec<i64>,
     target_triplet_id: Vec<i64>,
     source_caption_id: Vec<i64>,
@@ -331,29 +335,29 @@ struct Results {
     weight: Vec<f64>,
 }
 
-impl Results {
+impl<'a> Results<'a> {
     fn push(
         &mut self,
-        heads: &str,
+        heads: &'a str,
         lam: f64,
-        q: &Queries,
-        d: &Dataset,
+        q: &'a Queries,
+        d: &'a Dataset,
         top1: &[usize],
         judged: &[(Option<f64>, bool)],
     ) {
         for i in 0..q.len() {
             let src = &d.triplet[q.dataset_id[i] as usize];
             let r = top1[i];
-            self.heads.push(heads.to_string());
+            self.heads.push(heads);
             self.lam.push(lam);
             self.query_id.push(q.query_id[i]);
-            self.split.push(q.split[i].clone());
+            self.split.push(&q.split[i]);
             self.field.push(q.field[i].as_str());
-            self.value.push(q.value[i].clone());
-            self.target.push(q.target[i].clone());
-            self.subj.push(src[0].clone());
-            self.rel.push(src[1].clone());
-            self.obj.push(src[2].clone());
+            self.value.push(&q.value[i]);
+            self.target.push(&q.target[i]);
+            self.subj.push(&src[0]);
+            self.rel.push(&src[1]);
+            self.obj.push(&src[2]);
             self.source_triplet_id.push(q.source_triplet_id[i]);
             self.target_triplet_id.push(q.target_triplet_id[i]);
             self.source_caption_id.push(q.source_caption_id[i]);
@@ -369,9 +373,7 @@ impl Results {
     }
 
     fn to_batch(&self) -> Result<RecordBatch> {
-        let s = |v: &Vec<String>| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(v.iter().map(String::as_str)))
-        };
+        let s = |v: &Vec<&str>| -> ArrayRef { Arc::new(StringArray::from_iter_values(v)) };
         let i = |v: &Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v.clone())) };
         let cols: Vec<ArrayRef> = vec![
             s(&self.heads),
@@ -404,33 +406,40 @@ impl Results {
 /// `breakdown.parquet`: per head set, λ and split, the queries and weighted score of each source
 /// word, target word, relation, subject, object and triplet (the SIMAT score within the group).
 fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
-    use std::collections::BTreeMap;
+    const DIMENSIONS: [&str; 6] = [
+        "source_word",
+        "target_word",
+        "relation",
+        "subject",
+        "object",
+        "triplet",
+    ];
     // (head set and λ by first appearance, split, dimension, key) → (queries, Σw, Σw·success).
+    // A triplet's key is its three words, formatted once per group.
     let mut order: Vec<(&str, f64)> = Vec::new();
-    type GroupKey<'a> = (usize, &'a str, &'static str, String);
-    let mut groups: BTreeMap<GroupKey, (i64, f64, f64)> = BTreeMap::new();
+    type GroupKey<'a> = (usize, usize, usize, [&'a str; 3]);
+    let mut groups: rustc_hash::FxHashMap<GroupKey, (i64, f64, f64)> = Default::default();
     for k in 0..r.heads.len() {
-        let hl = (r.heads[k].as_str(), r.lam[k]);
+        let hl = (r.heads[k], r.lam[k]);
         let pos = order.iter().position(|o| *o == hl).unwrap_or_else(|| {
             order.push(hl);
             order.len() - 1
         });
-        let dims: [(&'static str, String); 6] = [
-            ("source_word", r.value[k].clone()),
-            ("target_word", r.target[k].clone()),
-            ("relation", r.rel[k].clone()),
-            ("subject", r.subj[k].clone()),
-            ("object", r.obj[k].clone()),
-            (
-                "triplet",
-                format!("{} | {} | {}", r.subj[k], r.rel[k], r.obj[k]),
-            ),
+        let keys: [[&str; 3]; 6] = [
+            [r.value[k], "", ""],
+            [r.target[k], "", ""],
+            [r.rel[k], "", ""],
+            [r.subj[k], "", ""],
+            [r.obj[k], "", ""],
+            [r.subj[k], r.rel[k], r.obj[k]],
         ];
-        for split in splits.iter().filter(|s| **s == "all" || r.split[k] == **s) {
-            for (dim, key) in &dims {
-                let e = groups
-                    .entry((pos, split, dim, key.clone()))
-                    .or_insert((0, 0.0, 0.0));
+        for (si, _) in splits
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == "all" || r.split[k] == **s)
+        {
+            for (di, key) in keys.iter().enumerate() {
+                let e = groups.entry((pos, si, di, *key)).or_insert((0, 0.0, 0.0));
                 e.0 += 1;
                 e.1 += r.weight[k];
                 if r.success[k] {
@@ -439,9 +448,22 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
             }
         }
     }
+    // Rows ordered by head set and λ, then split, dimension and key by name.
+    let mut rows: Vec<(usize, &str, &str, String, (i64, f64, f64))> = groups
+        .into_iter()
+        .map(|((pos, si, di, key), v)| {
+            let key = if di == 5 {
+                format!("{} | {} | {}", key[0], key[1], key[2])
+            } else {
+                key[0].to_string()
+            };
+            (pos, splits[si], DIMENSIONS[di], key, v)
+        })
+        .collect();
+    rows.sort_unstable_by(|a, b| (a.0, a.1, a.2, &a.3).cmp(&(b.0, b.1, b.2, &b.3)));
     let (mut heads, mut lam, mut split, mut dim, mut key, mut n, mut score) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for ((pos, s, d, k), (q, w, ws)) in groups {
+    for (pos, s, d, k, (q, w, ws)) in rows {
         heads.push(order[pos].0);
         lam.push(order[pos].1);
         split.push(s);
