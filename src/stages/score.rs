@@ -418,7 +418,9 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
     // A triplet's key is its three words, formatted once per group.
     let mut order: Vec<(&str, f64)> = Vec::new();
     type GroupKey<'a> = (usize, usize, usize, [&'a str; 3]);
-    let mut groups: rustc_hash::FxHashMap<GroupKey, (i64, f64, f64)> = Default::default();
+    // Queries, Σw, Σw·success.
+    type Sums = (i64, f64, f64);
+    let mut groups: rustc_hash::FxHashMap<GroupKey, Sums> = Default::default();
     for k in 0..r.heads.len() {
         let hl = (r.heads[k], r.lam[k]);
         let pos = order.iter().position(|o| *o == hl).unwrap_or_else(|| {
@@ -449,7 +451,7 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
         }
     }
     // Rows ordered by head set and λ, then split, dimension and key by name.
-    let mut rows: Vec<(usize, &str, &str, String, (i64, f64, f64))> = groups
+    let mut rows: Vec<(usize, &str, &str, String, Sums)> = groups
         .into_iter()
         .map(|((pos, si, di, key), v)| {
             let key = if di == 5 {
