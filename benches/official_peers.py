@@ -119,8 +119,9 @@ def main():
         print(f"  {key:>10}: eval.py (PyTorch) {v:6.2f}   simat {mine[key]:6.2f}")
         assert abs(mine[key] - v) < 1e-6, f"{key}: the scores differ"
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), "unknown CPU")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from knn_peers import cpu_line
+    cpu = cpu_line()
     sm, tm, ti = (statistics.median(x) for x in (simat_walls, torch_walls, torch_inner))
     print(f"\nCPU: {cpu}; {args.threads} threads; median of {args.repeat}")
     print("official SIMAT, 3 λ, dev + test + all, import done:")

@@ -322,8 +322,9 @@ fn blocked_search(
         .into_par_iter()
         .map(|((r0, r1), (s0, s1))| {
             let m = r1 - r0;
-            // This block's queries, and the offset of each row's first one among them.
-            let block_queries = &queries_of[start[r0]..start[r1]];
+            // This block's queries; row r's are slots start[r] - base .. start[r + 1] - base.
+            let base = start[r0];
+            let block_queries = &queries_of[base..start[r1]];
             let mut tops: Vec<TopK> = (0..block_queries.len() * per)
                 .map(|_| TopK::new(k))
                 .collect();
@@ -337,7 +338,7 @@ fn blocked_search(
                 matmul_nt(ra, m, &db.data[b0 * d..b1 * d], n, d, &mut buf);
                 for r in 0..m {
                     let scores = &buf[r * n..(r + 1) * n];
-                    for slot in start[r0 + r] - start[r0]..start[r0 + r + 1] - start[r0] {
+                    for slot in start[r0 + r] - base..start[r0 + r + 1] - base {
                         let lists = &mut tops[slot * per..(slot + 1) * per];
                         per_row(block_queries[slot], scores, b0, lists, &mut scratch);
                     }
@@ -348,12 +349,10 @@ fn blocked_search(
         })
         .collect();
     let mut merged: Vec<TopK> = (0..n_q * per).map(|_| TopK::new(k)).collect();
-    for (block_queries, mut tops) in partial {
-        for (slot, lists) in tops.chunks_exact_mut(per.max(1)).enumerate() {
-            let q = block_queries[slot];
-            for (i, top) in lists.iter_mut().enumerate() {
-                merged[q * per + i].merge(std::mem::replace(top, TopK::new(0)));
-            }
+    for (block_queries, tops) in partial {
+        // tops[slot * per + i] is list i of the block's query `slot`.
+        for (j, top) in tops.into_iter().enumerate() {
+            merged[block_queries[j / per] * per + j % per].merge(top);
         }
     }
     merged.into_iter().map(TopK::into_sorted).collect()

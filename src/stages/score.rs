@@ -454,7 +454,7 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
     let mut rows: Vec<(usize, &str, &str, String, Sums)> = groups
         .into_iter()
         .map(|((pos, si, di, key), v)| {
-            let key = if di == 5 {
+            let key = if DIMENSIONS[di] == "triplet" {
                 format!("{} | {} | {}", key[0], key[1], key[2])
             } else {
                 key[0].to_string()
