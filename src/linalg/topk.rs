@@ -60,9 +60,9 @@ impl TopK {
 
     /// Offer a row of scores for database ids `base..base + row.len()`, skipping id `skip`.
     ///
-    /// Ids arrive in increasing order, so a score equal to the threshold never displaces a
-    /// kept hit; blocks of 64 scores at or under the threshold are skipped after one
-    /// branch-free compare.
+    /// Blocks of 64 scores under the threshold are skipped after one branch-free compare; a
+    /// score equal to it is offered and wins by lower id, so the list does not depend on the
+    /// order in which rows and blocks arrive.
     #[inline]
     pub fn push_row(&mut self, row: &[f32], base: usize, skip: i64) {
         self.push_combined(row, row, 0.0, base, skip);
@@ -94,7 +94,7 @@ impl TopK {
         for j in 0..a.len() {
             let id = base + j;
             let v = a[j] + lambda * d[j];
-            if id as i64 != skip && (v > self.threshold() || self.hits.len() < self.k) {
+            if id as i64 != skip && v >= self.threshold() {
                 self.push(Hit {
                     id: id as u32,
                     score: v,
@@ -117,15 +117,15 @@ impl TopK {
             self.scan(a, d, lambda, base, skip);
             return;
         }
-        // Only the lanes above the threshold, in id order; the threshold rises as they are
-        // pushed, so each is checked again.
+        // Only the lanes at or above the threshold, in id order; the threshold rises as they
+        // are pushed, so each is checked again, and `push` settles a tie by id.
         let mut mask = above(a, d, lambda, self.threshold());
         while mask != 0 {
             let j = mask.trailing_zeros() as usize;
             mask &= mask - 1;
             let id = base + j;
             let v = a[j] + lambda * d[j];
-            if id as i64 != skip && v > self.threshold() {
+            if id as i64 != skip && v >= self.threshold() {
                 self.push(Hit {
                     id: id as u32,
                     score: v,
@@ -149,7 +149,7 @@ impl TopK {
 
 /// Offer `img[j] + λ_l·delta[j]` (ids `base..`, skipping `skip`) to `tops[l]` for every λ,
 /// without materialising the rows: each block of 64 scores is compared with the threshold in
-/// one vector compare per λ while it sits in L1, and only the lanes above it are walked. The
+/// one vector compare per λ while it sits in L1, and only the lanes at or above it are walked. The
 /// compare is compiled for AVX-512 and AVX2 too, chosen at run time; every path computes the
 /// same `a + λ·d` (no fused multiply-add), so results do not depend on the CPU.
 pub fn push_sweep(
@@ -174,7 +174,7 @@ pub fn push_sweep(
         }
     }
     let above = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| {
-        (0..BLOCK).fold(0u64, |m, l| m | ((a[l] + lambda * d[l] > thr) as u64) << l)
+        (0..BLOCK).fold(0u64, |m, l| m | ((a[l] + lambda * d[l] >= thr) as u64) << l)
     };
     push_sweep_impl(tops, img, delta, lambdas, base, skip, above)
 }
@@ -199,7 +199,7 @@ unsafe fn push_sweep_avx512(
                 let va = _mm512_loadu_ps(a.as_ptr().add(16 * i));
                 let vd = _mm512_loadu_ps(d.as_ptr().add(16 * i));
                 let v = _mm512_add_ps(va, _mm512_mul_ps(l, vd));
-                m |= (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t) as u64) << (16 * i);
+                m |= (_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, t) as u64) << (16 * i);
             }
             m
         }
@@ -227,7 +227,7 @@ unsafe fn push_sweep_avx2(
                 let va = _mm256_loadu_ps(a.as_ptr().add(8 * i));
                 let vd = _mm256_loadu_ps(d.as_ptr().add(8 * i));
                 let v = _mm256_add_ps(va, _mm256_mul_ps(l, vd));
-                let c = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, t)) as u64;
+                let c = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as u64;
                 m |= c << (8 * i);
             }
             m
@@ -272,6 +272,31 @@ mod tests {
         t.push_row(&row, 10, 12);
         let got: Vec<(u32, f32)> = t.into_sorted().iter().map(|h| (h.id, h.score)).collect();
         assert_eq!(got, vec![(15, 0.95), (11, 0.9), (14, 0.9)]);
+    }
+
+    #[test]
+    fn the_list_does_not_depend_on_the_order_rows_arrive_in() {
+        // Many exact ties (scores from a small set), offered block by block in id order and in
+        // reverse: the same hits, ties by lower id.
+        let row: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 13) as f32).collect();
+        let (mut forward, mut backward) = (TopK::new(9), TopK::new(9));
+        forward.push_row(&row, 0, 5);
+        for start in (0..1000).step_by(100).rev() {
+            backward.push_row(&row[start..start + 100], start, 5);
+        }
+        let want: Vec<u32> = {
+            let mut all: Vec<(usize, f32)> = row
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|&(i, _)| i != 5)
+                .collect();
+            all.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+            all[..9].iter().map(|a| a.0 as u32).collect()
+        };
+        let ids = |t: TopK| t.into_sorted().iter().map(|h| h.id).collect::<Vec<_>>();
+        assert_eq!(ids(forward), want);
+        assert_eq!(ids(backward), want);
     }
 
     #[test]
