@@ -17,9 +17,14 @@ use arrow::array::{
 };
 use arrow::datatypes::{Field, Int32Type, Int64Type, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_writer::{
+    compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory,
+};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, WithPath};
@@ -29,8 +34,16 @@ use crate::io::atomic::AtomicFile;
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 
 /// A Parquet table being written under a temporary name; [`TableWriter::finish`] renames it in.
+///
+/// The bytes are those `ArrowWriter` writes with the same properties (row groups of
+/// [`ROW_GROUP_ROWS`], each batch's columns handed to their column writers in order), but each
+/// batch's columns are encoded in parallel, one rayon task per leaf column.
 pub struct TableWriter {
-    writer: ArrowWriter<AtomicFile>,
+    file: SerializedFileWriter<AtomicFile>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    /// The row group being encoded, and its rows so far.
+    columns: Option<(Vec<ArrowColumnWriter>, usize)>,
     path: PathBuf,
     rows: u64,
 }
@@ -53,10 +66,16 @@ impl TableWriter {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("simat {}", crate::ENGINE_VERSION))
             .build();
-        let writer =
-            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| e.with_path(path))?;
+        // ArrowWriter sets up the file (schema conversion, the embedded Arrow schema); its
+        // parts are driven here so that columns encode in parallel.
+        let (file, factory) = ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .and_then(ArrowWriter::into_serialized_writer)
+            .map_err(|e| e.with_path(path))?;
         Ok(TableWriter {
-            writer,
+            file,
+            factory,
+            schema,
+            columns: None,
             path: path.to_path_buf(),
             rows: 0,
         })
@@ -64,10 +83,58 @@ impl TableWriter {
 
     /// Append a batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .map_err(|e| Error::columnar(&self.path, e))
+        let mut at = 0;
+        while at < batch.num_rows() {
+            let (writers, buffered) = match &mut self.columns {
+                Some(c) => c,
+                slot => {
+                    let index = self.file.flushed_row_groups().len();
+                    let writers = self
+                        .factory
+                        .create_column_writers(index)
+                        .map_err(|e| Error::columnar(&self.path, e))?;
+                    slot.insert((writers, 0))
+                }
+            };
+            let take = (ROW_GROUP_ROWS - *buffered).min(batch.num_rows() - at);
+            let part = batch.slice(at, take);
+            let mut leaves = Vec::with_capacity(writers.len());
+            for (field, column) in self.schema.fields().iter().zip(part.columns()) {
+                leaves.extend(
+                    compute_leaves(field, column).map_err(|e| Error::columnar(&self.path, e))?,
+                );
+            }
+            writers
+                .par_iter_mut()
+                .zip(leaves.par_iter())
+                .try_for_each(|(w, leaf)| w.write(leaf))
+                .map_err(|e| Error::columnar(&self.path, e))?;
+            *buffered += take;
+            at += take;
+            self.rows += take as u64;
+            if *buffered == ROW_GROUP_ROWS {
+                self.flush_row_group()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_row_group(&mut self) -> Result<()> {
+        let Some((writers, _)) = self.columns.take() else {
+            return Ok(());
+        };
+        let columnar = |e| Error::columnar(&self.path, e);
+        let chunks: Vec<ArrowColumnChunk> = writers
+            .into_par_iter()
+            .map(ArrowColumnWriter::close)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(columnar)?;
+        let mut group = self.file.next_row_group().map_err(columnar)?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut group).map_err(columnar)?;
+        }
+        group.close().map_err(columnar)?;
+        Ok(())
     }
 
     /// Write the footer and rename into place; returns the row count.
@@ -79,9 +146,10 @@ impl TableWriter {
 
     /// Write the footer but leave the file under its temporary name, so that several tables can
     /// be committed together once all of them are complete. Returns the file and the row count.
-    pub fn close(self) -> Result<(AtomicFile, u64)> {
+    pub fn close(mut self) -> Result<(AtomicFile, u64)> {
+        self.flush_row_group()?;
         let file = self
-            .writer
+            .file
             .into_inner()
             .map_err(|e| Error::columnar(&self.path, e))?;
         Ok((file, self.rows))
