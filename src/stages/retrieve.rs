@@ -191,6 +191,7 @@ impl StageDef for Retrieve {
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let c = &self.config;
+        let started = std::time::Instant::now();
         let qpath = ctx.input(&tables::QUERIES)?;
         let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
         let queries = Queries::read(&qpath)?;
@@ -241,6 +242,10 @@ impl StageDef for Retrieve {
         }
         let lambdas: Vec<f32> = c.lambdas.iter().map(|&l| l as f32).collect();
         let exclude: Vec<i64> = queries.dataset_id.clone();
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "retrieve: inputs read"
+        );
         let (mut hname, mut qid, mut lam, mut rank, mut did, mut score) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for (label, heads) in &head_sets {
@@ -269,10 +274,18 @@ impl StageDef for Retrieve {
                 c.k,
                 &exclude,
             );
+            tracing::debug!(seconds = started.elapsed().as_secs_f64(), heads = %label, "retrieve: swept");
+            let rows: usize = hits.iter().flatten().map(Vec::len).sum();
+            hname.push((label.as_str(), rows));
+            for v in [&mut qid, &mut did] {
+                v.reserve(rows);
+            }
+            lam.reserve(rows);
+            rank.reserve(rows);
+            score.reserve(rows);
             for (l, per_q) in hits.iter().enumerate() {
                 for (i, list) in per_q.iter().enumerate() {
                     for (r, h) in list.iter().enumerate() {
-                        hname.push(label.clone());
                         qid.push(queries.query_id[i]);
                         lam.push(c.lambdas[l]);
                         rank.push(r as i32);
@@ -283,7 +296,11 @@ impl StageDef for Retrieve {
             }
         }
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(arrow::array::StringArray::from(hname)),
+            Arc::new(arrow::array::StringArray::from_iter_values(
+                hname
+                    .iter()
+                    .flat_map(|&(label, rows)| std::iter::repeat_n(label, rows)),
+            )),
             Arc::new(Int64Array::from(qid)),
             Arc::new(Float64Array::from(lam)),
             Arc::new(Int32Array::from(rank)),
@@ -292,7 +309,15 @@ impl StageDef for Retrieve {
         ];
         let batch = RecordBatch::try_new(retrievals_schema(), cols)
             .map_err(|e| Error::Internal(e.to_string()))?;
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "retrieve: table built"
+        );
         let written = crate::io::write_table(&ctx.output(&tables::RETRIEVALS)?, &batch)?;
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "retrieve: table written"
+        );
         let provenance = self.provenance(ctx, query_set, &qpath, queries.len(), &head_sets)?;
         crate::io::atomic::write_atomic(
             ctx.output(&tables::RETRIEVAL_PROVENANCE)?,

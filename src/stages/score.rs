@@ -139,6 +139,7 @@ impl StageDef for Score {
                 format!("threshold {} is not a number", c.threshold),
             ));
         }
+        let started = std::time::Instant::now();
         let queries = Queries::read(&ctx.input(&tables::QUERIES)?)?;
         let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
         let dataset = Dataset::read(&ctx.input(&tables::DATASET)?)?;
@@ -154,6 +155,10 @@ impl StageDef for Score {
         }
         let rpath = ctx.input(&tables::RETRIEVALS)?;
         let (lambdas, top1) = read_top1(&rpath, &queries)?;
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "score: retrievals read"
+        );
         let (oracle, oracle_provenance) = match oracle::matrix_file(&self.config.oracle) {
             None if self.config.oracle == oracle::MODEL => (
                 model_oracle(ctx, &dataset)?,
@@ -170,6 +175,10 @@ impl StageDef for Score {
                 (o, prov)
             }
         };
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "score: oracle read"
+        );
         let splits: Vec<&str> = match c.split.as_str() {
             "dev" => vec!["dev"],
             "test" => vec!["test"],
@@ -224,6 +233,7 @@ impl StageDef for Score {
                 }
             }
         }
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "score: judged");
         let provenance = serde_json::json!({
             "query_set": query_set,
             "queries": retrieve_provenance["queries"],
@@ -299,6 +309,10 @@ impl StageDef for Score {
             || crate::io::write_table(&breakdown_path, &breakdown(&results, &splits)?),
         );
         let (n_results, n_breakdown) = (n_results?, n_breakdown?);
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            "score: tables written"
+        );
         let mut report = StageReport::default();
         report.table(&tables::SCORES, Some(n));
         report.table(&tables::SCORES_JSON, None);
