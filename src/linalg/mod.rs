@@ -216,8 +216,8 @@ pub fn knn(
 /// `(db[source_i] + λ·(word[target_i] − word[value_i]))·d`, skipping `exclude[i]`.
 ///
 /// A query's image part is a database row, so `img·dᵀ` is computed once per distinct source
-/// image (official SIMAT: 3,137 rows for 17,996 queries), block by block, and shared by every query of
-/// that image; the word part is `words·dbᵀ`, one GEMM for the whole vocabulary (a few hundred
+/// image (official SIMAT: 3,137 rows for 17,996 queries), block by block, and shared by every
+/// query of that image; the word part is `words·dbᵀ`, one GEMM for the whole vocabulary (a few hundred
 /// words). Per λ only a fused add and selection remain. Returns `hits[λ][query]`.
 #[allow(clippy::too_many_arguments)]
 pub fn sweep(
