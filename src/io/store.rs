@@ -473,8 +473,13 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         let read_err = |e| Error::io("failed to read", path, e);
         let mut data = vec![0f32; n];
         if width == 4 {
-            f.read_exact(bytemuck::cast_slice_mut(&mut data))
-                .map_err(read_err)?;
+            read_exact_at_parallel(
+                &f,
+                header_len,
+                bytemuck::cast_slice_mut(&mut data),
+                64 << 20,
+            )
+            .map_err(read_err)?;
             if cfg!(target_endian = "big") {
                 for v in &mut data {
                     *v = f32::from_bits(v.to_bits().swap_bytes());
@@ -514,6 +519,32 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         }
     };
     Ok((shape, data))
+}
+
+/// Fill `buf` from `file` at `offset`, in pieces of `piece` bytes read by the pool: the copy out
+/// of the page cache (and the first touch of each page of `buf`) runs on every core.
+fn read_exact_at_parallel(
+    file: &File,
+    offset: u64,
+    buf: &mut [u8],
+    piece: usize,
+) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use rayon::prelude::*;
+        use std::os::unix::fs::FileExt;
+        buf.par_chunks_mut(piece.max(1))
+            .enumerate()
+            .try_for_each(|(i, part)| file.read_exact_at(part, offset + (i * piece.max(1)) as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek};
+        let mut f = file;
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        let _ = piece;
+        f.read_exact(buf)
+    }
 }
 
 /// Values of an integer `.npy` (any shape, flattened), as i64.
@@ -583,6 +614,23 @@ mod tests {
         assert_eq!(read_vector(&p).unwrap(), vec![1.5, 2.0, -3.0, 4.25]);
         let err = read_matrix(&p).unwrap_err().to_string();
         assert!(err.contains("expected a 2-D array"), "{err}");
+    }
+
+    #[test]
+    fn a_parallel_read_joins_its_pieces_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bytes");
+        let bytes: Vec<u8> = (0..10_007u32).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(&p, &bytes).unwrap();
+        let f = File::open(&p).unwrap();
+        for (offset, piece) in [(0usize, 7usize), (5, 1000), (13, 1 << 20)] {
+            let mut buf = vec![0u8; bytes.len() - offset];
+            read_exact_at_parallel(&f, offset as u64, &mut buf, piece).unwrap();
+            assert_eq!(buf, &bytes[offset..], "offset {offset}, pieces of {piece}");
+        }
+        // Past the end: an error, not a short read.
+        let mut buf = vec![0u8; 100];
+        assert!(read_exact_at_parallel(&f, 10_000, &mut buf, 7).is_err());
     }
 
     /// A `.npy` written by hand: version 1.0, the header padded as numpy pads it.

@@ -193,9 +193,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// The first row holding a NaN or an infinity, if any.
 pub fn first_non_finite(m: &Matrix) -> Option<usize> {
+    // Rows are checked in parallel, each without an early exit so that the check vectorises
+    // (an `any` that stops at the first NaN ran at 1–2 GB/s on a 2 GB database).
     m.data
-        .chunks(m.cols.max(1))
-        .position(|row| row.iter().any(|v| !v.is_finite()))
+        .par_chunks(m.cols.max(1))
+        .position_first(|row| !row.iter().fold(true, |ok, v| ok & v.is_finite()))
 }
 
 /// Exact inner-product top-k: for each query row, the `k` database rows of highest `q·d`,
@@ -448,6 +450,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_first_row_holding_nan_or_infinity_is_named() {
+        let mut m = random(5000, 9, 8);
+        assert_eq!(first_non_finite(&m), None);
+        for (row, col, v) in [
+            (4999, 8, f32::NAN),
+            (3001, 0, f32::NEG_INFINITY),
+            (17, 4, f32::INFINITY),
+        ] {
+            m.data[row * 9 + col] = v;
+            assert_eq!(first_non_finite(&m), Some(row));
+        }
+        m.data[0] = f32::NAN;
+        assert_eq!(first_non_finite(&m), Some(0));
+        let huge = Matrix::new(1, 3, vec![f32::MAX, f32::MIN, -0.0]).unwrap();
+        assert_eq!(first_non_finite(&huge), None);
     }
 
     #[test]
