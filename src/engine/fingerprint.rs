@@ -280,9 +280,9 @@ pub fn hash_file(path: &Path) -> Result<String> {
     const BUF: usize = 8 << 20;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io("failed to hash", path, e))?;
     let mut hasher = blake3::Hasher::new();
-    // One thread reads the next buffer while the pool hashes the last: the copy out of the page
-    // cache overlaps the hashing instead of alternating with it. (Not mmap: a file truncated
-    // while mapped would kill the process with SIGBUS.)
+    // One thread reads the next block while the pool hashes the last, so the copy out of the page
+    // cache overlaps the hashing. (Not mmap either: a file truncated while mapped kills the
+    // process with SIGBUS.)
     let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, usize)>(1);
     let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
     for _ in 0..2 {
@@ -300,10 +300,8 @@ pub fn hash_file(path: &Path) -> Result<String> {
                         Err(e) => return Err(e),
                     }
                 }
-                if n == 0 || full_tx.send((buf, n)).is_err() {
-                    break;
-                }
-                if n < BUF {
+                // A short block is the last one (or an empty file's none).
+                if n == 0 || full_tx.send((buf, n)).is_err() || n < BUF {
                     break;
                 }
             }

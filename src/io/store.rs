@@ -311,7 +311,10 @@ fn npy_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::data(path, format!("cannot read .npy: {e}"))
 }
 
-fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, Vec<usize>, String)> {
+/// The checked `.npy` reader, its shape, its dtype (`<f4`, …) and the length of its header.
+type OpenNpy = (npyz::NpyFile<BufReader<File>>, Vec<usize>, String, u64);
+
+fn open_npy(path: &Path) -> Result<OpenNpy> {
     let (header_len, text) = npy_header(path)?;
     let file_len = std::fs::metadata(path)
         .map_err(|e| Error::io("failed to read", path, e))?
@@ -335,7 +338,7 @@ fn open_npy(path: &Path) -> Result<(npyz::NpyFile<BufReader<File>>, Vec<usize>, 
         header_len,
         holds,
     )?;
-    Ok((npy, shape, descr))
+    Ok((npy, shape, descr, header_len))
 }
 
 /// The array a `.npy` header describes must be the data the file holds: its element count
@@ -454,7 +457,7 @@ fn precheck_npy_shape(path: &Path, text: &str, file_len: u64) -> Result<()> {
 
 /// Shape and values of a float `.npy`, converted to f32.
 pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
-    let (npy, shape, descr) = open_npy(path)?;
+    let (npy, shape, descr, header_len) = open_npy(path)?;
     // Little-endian floats (what numpy writes on every common machine) are read straight into
     // the matrix (f4) or through a 1 MiB buffer (f8): npyz reads element by element through a
     // BufReader. open_npy has checked that the data is exactly the header's shape.
@@ -463,13 +466,9 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         "<f8" => Some(8),
         _ => None,
     } {
-        use std::io::{Read, Seek};
         drop(npy);
-        let (header_len, _) = npy_header(path)?;
         let n: usize = shape.iter().product();
         let mut f = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
-        f.seek(std::io::SeekFrom::Start(header_len))
-            .map_err(|e| Error::io("failed to read", path, e))?;
         let read_err = |e| Error::io("failed to read", path, e);
         let mut data = vec![0f32; n];
         if width == 4 {
@@ -486,6 +485,9 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
                 }
             }
         } else {
+            use std::io::{Read, Seek};
+            f.seek(std::io::SeekFrom::Start(header_len))
+                .map_err(read_err)?;
             let mut buf = vec![0u8; 1 << 20];
             for out in data.chunks_mut(buf.len() / 8) {
                 let bytes = &mut buf[..out.len() * 8];
@@ -533,9 +535,10 @@ fn read_exact_at_parallel(
     {
         use rayon::prelude::*;
         use std::os::unix::fs::FileExt;
-        buf.par_chunks_mut(piece.max(1))
+        let piece = piece.max(1);
+        buf.par_chunks_mut(piece)
             .enumerate()
-            .try_for_each(|(i, part)| file.read_exact_at(part, offset + (i * piece.max(1)) as u64))
+            .try_for_each(|(i, part)| file.read_exact_at(part, offset + (i * piece) as u64))
     }
     #[cfg(not(unix))]
     {
@@ -549,7 +552,7 @@ fn read_exact_at_parallel(
 
 /// Values of an integer `.npy` (any shape, flattened), as i64.
 pub fn read_npy_ids(path: &Path) -> Result<Vec<i64>> {
-    let (npy, _, descr) = open_npy(path)?;
+    let (npy, _, descr, _) = open_npy(path)?;
     let v: Vec<i64> = match &descr[1..] {
         "i8" => npy.into_vec::<i64>().map_err(|e| npy_err(path, e))?,
         "i4" => npy

@@ -149,9 +149,9 @@ impl TopK {
 
 /// Offer `img[j] + λ_l·delta[j]` (ids `base..`, skipping `skip`) to `tops[l]` for every λ,
 /// without materialising the rows: each block of 64 scores is compared with the threshold in
-/// one vector compare per λ while it sits in L1, and only the lanes at or above it are walked. The
-/// compare is compiled for AVX-512 and AVX2 too, chosen at run time; every path computes the
-/// same `a + λ·d` (no fused multiply-add), so results do not depend on the CPU.
+/// one vector compare per λ while it sits in L1, and only the lanes at or above it are walked.
+/// The compare is compiled for AVX-512 and AVX2 too, chosen at run time; every path computes
+/// the same `a + λ·d` (no fused multiply-add), so results do not depend on the CPU.
 pub fn push_sweep(
     tops: &mut [TopK],
     img: &[f32],

@@ -277,12 +277,6 @@ impl StageDef for Retrieve {
             tracing::debug!(seconds = started.elapsed().as_secs_f64(), heads = %label, "retrieve: swept");
             let rows: usize = hits.iter().flatten().map(Vec::len).sum();
             hname.push((label.as_str(), rows));
-            for v in [&mut qid, &mut did] {
-                v.reserve(rows);
-            }
-            lam.reserve(rows);
-            rank.reserve(rows);
-            score.reserve(rows);
             for (l, per_q) in hits.iter().enumerate() {
                 for (i, list) in per_q.iter().enumerate() {
                     for (r, h) in list.iter().enumerate() {
