@@ -15,7 +15,12 @@ Two times per tool:
 - whole process: a fresh process that loads both `.npy` files, searches and writes its hits
   (simat: `simat knn … --out hits.parquet`; faiss: a Python process that imports faiss, loads
   with numpy, searches, and saves the ids and scores with `np.save`).
-Effective GFLOP/s = 2·n·m·d / search seconds. Results are checked against faiss (ids equal, or
+simat runs twice where the CPU has bf16 units (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo):
+`--precision f32` and `--precision bf16` (bf16 scores, then the certified f32 re-rank); the two
+must return the same ids and bit-identical scores, or the script stops. Elsewhere only f32 runs.
+faiss runs with the OPENBLAS_CORETYPE that made it fastest on a small search (its wheel's
+bundled OpenBLAS can misdetect a CPU; the choice is printed). Effective GFLOP/s = 2·n·m·d /
+search seconds. Results are checked against faiss (ids equal, or
 scores equal within 1e-4 where a near tie reorders them). The CPU model and its SIMD are printed.
 """
 import argparse
@@ -46,6 +51,46 @@ np.save(out + "-scores.npy", D)
 """
 
 
+FAISS_CALIBRATE = r"""
+import sys, time
+import numpy as np
+import faiss
+faiss.omp_set_num_threads(int(sys.argv[1]))
+rng = np.random.default_rng(1)
+db = rng.standard_normal((40000, 512), dtype=np.float32)
+q = rng.standard_normal((4000, 512), dtype=np.float32)
+index = faiss.IndexFlatIP(512)
+index.add(db)
+index.search(q[:500], 10)
+t = time.perf_counter()
+index.search(q, 10)
+print(time.perf_counter() - t)
+"""
+
+
+def best_openblas_coretype(threads, flags):
+    """faiss-cpu's wheel bundles its own OpenBLAS, whose run-time CPU detection can pick a slow
+    kernel (seen: OpenBLAS 0.3.15 on a virtualised Sapphire Rapids ran sgemm at 25 GFLOP/s by
+    default and 138 with SKYLAKEX). The peer gets its best: each plausible OPENBLAS_CORETYPE is
+    timed on a small search and the fastest is used for every faiss run."""
+    candidates = [""]
+    if "avx512f" in flags:
+        candidates += ["SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS"]
+    if "avx2" in flags:
+        candidates += ["HASWELL", "ZEN"]
+    times = {}
+    for c in candidates:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_CORETYPE=c)
+        p = subprocess.run([sys.executable, "-c", FAISS_CALIBRATE, str(threads)],
+                           capture_output=True, text=True, env=env)
+        if p.returncode == 0:
+            times[c] = min(float(p.stdout.split()[-1]), times.get(c, 1e9))
+    best = min(times, key=times.get)
+    print("faiss OPENBLAS_CORETYPE: " + ", ".join(
+        f"{c or 'default'} {t:.2f}s" for c, t in times.items()) + f" → {best or 'default'}")
+    return best
+
+
 def cpu_line():
     model, flags = "unknown CPU", set()
     try:
@@ -59,7 +104,7 @@ def cpu_line():
     except OSError:
         pass
     simd = [f for f in ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"] if f in flags]
-    return f"{model}; SIMD: {' '.join(simd) or 'none of avx2/avx512'}"
+    return f"{model}; SIMD: {' '.join(simd) or 'none of avx2/avx512'}", flags
 
 
 def numpy_knn(db, q, k):
@@ -86,7 +131,7 @@ def timed(cmd, env=None):
     return wall, p
 
 
-def run_case(name, n, m, d, k, threads, work, with_numpy):
+def run_case(name, n, m, d, k, threads, work, with_numpy, precisions):
     import faiss
     import pyarrow.parquet as pq
     rng = np.random.default_rng(0)
@@ -99,9 +144,15 @@ def run_case(name, n, m, d, k, threads, work, with_numpy):
     search, whole = {}, {}
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    whole["simat"], p = timed([SIMAT, "knn", "--db", dbp, "--queries", qp, "-k", str(k),
-                               "--out", out], env)
-    search["simat"] = float(re.search(r"search ([0-9.]+)s", p.stderr).group(1))
+    outs = {}
+    for precision in precisions:
+        tool = f"simat-{precision}"
+        outs[tool] = out.replace(".parquet", f"-{precision}.parquet")
+        whole[tool], p = timed([SIMAT, "knn", "--db", dbp, "--queries", qp, "-k", str(k),
+                                "--out", outs[tool], "--precision", precision], env)
+        search[tool] = float(re.search(r"search ([0-9.]+)s", p.stderr).group(1))
+        path = re.search(r"GFLOP/s, (.*?)\), load", p.stderr)
+        print(f"  {tool}: {path.group(1) if path else '?'}")
 
     faiss_out = os.path.join(work, f"{name}-faiss")
     whole["faiss"], _ = timed([sys.executable, "-c", FAISS_PROCESS, dbp, qp, str(k), str(threads),
@@ -120,20 +171,28 @@ def run_case(name, n, m, d, k, threads, work, with_numpy):
         numpy_knn(db, q, k)
         search["numpy"] = time.perf_counter() - t
 
-    table = pq.read_table(out, columns=["id", "similarity"]).to_pydict()
-    ids = np.array(table["id"]).reshape(m, k)
-    sc = np.array(table["similarity"]).reshape(m, k)
+    results = {}
+    for tool, path in outs.items():
+        table = pq.read_table(path, columns=["id", "similarity"]).to_pydict()
+        results[tool] = (np.array(table["id"]).reshape(m, k),
+                         np.array(table["similarity"], dtype=np.float32).reshape(m, k))
+        os.remove(path)
+    ids, sc = results[f"simat-{precisions[0]}"]
+    for tool, (i2, s2) in results.items():
+        # Every precision returns the same ids and the same f32 scores, bit for bit.
+        assert (i2 == ids).all() and (s2.view(np.int32) == sc.view(np.int32)).all(), \
+            f"{tool} differs from simat-{precisions[0]}"
     same = (ids == I).all(axis=1)
     tie_ok = np.abs(sc - D).max(axis=1) < 1e-4
     assert (same | tie_ok).all(), "simat and faiss disagree beyond ties"
 
     print(f"\n{name}: database {n:,} × {d}, {m:,} queries, k = {k}, {threads} threads "
           f"({same.mean() * 100:.2f} % of queries identical to faiss, the rest near ties)")
-    print(f"{'tool':<7} {'search s':>9} {'GFLOP/s':>8} {'vs faiss':>9} {'whole s':>8} {'vs faiss':>9}")
+    print(f"{'tool':<10} {'search s':>9} {'GFLOP/s':>8} {'vs faiss':>9} {'whole s':>8} {'vs faiss':>9}")
     for tool in search:
         w = whole.get(tool)
         wcol = f"{w:>8.2f} {whole['faiss'] / w:>8.2f}x" if w else f"{'':>8} {'':>9}"
-        print(f"{tool:<7} {search[tool]:>9.2f} {gflop / search[tool]:>8.0f} "
+        print(f"{tool:<10} {search[tool]:>9.2f} {gflop / search[tool]:>8.0f} "
               f"{search['faiss'] / search[tool]:>8.2f}x {wcol}")
     for f in [dbp, qp]:
         os.remove(f)
@@ -154,10 +213,15 @@ def main():
     ap.add_argument("--cases", default="simat-size,200k,1m")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    print(f"CPU: {cpu_line()}")
+    line, flags = cpu_line()
+    print(f"CPU: {line}")
+    # Before faiss is first imported here: OpenBLAS reads the variable when it loads.
+    os.environ["OPENBLAS_CORETYPE"] = best_openblas_coretype(args.threads, flags)
+    # The bf16 path where the CPU has bf16 units; f32 always.
+    precisions = ["f32"] + (["bf16"] if "bf16" in line else [])
     for name in args.cases.split(","):
         n, m, d, k, with_numpy = CASES[name]
-        run_case(name, n, m, d, k, args.threads, args.work, with_numpy)
+        run_case(name, n, m, d, k, args.threads, args.work, with_numpy, precisions)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def main():
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from knn_peers import cpu_line
-    cpu = cpu_line()
+    cpu, _ = cpu_line()
     sm, tm, ti = (statistics.median(x) for x in (simat_walls, torch_walls, torch_inner))
     print(f"\nCPU: {cpu}; {args.threads} threads; median of {args.repeat}")
     print("official SIMAT, 3 λ, dev + test + all, import done:")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{RngExt, SeedableRng};
-use simat::linalg::{knn, normalize_rows, sweep, Hit, Matrix, TopK};
+use simat::linalg::{bf16, knn, normalize_rows, sweep, Hit, Matrix, TopK};
 
 fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -52,9 +52,18 @@ fn bench_knn(c: &mut Criterion) {
     g.sample_size(10).measurement_time(secs());
     g.throughput(Throughput::Elements((db.rows * q.rows) as u64));
     g.bench_function("naive", |b| b.iter(|| naive(&db, &q, 10)));
-    g.bench_function("blocked gemm", |b| {
+    g.bench_function("blocked f32 kernel", |b| {
         b.iter(|| knn(db.view(), q.view(), 10, None))
     });
+    // bf16 scores + the certified f32 re-rank (same results), where the CPU has bf16 units.
+    if let Some(unit) = bf16::Unit::detect() {
+        g.bench_function(unit.name(), |b| {
+            b.iter(|| {
+                let p = bf16::prepare(db.view(), q.view(), unit).expect("bounded data");
+                bf16::knn(&p, 10, None)
+            })
+        });
+    }
     g.finish();
 }
 

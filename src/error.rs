@@ -149,6 +149,11 @@ pub enum Error {
     #[error("{0}")]
     Query(String),
 
+    /// What was asked for cannot run on this CPU or these data (e.g. bf16 scoring without bf16
+    /// units): the reason and the alternative.
+    #[error("{0}")]
+    Unsupported(String),
+
     /// A bug in simat.
     #[error(
         "internal error: {0} (this is a bug in simat; please report it with the command you ran)"

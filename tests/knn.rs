@@ -143,3 +143,73 @@ fn a_full_disk_leaves_no_temporary_file_and_the_rerun_completes() {
         std::fs::read(p("again.parquet")).unwrap()
     );
 }
+
+/// Every `--precision` writes the same file: the same ids and bit-identical f32 scores. Where
+/// the CPU has no bf16 units, `--precision bf16` is refused with a sentence that says why and
+/// what to use, and writes nothing.
+#[test]
+fn every_precision_writes_the_same_hits() {
+    let dir = tempdir();
+    let p = |n: &str| dir.path().join(n);
+    // Unit-norm rows with many near ties: copies of rows, one ulp apart in one value.
+    let mut db = matrix(3000, 64, 7);
+    for r in (1..db.rows).step_by(3) {
+        let (src, dst) = ((r - 1) * 64, r * 64);
+        db.data.copy_within(src..src + 64, dst);
+        db.data[dst + r % 64] = f32::from_bits(db.data[dst + r % 64].to_bits() ^ 1);
+    }
+    simat::linalg::normalize_rows(&mut db);
+    simat::io::store::write_npy(&p("db.npy"), &db).unwrap();
+    simat::io::store::write_npy(&p("q.npy"), &matrix(300, 64, 8)).unwrap();
+    let search = |precision: &str| {
+        let out = p(&format!("{precision}.parquet"));
+        let o = run(&[
+            "knn",
+            "--db",
+            s(&p("db.npy")),
+            "--queries",
+            s(&p("q.npy")),
+            "-k",
+            "7",
+            "--out",
+            s(&out),
+            "--precision",
+            precision,
+        ]);
+        (o, out)
+    };
+    let (f32_run, f32_out) = search("f32");
+    assert_eq!(f32_run.status.code(), Some(0), "{}", stderr(&f32_run));
+    assert!(stderr(&f32_run).contains("f32 ("), "{}", stderr(&f32_run));
+    let f32_bytes = std::fs::read(&f32_out).unwrap();
+    let (auto_run, auto_out) = search("auto");
+    assert_eq!(auto_run.status.code(), Some(0), "{}", stderr(&auto_run));
+    assert_eq!(
+        std::fs::read(&auto_out).unwrap(),
+        f32_bytes,
+        "auto differs from f32"
+    );
+    let (bf16_run, bf16_out) = search("bf16");
+    if simat::linalg::bf16::Unit::detect().is_some() {
+        assert_eq!(bf16_run.status.code(), Some(0), "{}", stderr(&bf16_run));
+        assert!(
+            stderr(&bf16_run).contains("f32 re-rank of"),
+            "{}",
+            stderr(&bf16_run)
+        );
+        assert_eq!(
+            std::fs::read(&bf16_out).unwrap(),
+            f32_bytes,
+            "bf16 differs from f32"
+        );
+    } else {
+        assert_eq!(bf16_run.status.code(), Some(2), "{}", stderr(&bf16_run));
+        assert!(
+            stderr(&bf16_run).contains("neither AMX-BF16 nor AVX-512 BF16")
+                && stderr(&bf16_run).contains("use f32"),
+            "{}",
+            stderr(&bf16_run)
+        );
+        assert!(!bf16_out.exists());
+    }
+}

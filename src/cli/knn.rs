@@ -55,6 +55,7 @@ pub fn knn(
     k: usize,
     exclude: Option<&Path>,
     out: &Path,
+    precision: crate::linalg::Precision,
     ui: &Ui,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(k >= 1, "-k must be at least 1");
@@ -117,14 +118,15 @@ pub fn knn(
     };
     let loaded = start.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    let hits = crate::linalg::knn(db_m.view(), q_m.view(), k, exclude.as_deref());
+    let (hits, path) =
+        crate::linalg::knn_with(db_m.view(), q_m.view(), k, exclude.as_deref(), precision)?;
     let search = t.elapsed().as_secs_f64();
     let rows = write_hits(out, &hits)?;
     let gflop = 2.0 * db_m.rows as f64 * q_m.rows as f64 * db_m.cols as f64 / 1e9;
     ui.status(
         "Finished",
         format!(
-            "{} queries × {} database rows (d = {}), k = {k}: search {search:.2}s ({:.0} GFLOP/s), load {loaded:.2}s, {rows} rows in `{}`",
+            "{} queries × {} database rows (d = {}), k = {k}: search {search:.2}s ({:.0} GFLOP/s, {path}), load {loaded:.2}s, {rows} rows in `{}`",
             q_m.rows,
             db_m.rows,
             db_m.cols,

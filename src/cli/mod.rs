@@ -110,6 +110,10 @@ enum Tool {
         /// Output Parquet: query, rank, id, similarity.
         #[arg(long)]
         out: PathBuf,
+        /// Scoring arithmetic: `auto` uses bf16 with an exact f32 re-rank where the CPU has
+        /// bf16 units (AMX, AVX-512 BF16), f32 elsewhere; every choice returns the same results.
+        #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
+        precision: PrecisionArg,
     },
     /// Encode your own images and texts with a model folder: OUT/image_embeddings.arrow (key,
     /// embedding) and OUT/text_embeddings.arrow (text, embedding), rows in input order, the raw
@@ -326,7 +330,16 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             k,
             exclude,
             out,
-        } => knn::knn(&db, &queries, k, exclude.as_deref(), &out, ui),
+            precision,
+        } => knn::knn(
+            &db,
+            &queries,
+            k,
+            exclude.as_deref(),
+            &out,
+            precision.into(),
+            ui,
+        ),
         Tool::Encode {
             model,
             images,
@@ -524,4 +537,25 @@ fn inspect(file: &Path, rows: usize) -> Result<ExitCode> {
     outln!("first {} rows:", i.head.num_rows());
     outln!("{}", arrow::util::pretty::pretty_format_batches(&[i.head])?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--precision` of `simat knn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// bf16 where the CPU has bf16 units, f32 elsewhere.
+    Auto,
+    /// f32 only.
+    F32,
+    /// bf16 (an error where the CPU lacks bf16 units).
+    Bf16,
+}
+
+impl From<PrecisionArg> for crate::linalg::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Auto => crate::linalg::Precision::Auto,
+            PrecisionArg::F32 => crate::linalg::Precision::F32,
+            PrecisionArg::Bf16 => crate::linalg::Precision::Bf16,
+        }
+    }
 }

@@ -3,13 +3,19 @@
 //!
 //! The search never materialises the full query × database score matrix: queries are cut into
 //! blocks of [`Q_BLOCK`] rows and the database into blocks of [`DB_BLOCK`] rows; each task
-//! multiplies one query block by one database block with the `gemm` crate (single-threaded, so
-//! that rayon parallelises across tasks) into a buffer of `Q_BLOCK × DB_BLOCK` floats, and folds
-//! it into per-query top-k lists. Memory is bounded by one buffer per thread.
+//! multiplies one query block by one database block with the score kernel ([`kernel`],
+//! single-threaded, so that rayon parallelises across tasks) into a buffer of `Q_BLOCK ×
+//! DB_BLOCK` floats, and folds it into per-query top-k lists. Memory is bounded by one buffer
+//! per thread.
 //!
-//! Results are ordered by score (descending), ties by lower database id, so they equal a brute
-//! force reference exactly whenever the scores themselves agree.
+//! A pair's f32 score is one defined number (the fused multiply-add chain in dimension order,
+//! [`kernel::chain`]) whatever the CPU, block or batch, and results are ordered by score
+//! (descending), ties by lower database id: they equal a scalar brute force exactly. The bf16
+//! path ([`bf16`], [`knn_with`]) scores in bf16 and re-scores in f32 every row a rigorous bound
+//! cannot rule out, so it returns the same ids and scores.
 
+pub mod bf16;
+pub mod kernel;
 pub mod topk;
 
 use rayon::prelude::*;
@@ -200,6 +206,83 @@ pub fn first_non_finite(m: &Matrix) -> Option<usize> {
         .position_first(|row| !row.iter().fold(true, |ok, v| ok & v.is_finite()))
 }
 
+/// Which arithmetic scores a [`knn_with`] search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// bf16 with the certified re-rank where the CPU has bf16 units, f32 elsewhere.
+    #[default]
+    Auto,
+    /// The f32 kernel only.
+    F32,
+    /// bf16 with the certified re-rank; an error where the CPU lacks bf16 units.
+    Bf16,
+}
+
+/// How a search ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchPath {
+    /// The f32 kernel on this instruction set.
+    F32(kernel::Isa),
+    /// bf16 scores on this unit, then `rescored` rows scored in f32.
+    Bf16(bf16::Unit, bf16::Stats),
+}
+
+impl std::fmt::Display for SearchPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SearchPath::F32(isa) => write!(f, "f32 ({isa:?})"),
+            SearchPath::Bf16(unit, stats) => {
+                write!(
+                    f,
+                    "{} + f32 re-rank of {} rows",
+                    unit.name(),
+                    stats.rescored
+                )
+            }
+        }
+    }
+}
+
+/// [`knn`] with the arithmetic chosen: every precision returns the same ids and scores (the
+/// bf16 path re-scores in f32 every row its bound cannot rule out, see [`bf16`]).
+pub fn knn_with(
+    db: MatrixView,
+    queries: MatrixView,
+    k: usize,
+    exclude: Option<&[i64]>,
+    precision: Precision,
+) -> Result<(Vec<Vec<Hit>>, SearchPath)> {
+    if precision != Precision::F32 {
+        match (bf16::Unit::detect(), precision) {
+            (Some(unit), _) => match bf16::prepare(db, queries, unit) {
+                Some(prepared) => {
+                    let (hits, stats) = bf16::knn(&prepared, k, exclude);
+                    return Ok((hits, SearchPath::Bf16(unit, stats)));
+                }
+                None if precision == Precision::Bf16 => {
+                    return Err(Error::Unsupported(format!(
+                        "bf16 scoring needs finite vectors of norm at most {:e}; use f32",
+                        bf16::MAX_NORM
+                    )));
+                }
+                None => {}
+            },
+            (None, Precision::Bf16) => {
+                return Err(Error::Unsupported(
+                    "this CPU has neither AMX-BF16 nor AVX-512 BF16 (or the kernel refused the \
+                     process AMX tiles); bf16 scoring needs one of them: use f32"
+                        .into(),
+                ));
+            }
+            (None, _) => {}
+        }
+    }
+    Ok((
+        knn(db, queries, k, exclude),
+        SearchPath::F32(kernel::Isa::detect()),
+    ))
+}
+
 /// Exact inner-product top-k: for each query row, the `k` database rows of highest `q·d`,
 /// skipping `exclude[q]` when given (a negative value excludes nothing).
 pub fn knn(
@@ -279,8 +362,8 @@ pub fn sweep(
 /// The blocked search shared by [`knn`] and [`sweep`]. Query `q` scores with row `row_of[q]` of
 /// `rows` (several queries may share a row: each row's scores are computed once). The rows are
 /// cut into blocks of [`Q_BLOCK`] and the database into shards of whole [`DB_BLOCK`]s; every
-/// (row block, shard) is one rayon task that multiplies block by block into a bounded buffer and
-/// hands each query its row's scores through `per_row(query, scores, first_db_id, its lists,
+/// (group of row blocks, shard) is one rayon task that multiplies block by block into a bounded
+/// buffer and hands each query its row's scores through `per_row(query, scores, first_db_id, its lists,
 /// scratch)`; then the tasks' lists are merged. Returns `lists_per_query` lists per query,
 /// query-major.
 fn blocked_search(
@@ -316,61 +399,78 @@ fn blocked_search(
         .step_by(Q_BLOCK)
         .map(|s| (s, (s + Q_BLOCK).min(n_rows)))
         .collect();
-    let shards = shard_ranges(n_db, shard_count(row_blocks.len(), n_db));
-    let tasks: Vec<((usize, usize), (usize, usize))> = row_blocks
-        .iter()
-        .flat_map(|&rb| shards.iter().map(move |&s| (rb, s)))
+    let isa = kernel::Isa::detect();
+    // Each row block packed once for the kernel.
+    let packed_rows: Vec<Vec<f32>> = row_blocks
+        .par_iter()
+        .map(|&(r0, r1)| {
+            let mut out = Vec::new();
+            kernel::pack_rows(isa, &rows.data[r0 * d..r1 * d], r1 - r0, d, &mut out);
+            out
+        })
+        .collect();
+    // A task is a group of row blocks × a shard of the database: it packs each database block
+    // of its shard once and scores every row block of its group against it. Enough tasks to
+    // keep every core busy, as few groups as allow it (each group packs the database again).
+    let target = 4 * rayon::current_num_threads();
+    let shards = shard_ranges(n_db, target.min(n_db.div_ceil(DB_BLOCK)).max(1));
+    let groups = row_blocks.len().min(target.div_ceil(shards.len())).max(1);
+    let per_group = row_blocks.len().div_ceil(groups).max(1);
+    let tasks: Vec<((usize, usize), (usize, usize))> = (0..row_blocks.len())
+        .step_by(per_group)
+        .flat_map(|g0| {
+            let g1 = (g0 + per_group).min(row_blocks.len());
+            shards.iter().map(move |&s| ((g0, g1), s))
+        })
         .collect();
     let partial: Vec<(&[usize], Vec<TopK>)> = tasks
         .into_par_iter()
-        .map(|((r0, r1), (s0, s1))| {
-            let m = r1 - r0;
-            // This block's queries; row r's are slots start[r] - base .. start[r + 1] - base.
-            let base = start[r0];
-            let block_queries = &queries_of[base..start[r1]];
-            let mut tops: Vec<TopK> = (0..block_queries.len() * per)
+        .map(|((g0, g1), (s0, s1))| {
+            let (r_first, r_end) = (row_blocks[g0].0, row_blocks[g1 - 1].1);
+            // This group's queries; row r's are slots start[r] - base .. start[r + 1] - base.
+            let base = start[r_first];
+            let group_queries = &queries_of[base..start[r_end]];
+            let mut tops: Vec<TopK> = (0..group_queries.len() * per)
                 .map(|_| TopK::new(k))
                 .collect();
-            let mut buf = vec![0f32; m * DB_BLOCK];
+            let mut buf = vec![0f32; Q_BLOCK * kernel::out_stride(DB_BLOCK, isa)];
+            let mut packed_db = Vec::new();
             let mut scratch = Vec::with_capacity(DB_BLOCK);
-            let ra = &rows.data[r0 * d..r1 * d];
             let mut b0 = s0;
             while b0 < s1 {
                 let b1 = (b0 + DB_BLOCK).min(s1);
                 let n = b1 - b0;
-                matmul_nt(ra, m, &db.data[b0 * d..b1 * d], n, d, &mut buf);
-                for r in 0..m {
-                    let scores = &buf[r * n..(r + 1) * n];
-                    for slot in start[r0 + r] - base..start[r0 + r + 1] - base {
-                        let lists = &mut tops[slot * per..(slot + 1) * per];
-                        per_row(block_queries[slot], scores, b0, lists, &mut scratch);
+                kernel::pack_block(isa, &db.data[b0 * d..b1 * d], n, d, &mut packed_db);
+                let ldo = kernel::out_stride(n, isa);
+                for (&(r0, r1), qp) in row_blocks[g0..g1].iter().zip(&packed_rows[g0..g1]) {
+                    let m = r1 - r0;
+                    kernel::scores_packed(isa, qp, m, &packed_db, n, d, &mut buf);
+                    for r in 0..m {
+                        let scores = &buf[r * ldo..r * ldo + n];
+                        for slot in start[r0 + r] - base..start[r0 + r + 1] - base {
+                            let lists = &mut tops[slot * per..(slot + 1) * per];
+                            per_row(group_queries[slot], scores, b0, lists, &mut scratch);
+                        }
                     }
                 }
                 b0 = b1;
             }
-            (block_queries, tops)
+            (group_queries, tops)
         })
         .collect();
     let mut merged: Vec<TopK> = (0..n_q * per).map(|_| TopK::new(k)).collect();
-    for (block_queries, tops) in partial {
-        // tops[slot * per + i] is list i of the block's query `slot`.
+    for (group_queries, tops) in partial {
+        // tops[slot * per + i] is list i of the group's query `slot`.
         for (j, top) in tops.into_iter().enumerate() {
-            merged[block_queries[j / per] * per + j % per].merge(top);
+            merged[group_queries[j / per] * per + j % per].merge(top);
         }
     }
     merged.into_iter().map(TopK::into_sorted).collect()
 }
 
-/// How many database shards per query block, so that small query sets still use every core.
-fn shard_count(q_blocks: usize, n_db: usize) -> usize {
-    let threads = rayon::current_num_threads();
-    let want = (threads * 2).div_ceil(q_blocks.max(1));
-    want.clamp(1, n_db.div_ceil(DB_BLOCK).max(1))
-}
-
 fn shard_ranges(n: usize, shards: usize) -> Vec<(usize, usize)> {
-    // Shards are whole multiples of DB_BLOCK so that block boundaries, hence summation order,
-    // do not depend on the thread count.
+    // Shards are whole multiples of DB_BLOCK. (Scores no longer depend on the blocking, see
+    // `kernel`; the top-k lists never did.)
     let blocks = n.div_ceil(DB_BLOCK).max(1);
     let per = blocks.div_ceil(shards);
     (0..shards)

@@ -1,0 +1,989 @@
+//! Exact top-k through bf16 scoring and a certified f32 re-rank.
+//!
+//! Every score is first computed from bf16 roundings of the vectors, with f32 accumulation, on
+//! the CPU's bf16 units (AMX tiles, or AVX-512 `vdpbf16ps`). A rigorous bound `E` on the gap
+//! between that score `s̃` and the f32 score `s` ([`super::kernel::chain`]) turns each `s̃` into an
+//! interval `[s̃ − E, s̃ + E]` that holds `s`. Per query, `τ` is the k-th largest lower end; a row
+//! whose upper end is below `τ` cannot be in the top k (k rows have `s ≥ τ` above it), every
+//! other row is a *candidate*. The candidates are re-scored with the f32 chain and ranked as the
+//! f32 path ranks (score descending, ties by lower id). The true top k are all candidates: if `x`
+//! is in it, `s(x) ≥ s_k ≥ τ` (the k-th f32 score is at least `τ`, since k rows have `s ≥ L ≥ τ`),
+//! so `s̃(x) + E ≥ s(x) ≥ τ`. So the results equal the f32 brute force exactly: same ids, same
+//! scores, same tie rule — whatever order or precision the bf16 units accumulate in.
+//!
+//! # The bound
+//!
+//! Let `q̂ = bf16(q)`, `x̂ = bf16(x)` (round to nearest even; subnormal results flushed to zero,
+//! as the units treat them), residuals `r_q = q − q̂`, `r_x = x − x̂` (exact in f32). Then
+//!
+//! ```text
+//! q·x − q̂·x̂ = q·r_x + r_q·x̂                      (since q·x = q·x̂ + q·r_x, q·x̂ = q̂·x̂ + r_q·x̂)
+//! |q·x − q̂·x̂| ≤ ‖q‖‖r_x‖ + ‖r_q‖‖x̂‖               (Cauchy–Schwarz)
+//! ```
+//!
+//! The f32 chain rounds once per dimension, so `|s − q·x| ≤ γ_d Σ|q_i x_i| ≤ γ_d ‖q‖‖x‖` with
+//! `γ_n = n·u / (1 − n·u)`, `u = 2⁻²⁴`, plus `d·2⁻¹⁴⁹` for gradual underflow. The bf16 products
+//! are exact in f32 (8-bit × 8-bit significands); the units add them in an order of their own,
+//! at most `d` additions deep; allowing each addition an error of `2u` (faithful rather than
+//! nearest rounding) gives `|s̃ − q̂·x̂| ≤ γ_{2d} ‖q̂‖‖x̂‖`, plus `2d·2⁻¹²⁶` for products and sums
+//! flushed to zero. Altogether
+//!
+//! ```text
+//! |s − s̃| ≤ E = ‖q‖‖r_x‖ + ‖r_q‖‖x̂‖ + γ_d ‖q‖‖x‖ + γ_{2d} ‖q̂‖‖x̂‖ + 3d·2⁻¹²⁶.
+//! ```
+//!
+//! The database side is taken as the maximum of each norm over a block of [`SUB`] rows, so one
+//! `E` serves a query against a whole block. Norms are computed in f64 (each square exact,
+//! `d` additions) and enlarged by `2⁻³⁰`, `E` by `2⁻²⁸`, more than the f64 rounding of either,
+//! and every f32 comparison value is rounded outwards (lower ends down, upper ends up), so the
+//! test only ever keeps more candidates than the exact interval would.
+//!
+//! For unit-norm CLIP embeddings `E ≈ 2⁻⁹·(1/√3)·2 ≈ 0.002`, a handful of candidates per query
+//! beyond k. Vectors whose norms exceed `1e15` (where bf16 or f32 could overflow) or hold
+//! non-finite values are not taken: [`prepare`] says so and the caller uses the f32 path.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::kernel::chain;
+use super::{Hit, MatrixView, TopK, Q_BLOCK};
+
+/// Database rows per kernel call, and per block of the bound's maxima.
+pub const SUB: usize = 1024;
+/// Database rows per tile (an AMX tile has 16 rows of 16 f32 results).
+const GROUP: usize = 16;
+/// Dimensions per tile (16 pairs of bf16).
+const CHUNK: usize = 32;
+/// u16 values per packed tile.
+const TILE: usize = GROUP * CHUNK;
+/// Largest norm taken: products stay far from f32 overflow.
+pub const MAX_NORM: f64 = 1e15;
+
+/// The bf16 units a search can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// AMX-BF16 tiles (`tdpbf16ps`): Sapphire Rapids and later Xeons.
+    Amx,
+    /// AVX-512 BF16 (`vdpbf16ps`): Cooper Lake, Sapphire Rapids, AMD Zen 4.
+    Avx512Bf16,
+    /// A scalar emulation with the same rounding to bf16, so that the certification is tested
+    /// on every CPU; never chosen on its own.
+    Emulated,
+}
+
+impl Unit {
+    /// The fastest bf16 unit this CPU and kernel let the process use, if any.
+    pub fn detect() -> Option<Unit> {
+        static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
+        *UNIT.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if amx_usable() {
+                    return Some(Unit::Amx);
+                }
+                if avx512_bf16_usable() {
+                    return Some(Unit::Avx512Bf16);
+                }
+            }
+            None
+        })
+    }
+
+    /// The units usable here, fastest first, the emulation last.
+    pub fn available() -> Vec<Unit> {
+        let mut units = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if amx_usable() {
+                units.push(Unit::Amx);
+            }
+            if avx512_bf16_usable() {
+                units.push(Unit::Avx512Bf16);
+            }
+        }
+        units.push(Unit::Emulated);
+        units
+    }
+
+    /// A name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Amx => "bf16 (AMX)",
+            Unit::Avx512Bf16 => "bf16 (AVX-512 BF16)",
+            Unit::Emulated => "bf16 (emulated)",
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_bf16_usable() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// AMX needs the CPU's AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and 22), and Linux's
+/// permission for the process to use the 8 KB of tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`), asked once.
+#[cfg(target_arch = "x86_64")]
+fn amx_usable() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let max_leaf = std::arch::x86_64::__cpuid(0).eax;
+        if max_leaf < 7 || !std::arch::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        if edx & (1 << 24) == 0 || edx & (1 << 22) == 0 {
+            return false;
+        }
+        request_tile_permission()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with this request only changes the process's permitted XSAVE state.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+/// f32 → bf16 bits, round to nearest even, subnormal results flushed to zero (finite input).
+#[inline]
+fn to_bf16(v: f32) -> u16 {
+    let b = v.to_bits();
+    let r = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    if r & 0x7f80 == 0 {
+        0
+    } else {
+        r
+    }
+}
+
+#[inline]
+fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// The norms a row contributes to the bound: `‖v‖`, `‖v − v̂‖`, `‖v̂‖`, enlarged by 2⁻³⁰.
+#[derive(Debug, Clone, Copy, Default)]
+struct Norms {
+    norm: f64,
+    resid: f64,
+    hat: f64,
+}
+
+impl Norms {
+    fn of(row: &[f32]) -> Norms {
+        // Eight partial sums per norm, so that the loop vectorises (any order is covered by
+        // the enlargement below).
+        let (mut n, mut r, mut h) = ([0f64; 8], [0f64; 8], [0f64; 8]);
+        for chunk in row.chunks(8) {
+            for (l, &v) in chunk.iter().enumerate() {
+                let hv = from_bf16(to_bf16(v));
+                let rv = (v - hv) as f64;
+                n[l] += (v as f64) * (v as f64);
+                r[l] += rv * rv;
+                h[l] += (hv as f64) * (hv as f64);
+            }
+        }
+        let up = 1.0 + 2f64.powi(-30);
+        let total = |a: [f64; 8]| a.iter().sum::<f64>().sqrt() * up;
+        Norms {
+            norm: total(n),
+            resid: total(r),
+            hat: total(h),
+        }
+    }
+
+    fn max(self, o: Norms) -> Norms {
+        Norms {
+            norm: self.norm.max(o.norm),
+            resid: self.resid.max(o.resid),
+            hat: self.hat.max(o.hat),
+        }
+    }
+
+    fn ok(self) -> bool {
+        self.norm.is_finite() && self.norm <= MAX_NORM && self.hat <= MAX_NORM
+    }
+}
+
+/// `E` for query norms `q` against database norms `x`, dimension `d` (see the module doc).
+fn bound(q: Norms, x: Norms, d: usize) -> f64 {
+    let u = 2f64.powi(-24);
+    let gamma = |n: f64| n * u / (1.0 - n * u);
+    let d = d as f64;
+    let e = q.norm * x.resid
+        + q.resid * x.hat
+        + gamma(d) * q.norm * x.norm
+        + gamma(2.0 * d) * q.hat * x.hat
+        + 3.0 * d * 2f64.powi(-126);
+    e * (1.0 + 2f64.powi(-28))
+}
+
+/// The largest f32 not above `v`.
+#[inline]
+fn down(v: f64) -> f32 {
+    let f = v as f32;
+    if f as f64 > v {
+        f.next_down()
+    } else {
+        f
+    }
+}
+
+/// The smallest f32 not below `v`.
+#[inline]
+fn up(v: f64) -> f32 {
+    let f = v as f32;
+    if (f as f64) < v {
+        f.next_up()
+    } else {
+        f
+    }
+}
+
+/// The database rounded to bf16 and packed in tiles: for each group of 16 rows and each chunk
+/// of 32 dimensions, a tile whose row `p` holds, for each of the 16 database rows, its values
+/// `2p` and `2p + 1` of the chunk (the VNNI layout both AMX and `vdpbf16ps` read).
+pub struct Prepared<'a> {
+    db: MatrixView<'a>,
+    queries: MatrixView<'a>,
+    unit: Unit,
+    /// Padded dimension (a multiple of 32).
+    dp: usize,
+    packed: Vec<u16>,
+    /// Maximum norms per block of SUB database rows.
+    block_norms: Vec<Norms>,
+    /// Queries rounded, row-major `rows_padded × dp`.
+    q_hat: Vec<u16>,
+    q_norms: Vec<Norms>,
+}
+
+/// Round and pack both sides for `unit`; `None` when a norm is too large or not finite (the
+/// f32 path then serves).
+pub fn prepare<'a>(
+    db: MatrixView<'a>,
+    queries: MatrixView<'a>,
+    unit: Unit,
+) -> Option<Prepared<'a>> {
+    let d = db.cols;
+    assert_eq!(queries.cols, d, "database and queries differ in dimension");
+    let dp = d.max(1).next_multiple_of(CHUNK);
+    let chunks = dp / CHUNK;
+    let groups = db.rows.div_ceil(2 * GROUP) * 2;
+    let mut packed = vec![0u16; groups * chunks * TILE];
+    let row_norms: Vec<Norms> = packed
+        .par_chunks_mut(chunks * TILE)
+        .enumerate()
+        .flat_map_iter(|(g, tiles)| {
+            let rows = (g * GROUP..(g + 1) * GROUP).filter(|&r| r < db.rows);
+            let mut norms = Vec::with_capacity(GROUP);
+            for r in rows {
+                let row = db.row(r);
+                let j = r - g * GROUP;
+                for (k, &v) in row.iter().enumerate() {
+                    let (c, p, s) = (k / CHUNK, (k % CHUNK) / 2, k % 2);
+                    tiles[c * TILE + p * 2 * GROUP + j * 2 + s] = to_bf16(v);
+                }
+                norms.push(Norms::of(row));
+            }
+            norms
+        })
+        .collect();
+    let block_norms: Vec<Norms> = row_norms
+        .chunks(SUB)
+        .map(|b| b.iter().fold(Norms::default(), |a, &n| a.max(n)))
+        .collect();
+    let q_rows = queries.rows.next_multiple_of(2 * GROUP);
+    let mut q_hat = vec![0u16; q_rows * dp];
+    let q_norms: Vec<Norms> = q_hat
+        .par_chunks_mut(dp)
+        .take(queries.rows)
+        .enumerate()
+        .map(|(i, out)| {
+            let row = queries.row(i);
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = to_bf16(v);
+            }
+            Norms::of(row)
+        })
+        .collect();
+    if !block_norms.iter().chain(&q_norms).all(|n| n.ok()) {
+        return None;
+    }
+    Some(Prepared {
+        db,
+        queries,
+        unit,
+        dp,
+        packed,
+        block_norms,
+        q_hat,
+        q_norms,
+    })
+}
+
+/// Per-query state: the k largest lower ends (their k-th is `τ`) and the candidates, each with
+/// its upper end.
+#[derive(Debug, Clone)]
+struct Certified {
+    lower: TopK,
+    candidates: Vec<(u32, f32)>,
+    cap: usize,
+}
+
+impl Certified {
+    fn new(k: usize) -> Self {
+        Certified {
+            lower: TopK::new(k),
+            candidates: Vec::new(),
+            cap: 4 * k + 64,
+        }
+    }
+
+    /// Offer bf16 scores of ids `base..` with bound `e`, skipping `skip`.
+    fn offer(&mut self, row: &[f32], base: usize, e: f64, skip: i64) {
+        let mut j0 = 0;
+        while j0 < row.len() {
+            let chunk = &row[j0..(j0 + 64).min(row.len())];
+            let tau = self.lower.threshold();
+            // Rows that can neither be candidates nor raise τ score under τ − E.
+            let thr = if tau == f32::NEG_INFINITY {
+                f32::NEG_INFINITY
+            } else {
+                down(tau as f64 - e)
+            };
+            let mut mask = above(chunk, thr);
+            while mask != 0 {
+                let j = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let id = base + j0 + j;
+                if id as i64 == skip {
+                    continue;
+                }
+                let s = chunk[j] as f64;
+                let upper = up(s + e);
+                if upper >= self.lower.threshold() {
+                    self.candidates.push((id as u32, upper));
+                }
+                self.lower.push(Hit {
+                    id: id as u32,
+                    score: down(s - e),
+                });
+            }
+            if self.candidates.len() > self.cap {
+                self.prune();
+            }
+            j0 += 64;
+        }
+    }
+
+    fn prune(&mut self) {
+        let tau = self.lower.threshold();
+        self.candidates.retain(|&(_, upper)| upper >= tau);
+        // Many rows within E of each other (duplicates): let the list grow rather than prune
+        // after every block.
+        self.cap = self.cap.max(2 * self.candidates.len());
+    }
+
+    fn merge(&mut self, other: Certified) {
+        self.lower.merge(other.lower);
+        self.candidates.extend(other.candidates);
+        self.prune();
+    }
+}
+
+/// The lanes of `chunk` (at most 64) at or above `thr`.
+#[inline]
+fn above(chunk: &[f32], thr: f32) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if chunk.len() == 64 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected just above; the chunk holds 64 floats.
+        return unsafe { above_avx512(chunk, thr) };
+    }
+    chunk
+        .iter()
+        .enumerate()
+        .fold(0u64, |m, (j, &v)| m | ((v >= thr) as u64) << j)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn above_avx512(chunk: &[f32], thr: f32) -> u64 {
+    use std::arch::x86_64::*;
+    let t = _mm512_set1_ps(thr);
+    let mut m = 0u64;
+    for i in 0..4 {
+        // SAFETY: 16 floats at 16·i, inside the 64 the caller guarantees.
+        let v = unsafe { _mm512_loadu_ps(chunk.as_ptr().add(16 * i)) };
+        m |= (_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, t) as u64) << (16 * i);
+    }
+    m
+}
+
+/// What a bf16 search did, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Rows re-scored in f32, over all queries.
+    pub rescored: u64,
+}
+
+/// Exact inner-product top-k of every query, as [`super::knn`] with the f32 path, through
+/// bf16 scores and the certified re-rank.
+pub fn knn(p: &Prepared, k: usize, exclude: Option<&[i64]>) -> (Vec<Vec<Hit>>, Stats) {
+    let (n_db, n_q, d) = (p.db.rows, p.queries.rows, p.db.cols);
+    let k = k.min(n_db);
+    let blocks = n_db.div_ceil(SUB);
+    let q_blocks: Vec<(usize, usize)> = (0..n_q)
+        .step_by(Q_BLOCK)
+        .map(|s| (s, (s + Q_BLOCK).min(n_q)))
+        .collect();
+    let threads = rayon::current_num_threads();
+    let shards = (threads * 2)
+        .div_ceil(q_blocks.len().max(1))
+        .clamp(1, blocks.max(1));
+    let per = blocks.div_ceil(shards).max(1);
+    let tasks: Vec<((usize, usize), (usize, usize))> = q_blocks
+        .iter()
+        .flat_map(|&qb| {
+            (0..shards)
+                .map(move |s| (s * per, ((s + 1) * per).min(blocks)))
+                .filter(|(a, b)| a < b)
+                .map(move |sb| (qb, sb))
+        })
+        .collect();
+    let partial: Vec<(usize, Vec<Certified>)> = tasks
+        .into_par_iter()
+        .map(|((q0, q1), (b0, b1))| {
+            let m = q1 - q0;
+            let mut states: Vec<Certified> = (0..m).map(|_| Certified::new(k)).collect();
+            let mut buf = vec![0f32; m.next_multiple_of(2 * GROUP) * SUB];
+            let _tiles = TileConfig::load(p.unit);
+            for b in b0..b1 {
+                let base = b * SUB;
+                let n = SUB.min(n_db - base);
+                score_block(p, q0, m, base, n, &mut buf);
+                for (r, state) in states.iter_mut().enumerate() {
+                    let qi = q0 + r;
+                    let e = bound(p.q_norms[qi], p.block_norms[b], d);
+                    let skip = exclude.map(|x| x[qi]).unwrap_or(-1);
+                    state.offer(&buf[r * SUB..r * SUB + n], base, e, skip);
+                }
+            }
+            (q0, states)
+        })
+        .collect();
+    let mut merged: Vec<Option<Certified>> = (0..n_q).map(|_| None).collect();
+    for (q0, states) in partial {
+        for (r, s) in states.into_iter().enumerate() {
+            match &mut merged[q0 + r] {
+                Some(m) => m.merge(s),
+                slot => *slot = Some(s),
+            }
+        }
+    }
+    let rescored = std::sync::atomic::AtomicU64::new(0);
+    let hits = merged
+        .into_par_iter()
+        .enumerate()
+        .map(|(qi, state)| {
+            let state = state.unwrap_or_else(|| Certified::new(k));
+            let tau = state.lower.threshold();
+            let mut top = TopK::new(k);
+            let q = p.queries.row(qi);
+            let mut count = 0;
+            for &(id, upper) in &state.candidates {
+                if upper >= tau {
+                    count += 1;
+                    top.push(Hit {
+                        id,
+                        score: rescore(q, p.db.row(id as usize)),
+                    });
+                }
+            }
+            rescored.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            top.into_sorted()
+        })
+        .collect();
+    (
+        hits,
+        Stats {
+            rescored: rescored.into_inner(),
+        },
+    )
+}
+
+/// The f32 chain, compiled with FMA where the CPU has it (the bf16 units imply it).
+fn rescore(q: &[f32], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "fma")]
+        fn fused(q: &[f32], x: &[f32]) -> f32 {
+            chain(q, x)
+        }
+        // SAFETY: FMA was detected just above.
+        return unsafe { fused(q, x) };
+    }
+    chain(q, x)
+}
+
+/// `buf[r·SUB + j]` = bf16 score of query `q0 + r` with database row `base + j`, for `r < m`
+/// (rounded up to 32 rows) and `j < n` (rounded up to 32 columns).
+fn score_block(p: &Prepared, q0: usize, m: usize, base: usize, n: usize, buf: &mut [f32]) {
+    let chunks = p.dp / CHUNK;
+    let rows = m.next_multiple_of(2 * GROUP);
+    let cols = n.next_multiple_of(2 * GROUP);
+    let q = &p.q_hat[q0 * p.dp..(q0 + rows) * p.dp];
+    let g0 = base / GROUP;
+    let tiles = &p.packed[g0 * chunks * TILE..(g0 + cols / GROUP) * chunks * TILE];
+    match p.unit {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AMX was detected and this thread's tile configuration is loaded; `q` holds
+        // `rows` rows of `dp`, `tiles` `cols / 16` groups, `buf` `rows × SUB` floats.
+        Unit::Amx => unsafe { amx::scores(q, rows, p.dp, tiles, cols, buf, SUB) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 BF16 was detected; sizes as above.
+        Unit::Avx512Bf16 => unsafe { dpbf16::scores(q, rows, p.dp, tiles, cols, buf, SUB) },
+        _ => emulated(q, rows, p.dp, tiles, cols, buf, SUB),
+    }
+}
+
+/// Scalar stand-in: products of the bf16 values summed in f32, pair by pair.
+fn emulated(
+    q: &[u16],
+    rows: usize,
+    dp: usize,
+    tiles: &[u16],
+    cols: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let chunks = dp / CHUNK;
+    for i in 0..rows {
+        for j in 0..cols {
+            let (g, jj) = (j / GROUP, j % GROUP);
+            let mut s = 0f32;
+            for c in 0..chunks {
+                let tile = &tiles[(g * chunks + c) * TILE..][..TILE];
+                for p in 0..CHUNK / 2 {
+                    for t in 0..2 {
+                        let a = from_bf16(q[i * dp + c * CHUNK + 2 * p + t]);
+                        let b = from_bf16(tile[p * 2 * GROUP + jj * 2 + t]);
+                        s += a * b;
+                    }
+                }
+            }
+            out[i * ldo + j] = s;
+        }
+    }
+}
+
+/// Loads the AMX tile configuration for this thread while alive, and releases the tiles after.
+struct TileConfig(bool);
+
+impl TileConfig {
+    fn load(unit: Unit) -> TileConfig {
+        #[cfg(target_arch = "x86_64")]
+        if unit == Unit::Amx {
+            // SAFETY: AMX is usable (the unit was detected), the config is a valid palette 1.
+            unsafe { amx::load_config() };
+            return TileConfig(true);
+        }
+        let _ = unit;
+        TileConfig(false)
+    }
+}
+
+impl Drop for TileConfig {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if self.0 {
+            // SAFETY: the configuration was loaded on this thread.
+            unsafe { amx::release() };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    //! AMX tiles through inline assembly (the AMX intrinsics are not stable Rust). Tiles 0–3
+    //! hold a 32 × 32 block of f32 results, 4–5 two 16-query × 32-dimension tiles of the
+    //! queries, 6–7 two packed database tiles.
+    use std::arch::asm;
+
+    use super::{CHUNK, GROUP, TILE};
+
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    /// Palette 1, eight tiles of 16 rows × 64 bytes.
+    pub unsafe fn load_config() {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+        }
+        let cfg = Config(c);
+        // SAFETY: a valid palette-1 configuration, read by the instruction only.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+    }
+
+    pub unsafe fn release() {
+        // SAFETY: releasing tiles is always allowed once configured.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// `out[i·ldo + j]` for `rows` query rows (`q`, row-major, `dp` wide) × `cols` database rows
+    /// (`tiles`, packed); `rows` and `cols` multiples of 32.
+    pub unsafe fn scores(
+        q: &[u16],
+        rows: usize,
+        dp: usize,
+        tiles: &[u16],
+        cols: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let chunks = dp / CHUNK;
+        debug_assert!(q.len() >= rows * dp && tiles.len() >= cols / GROUP * chunks * TILE);
+        debug_assert!(out.len() >= rows * ldo && cols <= ldo);
+        let (qs, os) = (dp * 2, ldo * 4);
+        for i0 in (0..rows).step_by(2 * GROUP) {
+            for g in (0..cols / GROUP).step_by(2) {
+                // SAFETY (block): the tiles read 16 rows of 64 bytes at the given strides, all
+                // inside `q` and `tiles`; the stores write 16 rows of 64 bytes inside `out`.
+                unsafe {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                    for c in 0..chunks {
+                        let a0 = q.as_ptr().add(i0 * dp + c * CHUNK);
+                        let a1 = a0.add(GROUP * dp);
+                        let b0 = tiles.as_ptr().add((g * chunks + c) * TILE);
+                        let b1 = b0.add(chunks * TILE);
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {qs}]",
+                            "tileloadd tmm5, [{a1} + {qs}]",
+                            "tileloadd tmm6, [{b0} + {bs}]",
+                            "tileloadd tmm7, [{b1} + {bs}]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0,
+                            a1 = in(reg) a1,
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b1,
+                            qs = in(reg) qs,
+                            bs = in(reg) 64usize,
+                            options(nostack, readonly)
+                        );
+                    }
+                    let o = out.as_mut_ptr().add(i0 * ldo + g * GROUP);
+                    asm!(
+                        "tilestored [{o0} + {os}], tmm0",
+                        "tilestored [{o1} + {os}], tmm1",
+                        "tilestored [{o2} + {os}], tmm2",
+                        "tilestored [{o3} + {os}], tmm3",
+                        o0 = in(reg) o,
+                        o1 = in(reg) o.add(GROUP),
+                        o2 = in(reg) o.add(GROUP * ldo),
+                        o3 = in(reg) o.add(GROUP * ldo + GROUP),
+                        os = in(reg) os,
+                        options(nostack)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod dpbf16 {
+    //! AVX-512 BF16: `vdpbf16ps` adds two bf16 products per f32 lane. A micro-tile is 8 queries
+    //! × 32 database rows (16 accumulators); each step broadcasts one query's pair of values and
+    //! multiplies it with one row of two packed tiles.
+    use std::arch::x86_64::*;
+
+    use super::{CHUNK, GROUP, TILE};
+
+    const MR: usize = 8;
+
+    pub unsafe fn scores(
+        q: &[u16],
+        rows: usize,
+        dp: usize,
+        tiles: &[u16],
+        cols: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let chunks = dp / CHUNK;
+        debug_assert!(q.len() >= rows * dp && tiles.len() >= cols / GROUP * chunks * TILE);
+        for i0 in (0..rows).step_by(MR) {
+            for g in (0..cols / GROUP).step_by(2) {
+                // SAFETY: rows is a multiple of 32 (so of MR), cols of 32; all reads and
+                // writes stay inside the slices.
+                unsafe {
+                    micro(
+                        q.as_ptr().add(i0 * dp),
+                        dp,
+                        tiles.as_ptr().add(g * chunks * TILE),
+                        chunks,
+                        out.as_mut_ptr().add(i0 * ldo + g * GROUP),
+                        ldo,
+                    )
+                };
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn micro(
+        q: *const u16,
+        dp: usize,
+        b: *const u16,
+        chunks: usize,
+        o: *mut f32,
+        ldo: usize,
+    ) {
+        // SAFETY (whole body): `q` holds MR rows of `dp`, `b` two groups of `chunks` tiles,
+        // `o` MR rows of stride `ldo` with 32 columns.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for c in 0..chunks {
+                let t0 = b.add(c * TILE);
+                let t1 = b.add((chunks + c) * TILE);
+                for p in 0..CHUNK / 2 {
+                    let b0: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(t0.add(p * 2 * GROUP) as *const _));
+                    let b1: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(t1.add(p * 2 * GROUP) as *const _));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let pair =
+                            (q.add(i * dp + c * CHUNK + 2 * p) as *const i32).read_unaligned();
+                        let qv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                        a[0] = _mm512_dpbf16_ps(a[0], qv, b0);
+                        a[1] = _mm512_dpbf16_ps(a[1], qv, b1);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(i * ldo), a[0]);
+                _mm512_storeu_ps(o.add(i * ldo + 16), a[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::Matrix;
+    use rand::{RngExt, SeedableRng};
+
+    /// The f32 brute force: every row's chain, ranked by score, ties by lower id.
+    fn brute(db: &Matrix, q: &Matrix, k: usize, exclude: &[i64]) -> Vec<Vec<Hit>> {
+        (0..q.rows)
+            .map(|i| {
+                let mut all: Vec<Hit> = (0..db.rows)
+                    .filter(|&j| j as i64 != exclude[i])
+                    .map(|j| Hit {
+                        id: j as u32,
+                        score: chain(q.row(i), db.row(j)),
+                    })
+                    .collect();
+                all.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+                all.truncate(k);
+                all
+            })
+            .collect()
+    }
+
+    /// Rows built to tie: duplicates, copies one ulp apart in one value (a tie in bf16, not in
+    /// f32), copies whose difference lies below bf16's resolution, permutations of one row
+    /// (equal in exact arithmetic, an ulp apart in the chain), and a zero row.
+    fn adversarial(rng: &mut rand_chacha::ChaCha8Rng, n: usize, d: usize) -> Matrix {
+        let mut data: Vec<f32> = Vec::with_capacity(n * d);
+        for r in 0..n {
+            let kind = if r < 4 { 0 } else { rng.random_range(0..6) };
+            let src = if r > 0 { rng.random_range(0..r) } else { 0 };
+            let copy: Vec<f32> = if r > 0 {
+                data[src * d..(src + 1) * d].to_vec()
+            } else {
+                Vec::new()
+            };
+            let row: Vec<f32> = match kind {
+                1 => copy,
+                2 => {
+                    let mut c = copy;
+                    let k = rng.random_range(0..d);
+                    c[k] = f32::from_bits(c[k].to_bits() ^ 1);
+                    c
+                }
+                3 => copy.iter().map(|v| v * (1.0 + 2f32.powi(-20))).collect(),
+                4 => {
+                    let mut c = copy;
+                    c.reverse();
+                    c
+                }
+                5 if rng.random_range(0..8) == 0 => vec![0.0; d],
+                _ => (0..d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect(),
+            };
+            data.extend(row);
+        }
+        Matrix::new(n, d, data).unwrap()
+    }
+
+    #[test]
+    fn the_bound_holds_on_every_unit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for &(n, m, d) in &[(40, 33, 512), (70, 5, 37), (33, 40, 1)] {
+            // Values over a wide range of magnitudes, some near bf16's subnormals.
+            let mut gen = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|_| {
+                        (rng.random::<f32>() * 2.0 - 1.0) * 2f32.powi(rng.random_range(-130..12))
+                    })
+                    .collect()
+            };
+            let db = Matrix::new(n, d, gen(n * d)).unwrap();
+            let q = Matrix::new(m, d, gen(m * d)).unwrap();
+            for unit in Unit::available() {
+                let p = prepare(db.view(), q.view(), unit).expect("finite, bounded");
+                let rows = m.next_multiple_of(32);
+                let mut buf = vec![0f32; rows * SUB];
+                let _tiles = TileConfig::load(unit);
+                score_block(&p, 0, m, 0, n, &mut buf);
+                let mut worst = 0f64;
+                for i in 0..m {
+                    for j in 0..n {
+                        let s = chain(q.row(i), db.row(j)) as f64;
+                        let e = bound(p.q_norms[i], p.block_norms[0], d);
+                        let gap = (s - buf[i * SUB + j] as f64).abs();
+                        assert!(
+                            gap <= e,
+                            "{unit:?} ({i}, {j}): |s − s̃| = {gap:e} > E = {e:e}"
+                        );
+                        worst = worst.max(gap / e);
+                    }
+                }
+                // The bound is not vacuous: the gaps reach a fair share of it.
+                assert!(worst > 1e-3, "{unit:?}: largest gap only {worst:e} of E");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_results_equal_the_f32_brute_force_on_ties_and_random_shapes() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+        for case in 0..24 {
+            let n = rng.random_range(1..1300);
+            let m = rng.random_range(1..300);
+            let d = [1, 7, 32, 45, 64, 130][case % 6];
+            let k = rng.random_range(1..=n.min(25));
+            let db = adversarial(&mut rng, n, d);
+            // Queries: random, copies of database rows, a constant row (equidistant from every
+            // permutation of a row), and zero (every score ties).
+            let mut qd = Vec::with_capacity(m * d);
+            for i in 0..m {
+                match i % 4 {
+                    0 => qd.extend((0..d).map(|_| rng.random::<f32>() * 2.0 - 1.0)),
+                    1 => qd.extend_from_slice(db.row(rng.random_range(0..n))),
+                    2 => qd.extend(std::iter::repeat_n(0.5f32, d)),
+                    _ => qd.extend(std::iter::repeat_n(0f32, d)),
+                }
+            }
+            let q = Matrix::new(m, d, qd).unwrap();
+            let exclude: Vec<i64> = (0..m)
+                .map(|_| {
+                    if rng.random_range(0..3) == 0 {
+                        -1
+                    } else {
+                        rng.random_range(0..n as i64)
+                    }
+                })
+                .collect();
+            let want = brute(&db, &q, k, &exclude);
+            let f32_path = crate::linalg::knn(db.view(), q.view(), k, Some(&exclude));
+            assert_eq!(
+                f32_path, want,
+                "case {case}: the f32 path differs from the chain"
+            );
+            for unit in Unit::available() {
+                let p = prepare(db.view(), q.view(), unit).unwrap();
+                let (got, stats) = knn(&p, k, Some(&exclude));
+                assert_eq!(
+                    got, want,
+                    "case {case} ({n}×{d}, {m} queries, k = {k}) on {unit:?}"
+                );
+                assert!(stats.rescored >= (m * k.min(n - 1)) as u64, "{stats:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_few_candidates_per_query_on_unit_vectors() {
+        // CLIP-like: unit rows in 512 dimensions, the case the path is for.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (n, m, d, k) = (3000, 64, 512, 10);
+        let mut unit_rows = |rows: usize| {
+            let mut a = Matrix::new(
+                rows,
+                d,
+                (0..rows * d).map(|_| rng.random::<f32>() - 0.5).collect(),
+            )
+            .unwrap();
+            crate::linalg::normalize_rows(&mut a);
+            a
+        };
+        let (db, q) = (unit_rows(n), unit_rows(m));
+        let p = prepare(
+            db.view(),
+            q.view(),
+            Unit::detect().unwrap_or(Unit::Emulated),
+        )
+        .unwrap();
+        let (got, stats) = knn(&p, k, None);
+        assert_eq!(got, brute(&db, &q, k, &vec![-1; m]));
+        // Far fewer re-scored rows than the database (here about 2k per query).
+        assert!(stats.rescored < (m * n / 20) as u64, "{stats:?}");
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even_and_flushes_subnormals() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷: to even (1).
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8)), 0x3f80);
+        // 1 + 3·2⁻⁸ is halfway between 1 + 2⁻⁷ and 1 + 2⁻⁶: to even (1 + 2⁻⁶).
+        assert_eq!(
+            from_bf16(to_bf16(1.0 + 3.0 * 2f32.powi(-8))),
+            1.0 + 2f32.powi(-6)
+        );
+        assert_eq!(to_bf16(-2.5), 0xc020);
+        assert_eq!(to_bf16(2f32.powi(-127)), 0);
+        assert_eq!(from_bf16(to_bf16(2f32.powi(-126))), 2f32.powi(-126));
+        assert!((down(0.1) as f64) < 0.1 && (up(0.1) as f64) > 0.1);
+        assert_eq!(up(0.1), down(0.1).next_up());
+        assert_eq!(up(0.5), 0.5);
+    }
+}
