@@ -43,23 +43,33 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best this CPU has (checked once).
+    /// The best this CPU has (checked once), or a lesser one named by `SIMAT_KERNEL_ISA`
+    /// (`avx2`, `scalar`), to compare kernels on one machine; the scores are the same.
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    return Isa::Avx512;
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    return Isa::Avx2;
-                }
+            let best = Isa::best();
+            match std::env::var("SIMAT_KERNEL_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
+                _ => best,
             }
-            Isa::Scalar
         })
+    }
+
+    fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
     }
 
     /// Database rows per panel.
