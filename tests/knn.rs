@@ -189,6 +189,32 @@ fn every_precision_writes_the_same_hits() {
         f32_bytes,
         "auto differs from f32"
     );
+    // As on a CPU without AVX-512 (hence without bf16 units), on every machine.
+    let refused = p("refused.parquet");
+    let o = simat()
+        .env("SIMAT_KERNEL_ISA", "avx2")
+        .args([
+            "knn",
+            "--db",
+            s(&p("db.npy")),
+            "--queries",
+            s(&p("q.npy")),
+            "-k",
+            "7",
+            "--out",
+            s(&refused),
+            "--precision",
+            "bf16",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("neither AMX-BF16 nor AVX-512 BF16") && stderr(&o).contains("use f32"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!refused.exists());
     let (bf16_run, bf16_out) = search("bf16");
     if simat::linalg::bf16::Unit::detect().is_some() {
         assert_eq!(bf16_run.status.code(), Some(0), "{}", stderr(&bf16_run));

@@ -73,10 +73,18 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// The fastest bf16 unit this CPU and kernel let the process use, if any.
+    /// The fastest bf16 unit this CPU and kernel let the process use, if any. None when
+    /// `SIMAT_KERNEL_ISA` asks for a lesser instruction set (`avx2`, `scalar`): the process
+    /// then behaves as on a CPU without AVX-512.
     pub fn detect() -> Option<Unit> {
         static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
         *UNIT.get_or_init(|| {
+            if matches!(
+                std::env::var("SIMAT_KERNEL_ISA").as_deref(),
+                Ok("avx2") | Ok("scalar")
+            ) {
+                return None;
+            }
             #[cfg(target_arch = "x86_64")]
             {
                 if amx_usable() {
