@@ -455,6 +455,9 @@ pub struct Stats {
 pub fn knn(p: &Prepared, k: usize, exclude: Option<&[i64]>) -> (Vec<Vec<Hit>>, Stats) {
     let (n_db, n_q, d) = (p.db.rows, p.queries.rows, p.db.cols);
     let k = k.min(n_db);
+    if k == 0 {
+        return (vec![Vec::new(); n_q], Stats::default());
+    }
     let blocks = n_db.div_ceil(SUB);
     let q_blocks: Vec<(usize, usize)> = (0..n_q)
         .step_by(Q_BLOCK)
@@ -975,6 +978,18 @@ mod tests {
         assert_eq!(got, brute(&db, &q, k, &vec![-1; m]));
         // Far fewer re-scored rows than the database (here about 2k per query).
         assert!(stats.rescored < (m * n / 20) as u64, "{stats:?}");
+    }
+
+    #[test]
+    fn k_of_zero_returns_empty_lists_on_both_paths() {
+        let db = Matrix::new(40, 3, (0..120).map(|i| i as f32).collect()).unwrap();
+        let q = Matrix::new(2, 3, vec![1.0; 6]).unwrap();
+        assert_eq!(
+            crate::linalg::knn(db.view(), q.view(), 0, None),
+            vec![Vec::<Hit>::new(); 2]
+        );
+        let p = prepare(db.view(), q.view(), Unit::Emulated).unwrap();
+        assert_eq!(knn(&p, 0, None).0, vec![Vec::<Hit>::new(); 2]);
     }
 
     #[test]

@@ -34,10 +34,12 @@ impl TopK {
         }
     }
 
-    /// The score a new hit must beat (−∞ until the list is full).
+    /// The score a new hit must beat (−∞ until the list is full; +∞ for a list of k = 0).
     #[inline]
     pub fn threshold(&self) -> f32 {
-        if self.hits.len() < self.k {
+        if self.k == 0 {
+            f32::INFINITY
+        } else if self.hits.len() < self.k {
             f32::NEG_INFINITY
         } else {
             self.hits[self.k - 1].score
