@@ -20,8 +20,8 @@ simat runs twice where the CPU has bf16 units (`avx512_bf16` or `amx_bf16` in /p
 must return the same ids and bit-identical scores, or the script stops. Elsewhere only f32 runs.
 faiss runs with the OPENBLAS_CORETYPE that made it fastest on a small search (its wheel's
 bundled OpenBLAS can misdetect a CPU; the choice is printed). Effective GFLOP/s = 2·n·m·d /
-search seconds. Results are checked against faiss (ids equal, or
-scores equal within 1e-4 where a near tie reorders them). The CPU model and its SIMD are printed.
+search seconds. Results are checked against faiss (ids equal, or scores equal within 1e-4
+where a near tie reorders them). The CPU model and its SIMD are printed.
 """
 import argparse
 import os
@@ -84,7 +84,7 @@ def best_openblas_coretype(threads, flags):
         p = subprocess.run([sys.executable, "-c", FAISS_CALIBRATE, str(threads)],
                            capture_output=True, text=True, env=env)
         if p.returncode == 0:
-            times[c] = min(float(p.stdout.split()[-1]), times.get(c, 1e9))
+            times[c] = float(p.stdout.split()[-1])
     best = min(times, key=times.get)
     print("faiss OPENBLAS_CORETYPE: " + ", ".join(
         f"{c or 'default'} {t:.2f}s" for c, t in times.items()) + f" → {best or 'default'}")

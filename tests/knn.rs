@@ -161,28 +161,46 @@ fn every_precision_writes_the_same_hits() {
     simat::linalg::normalize_rows(&mut db);
     simat::io::store::write_npy(&p("db.npy"), &db).unwrap();
     simat::io::store::write_npy(&p("q.npy"), &matrix(300, 64, 8)).unwrap();
-    let search = |precision: &str| {
-        let out = p(&format!("{precision}.parquet"));
-        let o = run(&[
-            "knn",
-            "--db",
-            s(&p("db.npy")),
-            "--queries",
-            s(&p("q.npy")),
-            "-k",
-            "7",
-            "--out",
-            s(&out),
-            "--precision",
-            precision,
-        ]);
+    // `simat knn --precision P`, with `SIMAT_KERNEL_ISA=isa` when given.
+    let search = |precision: &str, isa: Option<&str>| {
+        let out = p(&format!("{precision}-{}.parquet", isa.unwrap_or("best")));
+        let mut cmd = simat();
+        if let Some(isa) = isa {
+            cmd.env("SIMAT_KERNEL_ISA", isa);
+        }
+        let o = cmd
+            .args([
+                "knn",
+                "--db",
+                s(&p("db.npy")),
+                "--queries",
+                s(&p("q.npy")),
+                "-k",
+                "7",
+                "--out",
+                s(&out),
+                "--precision",
+                precision,
+            ])
+            .output()
+            .unwrap();
         (o, out)
     };
-    let (f32_run, f32_out) = search("f32");
+    let assert_refused = |(o, out): &(std::process::Output, std::path::PathBuf)| {
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+        assert!(
+            stderr(o).contains("neither AMX-BF16 nor AVX-512 BF16")
+                && stderr(o).contains("use f32"),
+            "{}",
+            stderr(o)
+        );
+        assert!(!out.exists());
+    };
+    let (f32_run, f32_out) = search("f32", None);
     assert_eq!(f32_run.status.code(), Some(0), "{}", stderr(&f32_run));
     assert!(stderr(&f32_run).contains("f32 ("), "{}", stderr(&f32_run));
     let f32_bytes = std::fs::read(&f32_out).unwrap();
-    let (auto_run, auto_out) = search("auto");
+    let (auto_run, auto_out) = search("auto", None);
     assert_eq!(auto_run.status.code(), Some(0), "{}", stderr(&auto_run));
     assert_eq!(
         std::fs::read(&auto_out).unwrap(),
@@ -190,52 +208,22 @@ fn every_precision_writes_the_same_hits() {
         "auto differs from f32"
     );
     // As on a CPU without AVX-512 (hence without bf16 units), on every machine.
-    let refused = p("refused.parquet");
-    let o = simat()
-        .env("SIMAT_KERNEL_ISA", "avx2")
-        .args([
-            "knn",
-            "--db",
-            s(&p("db.npy")),
-            "--queries",
-            s(&p("q.npy")),
-            "-k",
-            "7",
-            "--out",
-            s(&refused),
-            "--precision",
-            "bf16",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("neither AMX-BF16 nor AVX-512 BF16") && stderr(&o).contains("use f32"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!refused.exists());
-    let (bf16_run, bf16_out) = search("bf16");
+    assert_refused(&search("bf16", Some("avx2")));
+    let bf16 = search("bf16", None);
+    let (bf16_run, bf16_out) = &bf16;
     if simat::linalg::bf16::Unit::detect().is_some() {
-        assert_eq!(bf16_run.status.code(), Some(0), "{}", stderr(&bf16_run));
+        assert_eq!(bf16_run.status.code(), Some(0), "{}", stderr(bf16_run));
         assert!(
-            stderr(&bf16_run).contains("f32 re-rank of"),
+            stderr(bf16_run).contains("f32 re-rank of"),
             "{}",
-            stderr(&bf16_run)
+            stderr(bf16_run)
         );
         assert_eq!(
-            std::fs::read(&bf16_out).unwrap(),
+            std::fs::read(bf16_out).unwrap(),
             f32_bytes,
             "bf16 differs from f32"
         );
     } else {
-        assert_eq!(bf16_run.status.code(), Some(2), "{}", stderr(&bf16_run));
-        assert!(
-            stderr(&bf16_run).contains("neither AMX-BF16 nor AVX-512 BF16")
-                && stderr(&bf16_run).contains("use f32"),
-            "{}",
-            stderr(&bf16_run)
-        );
-        assert!(!bf16_out.exists());
+        assert_refused(&bf16);
     }
 }

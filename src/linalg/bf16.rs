@@ -73,9 +73,9 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// The fastest bf16 unit this CPU and kernel let the process use, if any. None when
-    /// `SIMAT_KERNEL_ISA` asks for a lesser instruction set (`avx2`, `scalar`): the process
-    /// then behaves as on a CPU without AVX-512.
+    /// The fastest bf16 unit this CPU and kernel let the process use, if any (never the
+    /// emulation). None when `SIMAT_KERNEL_ISA` asks for a lesser instruction set (`avx2`,
+    /// `scalar`): the process then behaves as on a CPU without AVX-512.
     pub fn detect() -> Option<Unit> {
         static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
         *UNIT.get_or_init(|| {
@@ -85,16 +85,7 @@ impl Unit {
             ) {
                 return None;
             }
-            #[cfg(target_arch = "x86_64")]
-            {
-                if amx_usable() {
-                    return Some(Unit::Amx);
-                }
-                if avx512_bf16_usable() {
-                    return Some(Unit::Avx512Bf16);
-                }
-            }
-            None
+            Unit::available().into_iter().find(|&u| u != Unit::Emulated)
         })
     }
 
@@ -463,19 +454,14 @@ pub fn knn(p: &Prepared, k: usize, exclude: Option<&[i64]>) -> (Vec<Vec<Hit>>, S
         .step_by(Q_BLOCK)
         .map(|s| (s, (s + Q_BLOCK).min(n_q)))
         .collect();
-    let threads = rayon::current_num_threads();
-    let shards = (threads * 2)
-        .div_ceil(q_blocks.len().max(1))
-        .clamp(1, blocks.max(1));
-    let per = blocks.div_ceil(shards).max(1);
+    // Enough shards per query block that small query sets still use every core.
+    let shards = super::split(
+        blocks,
+        (2 * rayon::current_num_threads()).div_ceil(q_blocks.len().max(1)),
+    );
     let tasks: Vec<((usize, usize), (usize, usize))> = q_blocks
         .iter()
-        .flat_map(|&qb| {
-            (0..shards)
-                .map(move |s| (s * per, ((s + 1) * per).min(blocks)))
-                .filter(|(a, b)| a < b)
-                .map(move |sb| (qb, sb))
-        })
+        .flat_map(|&qb| shards.iter().map(move |s| (qb, (s.start, s.end))))
         .collect();
     let partial: Vec<(usize, Vec<Certified>)> = tasks
         .into_par_iter()

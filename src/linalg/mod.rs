@@ -252,35 +252,37 @@ pub fn knn_with(
     exclude: Option<&[i64]>,
     precision: Precision,
 ) -> Result<(Vec<Vec<Hit>>, SearchPath)> {
-    if precision != Precision::F32 {
-        match (bf16::Unit::detect(), precision) {
-            (Some(unit), _) => match bf16::prepare(db, queries, unit) {
-                Some(prepared) => {
-                    let (hits, stats) = bf16::knn(&prepared, k, exclude);
-                    return Ok((hits, SearchPath::Bf16(unit, stats)));
-                }
-                None if precision == Precision::Bf16 => {
-                    return Err(Error::Unsupported(format!(
-                        "bf16 scoring needs finite vectors of norm at most {:e}; use f32",
-                        bf16::MAX_NORM
-                    )));
-                }
-                None => {}
-            },
-            (None, Precision::Bf16) => {
-                return Err(Error::Unsupported(
-                    "this CPU has neither AMX-BF16 nor AVX-512 BF16 (or the kernel refused the \
-                     process AMX tiles); bf16 scoring needs one of them: use f32"
-                        .into(),
-                ));
-            }
-            (None, _) => {}
-        }
+    let f32_path = || {
+        Ok((
+            knn(db, queries, k, exclude),
+            SearchPath::F32(kernel::Isa::detect()),
+        ))
+    };
+    if precision == Precision::F32 {
+        return f32_path();
     }
-    Ok((
-        knn(db, queries, k, exclude),
-        SearchPath::F32(kernel::Isa::detect()),
-    ))
+    let unit = match bf16::Unit::detect() {
+        Some(unit) => unit,
+        None if precision == Precision::Bf16 => {
+            return Err(Error::Unsupported(
+                "this CPU has neither AMX-BF16 nor AVX-512 BF16 (or the kernel refused the \
+                 process AMX tiles); bf16 scoring needs one of them: use f32"
+                    .into(),
+            ));
+        }
+        None => return f32_path(),
+    };
+    match bf16::prepare(db, queries, unit) {
+        Some(prepared) => {
+            let (hits, stats) = bf16::knn(&prepared, k, exclude);
+            Ok((hits, SearchPath::Bf16(unit, stats)))
+        }
+        None if precision == Precision::Bf16 => Err(Error::Unsupported(format!(
+            "bf16 scoring needs finite vectors of norm at most {:e}; use f32",
+            bf16::MAX_NORM
+        ))),
+        None => f32_path(),
+    }
 }
 
 /// Exact inner-product top-k: for each query row, the `k` database rows of highest `q·d`,
@@ -412,16 +414,17 @@ fn blocked_search(
     // A task is a group of row blocks × a shard of the database: it packs each database block
     // of its shard once and scores every row block of its group against it. Enough tasks to
     // keep every core busy, as few groups as allow it (each group packs the database again).
+    // Shards are whole DB_BLOCKs.
     let target = 4 * rayon::current_num_threads();
-    let shards = shard_ranges(n_db, target.min(n_db.div_ceil(DB_BLOCK)).max(1));
-    let groups = row_blocks.len().min(target.div_ceil(shards.len())).max(1);
-    let per_group = row_blocks.len().div_ceil(groups).max(1);
-    let tasks: Vec<((usize, usize), (usize, usize))> = (0..row_blocks.len())
-        .step_by(per_group)
-        .flat_map(|g0| {
-            let g1 = (g0 + per_group).min(row_blocks.len());
-            shards.iter().map(move |&s| ((g0, g1), s))
-        })
+    let db_blocks = n_db.div_ceil(DB_BLOCK).max(1);
+    let shards: Vec<(usize, usize)> = split(db_blocks, target)
+        .into_iter()
+        .map(|b| ((b.start * DB_BLOCK).min(n_db), (b.end * DB_BLOCK).min(n_db)))
+        .collect();
+    let groups = split(row_blocks.len(), target.div_ceil(shards.len()));
+    let tasks: Vec<((usize, usize), (usize, usize))> = groups
+        .iter()
+        .flat_map(|g| shards.iter().map(move |&s| ((g.start, g.end), s)))
         .collect();
     let partial: Vec<(&[usize], Vec<TopK>)> = tasks
         .into_par_iter()
@@ -468,19 +471,12 @@ fn blocked_search(
     merged.into_iter().map(TopK::into_sorted).collect()
 }
 
-fn shard_ranges(n: usize, shards: usize) -> Vec<(usize, usize)> {
-    // Shards are whole multiples of DB_BLOCK. (Scores no longer depend on the blocking, see
-    // `kernel`; the top-k lists never did.)
-    let blocks = n.div_ceil(DB_BLOCK).max(1);
-    let per = blocks.div_ceil(shards);
-    (0..shards)
-        .map(|i| {
-            (
-                (i * per * DB_BLOCK).min(n),
-                ((i + 1) * per * DB_BLOCK).min(n),
-            )
-        })
-        .filter(|(a, b)| a < b)
+/// `0..units` in at most `parts` contiguous, non-empty ranges of near-equal length.
+pub(crate) fn split(units: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let per = units.div_ceil(parts.max(1)).max(1);
+    (0..units)
+        .step_by(per)
+        .map(|a| a..(a + per).min(units))
         .collect()
 }
 
