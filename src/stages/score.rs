@@ -429,9 +429,19 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
         "triplet",
     ];
     // (head set and λ by first appearance, split, dimension, key) → (queries, Σw, Σw·success).
-    // A triplet's key is its three words, formatted once per group.
+    // Words are numbered once (0 is the empty word), so that a group's key is integers: hashing
+    // and comparing three strings per dimension, split and row cost more than the rest of the
+    // stage. A triplet's key is its three words, formatted once per group.
     let mut order: Vec<(&str, f64)> = Vec::new();
-    type GroupKey<'a> = (usize, usize, usize, [&'a str; 3]);
+    let mut words: Vec<&str> = vec![""];
+    let mut word_ids: rustc_hash::FxHashMap<&str, u32> = Default::default();
+    let mut word_id = |w| {
+        *word_ids.entry(w).or_insert_with(|| {
+            words.push(w);
+            words.len() as u32 - 1
+        })
+    };
+    type GroupKey = (u32, u8, u8, [u32; 3]);
     // Queries, Σw, Σw·success.
     type Sums = (i64, f64, f64);
     let mut groups: rustc_hash::FxHashMap<GroupKey, Sums> = Default::default();
@@ -440,14 +450,16 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
         let pos = order.iter().position(|o| *o == hl).unwrap_or_else(|| {
             order.push(hl);
             order.len() - 1
-        });
-        let keys: [[&str; 3]; 6] = [
-            [r.value[k], "", ""],
-            [r.target[k], "", ""],
-            [r.rel[k], "", ""],
-            [r.subj[k], "", ""],
-            [r.obj[k], "", ""],
-            [r.subj[k], r.rel[k], r.obj[k]],
+        }) as u32;
+        let (value, target) = (word_id(r.value[k]), word_id(r.target[k]));
+        let (rel, subj, obj) = (word_id(r.rel[k]), word_id(r.subj[k]), word_id(r.obj[k]));
+        let keys: [[u32; 3]; 6] = [
+            [value, 0, 0],
+            [target, 0, 0],
+            [rel, 0, 0],
+            [subj, 0, 0],
+            [obj, 0, 0],
+            [subj, rel, obj],
         ];
         for (si, _) in splits
             .iter()
@@ -455,7 +467,9 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
             .filter(|(_, s)| **s == "all" || r.split[k] == **s)
         {
             for (di, key) in keys.iter().enumerate() {
-                let e = groups.entry((pos, si, di, *key)).or_insert((0, 0.0, 0.0));
+                let e = groups
+                    .entry((pos, si as u8, di as u8, *key))
+                    .or_insert((0, 0.0, 0.0));
                 e.0 += 1;
                 e.1 += r.weight[k];
                 if r.success[k] {
@@ -468,12 +482,14 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
     let mut rows: Vec<(usize, &str, &str, String, Sums)> = groups
         .into_iter()
         .map(|((pos, si, di, key), v)| {
+            let di = di as usize;
             let key = if DIMENSIONS[di] == "triplet" {
-                format!("{} | {} | {}", key[0], key[1], key[2])
+                let [s, r, o] = key.map(|w| words[w as usize]);
+                format!("{s} | {r} | {o}")
             } else {
-                key[0].to_string()
+                words[key[0] as usize].to_string()
             };
-            (pos, splits[si], DIMENSIONS[di], key, v)
+            (pos as usize, splits[si as usize], DIMENSIONS[di], key, v)
         })
         .collect();
     rows.sort_unstable_by(|a, b| (a.0, a.1, a.2, &a.3).cmp(&(b.0, b.1, b.2, &b.3)));
