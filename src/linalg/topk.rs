@@ -52,12 +52,20 @@ impl TopK {
         if self.k == 0 {
             return;
         }
-        if self.hits.len() == self.k && !better(&hit, &self.hits[self.k - 1]) {
+        // k is small and a new hit usually lands near the end: walk it up from there.
+        let mut pos = if self.hits.len() < self.k {
+            self.hits.push(hit);
+            self.hits.len() - 1
+        } else if better(&hit, &self.hits[self.k - 1]) {
+            self.k - 1
+        } else {
             return;
+        };
+        while pos > 0 && better(&hit, &self.hits[pos - 1]) {
+            self.hits[pos] = self.hits[pos - 1];
+            pos -= 1;
         }
-        let pos = self.hits.partition_point(|h| better(h, &hit));
-        self.hits.insert(pos, hit);
-        self.hits.truncate(self.k);
+        self.hits[pos] = hit;
     }
 
     /// Offer a row of scores for database ids `base..base + row.len()`, skipping id `skip`.
@@ -105,7 +113,11 @@ impl TopK {
         }
     }
 
+    /// Offer the lanes of a block at or above `floor` and the list's threshold, in id order;
+    /// the threshold rises as they are pushed, so each is checked again, and `push` settles a
+    /// tie by id.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn offer_block(
         &mut self,
         a: &[f32; BLOCK],
@@ -113,21 +125,16 @@ impl TopK {
         lambda: f32,
         base: usize,
         skip: i64,
+        floor: f32,
         above: &impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32, f32) -> u64,
     ) {
-        if self.hits.len() < self.k {
-            self.scan(a, d, lambda, base, skip);
-            return;
-        }
-        // Only the lanes at or above the threshold, in id order; the threshold rises as they
-        // are pushed, so each is checked again, and `push` settles a tie by id.
-        let mut mask = above(a, d, lambda, self.threshold());
+        let mut mask = above(a, d, lambda, floor.max(self.threshold()));
         while mask != 0 {
             let j = mask.trailing_zeros() as usize;
             mask &= mask - 1;
             let id = base + j;
             let v = a[j] + lambda * d[j];
-            if id as i64 != skip && v >= self.threshold() {
+            if id as i64 != skip && v >= floor.max(self.threshold()) {
                 self.push(Hit {
                     id: id as u32,
                     score: v,
@@ -150,10 +157,17 @@ impl TopK {
 }
 
 /// Offer `img[j] + λ_l·delta[j]` (ids `base..`, skipping `skip`) to `tops[l]` for every λ,
-/// without materialising the rows: each block of 64 scores is compared with the threshold in
-/// one vector compare per λ while it sits in L1, and only the lanes at or above it are walked.
-/// The compare is compiled for AVX-512 and AVX2 too, chosen at run time; every path computes
-/// the same `a + λ·d` (no fused multiply-add), so results do not depend on the CPU.
+/// without materialising the rows.
+///
+/// For each λ, a first pass takes the maximum of every block of 64 scores; the k-th largest of
+/// those maxima (the block holding `skip` left out) is a floor: k distinct rows score at least
+/// that much, so no row below it can be among the k best. A second pass compares only the
+/// blocks whose maximum reaches the floor and the list's threshold, in one vector compare, and
+/// walks only the lanes at or above them. Without the floor a fresh list admits most of its
+/// first rows and many more before its threshold rises. The passes are compiled for AVX-512
+/// and AVX2 too, chosen at run time; every path computes the same `a + λ·d` (no fused
+/// multiply-add), and the floor only leaves out rows that cannot enter, so results do not
+/// depend on the CPU.
 pub fn push_sweep(
     tops: &mut [TopK],
     img: &[f32],
@@ -175,10 +189,32 @@ pub fn push_sweep(
             return unsafe { push_sweep_avx2(tops, img, delta, lambdas, base, skip) };
         }
     }
+    push_sweep_scalar(tops, img, delta, lambdas, base, skip)
+}
+
+fn push_sweep_scalar(
+    tops: &mut [TopK],
+    img: &[f32],
+    delta: &[f32],
+    lambdas: &[f32],
+    base: usize,
+    skip: i64,
+) {
     let above = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| {
         (0..BLOCK).fold(0u64, |m, l| m | ((a[l] + lambda * d[l] >= thr) as u64) << l)
     };
-    push_sweep_impl(tops, img, delta, lambdas, base, skip, above)
+    // A NaN score never enters a list, so it is left out of the maximum too.
+    let block_max = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32| {
+        (0..BLOCK).fold(f32::NEG_INFINITY, |m, l| {
+            let v = a[l] + lambda * d[l];
+            if v > m {
+                v
+            } else {
+                m
+            }
+        })
+    };
+    push_sweep_impl(tops, img, delta, lambdas, base, skip, above, block_max)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -206,7 +242,21 @@ unsafe fn push_sweep_avx512(
             m
         }
     };
-    push_sweep_impl(tops, img, delta, lambdas, base, skip, above)
+    let block_max = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32| -> f32 {
+        // SAFETY: as for `above`.
+        unsafe {
+            let l = _mm512_set1_ps(lambda);
+            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+            for i in 0..BLOCK / 16 {
+                let va = _mm512_loadu_ps(a.as_ptr().add(16 * i));
+                let vd = _mm512_loadu_ps(d.as_ptr().add(16 * i));
+                // maxps returns its second operand when either is NaN: a NaN score is left out.
+                m = _mm512_max_ps(_mm512_add_ps(va, _mm512_mul_ps(l, vd)), m);
+            }
+            _mm512_reduce_max_ps(m)
+        }
+    };
+    push_sweep_impl(tops, img, delta, lambdas, base, skip, above, block_max)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -235,10 +285,31 @@ unsafe fn push_sweep_avx2(
             m
         }
     };
-    push_sweep_impl(tops, img, delta, lambdas, base, skip, above)
+    let block_max = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32| -> f32 {
+        // SAFETY: as for `above`.
+        unsafe {
+            let l = _mm256_set1_ps(lambda);
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            for i in 0..BLOCK / 8 {
+                let va = _mm256_loadu_ps(a.as_ptr().add(8 * i));
+                let vd = _mm256_loadu_ps(d.as_ptr().add(8 * i));
+                // maxps returns its second operand when either is NaN: a NaN score is left out.
+                m = _mm256_max_ps(_mm256_add_ps(va, _mm256_mul_ps(l, vd)), m);
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
+        }
+    };
+    push_sweep_impl(tops, img, delta, lambdas, base, skip, above, block_max)
 }
 
+/// Blocks whose maxima one pass keeps (a database block of [`crate::linalg::DB_BLOCK`] rows
+/// is one pass).
+const PASS_BLOCKS: usize = 64;
+
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn push_sweep_impl(
     tops: &mut [TopK],
     img: &[f32],
@@ -247,19 +318,51 @@ fn push_sweep_impl(
     base: usize,
     skip: i64,
     above: impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32, f32) -> u64,
+    block_max: impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32) -> f32,
 ) {
     let n = img.len();
-    let mut start = 0;
-    while start + BLOCK <= n {
-        let a: &[f32; BLOCK] = img[start..start + BLOCK].try_into().expect("block");
-        let d: &[f32; BLOCK] = delta[start..start + BLOCK].try_into().expect("block");
+    let full = n / BLOCK * BLOCK;
+    fn block(x: &[f32], b: usize) -> &[f32; BLOCK] {
+        x[b * BLOCK..(b + 1) * BLOCK].try_into().expect("block")
+    }
+    let mut maxima = [f32::NEG_INFINITY; PASS_BLOCKS];
+    let mut seeds = [f32::NEG_INFINITY; PASS_BLOCKS];
+    for pass in (0..full).step_by(PASS_BLOCKS * BLOCK) {
+        let end = (pass + PASS_BLOCKS * BLOCK).min(full);
+        let (a, d) = (&img[pass..end], &delta[pass..end]);
+        let blocks = (end - pass) / BLOCK;
+        let pass_base = base + pass;
+        // The block that holds the excluded row, if any, seeds no floor.
+        let skip_block = usize::try_from(skip)
+            .ok()
+            .and_then(|s| s.checked_sub(pass_base))
+            .map(|s| s / BLOCK)
+            .filter(|&b| b < blocks);
         for (top, &lambda) in tops.iter_mut().zip(lambdas) {
-            top.offer_block(a, d, lambda, base + start, skip, &above);
+            for (b, m) in maxima[..blocks].iter_mut().enumerate() {
+                *m = block_max(block(a, b), block(d, b), lambda);
+            }
+            let floor = if top.k == 0 || top.k > blocks {
+                f32::NEG_INFINITY
+            } else {
+                seeds[..blocks].copy_from_slice(&maxima[..blocks]);
+                if let Some(b) = skip_block {
+                    seeds[b] = f32::NEG_INFINITY;
+                }
+                *seeds[..blocks]
+                    .select_nth_unstable_by(top.k - 1, |x, y| y.total_cmp(x))
+                    .1
+            };
+            for (b, &m) in maxima[..blocks].iter().enumerate() {
+                if m >= floor.max(top.threshold()) {
+                    let (ab, db) = (block(a, b), block(d, b));
+                    top.offer_block(ab, db, lambda, pass_base + b * BLOCK, skip, floor, &above);
+                }
+            }
         }
-        start += BLOCK;
     }
     for (top, &lambda) in tops.iter_mut().zip(lambdas) {
-        top.scan(&img[start..], &delta[start..], lambda, base + start, skip);
+        top.scan(&img[full..], &delta[full..], lambda, base + full, skip);
     }
 }
 
@@ -330,5 +433,107 @@ mod tests {
         let got: Vec<u32> = t.into_sorted().iter().map(|h| h.id).collect();
         let want: Vec<u32> = want[..4].iter().map(|w| w.0 as u32).collect();
         assert_eq!(got, want);
+    }
+
+    type Sweep = fn(&mut [TopK], &[f32], &[f32], &[f32], usize, i64);
+
+    /// The sweep's implementations this CPU can run.
+    fn implementations() -> Vec<(&'static str, Sweep)> {
+        #[allow(unused_mut)]
+        let mut v: Vec<(&'static str, Sweep)> = vec![("scalar", push_sweep_scalar)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: called only where the CPU has AVX2.
+                v.push(("avx2", |t, a, d, l, b, s| unsafe {
+                    push_sweep_avx2(t, a, d, l, b, s)
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: called only where the CPU has AVX-512F.
+                v.push(("avx512", |t, a, d, l, b, s| unsafe {
+                    push_sweep_avx512(t, a, d, l, b, s)
+                }));
+            }
+        }
+        v
+    }
+
+    /// Brute force: every id but `skip`, by `a + λ·d` descending, ties by lower id.
+    fn brute(a: &[f32], d: &[f32], lambda: f32, base: usize, skip: i64, k: usize) -> Vec<Hit> {
+        let mut all: Vec<Hit> = (0..a.len())
+            .filter(|&j| (base + j) as i64 != skip)
+            .map(|j| Hit {
+                id: (base + j) as u32,
+                score: a[j] + lambda * d[j],
+            })
+            .filter(|h| !h.score.is_nan())
+            .collect();
+        all.sort_by(|x, y| y.score.total_cmp(&x.score).then(x.id.cmp(&y.id)));
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn the_sweep_equals_brute_force_on_ties_skips_and_any_length() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let lambdas = [0.0f32, 0.5, 1.0, 2.0];
+        // Lengths around a block and around a pass of maxima; values from a small set, so that
+        // most scores tie, or spread, so that the floor is tight; NaN lanes now and then.
+        for &n in &[0usize, 1, 63, 64, 65, 200, 4095, 4096, 4097, 9000] {
+            for &k in &[0usize, 1, 5, 64, 100] {
+                for tied in [true, false] {
+                    let value = |rng: &mut rand_chacha::ChaCha8Rng| -> f32 {
+                        if rng.random_range(0..500) == 0 {
+                            f32::NAN
+                        } else if tied {
+                            rng.random_range(0..6) as f32 * 0.25
+                        } else {
+                            rng.random::<f32>() * 2.0 - 1.0
+                        }
+                    };
+                    let mut a: Vec<f32> = (0..n).map(|_| value(&mut rng)).collect();
+                    let mut d: Vec<f32> = (0..n).map(|_| value(&mut rng)).collect();
+                    let base = rng.random_range(0..1000);
+                    // The excluded row inside the row (at times the best of all, which must
+                    // not raise the floor), before it or nowhere.
+                    let skip = match rng.random_range(0..4) {
+                        0 | 1 if n > 0 => {
+                            let j = rng.random_range(0..n);
+                            if rng.random() {
+                                (a[j], d[j]) = (100.0, 100.0);
+                            }
+                            (base + j) as i64
+                        }
+                        2 => base as i64 - 1,
+                        _ => -1,
+                    };
+                    for (isa, sweep) in implementations() {
+                        // All at once, and in two pieces into the same lists.
+                        let mut whole: Vec<TopK> = lambdas.iter().map(|_| TopK::new(k)).collect();
+                        sweep(&mut whole, &a, &d, &lambdas, base, skip);
+                        let mut pieces: Vec<TopK> = lambdas.iter().map(|_| TopK::new(k)).collect();
+                        let cut = n / 3;
+                        sweep(
+                            &mut pieces,
+                            &a[cut..],
+                            &d[cut..],
+                            &lambdas,
+                            base + cut,
+                            skip,
+                        );
+                        sweep(&mut pieces, &a[..cut], &d[..cut], &lambdas, base, skip);
+                        for (l, &lambda) in lambdas.iter().enumerate() {
+                            let want = brute(&a, &d, lambda, base, skip, k);
+                            let case =
+                                format!("{isa}: n {n} k {k} tied {tied} skip {skip} λ {lambda}");
+                            assert_eq!(whole[l].clone().into_sorted(), want, "{case}");
+                            assert_eq!(pieces[l].clone().into_sorted(), want, "{case}, pieces");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
