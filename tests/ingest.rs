@@ -364,3 +364,95 @@ fn duplicate_ids_are_skipped_counted_and_the_first_kept() {
         assert_eq!(got, want, "{table}");
     }
 }
+
+/// A relationships record is read whatever the order of its keys: the image id after the list
+/// (as VG writes it), `id` for `image_id`, unknown keys; a skipped relationship is still named
+/// with its image. A repeated or missing list is an error with the offset of the record.
+#[test]
+fn relationship_records_read_in_any_key_order() {
+    let dir = tempdir();
+    let vg = dir.path().join("vg");
+    std::fs::create_dir_all(&vg).unwrap();
+    std::fs::write(
+        vg.join("image_data.json"),
+        r#"[{"width": 10, "height": 10, "image_id": 4}, {"width": 10, "height": 10, "image_id": 5}]"#,
+    )
+    .unwrap();
+    let side = |id: u32, w: i32| {
+        format!(r#"{{"object_id": {id}, "x": 1, "y": 1, "w": {w}, "h": 2, "name": "n{id}"}}"#)
+    };
+    let rel = |id: u32, w: i32| {
+        format!(
+            r#"{{"relationship_id": {id}, "predicate": "on", "subject": {}, "object": {}}}"#,
+            side(id * 10, 3),
+            side(id * 10 + 1, w)
+        )
+    };
+    let records = [
+        // The list first, a bad box in it, an unknown key, the id last.
+        format!(
+            r#"{{"relationships": [{}, {}, {}], "extra": {{"a": [1]}}, "image_id": 4}}"#,
+            rel(1, 3),
+            rel(2, 0),
+            rel(3, 3)
+        ),
+        format!(r#"{{"id": 5, "relationships": [{}]}}"#, rel(4, 3)),
+    ];
+    std::fs::write(
+        vg.join("relationships.json"),
+        format!("[{}]", records.join(", ")),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let out = ingest(&vg, &run);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "one skip: {err}");
+    assert!(
+        err.contains("relationship 2 in image 4 has a zero, negative or out-of-range box"),
+        "{err}"
+    );
+    let rels = simat::io::read_all(&run.join("ingest/relationships.parquet")).unwrap();
+    let col = |name: &str| -> Vec<i64> {
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+            rels.column_by_name(name).unwrap(),
+        )
+        .values()
+        .to_vec()
+    };
+    assert_eq!(col("relationship_id"), vec![1, 3, 4]);
+    assert_eq!(col("image_id"), vec![4, 4, 5]);
+    assert_eq!(col("obj_id"), vec![11, 31, 41]);
+
+    for (record, want) in [
+        (
+            format!(
+                r#"{{"image_id": 4, "relationships": [], "relationships": [{}]}}"#,
+                rel(1, 3)
+            ),
+            "duplicate field `relationships`",
+        ),
+        (
+            r#"{"image_id": 4}"#.to_string(),
+            "missing field `relationships`",
+        ),
+        (
+            r#"{"image_id": 4, "relationships": null}"#.to_string(),
+            "invalid type: null",
+        ),
+    ] {
+        let bad = dir.path().join("bad");
+        let _ = std::fs::remove_dir_all(&bad);
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::copy(vg.join("image_data.json"), bad.join("image_data.json")).unwrap();
+        std::fs::write(
+            bad.join("relationships.json"),
+            format!("[{}, {record}]", records[1]),
+        )
+        .unwrap();
+        let out = ingest(&bad, &dir.path().join("bad-run"));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{record}: {err}");
+        assert!(err.contains(want), "{record}: {err}");
+        assert!(offset_in(&err) > records[1].len() as u64, "{record}: {err}");
+    }
+}

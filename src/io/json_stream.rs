@@ -34,6 +34,17 @@ pub struct ElementChunk {
 impl ElementChunk {
     /// Parse element `i` as `T`, mapping errors to the file's byte offset.
     pub fn parse<'de, T: Deserialize<'de>>(&'de self, path: &Path, i: usize) -> Result<T> {
+        self.parse_seed(path, i, std::marker::PhantomData)
+    }
+
+    /// Parse element `i` with `seed` (which may, say, append to builders as it goes), mapping
+    /// errors to the file's byte offset.
+    pub fn parse_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+        &'de self,
+        path: &Path,
+        i: usize,
+        seed: S,
+    ) -> Result<S::Value> {
         let range = self.elements[i].clone();
         let bytes = &self.data[range.clone()];
         // One UTF-8 check of the whole element, then a parser that trusts it: serde_json checks
@@ -44,14 +55,17 @@ impl ElementChunk {
             byte_offset: self.offset + (range.start + e.valid_up_to()) as u64,
             message: "invalid UTF-8 (JSON text must be UTF-8)".into(),
         })?;
-        serde_json::from_str(text).map_err(|e| {
-            let within = byte_offset_of(bytes, e.line(), e.column());
-            Error::Json {
-                path: path.to_path_buf(),
-                byte_offset: self.offset + (range.start as u64) + within,
-                message: strip_position(&e.to_string()),
-            }
-        })
+        let mut de = serde_json::Deserializer::from_str(text);
+        seed.deserialize(&mut de)
+            .and_then(|v| de.end().map(|()| v))
+            .map_err(|e| {
+                let within = byte_offset_of(bytes, e.line(), e.column());
+                Error::Json {
+                    path: path.to_path_buf(),
+                    byte_offset: self.offset + (range.start as u64) + within,
+                    message: strip_position(&e.to_string()),
+                }
+            })
     }
 }
 

@@ -17,7 +17,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder};
+use arrow::array::{
+    ArrayBuilder, ArrayRef, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
+};
 use arrow::datatypes::SchemaRef;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -250,12 +252,109 @@ struct VgRelationship<'a> {
     object: VgObject<'a>,
 }
 
-#[derive(Debug, Deserialize)]
-struct RelationshipsOfImage<'a> {
-    image_id: Option<i64>,
-    id: Option<i64>,
-    #[serde(borrow)]
-    relationships: Vec<VgRelationship<'a>>,
+/// An element of relationships.json, read straight into the rows: each relationship is
+/// appended (or set aside as skipped) as soon as it is parsed, so no list of them is built (its
+/// growth and the moves of each record into it were a tenth of ingest). VG writes the image id
+/// after the relationships, so it is filled in, and the skips named, once the element is read.
+/// Gives the element's `image_id` and `id`.
+struct RelationshipsSeed<'r> {
+    rows: &'r mut RelationshipRows,
+    /// (reason, relationship id) of the relationships skipped.
+    skipped: &'r mut Vec<(&'static str, i64)>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum RelationshipsField {
+    ImageId,
+    Id,
+    Relationships,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RelationshipsSeed<'_> {
+    type Value = (Option<i64>, Option<i64>);
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
+    type Value = (Option<i64>, Option<i64>);
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a relationships record (an object with image_id and relationships)")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let (mut image_id, mut id, mut listed) = (None, None, false);
+        while let Some(field) = map.next_key()? {
+            match field {
+                RelationshipsField::ImageId if image_id.is_some() => {
+                    return Err(A::Error::duplicate_field("image_id"))
+                }
+                RelationshipsField::ImageId => image_id = Some(map.next_value::<Option<i64>>()?),
+                RelationshipsField::Id if id.is_some() => {
+                    return Err(A::Error::duplicate_field("id"))
+                }
+                RelationshipsField::Id => id = Some(map.next_value::<Option<i64>>()?),
+                RelationshipsField::Relationships if listed => {
+                    return Err(A::Error::duplicate_field("relationships"))
+                }
+                RelationshipsField::Relationships => {
+                    listed = true;
+                    map.next_value_seed(RelationshipList {
+                        rows: &mut *self.rows,
+                        skipped: &mut *self.skipped,
+                    })?;
+                }
+                RelationshipsField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        if !listed {
+            return Err(A::Error::missing_field("relationships"));
+        }
+        Ok((image_id.flatten(), id.flatten()))
+    }
+}
+
+/// The `relationships` list of an element, appended to the rows one by one.
+struct RelationshipList<'r> {
+    rows: &'r mut RelationshipRows,
+    skipped: &'r mut Vec<(&'static str, i64)>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RelationshipList<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RelationshipList<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        while let Some(r) = seq.next_element::<VgRelationship<'de>>()? {
+            if let Some(reason) = self.rows.push(&r) {
+                self.skipped.push((reason, r.relationship_id));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,6 +522,28 @@ impl SideCols {
     }
 }
 
+/// Skip reasons of relationships.
+const UNNAMED: &str = "relationships_unnamed_object";
+const BAD_BOX: &str = "relationships_bad_box";
+
+impl RelationshipRows {
+    /// Append a relationship's row (all columns but `image_id`), or give why it is skipped.
+    fn push(&mut self, r: &VgRelationship) -> Option<&'static str> {
+        let (Some(sn), Some(on)) = (r.subject.name(), r.object.name()) else {
+            return Some(UNNAMED);
+        };
+        if !r.subject.has_box() || !r.object.has_box() {
+            return Some(BAD_BOX);
+        }
+        self.relationship_id.append_value(r.relationship_id);
+        self.predicate.append_value(r.predicate.0.as_ref());
+        push_list(&mut self.synsets, strs(&r.synsets));
+        self.subj.push(&r.subject, sn);
+        self.obj.push(&r.object, on);
+        None
+    }
+}
+
 #[derive(Default)]
 struct RelationshipRows {
     image_id: Int64Builder,
@@ -441,30 +562,26 @@ impl PartBuilder for RelationshipRows {
         path: &Path,
         tally: &mut Tally,
     ) -> Result<()> {
-        let img: RelationshipsOfImage = chunk.parse(path, i)?;
-        let image_id = image_id_of(img.image_id, img.id, path, chunk, i)?;
-        for r in &img.relationships {
-            let (Some(sn), Some(on)) = (r.subject.name(), r.object.name()) else {
-                tally.skip("relationships_unnamed_object", || {
-                    format!("relationship {} in image {image_id}", r.relationship_id)
-                });
-                continue;
-            };
-            if !r.subject.has_box() || !r.object.has_box() {
-                tally.skip("relationships_bad_box", || {
-                    format!(
-                        "relationship {} in image {image_id} has a zero, negative or out-of-range box",
-                        r.relationship_id
-                    )
-                });
-                continue;
-            }
-            self.image_id.append_value(image_id);
-            self.relationship_id.append_value(r.relationship_id);
-            self.predicate.append_value(r.predicate.0.as_ref());
-            push_list(&mut self.synsets, strs(&r.synsets));
-            self.subj.push(&r.subject, sn);
-            self.obj.push(&r.object, on);
+        let before = self.relationship_id.len();
+        let mut skipped = Vec::new();
+        let (image_id, id) = chunk.parse_seed(
+            path,
+            i,
+            RelationshipsSeed {
+                rows: self,
+                skipped: &mut skipped,
+            },
+        )?;
+        let image_id = image_id_of(image_id, id, path, chunk, i)?;
+        self.image_id
+            .append_value_n(image_id, self.relationship_id.len() - before);
+        for (reason, r) in skipped {
+            tally.skip(reason, || match reason {
+                UNNAMED => format!("relationship {r} in image {image_id}"),
+                _ => format!(
+                    "relationship {r} in image {image_id} has a zero, negative or out-of-range box"
+                ),
+            });
         }
         Ok(())
     }
