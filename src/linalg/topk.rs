@@ -304,8 +304,8 @@ unsafe fn push_sweep_avx2(
     push_sweep_impl(tops, img, delta, lambdas, base, skip, above, block_max)
 }
 
-/// Blocks whose maxima one pass keeps (a database block of [`crate::linalg::DB_BLOCK`] rows
-/// is one pass).
+/// Blocks whose maxima one pass keeps: 4,096 scores, so that a database block of
+/// [`crate::linalg::DB_BLOCK`] rows takes one pass and one floor.
 const PASS_BLOCKS: usize = 64;
 
 #[inline(always)]
