@@ -257,11 +257,7 @@ struct VgRelationship<'a> {
 /// growth and the moves of each record into it were a tenth of ingest). VG writes the image id
 /// after the relationships, so it is filled in, and the skips named, once the element is read.
 /// Gives the element's `image_id` and `id`.
-struct RelationshipsSeed<'r> {
-    rows: &'r mut RelationshipRows,
-    /// (reason, relationship id) of the relationships skipped.
-    skipped: &'r mut Vec<(&'static str, i64)>,
-}
+struct RelationshipsSeed<'r>(RelationshipList<'r>);
 
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "snake_case")]
@@ -289,7 +285,7 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
         f.write_str("a relationships record (an object with image_id and relationships)")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
+        mut self,
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         use serde::de::Error as _;
@@ -309,9 +305,10 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
                 }
                 RelationshipsField::Relationships => {
                     listed = true;
+                    let list = &mut self.0;
                     map.next_value_seed(RelationshipList {
-                        rows: &mut *self.rows,
-                        skipped: &mut *self.skipped,
+                        rows: &mut *list.rows,
+                        skipped: &mut *list.skipped,
                     })?;
                 }
                 RelationshipsField::Other => {
@@ -329,6 +326,7 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
 /// The `relationships` list of an element, appended to the rows one by one.
 struct RelationshipList<'r> {
     rows: &'r mut RelationshipRows,
+    /// (reason, relationship id) of the relationships skipped.
     skipped: &'r mut Vec<(&'static str, i64)>,
 }
 
@@ -567,10 +565,10 @@ impl PartBuilder for RelationshipRows {
         let (image_id, id) = chunk.parse_seed(
             path,
             i,
-            RelationshipsSeed {
+            RelationshipsSeed(RelationshipList {
                 rows: self,
                 skipped: &mut skipped,
-            },
+            }),
         )?;
         let image_id = image_id_of(image_id, id, path, chunk, i)?;
         self.image_id
