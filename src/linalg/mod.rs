@@ -18,6 +18,8 @@ pub mod bf16;
 pub mod kernel;
 pub mod topk;
 
+use std::collections::HashMap;
+
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -338,6 +340,16 @@ pub fn sweep(
         &mut word_scores,
     );
     let n_l = lambdas.len();
+    // At λ = 0 a query's score is `img·d + 0·δ`, the image's score whatever the words: queries
+    // of one source image (and one excluded row) share that list. Only the first of them, the
+    // representative, ranks it, by `img·d` alone; the others copy it at the end.
+    let zero = lambdas.iter().position(|&l| l == 0.0);
+    let representative: Vec<usize> = {
+        let mut first: HashMap<(usize, i64), usize> = HashMap::new();
+        (0..source.len())
+            .map(|q| *first.entry((source[q], exclude[q])).or_insert(q))
+            .collect()
+    };
     let flat = blocked_search(
         db,
         images.view(),
@@ -350,13 +362,31 @@ pub fn sweep(
             let wv = &word_scores[value[qi] * n_db + b0..][..n];
             delta.clear();
             delta.extend(wt.iter().zip(wv).map(|(t, v)| t - v));
-            topk::push_sweep(tops, img, delta, lambdas, b0, exclude[qi]);
+            match zero {
+                None => topk::push_sweep(tops, img, delta, lambdas, b0, exclude[qi]),
+                Some(z) => {
+                    let (before, rest) = tops.split_at_mut(z);
+                    let (at_zero, after) = rest.split_first_mut().expect("λ = 0 has a list");
+                    topk::push_sweep(before, img, delta, &lambdas[..z], b0, exclude[qi]);
+                    topk::push_sweep(after, img, delta, &lambdas[z + 1..], b0, exclude[qi]);
+                    if representative[qi] == qi {
+                        at_zero.push_row(img, b0, exclude[qi]);
+                    }
+                }
+            }
         },
     );
     // flat[query * n_l + λ] → hits[λ][query]
     let mut hits: Vec<Vec<Vec<Hit>>> = (0..n_l).map(|_| Vec::with_capacity(source.len())).collect();
     for (idx, list) in flat.into_iter().enumerate() {
         hits[idx % n_l].push(list);
+    }
+    if let Some(z) = zero {
+        // The representative's list holds `img·d` (`push_row` adds `0·(img·d)`). That is each
+        // query's own score `img·d + λ·δ` at λ = ±0 for every finite δ: the chain starts from
+        // +0, so `img·d` is never −0, and adding ±0 changes no other value.
+        let shared: Vec<Vec<Hit>> = representative.iter().map(|&r| hits[z][r].clone()).collect();
+        hits[z] = shared;
     }
     hits
 }
@@ -461,14 +491,33 @@ fn blocked_search(
             (group_queries, tops)
         })
         .collect();
-    let mut merged: Vec<TopK> = (0..n_q * per).map(|_| TopK::new(k)).collect();
-    for (group_queries, tops) in partial {
-        // tops[slot * per + i] is list i of the group's query `slot`.
-        for (j, top) in tops.into_iter().enumerate() {
-            merged[group_queries[j / per] * per + j % per].merge(top);
-        }
+    // A group's tasks are consecutive, one per shard: merge each query's lists into its first
+    // shard's, in parallel, then place them (each query belongs to one group).
+    let mut partial = partial;
+    let placed: Vec<Vec<(usize, Vec<Hit>)>> = partial
+        .par_chunks_mut(shards.len())
+        .map(|group| {
+            let (first, rest) = group.split_first_mut().expect("a group has a shard");
+            let group_queries = first.0;
+            let mut lists = std::mem::take(&mut first.1);
+            for (_, tops) in rest {
+                for (list, top) in lists.iter_mut().zip(std::mem::take(tops)) {
+                    list.merge(top);
+                }
+            }
+            // lists[slot * per + i] is list i of the group's query `slot`.
+            lists
+                .into_iter()
+                .enumerate()
+                .map(|(j, top)| (group_queries[j / per] * per + j % per, top.into_sorted()))
+                .collect()
+        })
+        .collect();
+    let mut merged: Vec<Vec<Hit>> = vec![Vec::new(); n_q * per];
+    for (at, list) in placed.into_iter().flatten() {
+        merged[at] = list;
     }
-    merged.into_iter().map(TopK::into_sorted).collect()
+    merged
 }
 
 /// `0..units` in at most `parts` contiguous, non-empty ranges of near-equal length.
@@ -614,6 +663,75 @@ mod tests {
                     // data has no near-ties, so the ids agree exactly.
                     assert!((a.score - b.score).abs() < 1e-5, "λ {lambda} query {i}");
                     assert_eq!(a.id, b.id, "λ {lambda} query {i}");
+                }
+            }
+        }
+    }
+
+    /// Every list of the sweep equals, bit for bit, a scalar ranking of the scores as the sweep
+    /// defines them (`chain(img, d) + λ·(w_t·d − w_v·d)`, the word scores from the same GEMM),
+    /// with λ = 0 among other λ (its lists are shared by the queries of one image), duplicated
+    /// database rows (ties), and two queries of one image that exclude different rows.
+    #[test]
+    fn sweep_equals_the_defined_scores_exactly_with_lambda_zero_shared() {
+        let mut db = random(2500, 16, 11);
+        for (from, to) in [(3, 2200), (3, 900), (50, 51), (1200, 2499)] {
+            let row = db.row(from).to_vec();
+            db.data[to * 16..(to + 1) * 16].copy_from_slice(&row);
+        }
+        let words = random(6, 16, 12);
+        let n = 60;
+        let source: Vec<usize> = (0..n).map(|i| [3, 900, 50, 1200, 7, 2200][i % 6]).collect();
+        let value: Vec<usize> = (0..n).map(|i| i % 6).collect();
+        let target: Vec<usize> = (0..n).map(|i| (i * 5 + 2) % 6).collect();
+        let mut exclude: Vec<i64> = source.iter().map(|&s| s as i64).collect();
+        exclude[12] = 2200; // query 12's image is row 3, as query 0's, but another row is left out
+        let mut word_scores = vec![0f32; 6 * 2500];
+        gemm_par(
+            (words.data.as_slice(), Op::N),
+            (db.data.as_slice(), Op::T),
+            (6, 2500, 16),
+            &mut word_scores,
+        );
+        for lambdas in [vec![1.0f32, 0.0, 0.5], vec![0.0], vec![2.0, -0.0]] {
+            for k in [1, 4, 9] {
+                let swept = sweep(
+                    db.view(),
+                    &source,
+                    words.view(),
+                    &value,
+                    &target,
+                    &lambdas,
+                    k,
+                    &exclude,
+                );
+                for (l, &lambda) in lambdas.iter().enumerate() {
+                    for q in 0..n {
+                        let (t, v) = (
+                            &word_scores[target[q] * 2500..],
+                            &word_scores[value[q] * 2500..],
+                        );
+                        let mut want: Vec<Hit> = (0..2500)
+                            .filter(|&j| j as i64 != exclude[q])
+                            .map(|j| Hit {
+                                id: j as u32,
+                                score: kernel::chain(db.row(source[q]), db.row(j))
+                                    + lambda * (t[j] - v[j]),
+                            })
+                            .collect();
+                        want.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+                        want.truncate(k);
+                        let bits = |h: &[Hit]| {
+                            h.iter()
+                                .map(|h| (h.id, h.score.to_bits()))
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(
+                            bits(&swept[l][q]),
+                            bits(&want),
+                            "λ {lambda} k {k} query {q}"
+                        );
+                    }
                 }
             }
         }
