@@ -23,7 +23,7 @@ use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 
 use crate::error::{Error, Result, WithPath};
 use crate::io::atomic::AtomicFile;
-use crate::linalg::Matrix;
+use crate::linalg::{Matrix, MatrixView};
 
 /// Name of the embedding column.
 pub const EMBEDDING: &str = "embedding";
@@ -172,6 +172,11 @@ impl EmbeddingStore {
     /// The embeddings, row-major, `rows × dim`.
     pub fn values(&self) -> &[f32] {
         embedding_values(&self.batch, self.rows, self.dim)
+    }
+
+    /// The vectors as a matrix, without a copy.
+    pub fn view(&self) -> MatrixView<'_> {
+        MatrixView::new(self.rows, self.dim, self.values())
     }
 
     /// A copy as a [`Matrix`].

@@ -101,6 +101,12 @@ impl<'a> MatrixView<'a> {
     }
 }
 
+impl<'a> From<&'a Matrix> for MatrixView<'a> {
+    fn from(m: &'a Matrix) -> Self {
+        m.view()
+    }
+}
+
 impl Matrix {
     /// Borrow as a view.
     pub fn view(&self) -> MatrixView<'_> {
@@ -155,7 +161,8 @@ pub struct LinearHead {
 
 impl LinearHead {
     /// Apply to every row of `x`, in parallel blocks.
-    pub fn apply(&self, x: &Matrix) -> Result<Matrix> {
+    pub fn apply<'a>(&self, x: impl Into<MatrixView<'a>>) -> Result<Matrix> {
+        let x = x.into();
         if x.cols != self.weight.cols {
             return Err(Error::Internal(format!(
                 "head expects {} inputs, embeddings have {}",
@@ -183,15 +190,41 @@ impl LinearHead {
 pub fn normalize_rows(m: &mut Matrix) {
     let cols = m.cols;
     m.data.par_chunks_mut(cols.max(1)).for_each(|row| {
-        let norm = row
-            .iter()
-            .map(|v| (*v as f64) * (*v as f64))
-            .sum::<f64>()
-            .sqrt() as f32;
+        let norm = l2_norm(row);
         if norm > 0.0 {
             row.iter_mut().for_each(|v| *v /= norm);
         }
     });
+}
+
+/// A copy of `m` with each row divided by its L2 norm, as [`normalize_rows`] divides it, in
+/// one pass (a memory-mapped store is read once, not copied first).
+pub fn normalised(m: MatrixView) -> Matrix {
+    let cols = m.cols.max(1);
+    let mut data = vec![0f32; m.data.len()];
+    data.par_chunks_mut(cols)
+        .zip(m.data.par_chunks(cols))
+        .for_each(|(out, row)| {
+            let norm = l2_norm(row);
+            if norm > 0.0 {
+                out.iter_mut().zip(row).for_each(|(o, v)| *o = v / norm);
+            } else {
+                out.copy_from_slice(row);
+            }
+        });
+    Matrix {
+        rows: m.rows,
+        cols: m.cols,
+        data,
+    }
+}
+
+/// A row's L2 norm, summed in f64.
+fn l2_norm(row: &[f32]) -> f32 {
+    row.iter()
+        .map(|v| (*v as f64) * (*v as f64))
+        .sum::<f64>()
+        .sqrt() as f32
 }
 
 /// The inner product of two rows (one pair at a time; many pairs go through [`matmul_nt`]).
@@ -200,7 +233,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The first row holding a NaN or an infinity, if any.
-pub fn first_non_finite(m: &Matrix) -> Option<usize> {
+pub fn first_non_finite<'a>(m: impl Into<MatrixView<'a>>) -> Option<usize> {
+    let m = m.into();
     // Rows are checked in parallel, each without an early exit so that the check vectorises
     // (an `any` that stops at the first NaN ran at 1–2 GB/s on a 2 GB database).
     m.data
@@ -332,13 +366,7 @@ pub fn sweep(
         .collect();
     let images = db.gather(&distinct);
     // word · dbᵀ, n_words × n_db.
-    let mut word_scores = vec![0f32; words.rows * n_db];
-    gemm_par(
-        (words.data, Op::N),
-        (db.data, Op::T),
-        (words.rows, n_db, d),
-        &mut word_scores,
-    );
+    let word_scores = product(words, db);
     let n_l = lambdas.len();
     // At λ = 0 a query's score is `img·d + 0·δ`, the image's score whatever the words: queries
     // of one source image (and one excluded row) share that list. Only the first of them, the
@@ -389,6 +417,51 @@ pub fn sweep(
         hits[z] = shared;
     }
     hits
+}
+
+/// `a·bᵀ`, `a.rows × b.rows` row-major, each value the [`kernel::chain`] of its pair (so the
+/// same on every CPU, as the search's scores are): the kernel, in parallel over blocks of `b`.
+pub fn product(a: MatrixView, b: MatrixView) -> Vec<f32> {
+    assert_eq!(a.cols, b.cols, "the two sides differ in dimension");
+    // Blocks small enough that a few hundred rows of `b` keep both cores busy.
+    const B_ROWS: usize = 256;
+    let (m, n, d) = (a.rows, b.rows, a.cols);
+    let isa = kernel::Isa::detect();
+    let a_blocks: Vec<(usize, usize, Vec<f32>)> = (0..m)
+        .step_by(Q_BLOCK)
+        .map(|r0| {
+            let r1 = (r0 + Q_BLOCK).min(m);
+            let mut packed = Vec::new();
+            kernel::pack_rows(isa, &a.data[r0 * d..r1 * d], r1 - r0, d, &mut packed);
+            (r0, r1, packed)
+        })
+        .collect();
+    let mut out = vec![0f32; m * n];
+    let parts: Vec<(usize, usize, Vec<f32>)> = (0..n.div_ceil(B_ROWS))
+        .into_par_iter()
+        .map(|blk| {
+            let (j0, j1) = (blk * B_ROWS, ((blk + 1) * B_ROWS).min(n));
+            let nb = j1 - j0;
+            let mut packed = Vec::new();
+            kernel::pack_block(isa, &b.data[j0 * d..j1 * d], nb, d, &mut packed);
+            let ldo = kernel::out_stride(nb, isa);
+            let mut scores = vec![0f32; m * nb];
+            let mut buf = vec![0f32; Q_BLOCK * ldo];
+            for (r0, r1, qp) in &a_blocks {
+                kernel::scores_packed(isa, qp, r1 - r0, &packed, nb, d, &mut buf);
+                for r in 0..r1 - r0 {
+                    scores[(r0 + r) * nb..][..nb].copy_from_slice(&buf[r * ldo..][..nb]);
+                }
+            }
+            (j0, nb, scores)
+        })
+        .collect();
+    for (j0, nb, scores) in parts {
+        for (i, row) in scores.chunks_exact(nb).enumerate() {
+            out[i * n + j0..][..nb].copy_from_slice(row);
+        }
+    }
+    out
 }
 
 /// The blocked search shared by [`knn`] and [`sweep`]. Query `q` scores with row `row_of[q]` of
@@ -442,10 +515,10 @@ fn blocked_search(
         })
         .collect();
     // A task is a group of row blocks × a shard of the database: it packs each database block
-    // of its shard once and scores every row block of its group against it. Enough tasks to
-    // keep every core busy, as few groups as allow it (each group packs the database again).
-    // Shards are whole DB_BLOCKs.
-    let target = 4 * rayon::current_num_threads();
+    // of its shard once and scores every row block of its group against it. About eight tasks
+    // per thread, so that the last to finish leaves the others little idle time, and as few
+    // groups as allow it (each group packs the database again). Shards are whole DB_BLOCKs.
+    let target = 8 * rayon::current_num_threads();
     let db_blocks = n_db.div_ceil(DB_BLOCK).max(1);
     let shards: Vec<(usize, usize)> = split(db_blocks, target)
         .into_iter()
@@ -520,12 +593,21 @@ fn blocked_search(
     merged
 }
 
-/// `0..units` in at most `parts` contiguous, non-empty ranges of near-equal length.
+/// `0..units` in at most `parts` contiguous, non-empty ranges whose lengths differ by at most
+/// one (13 blocks in 6 parts: 3, 2, 2, 2, 2, 2; not 3, 3, 3, 3, 1, whose last part leaves a
+/// thread idle).
 pub(crate) fn split(units: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
-    let per = units.div_ceil(parts.max(1)).max(1);
-    (0..units)
-        .step_by(per)
-        .map(|a| a..(a + per).min(units))
+    let parts = parts.clamp(1, units.max(1));
+    let (per, longer) = (units / parts, units % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|p| {
+            let end = start + per + usize::from(p < longer);
+            let r = start..end;
+            start = end;
+            r
+        })
+        .filter(|r| !r.is_empty())
         .collect()
 }
 
@@ -669,7 +751,7 @@ mod tests {
     }
 
     /// Every list of the sweep equals, bit for bit, a scalar ranking of the scores as the sweep
-    /// defines them (`chain(img, d) + λ·(w_t·d − w_v·d)`, the word scores from the same GEMM),
+    /// defines them, `chain(img, d) + λ·(chain(w_t, d) − chain(w_v, d))`,
     /// with λ = 0 among other λ (its lists are shared by the queries of one image), duplicated
     /// database rows (ties), and two queries of one image that exclude different rows.
     #[test]
@@ -686,13 +768,10 @@ mod tests {
         let target: Vec<usize> = (0..n).map(|i| (i * 5 + 2) % 6).collect();
         let mut exclude: Vec<i64> = source.iter().map(|&s| s as i64).collect();
         exclude[12] = 2200; // query 12's image is row 3, as query 0's, but another row is left out
-        let mut word_scores = vec![0f32; 6 * 2500];
-        gemm_par(
-            (words.data.as_slice(), Op::N),
-            (db.data.as_slice(), Op::T),
-            (6, 2500, 16),
-            &mut word_scores,
-        );
+        let word_scores: Vec<f32> = (0..6)
+            .flat_map(|w| (0..2500).map(move |j| (w, j)))
+            .map(|(w, j)| kernel::chain(words.row(w), db.row(j)))
+            .collect();
         for lambdas in [vec![1.0f32, 0.0, 0.5], vec![0.0], vec![2.0, -0.0]] {
             for k in [1, 4, 9] {
                 let swept = sweep(
@@ -732,6 +811,53 @@ mod tests {
                             "λ {lambda} k {k} query {q}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_covers_every_unit_in_parts_of_near_equal_length() {
+        assert_eq!(split(13, 6), vec![0..3, 3..5, 5..7, 7..9, 9..11, 11..13]);
+        assert_eq!(split(0, 4), Vec::<std::ops::Range<usize>>::new());
+        for units in 0..40 {
+            for parts in 0..12 {
+                let r = split(units, parts);
+                assert_eq!(r.iter().map(|r| r.len()).sum::<usize>(), units);
+                assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+                assert!(r.len() <= parts.max(1) && r.iter().all(|r| !r.is_empty()));
+                let (lo, hi) = (
+                    r.iter().map(|r| r.len()).min(),
+                    r.iter().map(|r| r.len()).max(),
+                );
+                assert!(
+                    hi.unwrap_or(0) - lo.unwrap_or(0) <= 1,
+                    "{units} in {parts}: {r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_product_is_the_chain_of_every_pair() {
+        for (m, n, d) in [
+            (300, 517, 19),
+            (1, 1, 1),
+            (3, 256, 64),
+            (0, 5, 4),
+            (7, 0, 4),
+        ] {
+            let (a, b) = (random(m, d, 21), random(n, d, 22));
+            let p = product(a.view(), b.view());
+            assert_eq!(p.len(), m * n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want = kernel::chain(a.row(i), b.row(j));
+                    assert_eq!(
+                        p[i * n + j].to_bits(),
+                        want.to_bits(),
+                        "{m}×{n}×{d} ({i}, {j})"
+                    );
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::io::store::{read_matrix, read_vector};
-use crate::linalg::{first_non_finite, LinearHead, Matrix};
+use crate::linalg::{first_non_finite, LinearHead, Matrix, MatrixView};
 
 /// An image head and a text head.
 #[derive(Debug, Clone)]
@@ -100,19 +100,19 @@ impl Heads {
     }
 
     /// Apply the image head to raw image embeddings (`file` names them in errors).
-    pub fn images(&self, raw: &Matrix, file: &Path) -> Result<Matrix> {
+    pub fn images(&self, raw: MatrixView, file: &Path) -> Result<Matrix> {
         apply(&self.img, raw, file, "image", &self.source)
     }
 
     /// Apply the text head to raw text embeddings.
-    pub fn texts(&self, raw: &Matrix, file: &Path) -> Result<Matrix> {
+    pub fn texts(&self, raw: MatrixView, file: &Path) -> Result<Matrix> {
         apply(&self.txt, raw, file, "text", &self.source)
     }
 }
 
 fn apply(
     head: &LinearHead,
-    raw: &Matrix,
+    raw: MatrixView,
     file: &Path,
     which: &str,
     heads: &Path,
@@ -149,7 +149,8 @@ fn npy_head(weight: &Path, bias: &Path) -> Result<LinearHead> {
 
 /// Whether every row of `m` has norm 1 (within 1e-3): vectors already normalised, which the
 /// release's heads were not trained on.
-pub fn unit_norm(m: &Matrix) -> bool {
+pub fn unit_norm<'a>(m: impl Into<MatrixView<'a>>) -> bool {
+    let m = m.into();
     m.rows > 0
         && (0..m.rows).all(|i| {
             let n: f32 = m.row(i).iter().map(|v| v * v).sum::<f32>().sqrt();

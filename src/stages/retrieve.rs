@@ -27,7 +27,7 @@ use super::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::EmbeddingStore;
-use crate::linalg::{first_non_finite, normalize_rows, sweep, Matrix};
+use crate::linalg::{first_non_finite, normalised, normalize_rows, sweep, Matrix, MatrixView};
 use crate::model::heads::{self, Heads};
 use crate::tables;
 use crate::tables::dataset::{Queries, QuerySet};
@@ -209,7 +209,7 @@ impl StageDef for Retrieve {
         let origin = ctx
             .maybe(&tables::EMBEDDING_MODEL)
             .and_then(|p| embeddings_origin(&p));
-        let (raw_images, raw_words) = (images.to_matrix(), words.to_matrix());
+        let (raw_images, raw_words) = (images.view(), words.view());
         let index: HashMap<&str, usize> = (0..words.rows).map(|i| (word_col.value(i), i)).collect();
         let lookup = |w: &str, qi: usize| -> Result<usize> {
             index.get(w).copied().ok_or_else(|| {
@@ -246,13 +246,21 @@ impl StageDef for Retrieve {
             seconds = started.elapsed().as_secs_f64(),
             "retrieve: inputs read"
         );
-        let (mut hname, mut qid, mut lam, mut rank, mut did, mut score) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        // At most k rows per query, λ and head set.
+        let most = head_sets.len() * lambdas.len() * queries.len() * c.k.min(raw_images.rows);
+        let mut hname = vec![];
+        let (mut qid, mut lam, mut rank, mut did, mut score) = (
+            Vec::with_capacity(most),
+            Vec::with_capacity(most),
+            Vec::with_capacity(most),
+            Vec::with_capacity(most),
+            Vec::with_capacity(most),
+        );
         for (label, heads) in &head_sets {
             let (db, word_m) = embedding_space(
-                &raw_images,
+                raw_images,
                 &ipath,
-                &raw_words,
+                raw_words,
                 &wpath,
                 heads.as_ref(),
                 c.allow_normalised,
@@ -440,9 +448,9 @@ fn embeddings_origin(model_json: &Path) -> Option<String> {
 /// for the raw image and word embeddings. Refuses unit-norm embeddings with heads unless
 /// `allow_normalised`, and NaN anywhere.
 pub fn embedding_space(
-    images: &Matrix,
+    images: MatrixView,
     image_file: &Path,
-    words: &Matrix,
+    words: MatrixView,
     word_file: &Path,
     heads: Option<&Heads>,
     allow_normalised: bool,
@@ -452,8 +460,8 @@ pub fn embedding_space(
             return Err(Error::data(p, format!("row {row} holds NaN or infinity")));
         }
     }
-    let (mut img, mut wrd) = match heads {
-        None => (images.clone(), words.clone()),
+    let (img, wrd) = match heads {
+        None => (normalised(images), normalised(words)),
         Some(h) => {
             for (m, p) in [(images, image_file), (words, word_file)] {
                 if !allow_normalised && heads::unit_norm(m) {
@@ -463,11 +471,12 @@ pub fn embedding_space(
                     ));
                 }
             }
-            (h.images(images, image_file)?, h.texts(words, word_file)?)
+            let (mut img, mut wrd) = (h.images(images, image_file)?, h.texts(words, word_file)?);
+            normalize_rows(&mut img);
+            normalize_rows(&mut wrd);
+            (img, wrd)
         }
     };
-    normalize_rows(&mut img);
-    normalize_rows(&mut wrd);
     if img.cols != wrd.cols {
         return Err(Error::data(
             word_file,
