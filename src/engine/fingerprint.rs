@@ -277,8 +277,11 @@ pub fn hash_output(path: &Path, folder: bool) -> Result<(u64, String)> {
 /// memory-mapped, so that hashing a large input does not inflate the resident set.
 pub fn hash_file(path: &Path) -> Result<String> {
     use std::io::Read;
-    const BUF: usize = 8 << 20;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io("failed to hash", path, e))?;
+    // Blocks of up to 8 MiB, no bigger than the file: zeroing and faulting in two 8 MiB buffers
+    // cost more than hashing a table of a few MiB.
+    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let buf_len = len.clamp(64 << 10, 8 << 20) as usize;
     let mut hasher = blake3::Hasher::new();
     // One thread reads the next block while the pool hashes the last, so the copy out of the page
     // cache overlaps the hashing. (Not mmap either: a file truncated while mapped kills the
@@ -286,13 +289,15 @@ pub fn hash_file(path: &Path) -> Result<String> {
     let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, usize)>(1);
     let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
     for _ in 0..2 {
-        empty_tx.send(vec![0u8; BUF]).expect("room for two buffers");
+        empty_tx
+            .send(vec![0u8; buf_len])
+            .expect("room for two buffers");
     }
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> std::io::Result<()> {
             for mut buf in empty_rx {
                 let mut n = 0;
-                while n < BUF {
+                while n < buf_len {
                     match file.read(&mut buf[n..]) {
                         Ok(0) => break,
                         Ok(m) => n += m,
@@ -301,7 +306,7 @@ pub fn hash_file(path: &Path) -> Result<String> {
                     }
                 }
                 // A short block is the last one (or an empty file's none).
-                if n == 0 || full_tx.send((buf, n)).is_err() || n < BUF {
+                if n == 0 || full_tx.send((buf, n)).is_err() || n < buf_len {
                     break;
                 }
             }
@@ -329,7 +334,19 @@ mod tests {
     fn a_file_hashes_as_its_bytes_at_every_size_around_the_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let mib = 1 << 20;
-        for size in [0, 1, 8 * mib - 1, 8 * mib, 8 * mib + 1, 16 * mib + 5] {
+        let kib = 1 << 10;
+        for size in [
+            0,
+            1,
+            64 * kib - 1,
+            64 * kib,
+            64 * kib + 1,
+            3 * mib + 7,
+            8 * mib - 1,
+            8 * mib,
+            8 * mib + 1,
+            16 * mib + 5,
+        ] {
             let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
             let path = dir.path().join(format!("f{size}"));
             std::fs::write(&path, &bytes).unwrap();
