@@ -29,6 +29,8 @@ pub use topk::{Hit, TopK};
 pub const Q_BLOCK: usize = 256;
 /// Database rows per block.
 pub const DB_BLOCK: usize = 2048;
+/// Largest database the blocked search packs once for all its tasks (bytes of f32 values).
+const PREPACK_BYTES: usize = 64 << 20;
 
 /// A dense row-major f32 matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -529,6 +531,22 @@ fn blocked_search(
         .iter()
         .flat_map(|g| shards.iter().map(move |&s| ((g.start, g.end), s)))
         .collect();
+    // A database small enough is packed once for every group (official SIMAT: 12 MB); a
+    // larger one is packed block by block in each task, so that memory stays one block per
+    // thread.
+    let prepacked: Vec<Vec<f32>> = if groups.len() > 1 && n_db * d * 4 <= PREPACK_BYTES {
+        (0..db_blocks)
+            .into_par_iter()
+            .map(|b| {
+                let (b0, b1) = (b * DB_BLOCK, ((b + 1) * DB_BLOCK).min(n_db));
+                let mut packed = Vec::new();
+                kernel::pack_block(isa, &db.data[b0 * d..b1 * d], b1 - b0, d, &mut packed);
+                packed
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let partial: Vec<(&[usize], Vec<TopK>)> = tasks
         .into_par_iter()
         .map(|((g0, g1), (s0, s1))| {
@@ -546,11 +564,17 @@ fn blocked_search(
             while b0 < s1 {
                 let b1 = (b0 + DB_BLOCK).min(s1);
                 let n = b1 - b0;
-                kernel::pack_block(isa, &db.data[b0 * d..b1 * d], n, d, &mut packed_db);
+                let packed_db = match prepacked.get(b0 / DB_BLOCK) {
+                    Some(packed) => packed,
+                    None => {
+                        kernel::pack_block(isa, &db.data[b0 * d..b1 * d], n, d, &mut packed_db);
+                        &packed_db
+                    }
+                };
                 let ldo = kernel::out_stride(n, isa);
                 for (&(r0, r1), qp) in row_blocks[g0..g1].iter().zip(&packed_rows[g0..g1]) {
                     let m = r1 - r0;
-                    kernel::scores_packed(isa, qp, m, &packed_db, n, d, &mut buf);
+                    kernel::scores_packed(isa, qp, m, packed_db, n, d, &mut buf);
                     for r in 0..m {
                         let scores = &buf[r * ldo..r * ldo + n];
                         for slot in start[r0 + r] - base..start[r0 + r + 1] - base {
