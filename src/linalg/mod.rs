@@ -342,9 +342,11 @@ pub fn knn(
 ///
 /// A query's image part is a database row, so `img·dᵀ` is computed once per distinct source
 /// image (official SIMAT: 3,137 rows for 17,996 queries), block by block, and shared by every
-/// query of that image; the word part is `words·dbᵀ`, one GEMM for the whole vocabulary (131
-/// words for the official set). Per λ only a fused add and selection remain. Returns
-/// `hits[λ][query]`.
+/// query of that image; the word part is `words·dbᵀ`, one [`product`] for the whole vocabulary
+/// (131 words for the official set). Per λ only a fused add and selection remain, so a score is
+/// the number `chain(img, d) + λ·(chain(w_target, d) − chain(w_value, d))` on every CPU. At
+/// λ = 0 that is `chain(img, d)` whatever the words: the queries of one image (and one excluded
+/// row) share that list. Returns `hits[λ][query]`.
 #[allow(clippy::too_many_arguments)]
 pub fn sweep(
     db: MatrixView,
