@@ -140,9 +140,17 @@ impl StageDef for Score {
             ));
         }
         let started = std::time::Instant::now();
-        let queries = Queries::read(&ctx.input(&tables::QUERIES)?)?;
+        // The queries, the dataset and the retrievals are read at once; their errors are
+        // reported in this order, then the provenance's.
+        let (qpath, dpath) = (ctx.input(&tables::QUERIES)?, ctx.input(&tables::DATASET)?);
+        let rpath = ctx.input(&tables::RETRIEVALS);
+        let ((queries, dataset), rank0) = rayon::join(
+            || rayon::join(|| Queries::read(&qpath), || Dataset::read(&dpath)),
+            || rpath.as_ref().ok().map(|p| read_rank0(p)),
+        );
+        let queries = queries?;
         let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
-        let dataset = Dataset::read(&ctx.input(&tables::DATASET)?)?;
+        let dataset = dataset?;
         let retrieve_provenance = read_json(&ctx.input(&tables::RETRIEVAL_PROVENANCE)?)?;
         if retrieve_provenance["query_set"] != serde_json::json!(query_set) {
             return Err(Error::stage(
@@ -153,8 +161,9 @@ impl StageDef for Score {
                 ),
             ));
         }
-        let rpath = ctx.input(&tables::RETRIEVALS)?;
-        let (lambdas, top1) = read_top1(&rpath, &queries)?;
+        let rpath = rpath?;
+        let rank0 = rank0.expect("read when the path is known")?;
+        let (lambdas, top1) = index_top1(&rpath, rank0, &queries)?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             "score: retrievals read"
@@ -774,15 +783,14 @@ impl Oracle {
 /// (head set, λ) pairs, and per pair the first retrieved dataset_id of each query.
 type Top1 = (Vec<(String, f64)>, Vec<Vec<usize>>);
 
-fn read_top1(path: &Path, queries: &Queries) -> Result<Top1> {
-    let index: HashMap<i64, usize> = queries
-        .query_id
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| (q, i))
-        .collect();
+/// The rank-0 rows of a retrievals table: the (heads, λ) keys in order of first appearance,
+/// and per row its key, query id and retrieved dataset id. Needs no other table, so that it
+/// can be read while the queries are.
+type Rank0 = (Vec<(String, f64)>, Vec<(usize, i64, i64)>);
+
+fn read_rank0(path: &Path) -> Result<Rank0> {
     let mut keys: Vec<(String, f64)> = Vec::new();
-    let mut top1: Vec<Vec<usize>> = Vec::new();
+    let mut rows = Vec::new();
     for batch in crate::io::read_table(path, &["heads", "query_id", "lam", "rank", "dataset_id"])? {
         let b = batch.map_err(|e| e.with_path(path))?;
         let heads = b.column(0).as_string::<i32>();
@@ -799,18 +807,32 @@ fn read_top1(path: &Path, queries: &Queries) -> Result<Top1> {
                 Some(k) => k,
                 None => {
                     keys.push((h.to_string(), l));
-                    top1.push(vec![usize::MAX; queries.len()]);
                     keys.len() - 1
                 }
             };
-            let Some(&i) = index.get(&qid.value(r)) else {
-                return Err(Error::data(
-                    path,
-                    format!("query {} is not in the queries table", qid.value(r)),
-                ));
-            };
-            top1[k][i] = did.value(r) as usize;
+            rows.push((k, qid.value(r), did.value(r)));
         }
+    }
+    Ok((keys, rows))
+}
+
+/// Each key's top-1 dataset id per query (queries in table order); every query must have one.
+fn index_top1(path: &Path, (keys, rows): Rank0, queries: &Queries) -> Result<Top1> {
+    let index: HashMap<i64, usize> = queries
+        .query_id
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| (q, i))
+        .collect();
+    let mut top1: Vec<Vec<usize>> = vec![vec![usize::MAX; queries.len()]; keys.len()];
+    for (k, qid, did) in rows {
+        let Some(&i) = index.get(&qid) else {
+            return Err(Error::data(
+                path,
+                format!("query {qid} is not in the queries table"),
+            ));
+        };
+        top1[k][i] = did as usize;
     }
     for (k, t) in top1.iter().enumerate() {
         if let Some(i) = t.iter().position(|&d| d == usize::MAX) {
@@ -824,4 +846,43 @@ fn read_top1(path: &Path, queries: &Queries) -> Result<Top1> {
         }
     }
     Ok((keys, top1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queries(ids: &[i64]) -> Queries {
+        Queries {
+            query_id: ids.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn top1_is_joined_on_query_ids_and_a_missing_or_unknown_query_is_named() {
+        let path = Path::new("retrievals.parquet");
+        let keys = vec![("none".to_string(), 0.0), ("none".to_string(), 1.0)];
+        // Rows in any order: joined on the query id, not by position.
+        let rows = vec![(1, 30, 5), (0, 10, 7), (0, 30, 8), (1, 10, 9)];
+        let (k, top1) =
+            index_top1(path, (keys.clone(), rows.clone()), &queries(&[30, 10])).unwrap();
+        assert_eq!(k, keys);
+        assert_eq!(top1, vec![vec![8, 7], vec![5, 9]]);
+        let unknown = index_top1(path, (keys.clone(), rows.clone()), &queries(&[30])).unwrap_err();
+        assert!(
+            unknown
+                .to_string()
+                .contains("query 10 is not in the queries table"),
+            "{unknown}"
+        );
+        let missing =
+            index_top1(path, (keys, rows[..3].to_vec()), &queries(&[30, 10])).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("no retrieval for query 10 at λ = 1 with heads none"),
+            "{missing}"
+        );
+    }
 }
