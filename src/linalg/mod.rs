@@ -394,16 +394,14 @@ pub fn sweep(
             let wv = &word_scores[value[qi] * n_db + b0..][..n];
             delta.clear();
             delta.extend(wt.iter().zip(wv).map(|(t, v)| t - v));
-            match zero {
-                None => topk::push_sweep(tops, img, delta, lambdas, b0, exclude[qi]),
-                Some(z) => {
-                    let (before, rest) = tops.split_at_mut(z);
-                    let (at_zero, after) = rest.split_first_mut().expect("λ = 0 has a list");
-                    topk::push_sweep(before, img, delta, &lambdas[..z], b0, exclude[qi]);
-                    topk::push_sweep(after, img, delta, &lambdas[z + 1..], b0, exclude[qi]);
-                    if representative[qi] == qi {
-                        at_zero.push_row(img, b0, exclude[qi]);
-                    }
+            // Every λ but the zero one (if any) ranks its own list.
+            let z = zero.unwrap_or(n_l);
+            let (before, rest) = tops.split_at_mut(z);
+            topk::push_sweep(before, img, delta, &lambdas[..z], b0, exclude[qi]);
+            if let Some((at_zero, after)) = rest.split_first_mut() {
+                topk::push_sweep(after, img, delta, &lambdas[z + 1..], b0, exclude[qi]);
+                if representative[qi] == qi {
+                    at_zero.push_row(img, b0, exclude[qi]);
                 }
             }
         },
@@ -431,15 +429,7 @@ pub fn product(a: MatrixView, b: MatrixView) -> Vec<f32> {
     const B_ROWS: usize = 256;
     let (m, n, d) = (a.rows, b.rows, a.cols);
     let isa = kernel::Isa::detect();
-    let a_blocks: Vec<(usize, usize, Vec<f32>)> = (0..m)
-        .step_by(Q_BLOCK)
-        .map(|r0| {
-            let r1 = (r0 + Q_BLOCK).min(m);
-            let mut packed = Vec::new();
-            kernel::pack_rows(isa, &a.data[r0 * d..r1 * d], r1 - r0, d, &mut packed);
-            (r0, r1, packed)
-        })
-        .collect();
+    let a_blocks = packed_row_blocks(isa, a);
     let mut out = vec![0f32; m * n];
     let parts: Vec<(usize, usize, Vec<f32>)> = (0..n.div_ceil(B_ROWS))
         .into_par_iter()
@@ -466,6 +456,21 @@ pub fn product(a: MatrixView, b: MatrixView) -> Vec<f32> {
         }
     }
     out
+}
+
+/// `rows` in blocks of [`Q_BLOCK`], each packed once for the kernel: (first row, end, panels).
+fn packed_row_blocks(isa: kernel::Isa, rows: MatrixView) -> Vec<(usize, usize, Vec<f32>)> {
+    let d = rows.cols;
+    let starts: Vec<usize> = (0..rows.rows).step_by(Q_BLOCK).collect();
+    starts
+        .into_par_iter()
+        .map(|r0| {
+            let r1 = (r0 + Q_BLOCK).min(rows.rows);
+            let mut packed = Vec::new();
+            kernel::pack_rows(isa, &rows.data[r0 * d..r1 * d], r1 - r0, d, &mut packed);
+            (r0, r1, packed)
+        })
+        .collect()
 }
 
 /// The blocked search shared by [`knn`] and [`sweep`]. Query `q` scores with row `row_of[q]` of
@@ -504,24 +509,13 @@ fn blocked_search(
         queries_of[fill[r]] = q;
         fill[r] += 1;
     }
-    let row_blocks: Vec<(usize, usize)> = (0..n_rows)
-        .step_by(Q_BLOCK)
-        .map(|s| (s, (s + Q_BLOCK).min(n_rows)))
-        .collect();
     let isa = kernel::Isa::detect();
-    // Each row block packed once for the kernel.
-    let packed_rows: Vec<Vec<f32>> = row_blocks
-        .par_iter()
-        .map(|&(r0, r1)| {
-            let mut out = Vec::new();
-            kernel::pack_rows(isa, &rows.data[r0 * d..r1 * d], r1 - r0, d, &mut out);
-            out
-        })
-        .collect();
+    let row_blocks = packed_row_blocks(isa, rows);
     // A task is a group of row blocks × a shard of the database: it packs each database block
     // of its shard once and scores every row block of its group against it. About eight tasks
     // per thread, so that the last to finish leaves the others little idle time, and as few
-    // groups as allow it (each group packs the database again). Shards are whole DB_BLOCKs.
+    // groups as allow it (each group packs the database again, unless it is small enough to be
+    // packed once, below). Shards are whole DB_BLOCKs.
     let target = 8 * rayon::current_num_threads();
     let db_blocks = n_db.div_ceil(DB_BLOCK).max(1);
     let shards: Vec<(usize, usize)> = split(db_blocks, target)
@@ -549,7 +543,7 @@ fn blocked_search(
     } else {
         Vec::new()
     };
-    let partial: Vec<(&[usize], Vec<TopK>)> = tasks
+    let mut partial: Vec<(&[usize], Vec<TopK>)> = tasks
         .into_par_iter()
         .map(|((g0, g1), (s0, s1))| {
             let (r_first, r_end) = (row_blocks[g0].0, row_blocks[g1 - 1].1);
@@ -574,7 +568,8 @@ fn blocked_search(
                     }
                 };
                 let ldo = kernel::out_stride(n, isa);
-                for (&(r0, r1), qp) in row_blocks[g0..g1].iter().zip(&packed_rows[g0..g1]) {
+                for (r0, r1, qp) in &row_blocks[g0..g1] {
+                    let (r0, r1) = (*r0, *r1);
                     let m = r1 - r0;
                     kernel::scores_packed(isa, qp, m, packed_db, n, d, &mut buf);
                     for r in 0..m {
@@ -592,7 +587,6 @@ fn blocked_search(
         .collect();
     // A group's tasks are consecutive, one per shard: merge each query's lists into its first
     // shard's, in parallel, then place them (each query belongs to one group).
-    let mut partial = partial;
     let placed: Vec<Vec<(usize, Vec<Hit>)>> = partial
         .par_chunks_mut(shards.len())
         .map(|group| {

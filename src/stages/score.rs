@@ -141,12 +141,13 @@ impl StageDef for Score {
         }
         let started = std::time::Instant::now();
         // The queries, the dataset and the retrievals are read at once; their errors are
-        // reported in this order, then the provenance's.
-        let (qpath, dpath) = (ctx.input(&tables::QUERIES)?, ctx.input(&tables::DATASET)?);
-        let rpath = ctx.input(&tables::RETRIEVALS);
+        // reported in this order, the retrievals' after the provenance's.
+        let qpath = ctx.input(&tables::QUERIES)?;
+        let dpath = ctx.input(&tables::DATASET)?;
+        let rpath = ctx.input(&tables::RETRIEVALS)?;
         let ((queries, dataset), rank0) = rayon::join(
             || rayon::join(|| Queries::read(&qpath), || Dataset::read(&dpath)),
-            || rpath.as_ref().ok().map(|p| read_rank0(p)),
+            || read_rank0(&rpath),
         );
         let queries = queries?;
         let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
@@ -161,9 +162,7 @@ impl StageDef for Score {
                 ),
             ));
         }
-        let rpath = rpath?;
-        let rank0 = rank0.expect("read when the path is known")?;
-        let (lambdas, top1) = index_top1(&rpath, rank0, &queries)?;
+        let (lambdas, top1) = index_top1(&rpath, rank0?, &queries)?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             "score: retrievals read"
