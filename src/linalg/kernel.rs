@@ -88,10 +88,16 @@ impl Isa {
         }
     }
 
-    /// Dimensions per piece: a database micro-panel piece (`nr·kc` floats, 16 KB / 8 KB)
-    /// stays in L1.
+    /// Dimensions per piece. On AVX-512 a database micro-panel piece (48 × 128 floats, 24 KB)
+    /// stays in L1 (48 KB on Sapphire Rapids). On AVX2 pieces of 512 ran 14 % faster than
+    /// pieces of 128 on Zen 3 (d = 512, 50,000 × 5,000: 1.88 s against 2.19 s, median of 8
+    /// alternated runs): the accumulators are stored and reloaded once per piece, and the 16-row
+    /// panel (32 KB) still mostly stays in its 32 KB L1.
     fn kc(self) -> usize {
-        128
+        match self {
+            Isa::Avx512 => 128,
+            Isa::Avx2 | Isa::Scalar => 512,
+        }
     }
 
     /// Bytes of packed database a sub-block may take: about half the L2 of the cores that
