@@ -198,6 +198,24 @@ impl StageDef for Score {
                 ))
             }
         };
+        // Which (split, field) cells each query counts in, found once for every λ: one bit per
+        // split of `splits`, one per field of FIELDS ("all" takes every query).
+        const FIELDS: [&str; 4] = ["subj", "rel", "obj", "all"];
+        let slots: Vec<Option<Slot>> = FIELDS
+            .iter()
+            .map(|f| (*f != "all").then(|| Slot::parse(f).expect("slot")))
+            .collect();
+        let cells: Vec<(u8, u8)> = (0..queries.len())
+            .map(|i| {
+                let in_split = splits.iter().enumerate().fold(0u8, |m, (b, s)| {
+                    m | (((*s == "all" || queries.split[i] == *s) as u8) << b)
+                });
+                let in_field = slots.iter().enumerate().fold(0u8, |m, (b, slot)| {
+                    m | ((slot.is_none_or(|f| queries.field[i] == f) as u8) << b)
+                });
+                (in_split, in_field)
+            })
+            .collect();
         let mut rows = Vec::new();
         let mut results = Results::default();
         for (l, (heads, lambda)) in lambdas.iter().enumerate() {
@@ -206,39 +224,37 @@ impl StageDef for Score {
                 .map(|i| oracle.judge(top1[l][i], &queries, &dataset, i, c.threshold))
                 .collect::<Result<_>>()?;
             results.push(heads, lambda, &queries, &dataset, &top1[l], &judged);
-            let success: Vec<bool> = judged.iter().map(|j| j.1).collect();
-            for split in &splits {
-                for field in ["subj", "rel", "obj", "all"] {
-                    let keep = |i: usize| {
-                        (*split == "all" || queries.split[i] == *split)
-                            && (field == "all"
-                                || queries.field[i] == Slot::parse(field).expect("slot"))
-                    };
-                    let (mut num, mut den, mut n) = (0f64, 0f64, 0u64);
-                    for (i, &ok) in success.iter().enumerate() {
-                        if keep(i) {
-                            let w = queries.weight(i);
-                            den += w;
-                            if ok {
-                                num += w;
-                            }
-                            n += 1;
+            // (weight of successes, weight, queries) per cell, split-major; each cell sums its
+            // queries in query order.
+            let mut sums = vec![(0f64, 0f64, 0u64); splits.len() * FIELDS.len()];
+            for (i, &(_, ok)) in judged.iter().enumerate() {
+                let (in_split, in_field) = cells[i];
+                let w = queries.weight(i);
+                for s in (0..splits.len()).filter(|s| in_split >> s & 1 == 1) {
+                    for f in (0..FIELDS.len()).filter(|f| in_field >> f & 1 == 1) {
+                        let (num, den, n) = &mut sums[s * FIELDS.len() + f];
+                        *den += w;
+                        if ok {
+                            *num += w;
                         }
+                        *n += 1;
                     }
-                    let score = if den > 0.0 {
-                        100.0 * num / den
-                    } else {
-                        f64::NAN
-                    };
-                    rows.push(ScoreRow {
-                        heads: heads.clone(),
-                        lambda,
-                        split: split.to_string(),
-                        field: field.into(),
-                        score,
-                        n_queries: n,
-                    });
                 }
+            }
+            for (cell, &(num, den, n)) in sums.iter().enumerate() {
+                let score = if den > 0.0 {
+                    100.0 * num / den
+                } else {
+                    f64::NAN
+                };
+                rows.push(ScoreRow {
+                    heads: heads.clone(),
+                    lambda,
+                    split: splits[cell / FIELDS.len()].to_string(),
+                    field: FIELDS[cell % FIELDS.len()].into(),
+                    score,
+                    n_queries: n,
+                });
             }
         }
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "score: judged");
