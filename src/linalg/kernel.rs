@@ -91,8 +91,9 @@ impl Isa {
     /// Dimensions per piece. On AVX-512 a database micro-panel piece (48 × 128 floats, 24 KB)
     /// stays in L1 (48 KB on Sapphire Rapids). On AVX2 pieces of 512 ran 14 % faster than
     /// pieces of 128 on Zen 3 (d = 512, 50,000 × 5,000: 1.88 s against 2.19 s, median of 8
-    /// alternated runs): the accumulators are stored and reloaded once per piece, and the 16-row
-    /// panel (32 KB) still mostly stays in its 32 KB L1.
+    /// alternated runs, pieces of 256: 2.05 s), though a 16-row panel of 512 (32 KB) fills
+    /// Zen 3's L1: each piece costs a store and reload of the accumulators and a new pass over
+    /// the query panels.
     fn kc(self) -> usize {
         match self {
             Isa::Avx512 => 128,
