@@ -420,9 +420,10 @@ pub fn sweep(
     hits
 }
 
-/// `out = t − v`, element by element, in the widest vectors this CPU has (the sweep's closure
-/// alone was compiled for baseline x86-64, 128-bit SSE: 6 % of retrieve's CPU on Zen 3). Each
-/// difference is one IEEE subtraction whatever the width, so the values do not depend on it.
+/// `out = t − v`, element by element, in the vectors of the kernel's instruction set
+/// ([`kernel::Isa::detect`]): the sweep's closure alone is compiled for baseline x86-64, 128-bit
+/// SSE (6 % of retrieve's CPU on Zen 3). Each difference is one IEEE subtraction whatever the
+/// width, so the values do not depend on it.
 fn difference(t: &[f32], v: &[f32], out: &mut Vec<f32>) {
     fn plain(t: &[f32], v: &[f32], out: &mut Vec<f32>) {
         out.clear();
@@ -438,13 +439,12 @@ fn difference(t: &[f32], v: &[f32], out: &mut Vec<f32>) {
         fn avx2(t: &[f32], v: &[f32], out: &mut Vec<f32>) {
             plain(t, v, out)
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { avx512(t, v, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(t, v, out) };
+        match kernel::Isa::detect() {
+            // SAFETY: `detect` chose AVX-512 because this CPU has AVX-512F.
+            kernel::Isa::Avx512 => return unsafe { avx512(t, v, out) },
+            // SAFETY: `detect` chose AVX2 because this CPU has AVX2 (and FMA).
+            kernel::Isa::Avx2 => return unsafe { avx2(t, v, out) },
+            kernel::Isa::Scalar => {}
         }
     }
     plain(t, v, out)

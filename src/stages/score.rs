@@ -198,22 +198,19 @@ impl StageDef for Score {
                 ))
             }
         };
-        // Which (split, field) cells each query counts in, found once for every λ: one bit per
-        // split of `splits`, one per field of FIELDS ("all" takes every query).
-        const FIELDS: [&str; 4] = ["subj", "rel", "obj", "all"];
-        let slots: Vec<Option<Slot>> = FIELDS
+        // The (split, field) cells each query counts in, found once for every λ: bit
+        // `s·4 + f` for split `splits[s]` and field `f` (a slot's index, or 3 for all fields).
+        let fields: Vec<&str> = Slot::ALL
             .iter()
-            .map(|f| (*f != "all").then(|| Slot::parse(f).expect("slot")))
+            .map(|f| f.as_str())
+            .chain(["all"])
             .collect();
-        let cells: Vec<(u8, u8)> = (0..queries.len())
+        let cells: Vec<u16> = (0..queries.len())
             .map(|i| {
-                let in_split = splits.iter().enumerate().fold(0u8, |m, (b, s)| {
-                    m | (((*s == "all" || queries.split[i] == *s) as u8) << b)
-                });
-                let in_field = slots.iter().enumerate().fold(0u8, |m, (b, slot)| {
-                    m | ((slot.is_none_or(|f| queries.field[i] == f) as u8) << b)
-                });
-                (in_split, in_field)
+                let own_fields = (1u16 << queries.field[i].index()) | (1 << Slot::ALL.len());
+                (splits.iter().enumerate())
+                    .filter(|(_, s)| **s == "all" || queries.split[i] == **s)
+                    .fold(0, |m, (s, _)| m | own_fields << (s * fields.len()))
             })
             .collect();
         let mut rows = Vec::new();
@@ -226,19 +223,18 @@ impl StageDef for Score {
             results.push(heads, lambda, &queries, &dataset, &top1[l], &judged);
             // (weight of successes, weight, queries) per cell, split-major; each cell sums its
             // queries in query order.
-            let mut sums = vec![(0f64, 0f64, 0u64); splits.len() * FIELDS.len()];
+            let mut sums = vec![(0f64, 0f64, 0u64); splits.len() * fields.len()];
             for (i, &(_, ok)) in judged.iter().enumerate() {
-                let (in_split, in_field) = cells[i];
                 let w = queries.weight(i);
-                for s in (0..splits.len()).filter(|s| in_split >> s & 1 == 1) {
-                    for f in (0..FIELDS.len()).filter(|f| in_field >> f & 1 == 1) {
-                        let (num, den, n) = &mut sums[s * FIELDS.len() + f];
-                        *den += w;
-                        if ok {
-                            *num += w;
-                        }
-                        *n += 1;
+                let mut cell_bits = cells[i];
+                while cell_bits != 0 {
+                    let (num, den, n) = &mut sums[cell_bits.trailing_zeros() as usize];
+                    cell_bits &= cell_bits - 1;
+                    *den += w;
+                    if ok {
+                        *num += w;
                     }
+                    *n += 1;
                 }
             }
             for (cell, &(num, den, n)) in sums.iter().enumerate() {
@@ -250,8 +246,8 @@ impl StageDef for Score {
                 rows.push(ScoreRow {
                     heads: heads.clone(),
                     lambda,
-                    split: splits[cell / FIELDS.len()].to_string(),
-                    field: FIELDS[cell % FIELDS.len()].into(),
+                    split: splits[cell / fields.len()].to_string(),
+                    field: fields[cell % fields.len()].into(),
                     score,
                     n_queries: n,
                 });
