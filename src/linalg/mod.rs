@@ -540,26 +540,33 @@ fn blocked_search(
     }
     let isa = kernel::Isa::detect();
     let row_blocks = packed_row_blocks(isa, rows);
-    // A task is a group of row blocks × a shard of the database: it packs each database block
-    // of its shard once and scores every row block of its group against it. About eight tasks
-    // per thread, so that the last to finish leaves the others little idle time, and as few
-    // groups as allow it (each group packs the database again, unless it is small enough to be
-    // packed once, below). Shards are whole DB_BLOCKs.
+    // A task is a group of row blocks × a shard of the database: it scores every row block of
+    // its group against each database block of its shard. About eight tasks per thread, so
+    // that the last to finish leaves the others little idle time. Shards are whole DB_BLOCKs.
     let target = 8 * rayon::current_num_threads();
     let db_blocks = n_db.div_ceil(DB_BLOCK).max(1);
     let shards: Vec<(usize, usize)> = split(db_blocks, target)
         .into_iter()
         .map(|b| ((b.start * DB_BLOCK).min(n_db), (b.end * DB_BLOCK).min(n_db)))
         .collect();
-    let groups = split(row_blocks.len(), target.div_ceil(shards.len()));
+    // A database small enough is packed once for all tasks (official SIMAT: 12 MB), and then
+    // each row block is a group of its own: the most tasks at no extra packing (each query's
+    // lists are merged once per shard whatever the groups), so the idle tail is one small task
+    // (official SIMAT on Zen 4: one thread ran alone for 30 ms of a 200 ms sweep with groups
+    // of up to three row blocks). A larger database is packed block by block in each task, so
+    // that memory stays one block per thread, and as few groups as give enough tasks, since
+    // each group packs it again.
+    let prepack = n_db * d * 4 <= PREPACK_BYTES;
+    let groups = if prepack {
+        split(row_blocks.len(), row_blocks.len())
+    } else {
+        split(row_blocks.len(), target.div_ceil(shards.len()))
+    };
     let tasks: Vec<((usize, usize), (usize, usize))> = groups
         .iter()
         .flat_map(|g| shards.iter().map(move |&s| ((g.start, g.end), s)))
         .collect();
-    // A database small enough is packed once for every group (official SIMAT: 12 MB); a
-    // larger one is packed block by block in each task, so that memory stays one block per
-    // thread.
-    let prepacked: Vec<Vec<f32>> = if groups.len() > 1 && n_db * d * 4 <= PREPACK_BYTES {
+    let prepacked: Vec<Vec<f32>> = if prepack {
         (0..db_blocks)
             .into_par_iter()
             .map(|b| {
@@ -574,45 +581,50 @@ fn blocked_search(
     };
     let mut partial: Vec<(&[usize], Vec<TopK>)> = tasks
         .into_par_iter()
-        .map(|((g0, g1), (s0, s1))| {
-            let (r_first, r_end) = (row_blocks[g0].0, row_blocks[g1 - 1].1);
-            // This group's queries; row r's are slots start[r] - base .. start[r + 1] - base.
-            let base = start[r_first];
-            let group_queries = &queries_of[base..start[r_end]];
-            let mut tops: Vec<TopK> = (0..group_queries.len() * per)
-                .map(|_| TopK::new(k))
-                .collect();
-            let mut buf = vec![0f32; Q_BLOCK * kernel::out_stride(DB_BLOCK, isa)];
-            let mut packed_db = Vec::new();
-            let mut scratch = Vec::with_capacity(DB_BLOCK);
-            let mut b0 = s0;
-            while b0 < s1 {
-                let b1 = (b0 + DB_BLOCK).min(s1);
-                let n = b1 - b0;
-                let packed_db = match prepacked.get(b0 / DB_BLOCK) {
-                    Some(packed) => packed,
-                    None => {
-                        kernel::pack_block(isa, &db.data[b0 * d..b1 * d], n, d, &mut packed_db);
-                        &packed_db
-                    }
-                };
-                let ldo = kernel::out_stride(n, isa);
-                for (r0, r1, qp) in &row_blocks[g0..g1] {
-                    let (r0, r1) = (*r0, *r1);
-                    let m = r1 - r0;
-                    kernel::scores_packed(isa, qp, m, packed_db, n, d, &mut buf);
-                    for r in 0..m {
-                        let scores = &buf[r * ldo..r * ldo + n];
-                        for slot in start[r0 + r] - base..start[r0 + r + 1] - base {
-                            let lists = &mut tops[slot * per..(slot + 1) * per];
-                            per_row(group_queries[slot], scores, b0, lists, &mut scratch);
+        // A task's buffers (2 MB of scores) are reused by the next task on the same thread:
+        // fresh ones cost page faults.
+        .map_init(
+            || {
+                let buf = vec![0f32; Q_BLOCK * kernel::out_stride(DB_BLOCK, isa)];
+                (buf, Vec::new(), Vec::with_capacity(DB_BLOCK))
+            },
+            |(buf, packed_db, scratch), ((g0, g1), (s0, s1))| {
+                let (r_first, r_end) = (row_blocks[g0].0, row_blocks[g1 - 1].1);
+                // This group's queries; row r's are slots start[r] - base .. start[r + 1] - base.
+                let base = start[r_first];
+                let group_queries = &queries_of[base..start[r_end]];
+                let mut tops: Vec<TopK> = (0..group_queries.len() * per)
+                    .map(|_| TopK::new(k))
+                    .collect();
+                let mut b0 = s0;
+                while b0 < s1 {
+                    let b1 = (b0 + DB_BLOCK).min(s1);
+                    let n = b1 - b0;
+                    let packed_db = match prepacked.get(b0 / DB_BLOCK) {
+                        Some(packed) => packed,
+                        None => {
+                            kernel::pack_block(isa, &db.data[b0 * d..b1 * d], n, d, packed_db);
+                            &*packed_db
+                        }
+                    };
+                    let ldo = kernel::out_stride(n, isa);
+                    for (r0, r1, qp) in &row_blocks[g0..g1] {
+                        let (r0, r1) = (*r0, *r1);
+                        let m = r1 - r0;
+                        kernel::scores_packed(isa, qp, m, packed_db, n, d, buf);
+                        for r in 0..m {
+                            let scores = &buf[r * ldo..r * ldo + n];
+                            for slot in start[r0 + r] - base..start[r0 + r + 1] - base {
+                                let lists = &mut tops[slot * per..(slot + 1) * per];
+                                per_row(group_queries[slot], scores, b0, lists, scratch);
+                            }
                         }
                     }
+                    b0 = b1;
                 }
-                b0 = b1;
-            }
-            (group_queries, tops)
-        })
+                (group_queries, tops)
+            },
+        )
         .collect();
     // A group's tasks are consecutive, one per shard: merge each query's lists into its first
     // shard's, in parallel, then place them (each query belongs to one group).
