@@ -332,7 +332,7 @@ pub fn knn(
     exclude: Option<&[i64]>,
 ) -> Vec<Vec<Hit>> {
     let own_row: Vec<usize> = (0..queries.rows).collect();
-    blocked_search(db, queries, &own_row, k, 1, |qi, scores, b0, tops, _| {
+    blocked_search(db, queries, &own_row, k, 1, |qi, scores, b0, tops| {
         tops[0].push_row(scores, b0, exclude.map(|e| e[qi]).unwrap_or(-1));
     })
 }
@@ -388,17 +388,16 @@ pub fn sweep(
         &source_row,
         k,
         n_l,
-        |qi, img, b0, tops, delta| {
+        |qi, img, b0, tops| {
             let n = img.len();
             let wt = &word_scores[target[qi] * n_db + b0..][..n];
             let wv = &word_scores[value[qi] * n_db + b0..][..n];
-            difference(wt, wv, delta);
             // Every λ but the zero one (if any) ranks its own list.
             let z = zero.unwrap_or(n_l);
             let (before, rest) = tops.split_at_mut(z);
-            topk::push_sweep(before, img, delta, &lambdas[..z], b0, exclude[qi]);
+            topk::push_sweep(before, img, wt, wv, &lambdas[..z], b0, exclude[qi]);
             if let Some((at_zero, after)) = rest.split_first_mut() {
-                topk::push_sweep(after, img, delta, &lambdas[z + 1..], b0, exclude[qi]);
+                topk::push_sweep(after, img, wt, wv, &lambdas[z + 1..], b0, exclude[qi]);
                 if representative[qi] == qi {
                     at_zero.push_row(img, b0, exclude[qi]);
                 }
@@ -418,36 +417,6 @@ pub fn sweep(
         hits[z] = shared;
     }
     hits
-}
-
-/// `out = t − v`, element by element, in the vectors of the kernel's instruction set
-/// ([`kernel::Isa::detect`]): the sweep's closure alone is compiled for baseline x86-64, 128-bit
-/// SSE (6 % of retrieve's CPU on Zen 3). Each difference is one IEEE subtraction whatever the
-/// width, so the values do not depend on it.
-fn difference(t: &[f32], v: &[f32], out: &mut Vec<f32>) {
-    fn plain(t: &[f32], v: &[f32], out: &mut Vec<f32>) {
-        out.clear();
-        out.extend(t.iter().zip(v).map(|(t, v)| t - v));
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512(t: &[f32], v: &[f32], out: &mut Vec<f32>) {
-            plain(t, v, out)
-        }
-        #[target_feature(enable = "avx2")]
-        fn avx2(t: &[f32], v: &[f32], out: &mut Vec<f32>) {
-            plain(t, v, out)
-        }
-        match kernel::Isa::detect() {
-            // SAFETY: `detect` chose AVX-512 because this CPU has AVX-512F.
-            kernel::Isa::Avx512 => return unsafe { avx512(t, v, out) },
-            // SAFETY: `detect` chose AVX2 because this CPU has AVX2 (and FMA).
-            kernel::Isa::Avx2 => return unsafe { avx2(t, v, out) },
-            kernel::Isa::Scalar => {}
-        }
-    }
-    plain(t, v, out)
 }
 
 /// `a·bᵀ`, `a.rows × b.rows` row-major, each value the [`kernel::chain`] of its pair (so the
@@ -506,8 +475,8 @@ fn packed_row_blocks(isa: kernel::Isa, rows: MatrixView) -> Vec<(usize, usize, V
 /// `rows` (several queries may share a row: each row's scores are computed once). The rows are
 /// cut into blocks of [`Q_BLOCK`] and the database into shards of whole [`DB_BLOCK`]s; every
 /// (group of row blocks, shard) is one rayon task that multiplies block by block into a bounded
-/// buffer and hands each query its row's scores through `per_row(query, scores, first_db_id, its lists,
-/// scratch)`; then the tasks' lists are merged. Returns `lists_per_query` lists per query,
+/// buffer and hands each query its row's scores through `per_row(query, scores, first_db_id, its
+/// lists)`; then the tasks' lists are merged. Returns `lists_per_query` lists per query,
 /// query-major.
 fn blocked_search(
     db: MatrixView,
@@ -515,7 +484,7 @@ fn blocked_search(
     row_of: &[usize],
     k: usize,
     lists_per_query: usize,
-    per_row: impl Fn(usize, &[f32], usize, &mut [TopK], &mut Vec<f32>) + Sync,
+    per_row: impl Fn(usize, &[f32], usize, &mut [TopK]) + Sync,
 ) -> Vec<Vec<Hit>> {
     assert_eq!(
         db.cols, rows.cols,
@@ -586,9 +555,9 @@ fn blocked_search(
         .map_init(
             || {
                 let buf = vec![0f32; Q_BLOCK * kernel::out_stride(DB_BLOCK, isa)];
-                (buf, Vec::new(), Vec::with_capacity(DB_BLOCK))
+                (buf, Vec::new())
             },
-            |(buf, packed_db, scratch), ((g0, g1), (s0, s1))| {
+            |(buf, packed_db), ((g0, g1), (s0, s1))| {
                 let (r_first, r_end) = (row_blocks[g0].0, row_blocks[g1 - 1].1);
                 // This group's queries; row r's are slots start[r] - base .. start[r + 1] - base.
                 let base = start[r_first];
@@ -616,7 +585,7 @@ fn blocked_search(
                             let scores = &buf[r * ldo..r * ldo + n];
                             for slot in start[r0 + r] - base..start[r0 + r + 1] - base {
                                 let lists = &mut tops[slot * per..(slot + 1) * per];
-                                per_row(group_queries[slot], scores, b0, lists, scratch);
+                                per_row(group_queries[slot], scores, b0, lists);
                             }
                         }
                     }

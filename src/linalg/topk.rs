@@ -75,16 +75,18 @@ impl TopK {
     /// order in which rows and blocks arrive.
     #[inline]
     pub fn push_row(&mut self, row: &[f32], base: usize, skip: i64) {
-        self.push_combined(row, row, 0.0, base, skip);
+        // `row + 0·(row − row)` is `row` for every score a chain gives (never −0), NaN for NaN.
+        self.push_combined(row, row, row, 0.0, base, skip);
     }
 
-    /// Offer the row `img[j] + λ·delta[j]` for ids `base..`, skipping `skip`, without
-    /// materialising it.
+    /// Offer the row `img[j] + λ·(target[j] − value[j])` for ids `base..`, skipping `skip`,
+    /// without materialising it.
     #[inline]
     pub fn push_combined(
         &mut self,
         img: &[f32],
-        delta: &[f32],
+        target: &[f32],
+        value: &[f32],
         lambda: f32,
         base: usize,
         skip: i64,
@@ -92,7 +94,8 @@ impl TopK {
         push_sweep(
             std::slice::from_mut(self),
             img,
-            delta,
+            target,
+            value,
             &[lambda],
             base,
             skip,
@@ -100,14 +103,14 @@ impl TopK {
     }
 
     #[inline(always)]
-    fn scan(&mut self, a: &[f32], d: &[f32], lambda: f32, base: usize, skip: i64) {
+    fn scan(&mut self, a: &[f32], t: &[f32], v: &[f32], lambda: f32, base: usize, skip: i64) {
         for j in 0..a.len() {
             let id = base + j;
-            let v = a[j] + lambda * d[j];
-            if id as i64 != skip && v >= self.threshold() {
+            let s = a[j] + lambda * (t[j] - v[j]);
+            if id as i64 != skip && s >= self.threshold() {
                 self.push(Hit {
                     id: id as u32,
-                    score: v,
+                    score: s,
                 });
             }
         }
@@ -120,24 +123,24 @@ impl TopK {
     #[allow(clippy::too_many_arguments)]
     fn offer_block(
         &mut self,
-        a: &[f32; BLOCK],
-        d: &[f32; BLOCK],
+        rows: Block,
         lambda: f32,
         base: usize,
         skip: i64,
         floor: f32,
-        above: &impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32, f32) -> u64,
+        above: &impl Fn(Block, f32, f32) -> u64,
     ) {
-        let mut mask = above(a, d, lambda, floor.max(self.threshold()));
+        let (a, t, v) = rows;
+        let mut mask = above(rows, lambda, floor.max(self.threshold()));
         while mask != 0 {
             let j = mask.trailing_zeros() as usize;
             mask &= mask - 1;
             let id = base + j;
-            let v = a[j] + lambda * d[j];
-            if id as i64 != skip && v >= floor.max(self.threshold()) {
+            let s = a[j] + lambda * (t[j] - v[j]);
+            if id as i64 != skip && s >= floor.max(self.threshold()) {
                 self.push(Hit {
                     id: id as u32,
-                    score: v,
+                    score: s,
                 });
             }
         }
@@ -156,65 +159,84 @@ impl TopK {
     }
 }
 
-/// Offer `img[j] + λ_l·delta[j]` (ids `base..`, skipping `skip`) to `tops[l]` for every λ,
-/// without materialising the rows.
+/// One block of 64 lanes of the three rows a score is made of: image scores, target-word
+/// scores, value-word scores.
+type Block<'a> = (&'a [f32; BLOCK], &'a [f32; BLOCK], &'a [f32; BLOCK]);
+
+/// λs whose block maxima one pass over the rows computes together.
+const LAMBDAS_AT_ONCE: usize = 4;
+
+/// Offer `img[j] + λ_l·(target[j] − value[j])` (ids `base..`, skipping `skip`) to `tops[l]` for
+/// every λ, without materialising the rows.
 ///
-/// For each λ, a first pass takes the maximum of every block of 64 scores; the k-th largest of
-/// those maxima (the block holding `skip` left out) is a floor: k distinct rows score at least
+/// A first pass takes, for every λ at once, the maximum of every block of 64 scores (each block
+/// of the three rows is loaded once and its word difference taken once); the k-th largest of a
+/// λ's maxima (the block holding `skip` left out) is a floor: k distinct rows score at least
 /// that much, so no row below it can be among the k best. A second pass compares only the
 /// blocks whose maximum reaches the floor and the list's threshold, in one vector compare, and
 /// walks only the lanes at or above them. Without the floor a fresh list admits most of its
 /// first rows and many more before its threshold rises. The passes are compiled for AVX-512
-/// and AVX2 too, chosen at run time; every path computes the same `a + λ·d` (no fused
-/// multiply-add), and the floor only leaves out rows that cannot enter, so results do not
-/// depend on the CPU.
+/// and AVX2 too, chosen at run time; every path computes the same `a + λ·(t − v)` (a
+/// subtraction, a product and a sum, each rounded: no fused multiply-add), and the floor only
+/// leaves out rows that cannot enter, so results do not depend on the CPU.
 pub fn push_sweep(
     tops: &mut [TopK],
     img: &[f32],
-    delta: &[f32],
+    target: &[f32],
+    value: &[f32],
     lambdas: &[f32],
     base: usize,
     skip: i64,
 ) {
-    assert_eq!(img.len(), delta.len());
+    assert!(img.len() == target.len() && img.len() == value.len());
     assert_eq!(tops.len(), lambdas.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { push_sweep_avx512(tops, img, delta, lambdas, base, skip) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { push_sweep_avx2(tops, img, delta, lambdas, base, skip) };
+        match super::kernel::Isa::detect() {
+            // SAFETY: `detect` chose AVX-512 because the CPU has AVX-512F.
+            super::kernel::Isa::Avx512 => {
+                return unsafe { push_sweep_avx512(tops, img, target, value, lambdas, base, skip) }
+            }
+            // SAFETY: `detect` chose AVX2 because the CPU has AVX2 (and FMA).
+            super::kernel::Isa::Avx2 => {
+                return unsafe { push_sweep_avx2(tops, img, target, value, lambdas, base, skip) }
+            }
+            super::kernel::Isa::Scalar => {}
         }
     }
-    push_sweep_scalar(tops, img, delta, lambdas, base, skip)
+    push_sweep_scalar(tops, img, target, value, lambdas, base, skip)
 }
 
 fn push_sweep_scalar(
     tops: &mut [TopK],
     img: &[f32],
-    delta: &[f32],
+    target: &[f32],
+    value: &[f32],
     lambdas: &[f32],
     base: usize,
     skip: i64,
 ) {
-    let above = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| {
-        (0..BLOCK).fold(0u64, |m, l| m | ((a[l] + lambda * d[l] >= thr) as u64) << l)
-    };
-    // A NaN score never enters a list, so it is left out of the maximum too.
-    let block_max = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32| {
-        (0..BLOCK).fold(f32::NEG_INFINITY, |m, l| {
-            let v = a[l] + lambda * d[l];
-            if v > m {
-                v
-            } else {
-                m
-            }
+    let above = |(a, t, v): Block, lambda: f32, thr: f32| {
+        (0..BLOCK).fold(0u64, |m, l| {
+            m | ((a[l] + lambda * (t[l] - v[l]) >= thr) as u64) << l
         })
     };
-    push_sweep_impl(tops, img, delta, lambdas, base, skip, above, block_max)
+    // A NaN score never enters a list, so it is left out of the maximum too.
+    let block_max = |(a, t, v): Block, lambdas: &[f32], out: &mut [f32]| {
+        for (o, &lambda) in out.iter_mut().zip(lambdas) {
+            *o = (0..BLOCK).fold(f32::NEG_INFINITY, |m, l| {
+                let s = a[l] + lambda * (t[l] - v[l]);
+                if s > m {
+                    s
+                } else {
+                    m
+                }
+            });
+        }
+    };
+    push_sweep_impl(
+        tops, img, target, value, lambdas, base, skip, above, block_max,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -222,41 +244,53 @@ fn push_sweep_scalar(
 unsafe fn push_sweep_avx512(
     tops: &mut [TopK],
     img: &[f32],
-    delta: &[f32],
+    target: &[f32],
+    value: &[f32],
     lambdas: &[f32],
     base: usize,
     skip: i64,
 ) {
     use std::arch::x86_64::*;
-    let above = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| -> u64 {
-        // SAFETY: AVX-512F is enabled for this function; the loads stay inside the arrays.
+    const V: usize = BLOCK / 16;
+    // SAFETY (the loads): AVX-512F is enabled for this function; they stay inside the
+    // 64-lane arrays.
+    let load = |(a, t, v): Block| -> ([__m512; V], [__m512; V]) {
         unsafe {
-            let (l, t) = (_mm512_set1_ps(lambda), _mm512_set1_ps(thr));
-            let mut m = 0u64;
-            for i in 0..BLOCK / 16 {
-                let va = _mm512_loadu_ps(a.as_ptr().add(16 * i));
-                let vd = _mm512_loadu_ps(d.as_ptr().add(16 * i));
-                let v = _mm512_add_ps(va, _mm512_mul_ps(l, vd));
-                m |= (_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, t) as u64) << (16 * i);
+            let lanes = |x: &[f32; BLOCK], i: usize| _mm512_loadu_ps(x.as_ptr().add(16 * i));
+            let (mut img, mut delta) = ([_mm512_setzero_ps(); V], [_mm512_setzero_ps(); V]);
+            for i in 0..V {
+                img[i] = lanes(a, i);
+                delta[i] = _mm512_sub_ps(lanes(t, i), lanes(v, i));
             }
-            m
+            (img, delta)
         }
     };
-    let block_max = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32| -> f32 {
-        // SAFETY: as for `above`.
-        unsafe {
+    let above = |rows: Block, lambda: f32, thr: f32| -> u64 {
+        let (img, delta) = load(rows);
+        let (l, t) = (_mm512_set1_ps(lambda), _mm512_set1_ps(thr));
+        let mut m = 0u64;
+        for i in 0..V {
+            let s = _mm512_add_ps(img[i], _mm512_mul_ps(l, delta[i]));
+            m |= (_mm512_cmp_ps_mask::<_CMP_GE_OQ>(s, t) as u64) << (16 * i);
+        }
+        m
+    };
+    let block_max = |rows: Block, lambdas: &[f32], out: &mut [f32]| {
+        let (img, delta) = load(rows);
+        for (o, &lambda) in out.iter_mut().zip(lambdas) {
             let l = _mm512_set1_ps(lambda);
             let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-            for i in 0..BLOCK / 16 {
-                let va = _mm512_loadu_ps(a.as_ptr().add(16 * i));
-                let vd = _mm512_loadu_ps(d.as_ptr().add(16 * i));
-                // maxps returns its second operand when either is NaN: a NaN score is left out.
-                m = _mm512_max_ps(_mm512_add_ps(va, _mm512_mul_ps(l, vd)), m);
+            for i in 0..V {
+                // maxps returns its second operand when either is NaN: a NaN score is
+                // left out.
+                m = _mm512_max_ps(_mm512_add_ps(img[i], _mm512_mul_ps(l, delta[i])), m);
             }
-            _mm512_reduce_max_ps(m)
+            *o = _mm512_reduce_max_ps(m);
         }
     };
-    push_sweep_impl(tops, img, delta, lambdas, base, skip, above, block_max)
+    push_sweep_impl(
+        tops, img, target, value, lambdas, base, skip, above, block_max,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -264,44 +298,58 @@ unsafe fn push_sweep_avx512(
 unsafe fn push_sweep_avx2(
     tops: &mut [TopK],
     img: &[f32],
-    delta: &[f32],
+    target: &[f32],
+    value: &[f32],
     lambdas: &[f32],
     base: usize,
     skip: i64,
 ) {
     use std::arch::x86_64::*;
-    let above = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32, thr: f32| -> u64 {
-        // SAFETY: AVX2 is enabled for this function; the loads stay inside the arrays.
+    const V: usize = BLOCK / 8;
+    // SAFETY (the loads and the store): AVX2 is enabled for this function; they stay inside the
+    // 64-lane arrays.
+    let load = |(a, t, v): Block| -> ([__m256; V], [__m256; V]) {
         unsafe {
-            let (l, t) = (_mm256_set1_ps(lambda), _mm256_set1_ps(thr));
-            let mut m = 0u64;
-            for i in 0..BLOCK / 8 {
-                let va = _mm256_loadu_ps(a.as_ptr().add(8 * i));
-                let vd = _mm256_loadu_ps(d.as_ptr().add(8 * i));
-                let v = _mm256_add_ps(va, _mm256_mul_ps(l, vd));
-                let c = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as u64;
-                m |= c << (8 * i);
+            let lanes = |x: &[f32; BLOCK], i: usize| _mm256_loadu_ps(x.as_ptr().add(8 * i));
+            let (mut img, mut delta) = ([_mm256_setzero_ps(); V], [_mm256_setzero_ps(); V]);
+            for i in 0..V {
+                img[i] = lanes(a, i);
+                delta[i] = _mm256_sub_ps(lanes(t, i), lanes(v, i));
             }
-            m
+            (img, delta)
         }
     };
-    let block_max = |a: &[f32; BLOCK], d: &[f32; BLOCK], lambda: f32| -> f32 {
-        // SAFETY: as for `above`.
+    let above = |rows: Block, lambda: f32, thr: f32| -> u64 {
+        let (img, delta) = load(rows);
+        let (l, t) = (_mm256_set1_ps(lambda), _mm256_set1_ps(thr));
+        let mut m = 0u64;
+        for i in 0..V {
+            let s = _mm256_add_ps(img[i], _mm256_mul_ps(l, delta[i]));
+            let c = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(s, t)) as u64;
+            m |= c << (8 * i);
+        }
+        m
+    };
+    let block_max = |rows: Block, lambdas: &[f32], out: &mut [f32]| {
+        let (img, delta) = load(rows);
         unsafe {
-            let l = _mm256_set1_ps(lambda);
-            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
-            for i in 0..BLOCK / 8 {
-                let va = _mm256_loadu_ps(a.as_ptr().add(8 * i));
-                let vd = _mm256_loadu_ps(d.as_ptr().add(8 * i));
-                // maxps returns its second operand when either is NaN: a NaN score is left out.
-                m = _mm256_max_ps(_mm256_add_ps(va, _mm256_mul_ps(l, vd)), m);
+            for (o, &lambda) in out.iter_mut().zip(lambdas) {
+                let l = _mm256_set1_ps(lambda);
+                let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+                for i in 0..V {
+                    // maxps returns its second operand when either is NaN: a NaN score is
+                    // left out.
+                    m = _mm256_max_ps(_mm256_add_ps(img[i], _mm256_mul_ps(l, delta[i])), m);
+                }
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+                *o = lanes.into_iter().fold(f32::NEG_INFINITY, f32::max);
             }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
-            lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
         }
     };
-    push_sweep_impl(tops, img, delta, lambdas, base, skip, above, block_max)
+    push_sweep_impl(
+        tops, img, target, value, lambdas, base, skip, above, block_max,
+    )
 }
 
 /// Blocks whose maxima one pass keeps: 4,096 scores, so that a database block of
@@ -313,23 +361,26 @@ const PASS_BLOCKS: usize = 64;
 fn push_sweep_impl(
     tops: &mut [TopK],
     img: &[f32],
-    delta: &[f32],
+    target: &[f32],
+    value: &[f32],
     lambdas: &[f32],
     base: usize,
     skip: i64,
-    above: impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32, f32) -> u64,
-    block_max: impl Fn(&[f32; BLOCK], &[f32; BLOCK], f32) -> f32,
+    above: impl Fn(Block, f32, f32) -> u64,
+    block_max: impl Fn(Block, &[f32], &mut [f32]),
 ) {
     let n = img.len();
     let full = n / BLOCK * BLOCK;
     fn block(x: &[f32], b: usize) -> &[f32; BLOCK] {
         x[b * BLOCK..(b + 1) * BLOCK].try_into().expect("block")
     }
-    let mut maxima = [f32::NEG_INFINITY; PASS_BLOCKS];
+    // maxima[b][l]: block b's maximum at the l-th λ of the group.
+    let mut maxima = [[f32::NEG_INFINITY; LAMBDAS_AT_ONCE]; PASS_BLOCKS];
     let mut seeds = [f32::NEG_INFINITY; PASS_BLOCKS];
     for pass in (0..full).step_by(PASS_BLOCKS * BLOCK) {
         let end = (pass + PASS_BLOCKS * BLOCK).min(full);
-        let (a, d) = (&img[pass..end], &delta[pass..end]);
+        let (a, t, v) = (&img[pass..end], &target[pass..end], &value[pass..end]);
+        let rows = |b: usize| (block(a, b), block(t, b), block(v, b));
         let blocks = (end - pass) / BLOCK;
         let pass_base = base + pass;
         // The block that holds the excluded row, if any, seeds no floor.
@@ -338,31 +389,51 @@ fn push_sweep_impl(
             .and_then(|s| s.checked_sub(pass_base))
             .map(|s| s / BLOCK)
             .filter(|&b| b < blocks);
-        for (top, &lambda) in tops.iter_mut().zip(lambdas) {
+        for (group, group_lambdas) in tops
+            .chunks_mut(LAMBDAS_AT_ONCE)
+            .zip(lambdas.chunks(LAMBDAS_AT_ONCE))
+        {
             for (b, m) in maxima[..blocks].iter_mut().enumerate() {
-                *m = block_max(block(a, b), block(d, b), lambda);
+                block_max(rows(b), group_lambdas, &mut m[..group_lambdas.len()]);
             }
-            let floor = if top.k == 0 || top.k > blocks {
-                f32::NEG_INFINITY
-            } else {
-                seeds[..blocks].copy_from_slice(&maxima[..blocks]);
-                if let Some(b) = skip_block {
-                    seeds[b] = f32::NEG_INFINITY;
-                }
-                *seeds[..blocks]
-                    .select_nth_unstable_by(top.k - 1, |x, y| y.total_cmp(x))
-                    .1
-            };
-            for (b, &m) in maxima[..blocks].iter().enumerate() {
-                if m >= floor.max(top.threshold()) {
-                    let (ab, db) = (block(a, b), block(d, b));
-                    top.offer_block(ab, db, lambda, pass_base + b * BLOCK, skip, floor, &above);
+            for (l, (top, &lambda)) in group.iter_mut().zip(group_lambdas).enumerate() {
+                let floor = if top.k == 0 || top.k > blocks {
+                    f32::NEG_INFINITY
+                } else {
+                    for (s, m) in seeds[..blocks].iter_mut().zip(&maxima[..blocks]) {
+                        *s = m[l];
+                    }
+                    if let Some(b) = skip_block {
+                        seeds[b] = f32::NEG_INFINITY;
+                    }
+                    *seeds[..blocks]
+                        .select_nth_unstable_by(top.k - 1, |x, y| y.total_cmp(x))
+                        .1
+                };
+                for (b, m) in maxima[..blocks].iter().enumerate() {
+                    if m[l] >= floor.max(top.threshold()) {
+                        top.offer_block(
+                            rows(b),
+                            lambda,
+                            pass_base + b * BLOCK,
+                            skip,
+                            floor,
+                            &above,
+                        );
+                    }
                 }
             }
         }
     }
     for (top, &lambda) in tops.iter_mut().zip(lambdas) {
-        top.scan(&img[full..], &delta[full..], lambda, base + full, skip);
+        top.scan(
+            &img[full..],
+            &target[full..],
+            &value[full..],
+            lambda,
+            base + full,
+            skip,
+        );
     }
 }
 
@@ -407,18 +478,17 @@ mod tests {
     #[test]
     fn combined_rows_equal_materialised_rows() {
         let img: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32 * 0.01).collect();
-        let delta: Vec<f32> = (0..300)
+        let target: Vec<f32> = (0..300)
             .map(|i| ((i * 53) % 89) as f32 * 0.02 - 0.9)
             .collect();
+        let value: Vec<f32> = (0..300).map(|i| ((i * 29) % 71) as f32 * 0.013).collect();
         for lambda in [0.0f32, 0.7, 2.0] {
-            let row: Vec<f32> = img
-                .iter()
-                .zip(&delta)
-                .map(|(a, d)| a + lambda * d)
+            let row: Vec<f32> = (0..300)
+                .map(|j| img[j] + lambda * (target[j] - value[j]))
                 .collect();
             let (mut a, mut b) = (TopK::new(5), TopK::new(5));
             a.push_row(&row, 7, 9);
-            b.push_combined(&img, &delta, lambda, 7, 9);
+            b.push_combined(&img, &target, &value, lambda, 7, 9);
             assert_eq!(a.into_sorted(), b.into_sorted());
         }
     }
@@ -435,7 +505,7 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    type Sweep = fn(&mut [TopK], &[f32], &[f32], &[f32], usize, i64);
+    type Sweep = fn(&mut [TopK], &[f32], &[f32], &[f32], &[f32], usize, i64);
 
     /// The sweep's implementations this CPU can run.
     fn implementations() -> Vec<(&'static str, Sweep)> {
@@ -445,27 +515,36 @@ mod tests {
         {
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: called only where the CPU has AVX2.
-                v.push(("avx2", |t, a, d, l, b, s| unsafe {
-                    push_sweep_avx2(t, a, d, l, b, s)
+                v.push(("avx2", |t, a, w, u, l, b, s| unsafe {
+                    push_sweep_avx2(t, a, w, u, l, b, s)
                 }));
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: called only where the CPU has AVX-512F.
-                v.push(("avx512", |t, a, d, l, b, s| unsafe {
-                    push_sweep_avx512(t, a, d, l, b, s)
+                v.push(("avx512", |t, a, w, u, l, b, s| unsafe {
+                    push_sweep_avx512(t, a, w, u, l, b, s)
                 }));
             }
         }
         v
     }
 
-    /// Brute force: every id but `skip`, by `a + λ·d` descending, ties by lower id.
-    fn brute(a: &[f32], d: &[f32], lambda: f32, base: usize, skip: i64, k: usize) -> Vec<Hit> {
+    /// Brute force: every id but `skip`, by `a + λ·(t − v)` descending, ties by lower id.
+    #[allow(clippy::too_many_arguments)]
+    fn brute(
+        a: &[f32],
+        t: &[f32],
+        v: &[f32],
+        lambda: f32,
+        base: usize,
+        skip: i64,
+        k: usize,
+    ) -> Vec<Hit> {
         let mut all: Vec<Hit> = (0..a.len())
             .filter(|&j| (base + j) as i64 != skip)
             .map(|j| Hit {
                 id: (base + j) as u32,
-                score: a[j] + lambda * d[j],
+                score: a[j] + lambda * (t[j] - v[j]),
             })
             .filter(|h| !h.score.is_nan())
             .collect();
@@ -478,7 +557,8 @@ mod tests {
     fn the_sweep_equals_brute_force_on_ties_skips_and_any_length() {
         use rand::{RngExt, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let lambdas = [0.0f32, 0.5, 1.0, 2.0];
+        // More λs than one pass of maxima takes at once.
+        let lambdas = [0.0f32, 0.5, 1.0, 2.0, -1.0, 3.0];
         // Lengths around a block and around a pass of maxima; values from a small set, so that
         // most scores tie, or spread, so that the floor is tight; NaN lanes now and then.
         for &n in &[0usize, 1, 63, 64, 65, 200, 4095, 4096, 4097, 9000] {
@@ -494,7 +574,8 @@ mod tests {
                         }
                     };
                     let mut a: Vec<f32> = (0..n).map(|_| value(&mut rng)).collect();
-                    let mut d: Vec<f32> = (0..n).map(|_| value(&mut rng)).collect();
+                    let mut t: Vec<f32> = (0..n).map(|_| value(&mut rng)).collect();
+                    let v: Vec<f32> = (0..n).map(|_| value(&mut rng) * 0.5).collect();
                     let base = rng.random_range(0..1000);
                     // The excluded row inside the row (at times the best of all, which must
                     // not raise the floor), before it or nowhere.
@@ -502,7 +583,7 @@ mod tests {
                         0 | 1 if n > 0 => {
                             let j = rng.random_range(0..n);
                             if rng.random() {
-                                (a[j], d[j]) = (100.0, 100.0);
+                                (a[j], t[j]) = (100.0, 100.0);
                             }
                             (base + j) as i64
                         }
@@ -512,20 +593,22 @@ mod tests {
                     for (isa, sweep) in implementations() {
                         // All at once, and in two pieces into the same lists.
                         let mut whole: Vec<TopK> = lambdas.iter().map(|_| TopK::new(k)).collect();
-                        sweep(&mut whole, &a, &d, &lambdas, base, skip);
+                        sweep(&mut whole, &a, &t, &v, &lambdas, base, skip);
                         let mut pieces: Vec<TopK> = lambdas.iter().map(|_| TopK::new(k)).collect();
                         let cut = n / 3;
                         sweep(
                             &mut pieces,
                             &a[cut..],
-                            &d[cut..],
+                            &t[cut..],
+                            &v[cut..],
                             &lambdas,
                             base + cut,
                             skip,
                         );
-                        sweep(&mut pieces, &a[..cut], &d[..cut], &lambdas, base, skip);
+                        let (a0, t0, v0) = (&a[..cut], &t[..cut], &v[..cut]);
+                        sweep(&mut pieces, a0, t0, v0, &lambdas, base, skip);
                         for (l, &lambda) in lambdas.iter().enumerate() {
-                            let want = brute(&a, &d, lambda, base, skip, k);
+                            let want = brute(&a, &t, &v, lambda, base, skip, k);
                             let case =
                                 format!("{isa}: n {n} k {k} tied {tied} skip {skip} λ {lambda}");
                             assert_eq!(whole[l].clone().into_sorted(), want, "{case}");
