@@ -216,7 +216,7 @@ fn pack(src: &[f32], rows: usize, d: usize, w: usize, pad: bool, out: &mut Vec<f
     // element-wise copy ran at about 10 cycles a value: 5 % of official SIMAT's retrieve on
     // Zen 4); the rest value by value. A copy either way: the same bits.
     #[cfg(target_arch = "x86_64")]
-    let squares = w % 8 == 0 && std::arch::is_x86_feature_detected!("avx");
+    let squares = w.is_multiple_of(8) && std::arch::is_x86_feature_detected!("avx");
     #[cfg(not(target_arch = "x86_64"))]
     let squares = false;
     let d8 = if squares { d / 8 * 8 } else { 0 };
