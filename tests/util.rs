@@ -295,12 +295,15 @@ pub fn jpeg_header_bomb() -> Vec<u8> {
     bytes
 }
 
-/// Run `simat ARGS` and return its exit code, stderr and peak RSS in MiB (`wait4`'s rusage of
-/// that child alone, not of the test's other children).
-#[allow(clippy::zombie_processes)] // reaped by wait4 below, which std::process cannot see
+/// Run `simat ARGS` and return its exit code, stderr and peak RSS in MiB (the `VmHWM` simat
+/// logs of itself at exit; `waitpid` reaps that child alone, not the test's other children).
+#[allow(clippy::zombie_processes)] // reaped by waitpid below, which std::process cannot see
 pub fn run_measured(args: &[&str]) -> (Option<i32>, String, f64) {
     let mut child = simat()
         .args(args)
+        // simat logs its own peak (VmHWM): wait4's ru_maxrss would include this test process's
+        // peak, inherited through the vfork that spawns the child.
+        .env("SIMAT_LOG", "warn,simat::progress=info,simat::memory=debug")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -313,16 +316,18 @@ pub fn run_measured(args: &[&str]) -> (Option<i32>, String, f64) {
         s
     });
     let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child, not yet waited for; status and usage are valid out-pointers.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    // SAFETY: pid is our child, not yet waited for; status is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(r, pid);
     let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    (
-        code,
-        reader.join().unwrap(),
-        usage.ru_maxrss as f64 / 1024.0,
-    )
+    let err = reader.join().unwrap();
+    let peak_kib = err
+        .split("peak_rss_kib=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("simat logged no peak_rss_kib: {err}"));
+    (code, err, peak_kib / 1024.0)
 }
 
 /// A `.npy` of float32 whose header claims `shape` over `data_bytes` zero bytes.

@@ -193,7 +193,9 @@ pub fn main() -> ExitCode {
     let verbose = matches.get_flag("verbose");
     let ui = Ui::detect(quiet, verbose);
     init_logging(&ui);
-    match dispatch(&matches, &ui) {
+    let result = dispatch(&matches, &ui);
+    log_peak_memory();
+    match result {
         Ok(code) => code,
         Err(err) => {
             if is_broken_pipe(&err) {
@@ -210,6 +212,25 @@ pub fn main() -> ExitCode {
             }
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs this process's peak resident memory at debug level (target `simat::memory`), from
+/// Linux's `VmHWM`: unlike `getrusage`'s `ru_maxrss`, which keeps the peak of the process that
+/// spawned simat where it was started with `vfork` (as Rust's `Command` and `posix_spawn` do),
+/// it counts only simat's own memory.
+fn log_peak_memory() {
+    if !tracing::enabled!(target: "simat::memory", tracing::Level::DEBUG) {
+        return;
+    }
+    let peak_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        });
+    if let Some(kib) = peak_kib {
+        tracing::debug!(target: "simat::memory", peak_rss_kib = kib, "peak memory");
     }
 }
 
