@@ -89,7 +89,6 @@ impl<'a> MatrixView<'a> {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
-    /// Rows gathered by index, copied.
     /// The rows `idx`, in that order, copied in parallel (official SIMAT's 3,137 source images,
     /// 6.4 MB, took 4.5 ms on one thread).
     pub fn gather(&self, idx: &[usize]) -> Matrix {
