@@ -295,39 +295,24 @@ pub fn jpeg_header_bomb() -> Vec<u8> {
     bytes
 }
 
-/// Run `simat ARGS` and return its exit code, stderr and peak RSS in MiB (the `VmHWM` simat
-/// logs of itself at exit; `waitpid` reaps that child alone, not the test's other children).
-#[allow(clippy::zombie_processes)] // reaped by waitpid below, which std::process cannot see
+/// Run `simat ARGS` and return its exit code, stderr and peak RSS in MiB: the `VmHWM` simat
+/// logs of itself at exit (`wait4`'s `ru_maxrss` would include this test process's peak,
+/// inherited through the vfork that spawns the child).
 pub fn run_measured(args: &[&str]) -> (Option<i32>, String, f64) {
-    let mut child = simat()
+    let out = simat()
         .args(args)
-        // simat logs its own peak (VmHWM): wait4's ru_maxrss would include this test process's
-        // peak, inherited through the vfork that spawns the child.
         .env("SIMAT_LOG", "warn,simat::progress=info,simat::memory=debug")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
-        s
-    });
-    let mut status = 0;
-    // SAFETY: pid is our child, not yet waited for; status is a valid out-pointer.
-    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(r, pid);
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    let err = reader.join().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
     let peak_kib = err
         .split("peak_rss_kib=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("simat logged no peak_rss_kib: {err}"));
-    (code, err, peak_kib / 1024.0)
+    (out.status.code(), err, peak_kib / 1024.0)
 }
 
 /// A `.npy` of float32 whose header claims `shape` over `data_bytes` zero bytes.

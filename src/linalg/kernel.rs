@@ -130,13 +130,13 @@ pub fn scores(isa: Isa, q: &[f32], m: usize, x: &[f32], n: usize, d: usize, out:
 /// Pack `m` query rows (row-major, `d` wide) for [`scores_packed`]: panels of `mr` rows,
 /// dimension-major, the last as wide as its rows.
 pub fn pack_rows(isa: Isa, q: &[f32], m: usize, d: usize, out: &mut Vec<f32>) {
-    pack(&q[..m * d], m, d, isa.mr(), false, out);
+    pack(isa, &q[..m * d], m, d, isa.mr(), false, out);
 }
 
 /// Pack `n` database rows for [`scores_packed`]: panels of `nr` rows, dimension-major, the last
 /// padded with zero rows.
 pub fn pack_block(isa: Isa, x: &[f32], n: usize, d: usize, out: &mut Vec<f32>) {
-    pack(&x[..n * d], n, d, isa.nr(), true, out);
+    pack(isa, &x[..n * d], n, d, isa.nr(), true, out);
 }
 
 /// [`scores`] on sides already packed by [`pack_rows`] and [`pack_block`].
@@ -207,18 +207,16 @@ pub fn scores_packed(
 /// Pack `rows` rows of `src` (each `d` wide) into panels of `w` rows, dimension-major (panel
 /// `p` starts at `p·w·d`). With `pad`, the last panel is `w` wide with zero rows; without, it is
 /// as wide as the rows it holds.
-fn pack(src: &[f32], rows: usize, d: usize, w: usize, pad: bool, out: &mut Vec<f32>) {
+fn pack(isa: Isa, src: &[f32], rows: usize, d: usize, w: usize, pad: bool, out: &mut Vec<f32>) {
     let panels = rows.div_ceil(w);
     let len = if pad { panels * w * d } else { rows * d };
     out.clear();
     out.resize(len, 0.0);
-    // Whole 8 × 8 squares in AVX registers where the panel is a multiple of 8 rows wide (the
-    // element-wise copy ran at about 10 cycles a value: 5 % of official SIMAT's retrieve on
-    // Zen 4); the rest value by value. A copy either way: the same bits.
-    #[cfg(target_arch = "x86_64")]
-    let squares = w.is_multiple_of(8) && std::arch::is_x86_feature_detected!("avx");
-    #[cfg(not(target_arch = "x86_64"))]
-    let squares = false;
+    // Whole 8 × 8 squares in AVX registers (AVX2 and AVX-512 imply AVX) where the panel is a
+    // multiple of 8 rows wide (the element-wise copy ran at about 10 cycles a value: 5 % of
+    // official SIMAT's retrieve on Zen 4); the rest value by value. A copy either way: the
+    // same bits.
+    let squares = cfg!(target_arch = "x86_64") && isa != Isa::Scalar && w.is_multiple_of(8);
     let d8 = if squares { d / 8 * 8 } else { 0 };
     for p in 0..panels {
         let held = w.min(rows - p * w);
@@ -228,8 +226,9 @@ fn pack(src: &[f32], rows: usize, d: usize, w: usize, pad: bool, out: &mut Vec<f
         let held8 = if squares { held / 8 * 8 } else { 0 };
         #[cfg(target_arch = "x86_64")]
         if held8 > 0 && d8 > 0 {
-            // SAFETY: AVX was detected above; the squares stay inside rows `..held8` of
-            // `rows_src` and, as `held8 ≤ width`, inside `panel` (see `transpose_squares`).
+            // SAFETY: `isa` is AVX2 or AVX-512, so this CPU has AVX; the squares stay inside
+            // rows `..held8` of `rows_src` and, as `held8 ≤ width`, inside `panel` (see
+            // `transpose_squares`).
             unsafe { transpose_squares(rows_src, d, held8, d8, panel, width) };
         }
         // Sixteen values (a cache line) of each row at a time: the panel lines they land in
@@ -499,9 +498,9 @@ mod tests {
             (40, 17, 16),
         ] {
             let src: Vec<f32> = (0..rows * d).map(|i| i as f32 + 0.5).collect();
-            for pad in [false, true] {
+            for (isa, pad) in isas().into_iter().flat_map(|i| [(i, false), (i, true)]) {
                 let mut got = Vec::new();
-                pack(&src, rows, d, w, pad, &mut got);
+                pack(isa, &src, rows, d, w, pad, &mut got);
                 let panels = rows.div_ceil(w);
                 let len = if pad { panels * w * d } else { rows * d };
                 let mut want = vec![0f32; len];
@@ -512,7 +511,10 @@ mod tests {
                         want[p * w * d + k * width + j] = src[r * d + k];
                     }
                 }
-                assert_eq!(got, want, "{rows} rows × {d}, panels of {w}, pad {pad}");
+                assert_eq!(
+                    got, want,
+                    "{isa:?}: {rows} rows × {d}, panels of {w}, pad {pad}"
+                );
             }
         }
     }

@@ -192,16 +192,17 @@ pub fn push_sweep(
     assert_eq!(tops.len(), lambdas.len());
     #[cfg(target_arch = "x86_64")]
     {
-        match super::kernel::Isa::detect() {
+        use super::kernel::Isa;
+        match Isa::detect() {
             // SAFETY: `detect` chose AVX-512 because the CPU has AVX-512F.
-            super::kernel::Isa::Avx512 => {
+            Isa::Avx512 => {
                 return unsafe { push_sweep_avx512(tops, img, target, value, lambdas, base, skip) }
             }
             // SAFETY: `detect` chose AVX2 because the CPU has AVX2 (and FMA).
-            super::kernel::Isa::Avx2 => {
+            Isa::Avx2 => {
                 return unsafe { push_sweep_avx2(tops, img, target, value, lambdas, base, skip) }
             }
-            super::kernel::Isa::Scalar => {}
+            Isa::Scalar => {}
         }
     }
     push_sweep_scalar(tops, img, target, value, lambdas, base, skip)
