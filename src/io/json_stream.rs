@@ -32,6 +32,11 @@ pub struct ElementChunk {
 }
 
 impl ElementChunk {
+    /// The bytes of element `i`.
+    pub fn element(&self, i: usize) -> &[u8] {
+        &self.data[self.elements[i].clone()]
+    }
+
     /// Parse element `i` as `T`, mapping errors to the file's byte offset.
     pub fn parse<'de, T: Deserialize<'de>>(&'de self, path: &Path, i: usize) -> Result<T> {
         self.parse_seed(path, i, std::marker::PhantomData)

@@ -33,6 +33,8 @@ use crate::io::TableWriter;
 use crate::tables;
 use crate::tables::vg::{attributes_schema, images_schema, objects_schema, relationships_schema};
 
+mod tape;
+
 /// Configuration of the ingest stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -325,7 +327,7 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
 
 /// The `relationships` list of an element, appended to the rows one by one.
 struct RelationshipList<'r> {
-    rows: &'r mut RelationshipRows,
+    rows: &'r mut RelationshipCols,
     /// (reason, relationship id) of the relationships skipped.
     skipped: &'r mut Vec<(&'static str, i64)>,
 }
@@ -524,7 +526,7 @@ impl SideCols {
 const UNNAMED: &str = "relationships_unnamed_object";
 const BAD_BOX: &str = "relationships_bad_box";
 
-impl RelationshipRows {
+impl RelationshipCols {
     /// Append a relationship's row (all columns but `image_id`), or give why it is skipped.
     fn push(&mut self, r: &VgRelationship) -> Option<&'static str> {
         let (Some(sn), Some(on)) = (r.subject.name(), r.object.name()) else {
@@ -543,7 +545,7 @@ impl RelationshipRows {
 }
 
 #[derive(Default)]
-struct RelationshipRows {
+struct RelationshipCols {
     image_id: Int64Builder,
     relationship_id: Int64Builder,
     predicate: StringBuilder,
@@ -552,25 +554,16 @@ struct RelationshipRows {
     obj: SideCols,
 }
 
-impl PartBuilder for RelationshipRows {
-    fn add(
+impl RelationshipCols {
+    /// Fill in `image_id` for the rows appended since there were `before`, and count the
+    /// relationships skipped in the element.
+    fn end_element(
         &mut self,
-        chunk: &ElementChunk,
-        i: usize,
-        path: &Path,
+        before: usize,
+        image_id: i64,
+        skipped: Vec<(&'static str, i64)>,
         tally: &mut Tally,
-    ) -> Result<()> {
-        let before = self.relationship_id.len();
-        let mut skipped = Vec::new();
-        let (image_id, id) = chunk.parse_seed(
-            path,
-            i,
-            RelationshipsSeed(RelationshipList {
-                rows: self,
-                skipped: &mut skipped,
-            }),
-        )?;
-        let image_id = image_id_of(image_id, id, path, chunk, i)?;
+    ) {
         self.image_id
             .append_value_n(image_id, self.relationship_id.len() - before);
         for (reason, r) in skipped {
@@ -581,17 +574,60 @@ impl PartBuilder for RelationshipRows {
                 ),
             });
         }
+    }
+}
+
+/// The rows of relationships.json, read through simd-json's tape where it can ([`tape`]) and
+/// through serde_json where it declines.
+#[derive(Default)]
+struct RelationshipRows {
+    cols: RelationshipCols,
+    reader: tape::TapeReader,
+}
+
+impl PartBuilder for RelationshipRows {
+    fn add(
+        &mut self,
+        chunk: &ElementChunk,
+        i: usize,
+        path: &Path,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let cols = &mut self.cols;
+        let before = cols.relationship_id.len();
+        let mut skipped = Vec::new();
+        let (image_id, id) = match self.reader.read(chunk.element(i)) {
+            Some(element) => {
+                for r in &element.relationships {
+                    if let Some(reason) = cols.push(r) {
+                        skipped.push((reason, r.relationship_id));
+                    }
+                }
+                (element.image_id, element.id)
+            }
+            None => chunk.parse_seed(
+                path,
+                i,
+                RelationshipsSeed(RelationshipList {
+                    rows: cols,
+                    skipped: &mut skipped,
+                }),
+            )?,
+        };
+        let image_id = image_id_of(image_id, id, path, chunk, i)?;
+        cols.end_element(before, image_id, skipped, tally);
         Ok(())
     }
-    fn finish(mut self) -> RecordBatch {
+    fn finish(self) -> RecordBatch {
+        let mut c = self.cols;
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(self.image_id.finish()),
-            Arc::new(self.relationship_id.finish()),
-            Arc::new(self.predicate.finish()),
-            Arc::new(self.synsets.finish()),
+            Arc::new(c.image_id.finish()),
+            Arc::new(c.relationship_id.finish()),
+            Arc::new(c.predicate.finish()),
+            Arc::new(c.synsets.finish()),
         ];
-        self.subj.finish(&mut cols);
-        self.obj.finish(&mut cols);
+        c.subj.finish(&mut cols);
+        c.obj.finish(&mut cols);
         RecordBatch::try_new(relationships_schema(), cols)
             .expect("relationships batch matches its schema")
     }
@@ -960,4 +996,238 @@ mod tests {
             assert_eq!(set.insert(id), want.insert(id), "id {id}");
         }
     }
+
+    /// A relationships.json element: mostly VG's shapes, often with one thing serde refuses or
+    /// reads in its own way (nulls, repeats, wrong types, escapes, wide integers, unknown keys).
+    fn random_element(rng: &mut rand_chacha::ChaCha8Rng) -> String {
+        let mut pick = |odds: u32| rng.random_range(0..odds) == 0;
+        const STRINGS: [&str; 8] = [
+            r#""person""#,
+            r#""man.n.01""#,
+            r#""caf\u00e9 \"x\" \\ \/""#,
+            r#""\ud83d\ude00 smile""#,
+            r#""""#,
+            r#""tab\there""#,
+            r#""\ud800 lone""#,
+            r#""bad \q escape""#,
+        ];
+        const INTS: [&str; 9] = [
+            "0",
+            "7",
+            "-3",
+            "1e2",
+            "2.0",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "null",
+        ];
+        let mut out = String::from("{");
+        let mut fields: Vec<String> = Vec::new();
+        let mut text = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
+            let i = if rng.random_range(0..6) == 0 { rng.random_range(0..8) } else { rng.random_range(0..2) };
+            STRINGS[i].to_string()
+        };
+        let int = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
+            if rng.random_range(0..12) == 0 {
+                INTS[rng.random_range(0..INTS.len())].to_string()
+            } else {
+                rng.random_range(1..1000).to_string()
+            }
+        };
+        let list = |rng: &mut rand_chacha::ChaCha8Rng, text: &mut dyn FnMut(&mut rand_chacha::ChaCha8Rng) -> String| -> String {
+            match rng.random_range(0..14) {
+                0 => "null".into(),
+                1 => "[1]".into(),
+                2 => "\"x\"".into(),
+                _ => {
+                    let n = rng.random_range(0..3);
+                    let items: Vec<String> = (0..n).map(|_| text(rng)).collect();
+                    format!("[{}]", items.join(","))
+                }
+            }
+        };
+        let side = |rng: &mut rand_chacha::ChaCha8Rng, text: &mut dyn FnMut(&mut rand_chacha::ChaCha8Rng) -> String| -> String {
+            let mut f: Vec<String> = Vec::new();
+            for key in ["object_id", "x", "y", "w", "h"] {
+                if rng.random_range(0..40) != 0 {
+                    f.push(format!("\"{key}\":{}", int(rng)));
+                }
+            }
+            match rng.random_range(0..8) {
+                0 => f.push(format!("\"names\":{}", list(rng, text))),
+                1 => {}
+                2 => f.push("\"name\":null".into()),
+                _ => f.push(format!("\"name\":{}", text(rng))),
+            }
+            if rng.random_range(0..6) != 0 {
+                f.push(format!("\"synsets\":{}", list(rng, text)));
+            }
+            match rng.random_range(0..30) {
+                0 => f.push("\"x\":5".into()),
+                1 => f.push("\"extra\":{\"deep\":[1,2]}".into()),
+                2 => f.push("\"extra\":\"scalar\"".into()),
+                3 => f.push("\"attributes\":[\"red\"]".into()),
+                4 => f.push("\"\\u0078\":1".into()),
+                _ => {}
+            }
+            for i in (1..f.len()).rev() {
+                f.swap(i, rng.random_range(0..=i));
+            }
+            format!("{{{}}}", f.join(","))
+        };
+        let n = rng.random_range(0..4);
+        let rels: Vec<String> = (0..n)
+            .map(|_| {
+                let mut f = vec![
+                    format!("\"relationship_id\":{}", int(rng)),
+                    format!("\"predicate\":{}", if rng.random_range(0..30) == 0 { "null".to_string() } else { text(rng) }),
+                    format!("\"subject\":{}", side(rng, &mut text)),
+                    format!("\"object\":{}", side(rng, &mut text)),
+                ];
+                if rng.random_range(0..3) != 0 {
+                    f.push(format!("\"synsets\":{}", list(rng, &mut text)));
+                }
+                if rng.random_range(0..25) == 0 {
+                    f.remove(rng.random_range(0..f.len()));
+                }
+                if rng.random_range(0..25) == 0 {
+                    f.push("\"predicate\":\"again\"".into());
+                }
+                for i in (1..f.len()).rev() {
+                    f.swap(i, rng.random_range(0..=i));
+                }
+                format!("{{{}}}", f.join(", "))
+            })
+            .collect();
+        match rng.random_range(0..20) {
+            0 => {}
+            1 => fields.push("\"relationships\":null".into()),
+            _ => fields.push(format!("\"relationships\":[{}]", rels.join(","))),
+        }
+        match rng.random_range(0..6) {
+            0 => fields.push(format!("\"id\":{}", int(rng))),
+            1 => {}
+            _ => fields.push(format!("\"image_id\":{}", int(rng))),
+        }
+        if pick(15) {
+            fields.push("\"image_id\":null".into());
+        }
+        if pick(15) {
+            fields.push("\"note\":[{\"a\":1}]".into());
+        }
+        if pick(2) {
+            fields.reverse();
+        }
+        out.push_str(&fields.join(" , "));
+        out.push('}');
+        out
+    }
+
+    type Read = (RecordBatch, (Option<i64>, Option<i64>), Vec<(&'static str, i64)>);
+
+    fn finish_cols(cols: RelationshipCols) -> RecordBatch {
+        RelationshipRows {
+            cols,
+            reader: Default::default(),
+        }
+        .finish()
+    }
+
+    fn read_by_tape(json: &str) -> Option<Read> {
+        let mut reader = tape::TapeReader::default();
+        let element = reader.read(json.as_bytes())?;
+        let (mut cols, mut skipped) = (RelationshipCols::default(), Vec::new());
+        for r in &element.relationships {
+            if let Some(reason) = cols.push(r) {
+                skipped.push((reason, r.relationship_id));
+            }
+        }
+        let ids = (element.image_id, element.id);
+        Some((finish_cols(cols), ids, skipped))
+    }
+
+    fn read_by_serde(json: &str) -> Result<Read> {
+        let chunk = ElementChunk {
+            offset: 0,
+            data: json.as_bytes().to_vec(),
+            elements: vec![0..json.len()],
+        };
+        let (mut cols, mut skipped) = (RelationshipCols::default(), Vec::new());
+        let ids = chunk.parse_seed(
+            Path::new("relationships.json"),
+            0,
+            RelationshipsSeed(RelationshipList {
+                rows: &mut cols,
+                skipped: &mut skipped,
+            }),
+        )?;
+        Ok((finish_cols(cols), ids, skipped))
+    }
+
+    #[test]
+    fn the_tape_reads_what_serde_reads_and_declines_the_rest() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let (mut read, mut declined_valid, mut declined_invalid) = (0, 0, 0);
+        for case in 0..20_000 {
+            let json = random_element(&mut rng);
+            let serde = read_by_serde(&json);
+            match (read_by_tape(&json), serde) {
+                (Some(tape), Ok(serde)) => {
+                    assert_eq!(tape.0, serde.0, "case {case}: rows differ for {json}");
+                    assert_eq!((tape.1, tape.2), (serde.1, serde.2), "case {case}: {json}");
+                    read += 1;
+                }
+                (Some(_), Err(e)) => panic!("case {case}: the tape read what serde refuses ({e}): {json}"),
+                (None, Ok(_)) => declined_valid += 1,
+                (None, Err(_)) => declined_invalid += 1,
+            }
+        }
+        // Most elements are VG's shapes, which the tape must read itself; the rest must exercise
+        // both kinds of decline.
+        assert!(read > 10_000, "the tape read only {read}");
+        assert!(declined_invalid > 1_000, "{declined_invalid} invalid elements");
+        assert!(declined_valid > 100, "{declined_valid} valid elements declined");
+    }
+
+    #[test]
+    fn the_tape_declines_each_thing_serde_refuses() {
+        let ok = r#"{"relationships":[{"relationship_id":1,"predicate":"on","synsets":[],"subject":{"object_id":2,"x":1,"y":1,"w":3,"h":4,"name":"cat","synsets":["cat.n.01"]},"object":{"object_id":3,"x":0,"y":0,"w":5,"h":6,"names":["mat"]}}],"image_id":9}"#;
+        assert!(read_by_tape(ok).is_some() && read_by_serde(ok).is_ok());
+        for (from, to) in [
+            (r#""relationship_id":1,"#, r#""relationship_id":1,"relationship_id":2,"#),
+            (r#""relationship_id":1,"#, ""),
+            (r#""relationship_id":1"#, r#""relationship_id":1.0"#),
+            (r#""relationship_id":1"#, r#""relationship_id":9223372036854775808"#),
+            (r#""predicate":"on""#, r#""predicate":null"#),
+            (r#""synsets":[]"#, r#""synsets":[null]"#),
+            (r#""x":1,"y":1"#, r#""x":1,"x":1,"y":1"#),
+            (r#""name":"cat""#, r#""name":"cat","name":"dog""#),
+            (r#""image_id":9"#, r#""image_id":"9""#),
+            (r#"[{"relationship_id""#, r#"[{"a":[[[]]]},{"relationship_id""#),
+            (r#""cat""#, r#""\ud800""#),
+            (r#""cat""#, "\"c\u{1}t\""),
+        ] {
+            let json = ok.replacen(from, to, 1);
+            assert_ne!(json, ok, "{from} is in the element");
+            assert!(read_by_tape(&json).is_none(), "the tape read {json}");
+        }
+        // What serde reads its own way, the tape reads the same way.
+        for (from, to) in [
+            (r#""image_id":9"#, r#""id":9"#),
+            (r#""image_id":9"#, r#""image_id":null,"id":4"#),
+            (r#""synsets":[]"#, r#""synsets":null"#),
+            (r#""synsets":[],"#, ""),
+            (r#""name":"cat""#, r#""name":"c\"a\\t\u00e9\ud83d\ude00""#),
+            (r#""x":1"#, r#""x":-0,"note":2.5e3,"flag":true"#),
+        ] {
+            let json = ok.replacen(from, to, 1);
+            let (tape, serde) = (read_by_tape(&json), read_by_serde(&json));
+            match (tape, serde) {
+                (Some(t), Ok(s)) => assert_eq!((t.0, t.1), (s.0, s.1), "{json}"),
+                (t, s) => panic!("tape {} serde {:?} for {json}", t.is_some(), s.err()),
+            }
+        }
+    }
+
 }
