@@ -1000,7 +1000,8 @@ mod tests {
     /// A relationships.json element: mostly VG's shapes, often with one thing serde refuses or
     /// reads in its own way (nulls, repeats, wrong types, escapes, wide integers, unknown keys).
     fn random_element(rng: &mut rand_chacha::ChaCha8Rng) -> String {
-        let mut pick = |odds: u32| rng.random_range(0..odds) == 0;
+        // Half the elements are VG's plain shapes; in the other half, each field may be odd.
+        let odd = rng.random_range(0..2) == 0;
         const STRINGS: [&str; 8] = [
             r#""person""#,
             r#""man.n.01""#,
@@ -1022,24 +1023,28 @@ mod tests {
             "-9223372036854775808",
             "null",
         ];
-        let mut out = String::from("{");
-        let mut fields: Vec<String> = Vec::new();
-        let mut text = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
-            let i = if rng.random_range(0..6) == 0 { rng.random_range(0..8) } else { rng.random_range(0..2) };
+        type Rng = rand_chacha::ChaCha8Rng;
+        let rare = |rng: &mut Rng, n: u32| odd && rng.random_range(0..n) == 0;
+        let text = |rng: &mut Rng| -> String {
+            let i = if rare(rng, 6) {
+                rng.random_range(0..STRINGS.len())
+            } else {
+                rng.random_range(0..2)
+            };
             STRINGS[i].to_string()
         };
-        let int = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
-            if rng.random_range(0..12) == 0 {
+        let int = |rng: &mut Rng| -> String {
+            if rare(rng, 12) {
                 INTS[rng.random_range(0..INTS.len())].to_string()
             } else {
                 rng.random_range(1..1000).to_string()
             }
         };
-        let list = |rng: &mut rand_chacha::ChaCha8Rng, text: &mut dyn FnMut(&mut rand_chacha::ChaCha8Rng) -> String| -> String {
+        let list = |rng: &mut Rng| -> String {
             match rng.random_range(0..14) {
                 0 => "null".into(),
-                1 => "[1]".into(),
-                2 => "\"x\"".into(),
+                1 if odd => "[1]".into(),
+                2 if odd => "\"x\"".into(),
                 _ => {
                     let n = rng.random_range(0..3);
                     let items: Vec<String> = (0..n).map(|_| text(rng)).collect();
@@ -1047,62 +1052,69 @@ mod tests {
                 }
             }
         };
-        let side = |rng: &mut rand_chacha::ChaCha8Rng, text: &mut dyn FnMut(&mut rand_chacha::ChaCha8Rng) -> String| -> String {
+        let shuffle = |rng: &mut Rng, f: &mut Vec<String>| {
+            for i in (1..f.len()).rev() {
+                f.swap(i, rng.random_range(0..=i));
+            }
+        };
+        let side = |rng: &mut Rng| -> String {
             let mut f: Vec<String> = Vec::new();
             for key in ["object_id", "x", "y", "w", "h"] {
-                if rng.random_range(0..40) != 0 {
+                if !rare(rng, 40) {
                     f.push(format!("\"{key}\":{}", int(rng)));
                 }
             }
             match rng.random_range(0..8) {
-                0 => f.push(format!("\"names\":{}", list(rng, text))),
+                0 => f.push(format!("\"names\":{}", list(rng))),
                 1 => {}
                 2 => f.push("\"name\":null".into()),
                 _ => f.push(format!("\"name\":{}", text(rng))),
             }
             if rng.random_range(0..6) != 0 {
-                f.push(format!("\"synsets\":{}", list(rng, text)));
+                f.push(format!("\"synsets\":{}", list(rng)));
             }
             match rng.random_range(0..30) {
-                0 => f.push("\"x\":5".into()),
-                1 => f.push("\"extra\":{\"deep\":[1,2]}".into()),
+                0 if odd => f.push("\"x\":5".into()),
+                1 if odd => f.push("\"extra\":{\"deep\":[1,2]}".into()),
                 2 => f.push("\"extra\":\"scalar\"".into()),
                 3 => f.push("\"attributes\":[\"red\"]".into()),
-                4 => f.push("\"\\u0078\":1".into()),
+                4 if odd => f.push("\"\\u0078\":1".into()),
                 _ => {}
             }
-            for i in (1..f.len()).rev() {
-                f.swap(i, rng.random_range(0..=i));
-            }
+            shuffle(rng, &mut f);
             format!("{{{}}}", f.join(","))
         };
         let n = rng.random_range(0..4);
         let rels: Vec<String> = (0..n)
             .map(|_| {
+                let predicate = if rare(rng, 30) {
+                    "null".to_string()
+                } else {
+                    text(rng)
+                };
                 let mut f = vec![
                     format!("\"relationship_id\":{}", int(rng)),
-                    format!("\"predicate\":{}", if rng.random_range(0..30) == 0 { "null".to_string() } else { text(rng) }),
-                    format!("\"subject\":{}", side(rng, &mut text)),
-                    format!("\"object\":{}", side(rng, &mut text)),
+                    format!("\"predicate\":{predicate}"),
+                    format!("\"subject\":{}", side(rng)),
+                    format!("\"object\":{}", side(rng)),
                 ];
                 if rng.random_range(0..3) != 0 {
-                    f.push(format!("\"synsets\":{}", list(rng, &mut text)));
+                    f.push(format!("\"synsets\":{}", list(rng)));
                 }
-                if rng.random_range(0..25) == 0 {
+                if rare(rng, 25) {
                     f.remove(rng.random_range(0..f.len()));
                 }
-                if rng.random_range(0..25) == 0 {
+                if rare(rng, 25) {
                     f.push("\"predicate\":\"again\"".into());
                 }
-                for i in (1..f.len()).rev() {
-                    f.swap(i, rng.random_range(0..=i));
-                }
+                shuffle(rng, &mut f);
                 format!("{{{}}}", f.join(", "))
             })
             .collect();
+        let mut fields: Vec<String> = Vec::new();
         match rng.random_range(0..20) {
-            0 => {}
-            1 => fields.push("\"relationships\":null".into()),
+            0 if odd => {}
+            1 if odd => fields.push("\"relationships\":null".into()),
             _ => fields.push(format!("\"relationships\":[{}]", rels.join(","))),
         }
         match rng.random_range(0..6) {
@@ -1110,21 +1122,23 @@ mod tests {
             1 => {}
             _ => fields.push(format!("\"image_id\":{}", int(rng))),
         }
-        if pick(15) {
+        if rare(rng, 15) {
             fields.push("\"image_id\":null".into());
         }
-        if pick(15) {
+        if rare(rng, 15) {
             fields.push("\"note\":[{\"a\":1}]".into());
         }
-        if pick(2) {
+        if rng.random_range(0..2) == 0 {
             fields.reverse();
         }
-        out.push_str(&fields.join(" , "));
-        out.push('}');
-        out
+        format!("{{{}}}", fields.join(" , "))
     }
 
-    type Read = (RecordBatch, (Option<i64>, Option<i64>), Vec<(&'static str, i64)>);
+    type Read = (
+        RecordBatch,
+        (Option<i64>, Option<i64>),
+        Vec<(&'static str, i64)>,
+    );
 
     fn finish_cols(cols: RelationshipCols) -> RecordBatch {
         RelationshipRows {
@@ -1178,16 +1192,24 @@ mod tests {
                     assert_eq!((tape.1, tape.2), (serde.1, serde.2), "case {case}: {json}");
                     read += 1;
                 }
-                (Some(_), Err(e)) => panic!("case {case}: the tape read what serde refuses ({e}): {json}"),
+                (Some(_), Err(e)) => {
+                    panic!("case {case}: the tape read what serde refuses ({e}): {json}")
+                }
                 (None, Ok(_)) => declined_valid += 1,
                 (None, Err(_)) => declined_invalid += 1,
             }
         }
         // Most elements are VG's shapes, which the tape must read itself; the rest must exercise
         // both kinds of decline.
-        assert!(read > 10_000, "the tape read only {read}");
-        assert!(declined_invalid > 1_000, "{declined_invalid} invalid elements");
-        assert!(declined_valid > 100, "{declined_valid} valid elements declined");
+        assert!(read > 9_000, "the tape read only {read}");
+        assert!(
+            declined_invalid > 1_000,
+            "{declined_invalid} invalid elements"
+        );
+        assert!(
+            declined_valid > 100,
+            "{declined_valid} valid elements declined"
+        );
     }
 
     #[test]
@@ -1195,16 +1217,25 @@ mod tests {
         let ok = r#"{"relationships":[{"relationship_id":1,"predicate":"on","synsets":[],"subject":{"object_id":2,"x":1,"y":1,"w":3,"h":4,"name":"cat","synsets":["cat.n.01"]},"object":{"object_id":3,"x":0,"y":0,"w":5,"h":6,"names":["mat"]}}],"image_id":9}"#;
         assert!(read_by_tape(ok).is_some() && read_by_serde(ok).is_ok());
         for (from, to) in [
-            (r#""relationship_id":1,"#, r#""relationship_id":1,"relationship_id":2,"#),
+            (
+                r#""relationship_id":1,"#,
+                r#""relationship_id":1,"relationship_id":2,"#,
+            ),
             (r#""relationship_id":1,"#, ""),
             (r#""relationship_id":1"#, r#""relationship_id":1.0"#),
-            (r#""relationship_id":1"#, r#""relationship_id":9223372036854775808"#),
+            (
+                r#""relationship_id":1"#,
+                r#""relationship_id":9223372036854775808"#,
+            ),
             (r#""predicate":"on""#, r#""predicate":null"#),
             (r#""synsets":[]"#, r#""synsets":[null]"#),
             (r#""x":1,"y":1"#, r#""x":1,"x":1,"y":1"#),
             (r#""name":"cat""#, r#""name":"cat","name":"dog""#),
             (r#""image_id":9"#, r#""image_id":"9""#),
-            (r#"[{"relationship_id""#, r#"[{"a":[[[]]]},{"relationship_id""#),
+            (
+                r#"[{"relationship_id""#,
+                r#"[{"a":[[[]]]},{"relationship_id""#,
+            ),
             (r#""cat""#, r#""\ud800""#),
             (r#""cat""#, "\"c\u{1}t\""),
         ] {
@@ -1229,5 +1260,4 @@ mod tests {
             }
         }
     }
-
 }

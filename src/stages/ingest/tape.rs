@@ -42,7 +42,8 @@ impl TapeReader {
         // Padded here, so that simd-json parses the copy in place rather than copying it again.
         self.scratch.clear();
         self.scratch.extend_from_slice(json);
-        self.scratch.resize(json.len() + simd_json::INPUT_PADDING, b' ');
+        self.scratch
+            .resize(json.len() + simd_json::INPUT_PADDING, b' ');
         let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset();
         let (scratch, buffers) = (&mut self.scratch, &mut self.buffers);
         let read = match simd_json::fill_tape_padded(scratch, json.len(), buffers, &mut tape) {
@@ -100,7 +101,10 @@ fn opt_strings<'a>(t: &[Node<'a>], i: usize) -> Option<(Option<Vec<Str<'a>>>, us
         Node::Static(StaticNode::Null) => Some((None, i + 1)),
         Node::Array { len, .. } => {
             let items = t.get(i + 1..i + 1 + len)?;
-            let strs = items.iter().map(|&n| string(n)).collect::<Option<Vec<_>>>()?;
+            let strs = items
+                .iter()
+                .map(|&n| string(n))
+                .collect::<Option<Vec<_>>>()?;
             Some((Some(strs), i + 1 + len))
         }
         _ => None,
@@ -191,9 +195,14 @@ fn vg_object<'a>(t: &[Node<'a>], i: usize) -> Option<(VgObject<'a>, usize)> {
 }
 
 fn relationship<'a>(t: &[Node<'a>], i: usize) -> Option<(VgRelationship<'a>, usize)> {
-    const KNOWN: [&str; 5] = ["relationship_id", "predicate", "subject", "object", "synsets"];
-    let (mut id, mut predicate, mut subject, mut object, mut synsets) =
-        (0, None, None, None, None);
+    const KNOWN: [&str; 5] = [
+        "relationship_id",
+        "predicate",
+        "subject",
+        "object",
+        "synsets",
+    ];
+    let (mut id, mut predicate, mut subject, mut object, mut synsets) = (0, None, None, None, None);
     let (seen, next) = fields(t, i, &KNOWN, |bit, i| match bit {
         0 => {
             id = int(t[i])?;
