@@ -1012,8 +1012,9 @@ mod tests {
             r#""\ud800 lone""#,
             r#""bad \q escape""#,
         ];
-        const INTS: [&str; 9] = [
+        const INTS: [&str; 10] = [
             "0",
+            "-0",
             "7",
             "-3",
             "1e2",
@@ -1140,7 +1141,9 @@ mod tests {
         Vec<(&'static str, i64)>,
     );
 
-    fn finish_cols(cols: RelationshipCols) -> RecordBatch {
+    fn finish_cols(mut cols: RelationshipCols) -> RecordBatch {
+        let rows = cols.relationship_id.len();
+        cols.image_id.append_value_n(0, rows);
         RelationshipRows {
             cols,
             reader: Default::default(),
@@ -1165,7 +1168,7 @@ mod tests {
         let chunk = ElementChunk {
             offset: 0,
             data: json.as_bytes().to_vec(),
-            elements: vec![0..json.len()],
+            elements: std::iter::once(0..json.len()).collect(),
         };
         let (mut cols, mut skipped) = (RelationshipCols::default(), Vec::new());
         let ids = chunk.parse_seed(
@@ -1228,6 +1231,7 @@ mod tests {
                 r#""relationship_id":9223372036854775808"#,
             ),
             (r#""predicate":"on""#, r#""predicate":null"#),
+            (r#""x":1"#, r#""x":-0"#),
             (r#""synsets":[]"#, r#""synsets":[null]"#),
             (r#""x":1,"y":1"#, r#""x":1,"x":1,"y":1"#),
             (r#""name":"cat""#, r#""name":"cat","name":"dog""#),
@@ -1250,7 +1254,7 @@ mod tests {
             (r#""synsets":[]"#, r#""synsets":null"#),
             (r#""synsets":[],"#, ""),
             (r#""name":"cat""#, r#""name":"c\"a\\t\u00e9\ud83d\ude00""#),
-            (r#""x":1"#, r#""x":-0,"note":2.5e3,"flag":true"#),
+            (r#""x":1"#, r#""x":0,"note":2.5e3,"flag":true,"t":"a-b""#),
         ] {
             let json = ok.replacen(from, to, 1);
             let (tape, serde) = (read_by_tape(&json), read_by_serde(&json));

@@ -7,8 +7,9 @@
 //!
 //! The walk accepts only what it can read exactly as serde would, and declines everything else
 //! (`None`): a duplicated or missing field, a value of another type, an integer outside `i64`, an
-//! unknown field holding an array or object (serde_json's recursion limit applies to those), and
-//! any element simd-json itself rejects. The caller then parses the element with serde_json, so
+//! unknown field holding an array or object (serde_json's recursion limit applies to those), an
+//! element holding `-0` anywhere (serde_json reads it as a float), and any element simd-json
+//! itself rejects. The caller then parses the element with serde_json, so
 //! serde stays the definition of what ingest accepts and of every error message and byte offset;
 //! the tape is only ever a faster way to the same rows (see the differential test in
 //! `super::tests`).
@@ -39,6 +40,11 @@ pub(super) struct TapeReader {
 impl TapeReader {
     /// The element in `json`, or `None` when serde_json must read it.
     pub fn read<'a>(&'a mut self, json: &[u8]) -> Option<RelationshipsElement<'a>> {
+        // serde_json reads `-0` as a float (so not an `i64`), simd-json as the integer 0, and
+        // the tape no longer tells them apart.
+        if memchr::memmem::find(json, b"-0").is_some() {
+            return None;
+        }
         // Padded here, so that simd-json parses the copy in place rather than copying it again.
         self.scratch.clear();
         self.scratch.extend_from_slice(json);
