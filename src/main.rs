@@ -9,7 +9,8 @@ fn main() -> std::process::ExitCode {
 /// the heap's top past 128 KiB), and the next allocation of that size faults in and zeroes fresh
 /// pages. simat's stages allocate and free the same large buffers over and over (Arrow columns,
 /// encoded pages, JSON blocks), so that page faulting was a fifth of `score`'s time. Freed memory
-/// is kept for reuse instead: the peak resident set is the same, since it is the peak.
+/// is kept for reuse instead. The peak resident set barely moves (measured on Zen 4: score 85 →
+/// 87 MiB, retrieve 96 → 109 MiB, a 200k × 512 knn 625 → 632 MiB), since it is the peak.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it is called before any other thread runs.

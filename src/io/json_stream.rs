@@ -3,8 +3,9 @@
 //! `relationships.json` is one top-level array of per-image records (about 0.7 GB for 2.3 M
 //! relationships). Building its whole tree in memory costs several GB, so instead a splitter
 //! reads the file in blocks and finds the byte range of each top-level element (tracking strings
-//! and braces only, with `memchr`), and the ranges are parsed in parallel by `serde_json` into
-//! typed, borrowed records. Memory stays at a few blocks whatever the file size.
+//! and braces only, with `memchr`), and the ranges are parsed in parallel into typed, borrowed
+//! records (by `serde_json`, or for relationships by a walk over a simd-json tape). Memory stays
+//! at a few blocks whatever the file size.
 //!
 //! Errors name the file and the byte offset from the start of the file.
 
