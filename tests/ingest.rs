@@ -456,3 +456,60 @@ fn relationship_records_read_in_any_key_order() {
         assert!(offset_in(&err) > records[1].len() as u64, "{record}: {err}");
     }
 }
+
+#[test]
+fn ingest_hashes_what_it_reads_and_a_changed_file_makes_it_stale() {
+    let dir = tempdir();
+    let vg = dir.path().join("vg");
+    copy_sample(&vg);
+    let run = dir.path().join("run");
+    let inputs = |run: &Path| -> serde_json::Value {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
+        manifest["stages"]["ingest"]["detail"]["inputs"].clone()
+    };
+    let digest = |file: &str| {
+        blake3::hash(&std::fs::read(vg.join(file)).unwrap())
+            .to_hex()
+            .to_string()
+    };
+    // A first run hashes the files as it reads them: the digests are the files' own.
+    let out = ingest(&vg, &run);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let first = inputs(&run);
+    for file in [
+        "image_data.json",
+        "relationships.json",
+        "objects.json",
+        "attributes.json",
+    ] {
+        assert_eq!(first[file], digest(file).as_str(), "{file}: {first}");
+    }
+    // The engine, hashing the files itself, finds the same digests: fresh.
+    let out = run_cmd(&["-v", "ingest", "--vg", s(&vg), "--run", s(&run)]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("Fresh ingest") && !err.contains("Running"),
+        "{err}"
+    );
+    // A forced run reads and hashes them again, to the same digests.
+    let out = run_cmd(&["ingest", "--vg", s(&vg), "--run", s(&run), "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(inputs(&run), first);
+    // A changed file (white space after the array) makes it stale, naming the file.
+    let rel = vg.join("relationships.json");
+    let mut bytes = std::fs::read(&rel).unwrap();
+    bytes.extend_from_slice(b"\n\n");
+    std::fs::write(&rel, bytes).unwrap();
+    let out = run_cmd(&["-v", "ingest", "--vg", s(&vg), "--run", s(&run)]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("input relationships.json changed"), "{err}");
+    let after = inputs(&run);
+    assert_eq!(
+        after["relationships.json"],
+        digest("relationships.json").as_str()
+    );
+    assert_ne!(after["relationships.json"], first["relationships.json"]);
+    assert_eq!(after["objects.json"], first["objects.json"]);
+}

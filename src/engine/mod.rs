@@ -115,6 +115,20 @@ impl<'a> Engine<'a> {
         providers: &BTreeMap<&'static str, String>,
         manifest: &Manifest,
     ) -> Result<FingerprintDetail> {
+        let mut detail = self.detail_without_inputs(stage, providers, manifest)?;
+        for (label, path) in stage.inputs()? {
+            detail.inputs.insert(label, fingerprint::hash_file(&path)?);
+        }
+        Ok(detail)
+    }
+
+    /// [`Self::detail`] with no input hashed yet (though every required input must exist).
+    fn detail_without_inputs(
+        &self,
+        stage: &dyn Stage,
+        providers: &BTreeMap<&'static str, String>,
+        manifest: &Manifest,
+    ) -> Result<FingerprintDetail> {
         let mut upstream = BTreeMap::new();
         for up in providers.values() {
             match manifest.stages.get(up) {
@@ -132,15 +146,12 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        let mut inputs = BTreeMap::new();
-        for (label, path) in stage.inputs()? {
-            inputs.insert(label, fingerprint::hash_file(&path)?);
-        }
+        stage.inputs()?;
         Ok(FingerprintDetail {
             engine_version: crate::ENGINE_VERSION.to_string(),
             stage_version: stage.version(),
             config: stage.fingerprint(),
-            inputs,
+            inputs: BTreeMap::new(),
             upstream,
         })
     }
@@ -282,11 +293,30 @@ impl<'a> Engine<'a> {
             if providers.values().any(|u| forced.contains(u.as_str())) {
                 forced.insert(name);
             }
-            let detail = self.detail(*stage, providers, &manifest)?;
-            let reason = if forced.contains(name) {
-                Some(StaleReason::Forced)
+            // A stage that hashes its inputs as it reads them is hashed first only when its
+            // inputs alone can decide whether it is fresh.
+            let unhashed = if stage.hashes_inputs_itself() {
+                let without_inputs = self.detail_without_inputs(*stage, providers, &manifest)?;
+                let reason = if forced.contains(name) {
+                    Some(StaleReason::Forced)
+                } else {
+                    reason_without_inputs(name, &without_inputs, &manifest)
+                };
+                reason.map(|r| (without_inputs, r))
             } else {
-                self.stale_reason(*stage, &detail, &manifest)?
+                None
+            };
+            let (detail, reason) = match unhashed {
+                Some((detail, reason)) => (detail, Some(reason)),
+                None => {
+                    let detail = self.detail(*stage, providers, &manifest)?;
+                    let reason = if forced.contains(name) {
+                        Some(StaleReason::Forced)
+                    } else {
+                        self.stale_reason(*stage, &detail, &manifest)?
+                    };
+                    (detail, reason)
+                }
             };
             let outcome = match reason {
                 None => {
@@ -370,6 +400,17 @@ impl<'a> Engine<'a> {
                 return Err(err);
             }
         };
+        let mut detail = detail;
+        if stage.hashes_inputs_itself() && detail.inputs.is_empty() {
+            // Hashed by the stage as it read them; any input it did not report is hashed here.
+            for (label, path) in stage.inputs()? {
+                let hash = match report.input_hashes.get(&label) {
+                    Some(h) => h.clone(),
+                    None => fingerprint::hash_file(&path)?,
+                };
+                detail.inputs.insert(label, hash);
+            }
+        }
         let mut outputs = Vec::new();
         for (file, rows) in &report.outputs {
             let path = stage_dir.join(file);
@@ -407,6 +448,36 @@ impl<'a> Engine<'a> {
             skipped: report.skipped,
         })
     }
+}
+
+/// Why a stage must run whatever its inputs hold (`detail` has none hashed), or `None` when only
+/// its inputs can tell.
+fn reason_without_inputs(
+    name: &str,
+    detail: &FingerprintDetail,
+    manifest: &Manifest,
+) -> Option<StaleReason> {
+    let Some(rec) = manifest.stages.get(name) else {
+        return Some(StaleReason::FirstRun);
+    };
+    match rec.status {
+        StageStatus::Running => return Some(StaleReason::Interrupted),
+        StageStatus::Failed => {
+            return Some(StaleReason::Failed {
+                error: rec.error.clone().unwrap_or_default(),
+            })
+        }
+        StageStatus::Done => {}
+    }
+    let Some(old) = &rec.detail else {
+        return Some(StaleReason::FirstRun);
+    };
+    // The recorded inputs stand in for the unhashed ones, so that only the rest is compared.
+    let probe = FingerprintDetail {
+        inputs: old.inputs.clone(),
+        ..detail.clone()
+    };
+    probe.first_difference(old)
 }
 
 /// `ingest (4 files, 1,234,567 rows) in 1.23s`

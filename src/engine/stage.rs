@@ -108,6 +108,14 @@ pub trait Stage: Sync {
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         Ok(vec![])
     }
+    /// Whether `run` reads each of its inputs whole and reports the BLAKE3 of the bytes it read in
+    /// [`StageReport::input_hashes`]. The engine then skips hashing them first whenever the stage
+    /// must run for another reason (first run, forced, interrupted, failed, or its code, config or
+    /// upstream changed), so that a large input is read once; such a run is given neither the
+    /// input hashes nor a fingerprint that covers them.
+    fn hashes_inputs_itself(&self) -> bool {
+        false
+    }
     /// Providers to prefer when several could meet a need (`--from STAGE`, `from = [...]`).
     fn prefer(&self) -> &[String] {
         &[]
@@ -191,6 +199,9 @@ pub struct StageReport {
     pub skipped: u64,
     /// One line per kind of skipped item, with an example id, for the user.
     pub notes: Vec<String>,
+    /// BLAKE3 (hex) of the inputs the stage read, by the labels of [`Stage::inputs`], from a
+    /// stage that [hashes its inputs itself](Stage::hashes_inputs_itself).
+    pub input_hashes: BTreeMap<String, String>,
 }
 
 impl StageReport {

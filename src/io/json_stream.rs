@@ -120,6 +120,8 @@ pub struct ArraySplitter<R> {
     expect: Expect,
     eof: bool,
     total_read: u64,
+    /// BLAKE3 of every byte read so far, in order.
+    hasher: blake3::Hasher,
 }
 
 impl ArraySplitter<File> {
@@ -142,6 +144,7 @@ impl<R: Read> ArraySplitter<R> {
             expect: Expect::Open,
             eof: false,
             total_read: 0,
+            hasher: blake3::Hasher::new(),
         }
     }
 
@@ -169,6 +172,7 @@ impl<R: Read> ArraySplitter<R> {
             }
         }
         self.total_read += (filled - old) as u64;
+        self.hasher.update(&self.buf[old..filled]);
         self.buf.truncate(filled);
         Ok(())
     }
@@ -204,6 +208,13 @@ impl<R: Read> ArraySplitter<R> {
                 return Err(self.eof_error());
             }
         }
+    }
+
+    /// BLAKE3 (hex) of the whole file, once [`Self::next_chunk`] has given `None`: the splitter
+    /// reads every byte, up to the end of the file, to check what follows the array.
+    pub fn digest(&self) -> Option<String> {
+        (self.eof && self.expect == Expect::Done)
+            .then(|| self.hasher.finalize().to_hex().to_string())
     }
 
     fn check_trailing(&self) -> Result<()> {
@@ -467,15 +478,15 @@ fn show_byte(b: u8) -> String {
     }
 }
 
+/// The chunks of a [`spawn_splitter`], in file order.
+pub type ChunkReceiver = crossbeam_channel::Receiver<Result<ElementChunk>>;
+
+/// A [`spawn_splitter`] thread: it gives the file's BLAKE3 when it read the whole array.
+pub type SplitterHandle = std::thread::JoinHandle<Option<String>>;
+
 /// Read a whole array on a background thread, handing chunks through a bounded channel so that
 /// reading and splitting overlap with parsing.
-pub fn spawn_splitter(
-    path: &Path,
-    block: usize,
-) -> Result<(
-    crossbeam_channel::Receiver<Result<ElementChunk>>,
-    std::thread::JoinHandle<()>,
-)> {
+pub fn spawn_splitter(path: &Path, block: usize) -> Result<(ChunkReceiver, SplitterHandle)> {
     let mut splitter = ArraySplitter::open(path, block)?;
     let (tx, rx) = crossbeam_channel::bounded(2);
     let handle = std::thread::Builder::new()
@@ -484,13 +495,13 @@ pub fn spawn_splitter(
             match splitter.next_chunk() {
                 Ok(Some(chunk)) => {
                     if tx.send(Ok(chunk)).is_err() {
-                        return;
+                        return None;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return splitter.digest(),
                 Err(e) => {
                     let _ = tx.send(Err(e));
-                    return;
+                    return None;
                 }
             }
         })

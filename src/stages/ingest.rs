@@ -180,6 +180,10 @@ impl StageDef for Ingest {
         }
         Ok(out)
     }
+    fn hashes_inputs_itself(&self) -> bool {
+        // The splitter hashes every byte it reads: the 0.6 GB relationships.json is read once.
+        true
+    }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let vg = match &self.config.vg {
             Some(v) => v.clone(),
@@ -727,8 +731,8 @@ impl PartBuilder for AttributeRows {
 /// depend on the thread count.
 const PART_ELEMENTS: usize = 256;
 
-/// A table written under its temporary name, with its counts.
-type Pending = (AtomicFile, u64, u64, Tally);
+/// A table written under its temporary name, with its counts and its source's BLAKE3.
+type Pending = (AtomicFile, u64, u64, Tally, String);
 
 /// Stream the JSON array at `src` into the Parquet table `dest`, left under its temporary name;
 /// returns (file, rows, elements, tally).
@@ -814,7 +818,7 @@ fn stream_table<B: PartBuilder>(
     }
     drop(tx);
     drop(chunks);
-    let _ = splitter.join();
+    let digest = splitter.join().ok().flatten();
     bar.finish_and_clear();
     let written = writer
         .join()
@@ -824,8 +828,14 @@ fn stream_table<B: PartBuilder>(
     }
     let (written, duplicates) = written?;
     tally.merge(duplicates);
+    let digest = digest.ok_or_else(|| {
+        Error::Internal(format!(
+            "the JSON splitter of {} stopped early",
+            src.display()
+        ))
+    })?;
     let (file, rows) = written.close()?;
-    Ok((file, rows, elements, tally))
+    Ok((file, rows, elements, tally, digest))
 }
 
 /// The ids a table has written, to skip later rows that repeat one. Runs on the writer thread,
@@ -923,7 +933,9 @@ pub fn ingest(
         let src = vg.join(t.source);
         let dest = out_dir.join(t.table);
         let (file, rows, elements, tally_of_file) = if src.is_file() {
-            (t.stream)(t, &src, &dest, block, ui)?
+            let (file, rows, elements, tally, digest) = (t.stream)(t, &src, &dest, block, ui)?;
+            report.input_hashes.insert(t.source.to_string(), digest);
+            (file, rows, elements, tally)
         } else if t.required {
             return Err(Error::io(
                 "failed to open",

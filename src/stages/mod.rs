@@ -83,6 +83,11 @@ pub trait StageDef: Sized + Send + Sync + 'static {
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         Ok(vec![])
     }
+    /// Whether `run` reads every input whole and reports its BLAKE3 (see
+    /// [`crate::engine::Stage::hashes_inputs_itself`]).
+    fn hashes_inputs_itself(&self) -> bool {
+        false
+    }
     /// Run it, writing its outputs under `ctx.stage_dir`.
     fn run(&self, ctx: &StageContext) -> Result<StageReport>;
 }
@@ -137,6 +142,9 @@ impl<S: StageDef> Stage for Configured<S> {
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         self.stage.inputs()
+    }
+    fn hashes_inputs_itself(&self) -> bool {
+        self.stage.hashes_inputs_itself()
     }
     fn prefer(&self) -> &[String] {
         &self.from
