@@ -116,9 +116,7 @@ impl<'a> Engine<'a> {
         manifest: &Manifest,
     ) -> Result<FingerprintDetail> {
         let mut detail = self.detail_without_inputs(stage, providers, manifest)?;
-        for (label, path) in stage.inputs()? {
-            detail.inputs.insert(label, fingerprint::hash_file(&path)?);
-        }
+        hash_inputs(stage, &mut detail, &BTreeMap::new())?;
         Ok(detail)
     }
 
@@ -163,18 +161,10 @@ impl<'a> Engine<'a> {
         detail: &FingerprintDetail,
         manifest: &Manifest,
     ) -> Result<Option<StaleReason>> {
-        let Some(rec) = manifest.stages.get(stage.name()) else {
-            return Ok(Some(StaleReason::FirstRun));
+        let rec = match done_record(stage.name(), manifest) {
+            Ok(rec) => rec,
+            Err(reason) => return Ok(Some(reason)),
         };
-        match rec.status {
-            StageStatus::Running => return Ok(Some(StaleReason::Interrupted)),
-            StageStatus::Failed => {
-                return Ok(Some(StaleReason::Failed {
-                    error: rec.error.clone().unwrap_or_default(),
-                }))
-            }
-            StageStatus::Done => {}
-        }
         if let Some(old) = &rec.detail {
             if let Some(reason) = detail.first_difference(old) {
                 return Ok(Some(reason));
@@ -295,28 +285,20 @@ impl<'a> Engine<'a> {
             }
             // A stage that hashes its inputs as it reads them is hashed first only when its
             // inputs alone can decide whether it is fresh.
-            let unhashed = if stage.hashes_inputs_itself() {
-                let without_inputs = self.detail_without_inputs(*stage, providers, &manifest)?;
-                let reason = if forced.contains(name) {
-                    Some(StaleReason::Forced)
-                } else {
-                    reason_without_inputs(name, &without_inputs, &manifest)
-                };
-                reason.map(|r| (without_inputs, r))
+            let mut detail = self.detail_without_inputs(*stage, providers, &manifest)?;
+            let known = if forced.contains(name) {
+                Some(StaleReason::Forced)
+            } else if stage.hashes_inputs_itself() {
+                reason_without_inputs(name, &detail, &manifest)
             } else {
                 None
             };
-            let (detail, reason) = match unhashed {
-                Some((detail, reason)) => (detail, Some(reason)),
-                None => {
-                    let detail = self.detail(*stage, providers, &manifest)?;
-                    let reason = if forced.contains(name) {
-                        Some(StaleReason::Forced)
-                    } else {
-                        self.stale_reason(*stage, &detail, &manifest)?
-                    };
-                    (detail, reason)
-                }
+            if known.is_none() || !stage.hashes_inputs_itself() {
+                hash_inputs(*stage, &mut detail, &BTreeMap::new())?;
+            }
+            let reason = match known {
+                Some(reason) => Some(reason),
+                None => self.stale_reason(*stage, &detail, &manifest)?,
             };
             let outcome = match reason {
                 None => {
@@ -344,7 +326,7 @@ impl<'a> Engine<'a> {
         &self,
         stage: &dyn Stage,
         providers: &BTreeMap<&'static str, String>,
-        detail: FingerprintDetail,
+        mut detail: FingerprintDetail,
         reason: StaleReason,
         manifest: &mut Manifest,
     ) -> Result<StageOutcome> {
@@ -400,16 +382,9 @@ impl<'a> Engine<'a> {
                 return Err(err);
             }
         };
-        let mut detail = detail;
-        if stage.hashes_inputs_itself() && detail.inputs.is_empty() {
-            // Hashed by the stage as it read them; any input it did not report is hashed here.
-            for (label, path) in stage.inputs()? {
-                let hash = match report.input_hashes.get(&label) {
-                    Some(h) => h.clone(),
-                    None => fingerprint::hash_file(&path)?,
-                };
-                detail.inputs.insert(label, hash);
-            }
+        if detail.inputs.is_empty() {
+            // Hashed by the stage as it read them, when it hashes its inputs itself.
+            hash_inputs(stage, &mut detail, &report.input_hashes)?;
         }
         let mut outputs = Vec::new();
         for (file, rows) in &report.outputs {
@@ -450,6 +425,24 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// The stage's record when it finished, or why it must run whatever its fingerprint (never run,
+/// interrupted, failed).
+fn done_record<'m>(
+    name: &str,
+    manifest: &'m Manifest,
+) -> std::result::Result<&'m StageRecord, StaleReason> {
+    let Some(rec) = manifest.stages.get(name) else {
+        return Err(StaleReason::FirstRun);
+    };
+    match rec.status {
+        StageStatus::Running => Err(StaleReason::Interrupted),
+        StageStatus::Failed => Err(StaleReason::Failed {
+            error: rec.error.clone().unwrap_or_default(),
+        }),
+        StageStatus::Done => Ok(rec),
+    }
+}
+
 /// Why a stage must run whatever its inputs hold (`detail` has none hashed), or `None` when only
 /// its inputs can tell.
 fn reason_without_inputs(
@@ -457,18 +450,10 @@ fn reason_without_inputs(
     detail: &FingerprintDetail,
     manifest: &Manifest,
 ) -> Option<StaleReason> {
-    let Some(rec) = manifest.stages.get(name) else {
-        return Some(StaleReason::FirstRun);
+    let rec = match done_record(name, manifest) {
+        Ok(rec) => rec,
+        Err(reason) => return Some(reason),
     };
-    match rec.status {
-        StageStatus::Running => return Some(StaleReason::Interrupted),
-        StageStatus::Failed => {
-            return Some(StaleReason::Failed {
-                error: rec.error.clone().unwrap_or_default(),
-            })
-        }
-        StageStatus::Done => {}
-    }
     let Some(old) = &rec.detail else {
         return Some(StaleReason::FirstRun);
     };
@@ -478,6 +463,23 @@ fn reason_without_inputs(
         ..detail.clone()
     };
     probe.first_difference(old)
+}
+
+/// Put each input's BLAKE3 into `detail`: the one in `known` (the stage's own, from reading it),
+/// or else hashed here.
+fn hash_inputs(
+    stage: &dyn Stage,
+    detail: &mut FingerprintDetail,
+    known: &BTreeMap<String, String>,
+) -> Result<()> {
+    for (label, path) in stage.inputs()? {
+        let hash = match known.get(&label) {
+            Some(h) => h.clone(),
+            None => fingerprint::hash_file(&path)?,
+        };
+        detail.inputs.insert(label, hash);
+    }
+    Ok(())
 }
 
 /// `ingest (4 files, 1,234,567 rows) in 1.23s`

@@ -735,7 +735,7 @@ const PART_ELEMENTS: usize = 256;
 type Pending = (AtomicFile, u64, u64, Tally, String);
 
 /// Stream the JSON array at `src` into the Parquet table `dest`, left under its temporary name;
-/// returns (file, rows, elements, tally).
+/// returns (file, rows, elements, tally, the source's BLAKE3).
 fn stream_table<B: PartBuilder>(
     table: &VgTable,
     src: &Path,
