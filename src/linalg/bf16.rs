@@ -57,6 +57,10 @@ const GROUP: usize = 16;
 const CHUNK: usize = 32;
 /// u16 values per packed tile.
 const TILE: usize = GROUP * CHUNK;
+/// Database rows are packed and scored in steps of four groups: the AVX-512 micro-tile's width,
+/// twice the AMX kernel's.
+const DB_STEP: usize = 4 * GROUP;
+const _: () = assert!(SUB % DB_STEP == 0);
 /// Largest norm taken: products stay far from f32 overflow.
 pub const MAX_NORM: f64 = 1e15;
 
@@ -283,7 +287,7 @@ pub fn prepare<'a>(
     assert_eq!(queries.cols, d, "database and queries differ in dimension");
     let dp = d.max(1).next_multiple_of(CHUNK);
     let chunks = dp / CHUNK;
-    let groups = db.rows.div_ceil(2 * GROUP) * 2;
+    let groups = db.rows.next_multiple_of(DB_STEP) / GROUP;
     let mut packed = vec![0u16; groups * chunks * TILE];
     let row_norms: Vec<Norms> = packed
         .par_chunks_mut(chunks * TILE)
@@ -539,11 +543,11 @@ fn rescore(q: &[f32], x: &[f32]) -> f32 {
 }
 
 /// `buf[r·SUB + j]` = bf16 score of query `q0 + r` with database row `base + j`, for `r < m`
-/// (rounded up to 32 rows) and `j < n` (rounded up to 32 columns).
+/// (rounded up to 32 rows) and `j < n` (rounded up to [`DB_STEP`] columns).
 fn score_block(p: &Prepared, q0: usize, m: usize, base: usize, n: usize, buf: &mut [f32]) {
     let chunks = p.dp / CHUNK;
     let rows = m.next_multiple_of(2 * GROUP);
-    let cols = n.next_multiple_of(2 * GROUP);
+    let cols = n.next_multiple_of(DB_STEP);
     let q = &p.q_hat[q0 * p.dp..(q0 + rows) * p.dp];
     let g0 = base / GROUP;
     let tiles = &p.packed[g0 * chunks * TILE..(g0 + cols / GROUP) * chunks * TILE];
@@ -716,15 +720,23 @@ mod amx {
 
 #[cfg(target_arch = "x86_64")]
 mod dpbf16 {
-    //! AVX-512 BF16: `vdpbf16ps` adds two bf16 products per f32 lane. A micro-tile is 8 queries
-    //! × 32 database rows (16 accumulators); each step broadcasts one query's pair of values and
-    //! multiplies it with one row of two packed tiles.
+    //! AVX-512 BF16: `vdpbf16ps` adds two bf16 products per f32 lane. A micro-tile is 6 queries
+    //! × 64 database rows (24 accumulators); each step loads one row of four packed tiles and
+    //! broadcasts each query's pair of values against them. In a C model of this loop on Zen 5,
+    //! this shape ran at 93–97 % of the unit's measured peak, 8 × 32 (16 accumulators, a
+    //! broadcast per two products) at 75–84 %; inside `simat knn` the kernel's CPU time fell by
+    //! about 7 %.
     use std::arch::x86_64::*;
 
     use super::{CHUNK, GROUP, TILE};
 
-    const MR: usize = 8;
+    const MR: usize = 6;
+    /// Packed groups (of 16 database rows) per micro-tile.
+    const NG: usize = 4;
+    const _: () = assert!(NG * GROUP == super::DB_STEP);
 
+    /// `out[i·ldo + j]` for `rows` query rows (even) × `cols` database rows (a multiple of
+    /// `NG · GROUP`).
     pub unsafe fn scores(
         q: &[u16],
         rows: usize,
@@ -735,27 +747,34 @@ mod dpbf16 {
         ldo: usize,
     ) {
         let chunks = dp / CHUNK;
-        debug_assert!(q.len() >= rows * dp && tiles.len() >= cols / GROUP * chunks * TILE);
-        for i0 in (0..rows).step_by(MR) {
-            for g in (0..cols / GROUP).step_by(2) {
-                // SAFETY: rows is a multiple of 32 (so of MR), cols of 32; all reads and
-                // writes stay inside the slices.
+        assert!(rows % 2 == 0 && cols % (NG * GROUP) == 0 && cols <= ldo);
+        assert!(q.len() >= rows * dp && tiles.len() >= cols / GROUP * chunks * TILE);
+        assert!(out.len() >= rows * ldo);
+        // The packed groups of one micro-tile stay in L1 and L2 while every query row of the
+        // block streams past them.
+        for g in (0..cols / GROUP).step_by(NG) {
+            let b = tiles[g * chunks * TILE..].as_ptr();
+            let mut i0 = 0;
+            while i0 < rows {
+                let o = out[i0 * ldo + g * GROUP..].as_mut_ptr();
+                let a = q[i0 * dp..].as_ptr();
+                // SAFETY: the asserts above keep `MR` (or 2) rows of `a`, `NG` groups of `b`
+                // and the output rows inside their slices.
                 unsafe {
-                    micro(
-                        q.as_ptr().add(i0 * dp),
-                        dp,
-                        tiles.as_ptr().add(g * chunks * TILE),
-                        chunks,
-                        out.as_mut_ptr().add(i0 * ldo + g * GROUP),
-                        ldo,
-                    )
-                };
+                    if i0 + MR <= rows {
+                        micro::<MR>(a, dp, b, chunks, o, ldo);
+                        i0 += MR;
+                    } else {
+                        micro::<2>(a, dp, b, chunks, o, ldo);
+                        i0 += 2;
+                    }
+                }
             }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn micro(
+    unsafe fn micro<const R: usize>(
         q: *const u16,
         dp: usize,
         b: *const u16,
@@ -763,30 +782,32 @@ mod dpbf16 {
         o: *mut f32,
         ldo: usize,
     ) {
-        // SAFETY (whole body): `q` holds MR rows of `dp`, `b` two groups of `chunks` tiles,
-        // `o` MR rows of stride `ldo` with 32 columns.
+        // SAFETY (whole body): `q` holds R rows of `dp`, `b` NG groups of `chunks` tiles,
+        // `o` R rows of stride `ldo` with NG · 16 columns.
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            let mut acc = [[_mm512_setzero_ps(); NG]; R];
             for c in 0..chunks {
-                let t0 = b.add(c * TILE);
-                let t1 = b.add((chunks + c) * TILE);
                 for p in 0..CHUNK / 2 {
-                    let b0: __m512bh =
-                        std::mem::transmute(_mm512_loadu_si512(t0.add(p * 2 * GROUP) as *const _));
-                    let b1: __m512bh =
-                        std::mem::transmute(_mm512_loadu_si512(t1.add(p * 2 * GROUP) as *const _));
+                    let mut bv =
+                        [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NG];
+                    for (j, v) in bv.iter_mut().enumerate() {
+                        let t = b.add((j * chunks + c) * TILE + p * 2 * GROUP);
+                        *v = std::mem::transmute(_mm512_loadu_si512(t as *const _));
+                    }
                     for (i, a) in acc.iter_mut().enumerate() {
                         let pair =
                             (q.add(i * dp + c * CHUNK + 2 * p) as *const i32).read_unaligned();
                         let qv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                        a[0] = _mm512_dpbf16_ps(a[0], qv, b0);
-                        a[1] = _mm512_dpbf16_ps(a[1], qv, b1);
+                        for (aj, &bj) in a.iter_mut().zip(&bv) {
+                            *aj = _mm512_dpbf16_ps(*aj, qv, bj);
+                        }
                     }
                 }
             }
             for (i, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(o.add(i * ldo), a[0]);
-                _mm512_storeu_ps(o.add(i * ldo + 16), a[1]);
+                for (j, &v) in a.iter().enumerate() {
+                    _mm512_storeu_ps(o.add(i * ldo + 16 * j), v);
+                }
             }
         }
     }
