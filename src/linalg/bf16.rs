@@ -358,24 +358,39 @@ impl Certified {
         }
     }
 
-    /// Offer bf16 scores of ids `base..` with bound `e`, skipping `skip`.
-    fn offer(&mut self, row: &[f32], base: usize, e: f64, skip: i64) {
-        let mut j0 = 0;
-        while j0 < row.len() {
+    /// The score below which a row, its bound `e` around it, can neither be a candidate nor
+    /// raise τ: τ − E, rounded down. It only rises as rows are offered.
+    fn floor(&self, e: f64) -> f32 {
+        let tau = self.lower.threshold();
+        if tau == f32::NEG_INFINITY {
+            f32::NEG_INFINITY
+        } else {
+            down(tau as f64 - e)
+        }
+    }
+
+    /// Offer bf16 scores of ids `base..` with bound `e`, skipping `skip`. `masks` has a bit per
+    /// score, set where it was at or above the floor this state had before the block (see
+    /// [`score_block`]); the floor has only risen since, so every row that passes it now is
+    /// among the set bits.
+    fn offer(&mut self, row: &[f32], masks: &[u64], base: usize, e: f64, skip: i64) {
+        for (c, &block_mask) in masks.iter().enumerate().take(row.len().div_ceil(64)) {
+            let j0 = c * 64;
             let chunk = &row[j0..(j0 + 64).min(row.len())];
-            let tau = self.lower.threshold();
-            // Rows that can neither be candidates nor raise τ score under τ − E.
-            let thr = if tau == f32::NEG_INFINITY {
-                f32::NEG_INFINITY
+            let mut mask = if chunk.len() == 64 {
+                block_mask
             } else {
-                down(tau as f64 - e)
+                block_mask & ((1u64 << chunk.len()) - 1)
             };
-            let mut mask = above(chunk, thr);
+            if mask == 0 {
+                continue;
+            }
+            let thr = self.floor(e);
             while mask != 0 {
                 let j = mask.trailing_zeros() as usize;
                 mask &= mask - 1;
                 let id = base + j0 + j;
-                if id as i64 == skip {
+                if chunk[j] < thr || id as i64 == skip {
                     continue;
                 }
                 let s = chunk[j] as f64;
@@ -391,7 +406,6 @@ impl Certified {
             if self.candidates.len() > self.cap {
                 self.prune();
             }
-            j0 += 64;
         }
     }
 
@@ -472,17 +486,27 @@ pub fn knn(p: &Prepared, k: usize, exclude: Option<&[i64]>) -> (Vec<Vec<Hit>>, S
         .map(|((q0, q1), (b0, b1))| {
             let m = q1 - q0;
             let mut states: Vec<Certified> = (0..m).map(|_| Certified::new(k)).collect();
-            let mut buf = vec![0f32; m.next_multiple_of(2 * GROUP) * SUB];
+            let mut block = BlockScores::new(m);
+            let mut bounds = vec![0f64; m];
             let _tiles = TileConfig::load(p.unit);
             for b in b0..b1 {
                 let base = b * SUB;
                 let n = SUB.min(n_db - base);
-                score_block(p, q0, m, base, n, &mut buf);
+                for (r, state) in states.iter().enumerate() {
+                    bounds[r] = bound(p.q_norms[q0 + r], p.block_norms[b], d);
+                    block.floors[r] = state.floor(bounds[r]);
+                }
+                score_block(p, q0, m, base, n, &mut block);
                 for (r, state) in states.iter_mut().enumerate() {
                     let qi = q0 + r;
-                    let e = bound(p.q_norms[qi], p.block_norms[b], d);
                     let skip = exclude.map(|x| x[qi]).unwrap_or(-1);
-                    state.offer(&buf[r * SUB..r * SUB + n], base, e, skip);
+                    state.offer(
+                        &block.scores[r * SUB..r * SUB + n],
+                        &block.masks[r * MASK_WORDS..(r + 1) * MASK_WORDS],
+                        base,
+                        bounds[r],
+                        skip,
+                    );
                 }
             }
             (q0, states)
@@ -542,24 +566,74 @@ fn rescore(q: &[f32], x: &[f32]) -> f32 {
     chain(q, x)
 }
 
-/// `buf[r·SUB + j]` = bf16 score of query `q0 + r` with database row `base + j`, for `r < m`
-/// (rounded up to 32 rows) and `j < n` (rounded up to [`DB_STEP`] columns).
-fn score_block(p: &Prepared, q0: usize, m: usize, base: usize, n: usize, buf: &mut [f32]) {
+/// u64 words of masks per query row of a block.
+const MASK_WORDS: usize = SUB / 64;
+
+/// One task's scratch for a block of [`SUB`] database rows against its queries.
+struct BlockScores {
+    /// `scores[r·SUB + j]`: the bf16 score of query row `r` with database row `j`.
+    scores: Vec<f32>,
+    /// Per query row, the floor its masks are taken against (set before scoring).
+    floors: Vec<f32>,
+    /// Bit `j % 64` of `masks[r·MASK_WORDS + j / 64]`: `scores[r·SUB + j] ≥ floors[r]`.
+    masks: Vec<u64>,
+}
+
+impl BlockScores {
+    fn new(m: usize) -> BlockScores {
+        let rows = m.next_multiple_of(2 * GROUP);
+        BlockScores {
+            scores: vec![0f32; rows * SUB],
+            // Padding rows pass nothing.
+            floors: vec![f32::INFINITY; rows],
+            masks: vec![0u64; rows * MASK_WORDS],
+        }
+    }
+}
+
+/// Scores of queries `q0..q0 + m` (rounded up to 32 rows) against database rows `base..base +
+/// n` (rounded up to [`DB_STEP`] columns) into `block.scores`, and their masks against
+/// `block.floors`: the AVX-512 kernel compares its accumulators before it stores them, so
+/// that [`Certified::offer`] visits only the few scores that can matter.
+fn score_block(p: &Prepared, q0: usize, m: usize, base: usize, n: usize, block: &mut BlockScores) {
     let chunks = p.dp / CHUNK;
     let rows = m.next_multiple_of(2 * GROUP);
     let cols = n.next_multiple_of(DB_STEP);
     let q = &p.q_hat[q0 * p.dp..(q0 + rows) * p.dp];
     let g0 = base / GROUP;
     let tiles = &p.packed[g0 * chunks * TILE..(g0 + cols / GROUP) * chunks * TILE];
+    let buf = &mut block.scores;
     match p.unit {
+        #[cfg(target_arch = "x86_64")]
+        Unit::Avx512Bf16 => {
+            // SAFETY: AVX-512 BF16 was detected; the kernel checks the sizes.
+            unsafe {
+                dpbf16::scores(
+                    q,
+                    rows,
+                    p.dp,
+                    tiles,
+                    cols,
+                    buf,
+                    SUB,
+                    &block.floors,
+                    &mut block.masks,
+                    MASK_WORDS,
+                )
+            };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AMX was detected and this thread's tile configuration is loaded; `q` holds
         // `rows` rows of `dp`, `tiles` `cols / 16` groups, `buf` `rows × SUB` floats.
         Unit::Amx => unsafe { amx::scores(q, rows, p.dp, tiles, cols, buf, SUB) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512 BF16 was detected; sizes as above.
-        Unit::Avx512Bf16 => unsafe { dpbf16::scores(q, rows, p.dp, tiles, cols, buf, SUB) },
         _ => emulated(q, rows, p.dp, tiles, cols, buf, SUB),
+    }
+    for r in 0..rows {
+        for c in 0..cols / 64 {
+            let at = r * SUB + c * 64;
+            block.masks[r * MASK_WORDS + c] = above(&buf[at..at + 64], block.floors[r]);
+        }
     }
 }
 
@@ -733,10 +807,13 @@ mod dpbf16 {
     const MR: usize = 6;
     /// Packed groups (of 16 database rows) per micro-tile.
     const NG: usize = 4;
-    const _: () = assert!(NG * GROUP == super::DB_STEP);
+    // One u64 of masks per micro-tile row.
+    const _: () = assert!(NG * GROUP == super::DB_STEP && super::DB_STEP == 64);
 
     /// `out[i·ldo + j]` for `rows` query rows (even) × `cols` database rows (a multiple of
-    /// `NG · GROUP`).
+    /// `NG · GROUP` = 64), and bit `j % 64` of `masks[i·ldm + j / 64]` set where
+    /// `out[i·ldo + j] ≥ floors[i]`.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn scores(
         q: &[u16],
         rows: usize,
@@ -745,11 +822,14 @@ mod dpbf16 {
         cols: usize,
         out: &mut [f32],
         ldo: usize,
+        floors: &[f32],
+        masks: &mut [u64],
+        ldm: usize,
     ) {
         let chunks = dp / CHUNK;
-        assert!(rows % 2 == 0 && cols % (NG * GROUP) == 0 && cols <= ldo);
+        assert!(rows % 2 == 0 && cols % (NG * GROUP) == 0 && cols <= ldo && cols / 64 <= ldm);
         assert!(q.len() >= rows * dp && tiles.len() >= cols / GROUP * chunks * TILE);
-        assert!(out.len() >= rows * ldo);
+        assert!(out.len() >= rows * ldo && floors.len() >= rows && masks.len() >= rows * ldm);
         // The packed groups of one micro-tile stay in L1 and L2 while every query row of the
         // block streams past them.
         for g in (0..cols / GROUP).step_by(NG) {
@@ -758,21 +838,23 @@ mod dpbf16 {
             while i0 < rows {
                 let o = out[i0 * ldo + g * GROUP..].as_mut_ptr();
                 let a = q[i0 * dp..].as_ptr();
-                // SAFETY: the asserts above keep `MR` (or 2) rows of `a`, `NG` groups of `b`
-                // and the output rows inside their slices.
+                let f = floors[i0..].as_ptr();
+                let mk = masks[i0 * ldm + g / NG..].as_mut_ptr();
+                // SAFETY: the asserts above keep `MR` (or fewer) rows of `a`, `NG` groups of
+                // `b`, and the output, floor and mask rows inside their slices.
                 unsafe {
-                    if i0 + MR <= rows {
-                        micro::<MR>(a, dp, b, chunks, o, ldo);
-                        i0 += MR;
-                    } else {
-                        micro::<2>(a, dp, b, chunks, o, ldo);
-                        i0 += 2;
+                    match rows - i0 {
+                        MR.. => micro::<MR>(a, dp, b, chunks, o, ldo, f, mk, ldm),
+                        4 => micro::<4>(a, dp, b, chunks, o, ldo, f, mk, ldm),
+                        _ => micro::<2>(a, dp, b, chunks, o, ldo, f, mk, ldm),
                     }
                 }
+                i0 += MR.min(rows - i0);
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn micro<const R: usize>(
         q: *const u16,
@@ -781,9 +863,13 @@ mod dpbf16 {
         chunks: usize,
         o: *mut f32,
         ldo: usize,
+        floors: *const f32,
+        masks: *mut u64,
+        ldm: usize,
     ) {
         // SAFETY (whole body): `q` holds R rows of `dp`, `b` NG groups of `chunks` tiles,
-        // `o` R rows of stride `ldo` with NG · 16 columns.
+        // `o` R rows of stride `ldo` with NG · 16 columns, `floors` R values, `masks` R rows
+        // of stride `ldm`.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); NG]; R];
             for c in 0..chunks {
@@ -805,9 +891,13 @@ mod dpbf16 {
                 }
             }
             for (i, a) in acc.iter().enumerate() {
+                let floor = _mm512_set1_ps(*floors.add(i));
+                let mut mask = 0u64;
                 for (j, &v) in a.iter().enumerate() {
                     _mm512_storeu_ps(o.add(i * ldo + 16 * j), v);
+                    mask |= (_mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, floor) as u64) << (16 * j);
                 }
+                *masks.add(i * ldm) = mask;
             }
         }
     }
@@ -888,10 +978,18 @@ mod tests {
             let q = Matrix::new(m, d, gen(m * d)).unwrap();
             for unit in Unit::available() {
                 let p = prepare(db.view(), q.view(), unit).expect("finite, bounded");
-                let rows = m.next_multiple_of(32);
-                let mut buf = vec![0f32; rows * SUB];
+                let mut block = BlockScores::new(m);
+                // Floors: none, one that passes about half the row, and one above every score.
+                for i in 0..m {
+                    block.floors[i] = match i % 3 {
+                        0 => f32::NEG_INFINITY,
+                        1 => chain(q.row(i), db.row(i % n)),
+                        _ => f32::INFINITY,
+                    };
+                }
                 let _tiles = TileConfig::load(unit);
-                score_block(&p, 0, m, 0, n, &mut buf);
+                score_block(&p, 0, m, 0, n, &mut block);
+                let buf = &block.scores;
                 let mut worst = 0f64;
                 for i in 0..m {
                     for j in 0..n {
@@ -903,6 +1001,12 @@ mod tests {
                             "{unit:?} ({i}, {j}): |s − s̃| = {gap:e} > E = {e:e}"
                         );
                         worst = worst.max(gap / e);
+                        let bit = block.masks[i * MASK_WORDS + j / 64] >> (j % 64) & 1;
+                        assert_eq!(
+                            bit == 1,
+                            buf[i * SUB + j] >= block.floors[i],
+                            "{unit:?} ({i}, {j}): the mask disagrees with the score"
+                        );
                     }
                 }
                 // The bound is not vacuous: the gaps reach a fair share of it.
