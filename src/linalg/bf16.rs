@@ -60,7 +60,7 @@ const TILE: usize = GROUP * CHUNK;
 /// Database rows are packed and scored in steps of four groups: the AVX-512 micro-tile's width,
 /// twice the AMX kernel's.
 const DB_STEP: usize = 4 * GROUP;
-const _: () = assert!(SUB % DB_STEP == 0);
+const _: () = assert!(SUB.is_multiple_of(DB_STEP));
 /// Largest norm taken: products stay far from f32 overflow.
 pub const MAX_NORM: f64 = 1e15;
 
@@ -827,7 +827,8 @@ mod dpbf16 {
         ldm: usize,
     ) {
         let chunks = dp / CHUNK;
-        assert!(rows % 2 == 0 && cols % (NG * GROUP) == 0 && cols <= ldo && cols / 64 <= ldm);
+        assert!(rows.is_multiple_of(2) && cols.is_multiple_of(NG * GROUP) && cols <= ldo);
+        assert!(cols / 64 <= ldm);
         assert!(q.len() >= rows * dp && tiles.len() >= cols / GROUP * chunks * TILE);
         assert!(out.len() >= rows * ldo && floors.len() >= rows && masks.len() >= rows * ldm);
         // The packed groups of one micro-tile stay in L1 and L2 while every query row of the
