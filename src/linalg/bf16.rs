@@ -879,7 +879,9 @@ mod dpbf16 {
                         [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NG];
                     for (j, v) in bv.iter_mut().enumerate() {
                         let t = b.add((j * chunks + c) * TILE + p * 2 * GROUP);
-                        *v = std::mem::transmute(_mm512_loadu_si512(t as *const _));
+                        *v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            t as *const _,
+                        ));
                     }
                     for (i, a) in acc.iter_mut().enumerate() {
                         let pair =
