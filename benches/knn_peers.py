@@ -5,6 +5,7 @@ same run, same thread count.
     pip install numpy faiss-cpu pyarrow
     cargo build --release
     python3 benches/knn_peers.py [--threads 2] [--work bench-out/knn] [--cases simat-size,200k,1m]
+                                 [--repeat 1]
 
 Cases: the SIMAT size (5,859 images, 17,996 queries); 200,000 × 512 with 20,000 queries; and
 1,000,000 × 512 with 10,000 queries; k = 10. Data are seeded Gaussian f32 written as `.npy`.
@@ -22,6 +23,9 @@ faiss runs with the OPENBLAS_CORETYPE that made it fastest on a small search (it
 bundled OpenBLAS can misdetect a CPU; the choice is printed). Effective GFLOP/s = 2·n·m·d /
 search seconds. Results are checked against faiss (ids equal, or scores equal within 1e-4
 where a near tie reorders them). The CPU model and its SIMD are printed.
+
+`--repeat N` runs N rounds, each tool once per round in turn (so that a machine whose speed
+drifts slows every tool alike), and reports each tool's median time; numpy runs once.
 """
 import argparse
 import os
@@ -131,7 +135,7 @@ def timed(cmd, env=None):
     return wall, p
 
 
-def run_case(name, n, m, d, k, threads, work, with_numpy, precisions):
+def run_case(name, n, m, d, k, threads, work, with_numpy, precisions, repeat):
     import faiss
     import pyarrow.parquet as pq
     rng = np.random.default_rng(0)
@@ -145,26 +149,32 @@ def run_case(name, n, m, d, k, threads, work, with_numpy, precisions):
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     outs = {}
-    for precision in precisions:
-        tool = f"simat-{precision}"
-        outs[tool] = out.replace(".parquet", f"-{precision}.parquet")
-        whole[tool], p = timed([SIMAT, "knn", "--db", dbp, "--queries", qp, "-k", str(k),
-                                "--out", outs[tool], "--precision", precision], env)
-        search[tool] = float(re.search(r"search ([0-9.]+)s", p.stderr).group(1))
-        path = re.search(r"GFLOP/s, (.*?)\), load", p.stderr)
-        print(f"  {tool}: {path.group(1) if path else '?'}")
-
-    faiss_out = os.path.join(work, f"{name}-faiss")
-    whole["faiss"], _ = timed([sys.executable, "-c", FAISS_PROCESS, dbp, qp, str(k), str(threads),
-                               faiss_out], env)
-
+    rounds = {}
     faiss.omp_set_num_threads(threads)
-    t = time.perf_counter()
-    index = faiss.IndexFlatIP(d)
-    index.add(db)
-    D, I = index.search(q, k)
-    search["faiss"] = time.perf_counter() - t
-    del index
+    faiss_out = os.path.join(work, f"{name}-faiss")
+    for r in range(repeat):
+        for precision in precisions:
+            tool = f"simat-{precision}"
+            outs[tool] = out.replace(".parquet", f"-{precision}.parquet")
+            w, p = timed([SIMAT, "knn", "--db", dbp, "--queries", qp, "-k", str(k),
+                          "--out", outs[tool], "--precision", precision], env)
+            s_ = float(re.search(r"search ([0-9.]+)s", p.stderr).group(1))
+            rounds.setdefault(tool, []).append((s_, w))
+            if r == 0:
+                path = re.search(r"GFLOP/s, (.*?)\), load", p.stderr)
+                print(f"  {tool}: {path.group(1) if path else '?'}")
+
+        w, _ = timed([sys.executable, "-c", FAISS_PROCESS, dbp, qp, str(k), str(threads),
+                      faiss_out], env)
+        t = time.perf_counter()
+        index = faiss.IndexFlatIP(d)
+        index.add(db)
+        D, I = index.search(q, k)
+        rounds.setdefault("faiss", []).append((time.perf_counter() - t, w))
+        del index
+    for tool, times in rounds.items():
+        search[tool] = float(np.median([t for t, _ in times]))
+        whole[tool] = float(np.median([w for _, w in times]))
 
     if with_numpy:
         t = time.perf_counter()
@@ -186,7 +196,8 @@ def run_case(name, n, m, d, k, threads, work, with_numpy, precisions):
     tie_ok = np.abs(sc - D).max(axis=1) < 1e-4
     assert (same | tie_ok).all(), "simat and faiss disagree beyond ties"
 
-    print(f"\n{name}: database {n:,} × {d}, {m:,} queries, k = {k}, {threads} threads "
+    print(f"\n{name}: database {n:,} × {d}, {m:,} queries, k = {k}, {threads} threads, "
+          f"{'median of ' + str(repeat) + ' rounds' if repeat > 1 else 'one round'} "
           f"({same.mean() * 100:.2f} % of queries identical to faiss, the rest near ties)")
     print(f"{'tool':<10} {'search s':>9} {'GFLOP/s':>8} {'vs faiss':>9} {'whole s':>8} {'vs faiss':>9}")
     for tool in search:
@@ -194,6 +205,10 @@ def run_case(name, n, m, d, k, threads, work, with_numpy, precisions):
         wcol = f"{w:>8.2f} {whole['faiss'] / w:>8.2f}x" if w else f"{'':>8} {'':>9}"
         print(f"{tool:<10} {search[tool]:>9.2f} {gflop / search[tool]:>8.0f} "
               f"{search['faiss'] / search[tool]:>8.2f}x {wcol}")
+    if repeat > 1:
+        for tool, times in rounds.items():
+            print(f"  {tool} rounds, search / whole s: "
+                  + ", ".join(f"{t:.2f} / {w:.2f}" for t, w in times))
     for f in [dbp, qp]:
         os.remove(f)
     return search, whole
@@ -211,6 +226,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--work", default=os.path.join(ROOT, "bench-out", "knn"))
     ap.add_argument("--cases", default="simat-size,200k,1m")
+    ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     line, flags = cpu_line()
@@ -221,7 +237,8 @@ def main():
     precisions = ["f32"] + (["bf16"] if "bf16" in line else [])
     for name in args.cases.split(","):
         n, m, d, k, with_numpy = CASES[name]
-        run_case(name, n, m, d, k, args.threads, args.work, with_numpy, precisions)
+        run_case(name, n, m, d, k, args.threads, args.work, with_numpy, precisions,
+                 max(1, args.repeat))
 
 
 if __name__ == "__main__":
