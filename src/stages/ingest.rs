@@ -732,10 +732,20 @@ impl PartBuilder for AttributeRows {
 const PART_ELEMENTS: usize = 256;
 
 /// A table written under its temporary name, with its counts and its source's BLAKE3.
-type Pending = (AtomicFile, u64, u64, Tally, String);
+struct Pending {
+    file: AtomicFile,
+    /// Rows written.
+    rows: u64,
+    /// Top-level elements of the JSON array read.
+    elements: u64,
+    /// Records skipped, by reason.
+    tally: Tally,
+    /// BLAKE3 of every byte of the source, as read; none for an absent optional source.
+    digest: Option<String>,
+}
 
-/// Stream the JSON array at `src` into the Parquet table `dest`, left under its temporary name;
-/// returns (file, rows, elements, tally, the source's BLAKE3).
+/// Stream the JSON array at `src` into the Parquet table `dest`, left under its temporary
+/// name.
 fn stream_table<B: PartBuilder>(
     table: &VgTable,
     src: &Path,
@@ -835,7 +845,13 @@ fn stream_table<B: PartBuilder>(
         ))
     })?;
     let (file, rows) = written.close()?;
-    Ok((file, rows, elements, tally, digest))
+    Ok(Pending {
+        file,
+        rows,
+        elements,
+        tally,
+        digest: Some(digest),
+    })
 }
 
 /// The ids a table has written, to skip later rows that repeat one. Runs on the writer thread,
@@ -932,10 +948,14 @@ pub fn ingest(
     for t in &VG_TABLES {
         let src = vg.join(t.source);
         let dest = out_dir.join(t.table);
-        let (file, rows, elements, tally_of_file) = if src.is_file() {
-            let (file, rows, elements, tally, digest) = (t.stream)(t, &src, &dest, block, ui)?;
-            report.input_hashes.insert(t.source.to_string(), digest);
-            (file, rows, elements, tally)
+        let Pending {
+            file,
+            rows,
+            elements,
+            tally: tally_of_file,
+            digest,
+        } = if src.is_file() {
+            (t.stream)(t, &src, &dest, block, ui)?
         } else if t.required {
             return Err(Error::io(
                 "failed to open",
@@ -948,8 +968,17 @@ pub fn ingest(
                 t.source, t.table
             ));
             let (file, rows) = TableWriter::create(&dest, (t.schema)())?.close()?;
-            (file, rows, 0, Tally::default())
+            Pending {
+                file,
+                rows,
+                elements: 0,
+                tally: Tally::default(),
+                digest: None,
+            }
         };
+        if let Some(digest) = digest {
+            report.input_hashes.insert(t.source.to_string(), digest);
+        }
         report.count(t.counter, rows);
         report.count(&format!("{}_records", t.source), elements);
         report.outputs.push((t.table.to_string(), Some(rows)));
