@@ -158,8 +158,8 @@ def run_case(name, n, m, d, k, threads, work, with_numpy, precisions, repeat):
             outs[tool] = out.replace(".parquet", f"-{precision}.parquet")
             w, p = timed([SIMAT, "knn", "--db", dbp, "--queries", qp, "-k", str(k),
                           "--out", outs[tool], "--precision", precision], env)
-            s_ = float(re.search(r"search ([0-9.]+)s", p.stderr).group(1))
-            rounds.setdefault(tool, []).append((s_, w))
+            searched = float(re.search(r"search ([0-9.]+)s", p.stderr).group(1))
+            rounds.setdefault(tool, []).append((searched, w))
             if r == 0:
                 path = re.search(r"GFLOP/s, (.*?)\), load", p.stderr)
                 print(f"  {tool}: {path.group(1) if path else '?'}")

@@ -342,10 +342,7 @@ fn pack_group(db: MatrixView, g: usize, tiles: &mut [u16]) -> Vec<Norms> {
         // One row rounded, zero-padded to whole chunks, then dealt out pair by pair.
         let mut hat = vec![0u16; tiles.len() / GROUP];
         for r in rows {
-            let row = db.row(r);
-            for (h, &v) in hat.iter_mut().zip(row) {
-                *h = to_bf16(v);
-            }
+            norms.push(round_into(db.row(r), &mut hat));
             let j = (r - g * GROUP) % GROUP;
             for (src, tile) in hat.chunks_exact(CHUNK).zip(tiles.chunks_exact_mut(TILE)) {
                 for p in 0..CHUNK / 2 {
@@ -353,7 +350,6 @@ fn pack_group(db: MatrixView, g: usize, tiles: &mut [u16]) -> Vec<Norms> {
                     tile[p * 2 * GROUP + 2 * j + 1] = src[2 * p + 1];
                 }
             }
-            norms.push(Norms::of(row));
         }
         norms
     }
@@ -369,25 +365,27 @@ fn pack_group(db: MatrixView, g: usize, tiles: &mut [u16]) -> Vec<Norms> {
     body(db, g, tiles)
 }
 
+/// `row` rounded into the start of `out`, and its norms.
+#[inline(always)]
+fn round_into(row: &[f32], out: &mut [u16]) -> Norms {
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = to_bf16(v);
+    }
+    Norms::of(row)
+}
+
 /// A query row rounded into `out`, and its norms; compiled as [`pack_group`] is.
 fn round_row(row: &[f32], out: &mut [u16]) -> Norms {
-    #[inline(always)]
-    fn body(row: &[f32], out: &mut [u16]) -> Norms {
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = to_bf16(v);
-        }
-        Norms::of(row)
-    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         #[target_feature(enable = "avx512f")]
         fn wide(row: &[f32], out: &mut [u16]) -> Norms {
-            body(row, out)
+            round_into(row, out)
         }
         // SAFETY: AVX-512F was detected just above.
         return unsafe { wide(row, out) };
     }
-    body(row, out)
+    round_into(row, out)
 }
 
 /// Per-query state: the k largest lower ends (their k-th is `τ`) and the candidates, each with

@@ -291,7 +291,7 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
         f.write_str("a relationships record (an object with image_id and relationships)")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(
-        mut self,
+        self,
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
         use serde::de::Error as _;
@@ -311,10 +311,8 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
                 }
                 RelationshipsField::Relationships => {
                     listed = true;
-                    let list = &mut self.0;
                     map.next_value_seed(RelationshipList {
-                        rows: &mut *list.rows,
-                        skipped: &mut *list.skipped,
+                        rows: &mut *self.0.rows,
                     })?;
                 }
                 RelationshipsField::Other => {
@@ -332,8 +330,6 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
 /// The `relationships` list of an element, appended to the rows one by one.
 struct RelationshipList<'r> {
     rows: &'r mut RelationshipCols,
-    /// (reason, relationship id) of the relationships skipped.
-    skipped: &'r mut Vec<(&'static str, i64)>,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for RelationshipList<'_> {
@@ -353,9 +349,7 @@ impl<'de> serde::de::Visitor<'de> for RelationshipList<'_> {
         mut seq: A,
     ) -> std::result::Result<(), A::Error> {
         while let Some(r) = seq.next_element::<VgRelationship<'de>>()? {
-            if let Some(reason) = self.rows.push(&r) {
-                self.skipped.push((reason, r.relationship_id));
-            }
+            self.rows.push(&r);
         }
         Ok(())
     }
@@ -531,8 +525,14 @@ const UNNAMED: &str = "relationships_unnamed_object";
 const BAD_BOX: &str = "relationships_bad_box";
 
 impl RelationshipCols {
-    /// Append a relationship's row (all columns but `image_id`), or give why it is skipped.
-    fn push(&mut self, r: &VgRelationship) -> Option<&'static str> {
+    /// Append a relationship's row (all columns but `image_id`), or note why it is skipped.
+    fn push(&mut self, r: &VgRelationship) {
+        if let Some(reason) = self.append(r) {
+            self.skipped.push((reason, r.relationship_id));
+        }
+    }
+
+    fn append(&mut self, r: &VgRelationship) -> Option<&'static str> {
         let (Some(sn), Some(on)) = (r.subject.name(), r.object.name()) else {
             return Some(UNNAMED);
         };
@@ -556,21 +556,17 @@ struct RelationshipCols {
     synsets: ListBuilder<StringBuilder>,
     subj: SideCols,
     obj: SideCols,
+    /// (reason, relationship id) of the current element's relationships skipped so far.
+    skipped: Vec<(&'static str, i64)>,
 }
 
 impl RelationshipCols {
-    /// Fill in `image_id` for the rows appended since there were `before`, and count the
-    /// relationships skipped in the element.
-    fn end_element(
-        &mut self,
-        before: usize,
-        image_id: i64,
-        skipped: Vec<(&'static str, i64)>,
-        tally: &mut Tally,
-    ) {
+    /// Fill in `image_id` for the element's rows (those appended since the last element ended),
+    /// and count the relationships skipped in it.
+    fn end_element(&mut self, image_id: i64, tally: &mut Tally) {
         self.image_id
-            .append_value_n(image_id, self.relationship_id.len() - before);
-        for (reason, r) in skipped {
+            .append_value_n(image_id, self.relationship_id.len() - self.image_id.len());
+        for (reason, r) in self.skipped.drain(..) {
             tally.skip(reason, || match reason {
                 UNNAMED => format!("relationship {r} in image {image_id}"),
                 _ => format!(
@@ -578,6 +574,19 @@ impl RelationshipCols {
                 ),
             });
         }
+    }
+
+    fn finish(mut self) -> RecordBatch {
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.image_id.finish()),
+            Arc::new(self.relationship_id.finish()),
+            Arc::new(self.predicate.finish()),
+            Arc::new(self.synsets.finish()),
+        ];
+        self.subj.finish(&mut cols);
+        self.obj.finish(&mut cols);
+        RecordBatch::try_new(relationships_schema(), cols)
+            .expect("relationships batch matches its schema")
     }
 }
 
@@ -598,42 +607,23 @@ impl PartBuilder for RelationshipRows {
         tally: &mut Tally,
     ) -> Result<()> {
         let cols = &mut self.cols;
-        let before = cols.relationship_id.len();
-        let mut skipped = Vec::new();
         let (image_id, id) = match self.reader.read(chunk.element(i)) {
             Some(element) => {
                 for r in &element.relationships {
-                    if let Some(reason) = cols.push(r) {
-                        skipped.push((reason, r.relationship_id));
-                    }
+                    cols.push(r);
                 }
                 (element.image_id, element.id)
             }
-            None => chunk.parse_seed(
-                path,
-                i,
-                RelationshipsSeed(RelationshipList {
-                    rows: cols,
-                    skipped: &mut skipped,
-                }),
-            )?,
+            None => {
+                chunk.parse_seed(path, i, RelationshipsSeed(RelationshipList { rows: cols }))?
+            }
         };
         let image_id = image_id_of(image_id, id, path, chunk, i)?;
-        cols.end_element(before, image_id, skipped, tally);
+        cols.end_element(image_id, tally);
         Ok(())
     }
     fn finish(self) -> RecordBatch {
-        let mut c = self.cols;
-        let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(c.image_id.finish()),
-            Arc::new(c.relationship_id.finish()),
-            Arc::new(c.predicate.finish()),
-            Arc::new(c.synsets.finish()),
-        ];
-        c.subj.finish(&mut cols);
-        c.obj.finish(&mut cols);
-        RecordBatch::try_new(relationships_schema(), cols)
-            .expect("relationships batch matches its schema")
+        self.cols.finish()
     }
 }
 
@@ -1182,27 +1172,24 @@ mod tests {
         Vec<(&'static str, i64)>,
     );
 
-    fn finish_cols(mut cols: RelationshipCols) -> RecordBatch {
+    /// The rows (with `image_id` 0) and the skips.
+    fn finish_cols(mut cols: RelationshipCols) -> (RecordBatch, Vec<(&'static str, i64)>) {
         let rows = cols.relationship_id.len();
         cols.image_id.append_value_n(0, rows);
-        RelationshipRows {
-            cols,
-            reader: Default::default(),
-        }
-        .finish()
+        let skipped = std::mem::take(&mut cols.skipped);
+        (cols.finish(), skipped)
     }
 
     fn read_by_tape(json: &str) -> Option<Read> {
         let mut reader = tape::TapeReader::default();
         let element = reader.read(json.as_bytes())?;
-        let (mut cols, mut skipped) = (RelationshipCols::default(), Vec::new());
+        let mut cols = RelationshipCols::default();
         for r in &element.relationships {
-            if let Some(reason) = cols.push(r) {
-                skipped.push((reason, r.relationship_id));
-            }
+            cols.push(r);
         }
         let ids = (element.image_id, element.id);
-        Some((finish_cols(cols), ids, skipped))
+        let (rows, skipped) = finish_cols(cols);
+        Some((rows, ids, skipped))
     }
 
     fn read_by_serde(json: &str) -> Result<Read> {
@@ -1211,16 +1198,14 @@ mod tests {
             data: json.as_bytes().to_vec(),
             elements: std::iter::once(0..json.len()).collect(),
         };
-        let (mut cols, mut skipped) = (RelationshipCols::default(), Vec::new());
+        let mut cols = RelationshipCols::default();
         let ids = chunk.parse_seed(
             Path::new("relationships.json"),
             0,
-            RelationshipsSeed(RelationshipList {
-                rows: &mut cols,
-                skipped: &mut skipped,
-            }),
+            RelationshipsSeed(RelationshipList { rows: &mut cols }),
         )?;
-        Ok((finish_cols(cols), ids, skipped))
+        let (rows, skipped) = finish_cols(cols);
+        Ok((rows, ids, skipped))
     }
 
     #[test]

@@ -61,14 +61,6 @@ impl TapeReader {
     }
 }
 
-/// The index of the node after the value that starts at `i`.
-fn after(t: &[Node], i: usize) -> usize {
-    match t[i] {
-        Node::Object { count, .. } | Node::Array { count, .. } => i + 1 + count,
-        _ => i + 1,
-    }
-}
-
 /// An `i64` field: a JSON integer in range (serde_json refuses floats and wider integers).
 fn int(n: Node) -> Option<i64> {
     match n {
@@ -78,11 +70,11 @@ fn int(n: Node) -> Option<i64> {
     }
 }
 
-/// An `Option<i64>` field: null or an integer.
-fn opt_int(n: Node) -> Option<Option<i64>> {
+/// An `Option<T>` field: null, or what `read` reads.
+fn nullable<'a, T>(n: Node<'a>, read: impl Fn(Node<'a>) -> Option<T>) -> Option<Option<T>> {
     match n {
         Node::Static(StaticNode::Null) => Some(None),
-        n => int(n).map(Some),
+        n => read(n).map(Some),
     }
 }
 
@@ -90,14 +82,6 @@ fn string<'a>(n: Node<'a>) -> Option<Str<'a>> {
     match n {
         Node::String(s) => Some(Str(Cow::Borrowed(s))),
         _ => None,
-    }
-}
-
-/// An `Option<Str>` field: null or a string.
-fn opt_string<'a>(n: Node<'a>) -> Option<Option<Str<'a>>> {
-    match n {
-        Node::Static(StaticNode::Null) => Some(None),
-        n => string(n).map(Some),
     }
 }
 
@@ -144,9 +128,10 @@ fn fields<'a>(
                 seen |= 1 << bit;
                 i = field(bit, i)?;
             }
+            // A scalar takes one node.
             None => match t[i] {
                 Node::Object { .. } | Node::Array { .. } => return None,
-                _ => i = after(t, i),
+                _ => i += 1,
             },
         }
     }
@@ -188,7 +173,7 @@ fn vg_object<'a>(t: &[Node<'a>], i: usize) -> Option<(VgObject<'a>, usize)> {
                 let v = int(t[i])?;
                 *[&mut o.object_id, &mut o.x, &mut o.y, &mut o.w, &mut o.h][bit] = v;
             }
-            5 => o.name = opt_string(t[i])?,
+            5 => o.name = nullable(t[i], string)?,
             _ => {
                 let (v, next) = opt_strings(t, i)?;
                 *[&mut o.names, &mut o.synsets, &mut o.attributes][bit - 6] = v;
@@ -264,11 +249,11 @@ fn element<'a>(t: &[Node<'a>]) -> Option<RelationshipsElement<'a>> {
             Some(i)
         }
         1 => {
-            e.image_id = opt_int(t[i])?;
+            e.image_id = nullable(t[i], int)?;
             Some(i + 1)
         }
         _ => {
-            e.id = opt_int(t[i])?;
+            e.id = nullable(t[i], int)?;
             Some(i + 1)
         }
     })?;
