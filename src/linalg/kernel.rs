@@ -73,7 +73,7 @@ impl Isa {
     }
 
     /// Database rows per panel.
-    fn nr(self) -> usize {
+    pub(crate) fn nr(self) -> usize {
         match self {
             Isa::Avx512 => 48,
             Isa::Avx2 | Isa::Scalar => 16,

@@ -335,7 +335,12 @@ pub fn knn(
     exclude: Option<&[i64]>,
 ) -> Vec<Vec<Hit>> {
     let own_row: Vec<usize> = (0..queries.rows).collect();
-    blocked_search(db, queries, &own_row, k, 1, |qi, scores, b0, tops| {
+    let packed_db = PackedDb::new(kernel::Isa::detect(), db);
+    let rows = Rows {
+        of: queries,
+        pick: None,
+    };
+    blocked_search(&packed_db, rows, &own_row, k, 1, |qi, scores, b0, tops| {
         tops[0].push_row(scores, b0, exclude.map(|e| e[qi]).unwrap_or(-1));
     })
 }
@@ -371,9 +376,11 @@ pub fn sweep(
         .iter()
         .map(|s| distinct.binary_search(s).expect("every source is listed"))
         .collect();
-    let images = db.gather(&distinct);
+    // The database is packed once (when small enough) for the word product and the search.
+    let isa = kernel::Isa::detect();
+    let packed_db = PackedDb::new(isa, db);
     // word · dbᵀ, n_words × n_db.
-    let word_scores = product(words, db);
+    let word_scores = product_packed(words, &packed_db);
     let n_l = lambdas.len();
     // At λ = 0 a query's score is `img·d + 0·δ`, the image's score whatever the words: queries
     // of one source image (and one excluded row) share that list. Only the first of them, the
@@ -386,8 +393,11 @@ pub fn sweep(
             .collect()
     };
     let flat = blocked_search(
-        db,
-        images.view(),
+        &packed_db,
+        Rows {
+            of: db,
+            pick: Some(&distinct),
+        },
         &source_row,
         k,
         n_l,
@@ -425,25 +435,55 @@ pub fn sweep(
 /// `a·bᵀ`, `a.rows × b.rows` row-major, each value the [`kernel::chain`] of its pair (so the
 /// same on every CPU, as the search's scores are): the kernel, in parallel over blocks of `b`.
 pub fn product(a: MatrixView, b: MatrixView) -> Vec<f32> {
-    assert_eq!(a.cols, b.cols, "the two sides differ in dimension");
-    // Blocks small enough that a few hundred rows of `b` keep both cores busy.
-    const B_ROWS: usize = 256;
-    let (m, n, d) = (a.rows, b.rows, a.cols);
-    let isa = kernel::Isa::detect();
-    let a_blocks = packed_row_blocks(isa, a);
+    product_packed(a, &PackedDb::new(kernel::Isa::detect(), b))
+}
+
+/// [`product`] against a database already packed (or not, when it is large: then each part
+/// packs its own rows).
+fn product_packed(a: MatrixView, b: &PackedDb) -> Vec<f32> {
+    let (isa, db) = (b.isa, b.db);
+    assert_eq!(a.cols, db.cols, "the two sides differ in dimension");
+    // Parts of a few hundred rows of `b`, so that both cores stay busy; whole panels, so that
+    // a part of a packed block is packed data of its own.
+    let part_rows = 256usize.next_multiple_of(isa.nr());
+    let (m, n, d) = (a.rows, db.rows, a.cols);
+    let a_blocks = packed_row_blocks(
+        isa,
+        Rows {
+            of: a,
+            pick: None,
+        },
+    );
+    let parts: Vec<usize> = (0..n.div_ceil(DB_BLOCK))
+        .flat_map(|blk| {
+            let (b0, b1) = (blk * DB_BLOCK, ((blk + 1) * DB_BLOCK).min(n));
+            (b0..b1).step_by(part_rows)
+        })
+        .collect();
     let mut out = vec![0f32; m * n];
-    let parts: Vec<(usize, usize, Vec<f32>)> = (0..n.div_ceil(B_ROWS))
+    let buf_len = Q_BLOCK.min(m) * kernel::out_stride(part_rows, isa);
+    let scored: Vec<(usize, usize, Vec<f32>)> = parts
         .into_par_iter()
-        .map(|blk| {
-            let (j0, j1) = (blk * B_ROWS, ((blk + 1) * B_ROWS).min(n));
+        // Each thread reuses its buffer: a fresh one per part costs page faults.
+        .map_init(|| vec![0f32; buf_len], |buf, j0| {
+            let block_end = ((j0 / DB_BLOCK + 1) * DB_BLOCK).min(n);
+            let j1 = (j0 + part_rows).min(block_end);
             let nb = j1 - j0;
-            let mut packed = Vec::new();
-            kernel::pack_block(isa, &b.data[j0 * d..j1 * d], nb, d, &mut packed);
+            let mut own = Vec::new();
+            let packed = match b.blocks.get(j0 / DB_BLOCK) {
+                Some(block) => {
+                    let at = (j0 % DB_BLOCK) * d;
+                    &block[at..at + nb.next_multiple_of(isa.nr()) * d]
+                }
+                None => {
+                    kernel::pack_block(isa, &db.data[j0 * d..j1 * d], nb, d, &mut own);
+                    &own[..]
+                }
+            };
             let ldo = kernel::out_stride(nb, isa);
             let mut scores = vec![0f32; m * nb];
-            let mut buf = vec![0f32; Q_BLOCK * ldo];
             for (r0, r1, qp) in &a_blocks {
-                kernel::scores_packed(isa, qp, r1 - r0, &packed, nb, d, &mut buf);
+                kernel::scores_packed(isa, qp, r1 - r0, packed, nb, d, buf);
                 for r in 0..r1 - r0 {
                     scores[(r0 + r) * nb..][..nb].copy_from_slice(&buf[r * ldo..][..nb]);
                 }
@@ -451,7 +491,7 @@ pub fn product(a: MatrixView, b: MatrixView) -> Vec<f32> {
             (j0, nb, scores)
         })
         .collect();
-    for (j0, nb, scores) in parts {
+    for (j0, nb, scores) in scored {
         for (i, row) in scores.chunks_exact(nb).enumerate() {
             out[i * n + j0..][..nb].copy_from_slice(row);
         }
@@ -459,16 +499,70 @@ pub fn product(a: MatrixView, b: MatrixView) -> Vec<f32> {
     out
 }
 
+/// The rows a search scores: all of `of`, or those `pick` lists, in its order.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    of: MatrixView<'a>,
+    pick: Option<&'a [usize]>,
+}
+
+impl Rows<'_> {
+    fn len(&self) -> usize {
+        self.pick.map_or(self.of.rows, <[usize]>::len)
+    }
+}
+
+/// A database for the blocked search, packed once for all tasks when it is small enough
+/// (official SIMAT: 12 MB); a larger one is packed block by block in each task, so that memory
+/// stays one block per thread.
+struct PackedDb<'a> {
+    isa: kernel::Isa,
+    db: MatrixView<'a>,
+    /// Block `b` (rows `b·DB_BLOCK..`) packed, or empty when not packed ahead.
+    blocks: Vec<Vec<f32>>,
+}
+
+impl<'a> PackedDb<'a> {
+    fn new(isa: kernel::Isa, db: MatrixView<'a>) -> Self {
+        let (n, d) = (db.rows, db.cols);
+        let blocks = if n * d * 4 <= PREPACK_BYTES {
+            (0..n.div_ceil(DB_BLOCK))
+                .into_par_iter()
+                .map(|b| {
+                    let (b0, b1) = (b * DB_BLOCK, ((b + 1) * DB_BLOCK).min(n));
+                    let mut packed = Vec::new();
+                    kernel::pack_block(isa, &db.data[b0 * d..b1 * d], b1 - b0, d, &mut packed);
+                    packed
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        PackedDb { isa, db, blocks }
+    }
+
+    fn prepacked(&self) -> bool {
+        !self.blocks.is_empty() || self.db.rows == 0
+    }
+}
+
 /// `rows` in blocks of [`Q_BLOCK`], each packed once for the kernel: (first row, end, panels).
-fn packed_row_blocks(isa: kernel::Isa, rows: MatrixView) -> Vec<(usize, usize, Vec<f32>)> {
-    let d = rows.cols;
-    let starts: Vec<usize> = (0..rows.rows).step_by(Q_BLOCK).collect();
+/// Picked rows are gathered a block at a time, never as a whole copy.
+fn packed_row_blocks(isa: kernel::Isa, rows: Rows) -> Vec<(usize, usize, Vec<f32>)> {
+    let d = rows.of.cols;
+    let starts: Vec<usize> = (0..rows.len()).step_by(Q_BLOCK).collect();
     starts
         .into_par_iter()
         .map(|r0| {
-            let r1 = (r0 + Q_BLOCK).min(rows.rows);
+            let r1 = (r0 + Q_BLOCK).min(rows.len());
             let mut packed = Vec::new();
-            kernel::pack_rows(isa, &rows.data[r0 * d..r1 * d], r1 - r0, d, &mut packed);
+            match rows.pick {
+                None => kernel::pack_rows(isa, &rows.of.data[r0 * d..r1 * d], r1 - r0, d, &mut packed),
+                Some(pick) => {
+                    let gathered = rows.of.gather(&pick[r0..r1]);
+                    kernel::pack_rows(isa, &gathered.data, r1 - r0, d, &mut packed)
+                }
+            }
             (r0, r1, packed)
         })
         .collect()
@@ -482,18 +576,19 @@ fn packed_row_blocks(isa: kernel::Isa, rows: MatrixView) -> Vec<(usize, usize, V
 /// lists)`; then the tasks' lists are merged. Returns `lists_per_query` lists per query,
 /// query-major.
 fn blocked_search(
-    db: MatrixView,
-    rows: MatrixView,
+    packed_db: &PackedDb,
+    rows: Rows,
     row_of: &[usize],
     k: usize,
     lists_per_query: usize,
     per_row: impl Fn(usize, &[f32], usize, &mut [TopK]) + Sync,
 ) -> Vec<Vec<Hit>> {
+    let (db, isa) = (packed_db.db, packed_db.isa);
     assert_eq!(
-        db.cols, rows.cols,
+        db.cols, rows.of.cols,
         "database and queries differ in dimension"
     );
-    let (d, n_db, n_rows, n_q, per) = (db.cols, db.rows, rows.rows, row_of.len(), lists_per_query);
+    let (d, n_db, n_rows, n_q, per) = (db.cols, db.rows, rows.len(), row_of.len(), lists_per_query);
     // No list holds more than the database: a huge k allocates nothing it cannot fill.
     let k = k.min(n_db);
     // The queries of each row, in query order (CSR).
@@ -510,7 +605,6 @@ fn blocked_search(
         queries_of[fill[r]] = q;
         fill[r] += 1;
     }
-    let isa = kernel::Isa::detect();
     let row_blocks = packed_row_blocks(isa, rows);
     // A task is a group of row blocks × a shard of the database: it scores every row block of
     // its group against each database block of its shard. About eight tasks per thread, so
@@ -521,15 +615,13 @@ fn blocked_search(
         .into_iter()
         .map(|b| ((b.start * DB_BLOCK).min(n_db), (b.end * DB_BLOCK).min(n_db)))
         .collect();
-    // A database small enough is packed once for all tasks (official SIMAT: 12 MB), and then
-    // each row block is a group of its own: the most tasks at no extra packing (each query's
-    // lists are merged once per shard whatever the groups), so the idle tail is one small task
-    // (official SIMAT on Zen 4: one thread ran alone for 30 ms of a 200 ms sweep with groups
-    // of up to three row blocks). A larger database is packed block by block in each task, so
-    // that memory stays one block per thread, and as few groups as give enough tasks, since
-    // each group packs it again.
-    let prepack = n_db * d * 4 <= PREPACK_BYTES;
-    let groups = if prepack {
+    // A prepacked database (official SIMAT: 12 MB) lets each row block be a group of its own:
+    // the most tasks at no extra packing (each query's lists are merged once per shard whatever
+    // the groups), so the idle tail is one small task (official SIMAT on Zen 4: one thread ran
+    // alone for 30 ms of a 200 ms sweep with groups of up to three row blocks). A larger
+    // database is packed block by block in each task, and then as few groups as give enough
+    // tasks, since each group packs it again.
+    let groups = if packed_db.prepacked() {
         split(row_blocks.len(), row_blocks.len())
     } else {
         split(row_blocks.len(), target.div_ceil(shards.len()))
@@ -538,19 +630,7 @@ fn blocked_search(
         .iter()
         .flat_map(|g| shards.iter().map(move |&s| ((g.start, g.end), s)))
         .collect();
-    let prepacked: Vec<Vec<f32>> = if prepack {
-        (0..db_blocks)
-            .into_par_iter()
-            .map(|b| {
-                let (b0, b1) = (b * DB_BLOCK, ((b + 1) * DB_BLOCK).min(n_db));
-                let mut packed = Vec::new();
-                kernel::pack_block(isa, &db.data[b0 * d..b1 * d], b1 - b0, d, &mut packed);
-                packed
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let prepacked = &packed_db.blocks;
     let mut partial: Vec<(&[usize], Vec<TopK>)> = tasks
         .into_par_iter()
         // A task's buffers (2 MB of scores) are reused by the next task on the same thread:

@@ -246,16 +246,8 @@ impl StageDef for Retrieve {
             seconds = started.elapsed().as_secs_f64(),
             "retrieve: inputs read"
         );
-        // At most k rows per query, λ and head set.
-        let most = head_sets.len() * lambdas.len() * queries.len() * c.k.min(raw_images.rows);
-        let mut hname = vec![];
-        let (mut qid, mut lam, mut rank, mut did, mut score) = (
-            Vec::with_capacity(most),
-            Vec::with_capacity(most),
-            Vec::with_capacity(most),
-            Vec::with_capacity(most),
-            Vec::with_capacity(most),
-        );
+        // Per head set, hits[λ][query].
+        let mut swept: Vec<(&str, Vec<Vec<Vec<crate::linalg::Hit>>>)> = Vec::new();
         for (label, heads) in &head_sets {
             let (db, word_m) = embedding_space(
                 raw_images,
@@ -283,32 +275,9 @@ impl StageDef for Retrieve {
                 &exclude,
             );
             tracing::debug!(seconds = started.elapsed().as_secs_f64(), heads = %label, "retrieve: swept");
-            let rows: usize = hits.iter().flatten().map(Vec::len).sum();
-            hname.push((label.as_str(), rows));
-            for (l, per_q) in hits.iter().enumerate() {
-                for (i, list) in per_q.iter().enumerate() {
-                    for (r, h) in list.iter().enumerate() {
-                        qid.push(queries.query_id[i]);
-                        lam.push(c.lambdas[l]);
-                        rank.push(r as i32);
-                        did.push(h.id as i64);
-                        score.push(h.score);
-                    }
-                }
-            }
+            swept.push((label.as_str(), hits));
         }
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(arrow::array::StringArray::from_iter_values(
-                hname
-                    .iter()
-                    .flat_map(|&(label, rows)| std::iter::repeat_n(label, rows)),
-            )),
-            Arc::new(Int64Array::from(qid)),
-            Arc::new(Float64Array::from(lam)),
-            Arc::new(Int32Array::from(rank)),
-            Arc::new(Int64Array::from(did)),
-            Arc::new(Float32Array::from(score)),
-        ];
+        let cols = retrieval_columns(&swept, &c.lambdas, &queries.query_id);
         let batch = RecordBatch::try_new(retrievals_schema(), cols)
             .map_err(|e| Error::Internal(e.to_string()))?;
         tracing::debug!(
@@ -442,6 +411,64 @@ fn embeddings_origin(model_json: &Path) -> Option<String> {
             .as_str()
             .map(|m| format!("embedded by the model {m}")),
     }
+}
+
+/// The retrievals table's columns, in row order (head set, λ, query, rank), each built on its
+/// own thread: one pass over the hits per column.
+fn retrieval_columns(
+    swept: &[(&str, Vec<Vec<Vec<crate::linalg::Hit>>>)],
+    lambdas: &[f64],
+    query_id: &[i64],
+) -> Vec<ArrayRef> {
+    use crate::linalg::Hit;
+    // Every list, in row order: (head set, λ index, query index, hits).
+    let lists: Vec<(&str, usize, usize, &[Hit])> = swept
+        .iter()
+        .flat_map(|(label, hits)| {
+            hits.iter().enumerate().flat_map(move |(l, per_q)| {
+                per_q
+                    .iter()
+                    .enumerate()
+                    .map(move |(q, list)| (*label, l, q, list.as_slice()))
+            })
+        })
+        .collect();
+    let rows: usize = lists.iter().map(|l| l.3.len()).sum();
+    fn column<T>(
+        lists: &[(&str, usize, usize, &[Hit])],
+        rows: usize,
+        value: impl Fn(&(&str, usize, usize, &[Hit]), usize, &Hit) -> T,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(rows);
+        for list in lists {
+            out.extend(list.3.iter().enumerate().map(|(r, h)| value(list, r, h)));
+        }
+        out
+    }
+    let (mut label, mut qid, mut lam, mut rank, mut did, mut score) =
+        (None, vec![], vec![], vec![], vec![], vec![]);
+    rayon::scope(|s| {
+        s.spawn(|_| {
+            label = Some(arrow::array::StringArray::from_iter_values(
+                lists
+                    .iter()
+                    .flat_map(|l| std::iter::repeat_n(l.0, l.3.len())),
+            ))
+        });
+        s.spawn(|_| qid = column(&lists, rows, |l, _, _| query_id[l.2]));
+        s.spawn(|_| lam = column(&lists, rows, |l, _, _| lambdas[l.1]));
+        s.spawn(|_| rank = column(&lists, rows, |_, r, _| r as i32));
+        s.spawn(|_| did = column(&lists, rows, |_, _, h| h.id as i64));
+        s.spawn(|_| score = column(&lists, rows, |_, _, h| h.score));
+    });
+    vec![
+        Arc::new(label.expect("built")),
+        Arc::new(Int64Array::from(qid)),
+        Arc::new(Float64Array::from(lam)),
+        Arc::new(Int32Array::from(rank)),
+        Arc::new(Int64Array::from(did)),
+        Arc::new(Float32Array::from(score)),
+    ]
 }
 
 /// The space retrieval compares in: `normalise(head(x))` with heads, `normalise(x)` without,
