@@ -447,13 +447,7 @@ fn product_packed(a: MatrixView, b: &PackedDb) -> Vec<f32> {
     // a part of a packed block is packed data of its own.
     let part_rows = 256usize.next_multiple_of(isa.nr());
     let (m, n, d) = (a.rows, db.rows, a.cols);
-    let a_blocks = packed_row_blocks(
-        isa,
-        Rows {
-            of: a,
-            pick: None,
-        },
-    );
+    let a_blocks = packed_row_blocks(isa, Rows { of: a, pick: None });
     let parts: Vec<usize> = (0..n.div_ceil(DB_BLOCK))
         .flat_map(|blk| {
             let (b0, b1) = (blk * DB_BLOCK, ((blk + 1) * DB_BLOCK).min(n));
@@ -465,31 +459,34 @@ fn product_packed(a: MatrixView, b: &PackedDb) -> Vec<f32> {
     let scored: Vec<(usize, usize, Vec<f32>)> = parts
         .into_par_iter()
         // Each thread reuses its buffer: a fresh one per part costs page faults.
-        .map_init(|| vec![0f32; buf_len], |buf, j0| {
-            let block_end = ((j0 / DB_BLOCK + 1) * DB_BLOCK).min(n);
-            let j1 = (j0 + part_rows).min(block_end);
-            let nb = j1 - j0;
-            let mut own = Vec::new();
-            let packed = match b.blocks.get(j0 / DB_BLOCK) {
-                Some(block) => {
-                    let at = (j0 % DB_BLOCK) * d;
-                    &block[at..at + nb.next_multiple_of(isa.nr()) * d]
+        .map_init(
+            || vec![0f32; buf_len],
+            |buf, j0| {
+                let block_end = ((j0 / DB_BLOCK + 1) * DB_BLOCK).min(n);
+                let j1 = (j0 + part_rows).min(block_end);
+                let nb = j1 - j0;
+                let mut own = Vec::new();
+                let packed = match b.blocks.get(j0 / DB_BLOCK) {
+                    Some(block) => {
+                        let at = (j0 % DB_BLOCK) * d;
+                        &block[at..at + nb.next_multiple_of(isa.nr()) * d]
+                    }
+                    None => {
+                        kernel::pack_block(isa, &db.data[j0 * d..j1 * d], nb, d, &mut own);
+                        &own[..]
+                    }
+                };
+                let ldo = kernel::out_stride(nb, isa);
+                let mut scores = vec![0f32; m * nb];
+                for (r0, r1, qp) in &a_blocks {
+                    kernel::scores_packed(isa, qp, r1 - r0, packed, nb, d, buf);
+                    for r in 0..r1 - r0 {
+                        scores[(r0 + r) * nb..][..nb].copy_from_slice(&buf[r * ldo..][..nb]);
+                    }
                 }
-                None => {
-                    kernel::pack_block(isa, &db.data[j0 * d..j1 * d], nb, d, &mut own);
-                    &own[..]
-                }
-            };
-            let ldo = kernel::out_stride(nb, isa);
-            let mut scores = vec![0f32; m * nb];
-            for (r0, r1, qp) in &a_blocks {
-                kernel::scores_packed(isa, qp, r1 - r0, packed, nb, d, buf);
-                for r in 0..r1 - r0 {
-                    scores[(r0 + r) * nb..][..nb].copy_from_slice(&buf[r * ldo..][..nb]);
-                }
-            }
-            (j0, nb, scores)
-        })
+                (j0, nb, scores)
+            },
+        )
         .collect();
     for (j0, nb, scores) in scored {
         for (i, row) in scores.chunks_exact(nb).enumerate() {
@@ -524,8 +521,13 @@ struct PackedDb<'a> {
 
 impl<'a> PackedDb<'a> {
     fn new(isa: kernel::Isa, db: MatrixView<'a>) -> Self {
+        Self::with_limit(isa, db, PREPACK_BYTES)
+    }
+
+    /// Packed ahead when its f32 values take at most `limit` bytes.
+    fn with_limit(isa: kernel::Isa, db: MatrixView<'a>, limit: usize) -> Self {
         let (n, d) = (db.rows, db.cols);
-        let blocks = if n * d * 4 <= PREPACK_BYTES {
+        let blocks = if n * d * 4 <= limit {
             (0..n.div_ceil(DB_BLOCK))
                 .into_par_iter()
                 .map(|b| {
@@ -557,7 +559,9 @@ fn packed_row_blocks(isa: kernel::Isa, rows: Rows) -> Vec<(usize, usize, Vec<f32
             let r1 = (r0 + Q_BLOCK).min(rows.len());
             let mut packed = Vec::new();
             match rows.pick {
-                None => kernel::pack_rows(isa, &rows.of.data[r0 * d..r1 * d], r1 - r0, d, &mut packed),
+                None => {
+                    kernel::pack_rows(isa, &rows.of.data[r0 * d..r1 * d], r1 - r0, d, &mut packed)
+                }
                 Some(pick) => {
                     let gathered = rows.of.gather(&pick[r0..r1]);
                     kernel::pack_rows(isa, &gathered.data, r1 - r0, d, &mut packed)
@@ -972,6 +976,52 @@ mod tests {
                         "{m}×{n}×{d} ({i}, {j})"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_database_packed_ahead_or_per_task_gives_the_same_scores_and_hits() {
+        let isa = kernel::Isa::detect();
+        let (db, q) = (
+            random(DB_BLOCK * 2 + 301, 20, 31),
+            random(Q_BLOCK + 40, 20, 32),
+        );
+        let ahead = PackedDb::new(isa, db.view());
+        let per_task = PackedDb::with_limit(isa, db.view(), 0);
+        assert!(ahead.prepacked() && !per_task.prepacked());
+        let (p1, p2) = (
+            product_packed(q.view(), &ahead),
+            product_packed(q.view(), &per_task),
+        );
+        for (at, (x, y)) in p1.iter().zip(&p2).enumerate() {
+            let (i, j) = (at / db.rows, at % db.rows);
+            let want = kernel::chain(q.row(i), db.row(j)).to_bits();
+            assert_eq!((x.to_bits(), y.to_bits()), (want, want), "({i}, {j})");
+        }
+        // Picked rows, some twice, and several queries per row.
+        let pick: Vec<usize> = (0..q.rows).map(|i| i * 13 % db.rows).collect();
+        let row_of: Vec<usize> = (0..2 * q.rows).map(|i| i % q.rows).collect();
+        let search = |packed: &PackedDb| {
+            let rows = Rows {
+                of: db.view(),
+                pick: Some(&pick),
+            };
+            blocked_search(packed, rows, &row_of, 7, 1, |qi, scores, b0, tops| {
+                tops[0].push_row(scores, b0, pick[row_of[qi]] as i64)
+            })
+        };
+        let (h1, h2) = (search(&ahead), search(&per_task));
+        assert_eq!(h1, h2);
+        for (qi, hits) in h1.iter().enumerate() {
+            let source = db.row(pick[row_of[qi]]);
+            assert_eq!(hits.len(), 7);
+            for h in hits {
+                assert_ne!(h.id as usize, pick[row_of[qi]], "the excluded row");
+                assert_eq!(
+                    h.score.to_bits(),
+                    kernel::chain(source, db.row(h.id as usize)).to_bits()
+                );
             }
         }
     }
