@@ -83,12 +83,19 @@ def best_openblas_coretype(threads, flags):
     if "avx2" in flags:
         candidates += ["HASWELL", "ZEN"]
     times = {}
+    last_error = ""
     for c in candidates:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_CORETYPE=c)
         p = subprocess.run([sys.executable, "-c", FAISS_CALIBRATE, str(threads)],
                            capture_output=True, text=True, env=env)
         if p.returncode == 0:
             times[c] = float(p.stdout.split()[-1])
+        else:
+            last_error = p.stderr.strip().splitlines()[-1:] or [f"exit {p.returncode}"]
+            last_error = last_error[0]
+    if not times:
+        sys.exit(f"faiss could not run a search under {sys.executable} ({last_error}): "
+                 "pip install numpy faiss-cpu, or run this script with the Python that has them")
     best = min(times, key=times.get)
     print("faiss OPENBLAS_CORETYPE: " + ", ".join(
         f"{c or 'default'} {t:.2f}s" for c, t in times.items()) + f" → {best or 'default'}")
