@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use simd_json::{Buffers, Node, StaticNode, Tape};
 
-use super::{Str, VgObject, VgRelationship};
+use super::{Str, Strs, VgObject, VgRelationship};
 
 /// One element of `relationships.json`, read.
 pub(super) struct RelationshipsElement<'a> {
@@ -85,16 +85,13 @@ fn string<'a>(n: Node<'a>) -> Option<Str<'a>> {
     }
 }
 
-/// An `Option<Vec<Str>>` field at `i`: null or an array of strings; gives the next index.
-fn opt_strings<'a>(t: &[Node<'a>], i: usize) -> Option<(Option<Vec<Str<'a>>>, usize)> {
+/// An `Option<Strs>` field at `i`: null or an array of strings; gives the next index.
+fn opt_strings<'a>(t: &[Node<'a>], i: usize) -> Option<(Option<Strs<'a>>, usize)> {
     match t[i] {
         Node::Static(StaticNode::Null) => Some((None, i + 1)),
         Node::Array { len, .. } => {
             let items = t.get(i + 1..i + 1 + len)?;
-            let strs = items
-                .iter()
-                .map(|&n| string(n))
-                .collect::<Option<Vec<_>>>()?;
+            let strs = items.iter().map(|&n| string(n)).collect::<Option<Strs>>()?;
             Some((Some(strs), i + 1 + len))
         }
         _ => None,
