@@ -239,9 +239,22 @@ impl VgObject<'_> {
             _ => None,
         }
     }
-    fn has_box(&self) -> bool {
-        self.w > 0 && self.h > 0 && fits_i32(&[self.x, self.y, self.w, self.h])
+    fn bbox(&self) -> [i64; 4] {
+        [self.x, self.y, self.w, self.h]
     }
+    fn side(&self) -> SideRow<'_, StrIter<'_>> {
+        SideRow {
+            object_id: self.object_id,
+            bbox: self.bbox(),
+            name: self.name(),
+            synsets: strs(&self.synsets),
+        }
+    }
+}
+
+/// Whether a box `[x, y, w, h]` has an area and fits the `Int32` columns.
+fn has_box(bbox: [i64; 4]) -> bool {
+    bbox[2] > 0 && bbox[3] > 0 && fits_i32(&bbox)
 }
 
 fn fits_i32(values: &[i64]) -> bool {
@@ -263,11 +276,44 @@ struct VgRelationship<'a> {
     object: VgObject<'a>,
 }
 
+impl VgRelationship<'_> {
+    fn row(&self) -> RelationshipRow<'_, StrIter<'_>> {
+        RelationshipRow {
+            relationship_id: self.relationship_id,
+            predicate: &self.predicate.0,
+            synsets: strs(&self.synsets),
+            subject: self.subject.side(),
+            object: self.object.side(),
+        }
+    }
+}
+
+/// A relationship's subject or object, as its row needs it.
+struct SideRow<'r, L> {
+    object_id: i64,
+    /// `[x, y, w, h]`.
+    bbox: [i64; 4],
+    /// `name`, or else the first of `names`.
+    name: Option<&'r str>,
+    synsets: L,
+}
+
+/// A relationship as its row needs it, from serde's record ([`VgRelationship::row`]) or straight
+/// off simd-json's tape ([`tape`]); `L` iterates a list of strings.
+struct RelationshipRow<'r, L> {
+    relationship_id: i64,
+    predicate: &'r str,
+    synsets: L,
+    subject: SideRow<'r, L>,
+    object: SideRow<'r, L>,
+}
+
 /// An element of relationships.json, read straight into the rows: each relationship is
 /// appended (or set aside as skipped) as soon as it is parsed, so no list of them is built (its
 /// growth and the moves of each record into it were a tenth of ingest). VG writes the image id
 /// after the relationships, so it is filled in, and the skips named, once the element is read.
-/// Gives the element's `image_id` and `id`.
+/// Gives the element's `image_id` and `id`. The relationships that the tape walk appended before
+/// it declined the element are read again but not appended again ([`RelationshipList::appended`]).
 struct RelationshipsSeed<'r>(RelationshipList<'r>);
 
 #[derive(Deserialize)]
@@ -318,6 +364,7 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
                     listed = true;
                     map.next_value_seed(RelationshipList {
                         rows: &mut *self.0.rows,
+                        appended: self.0.appended,
                     })?;
                 }
                 RelationshipsField::Other => {
@@ -335,6 +382,10 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
 /// The `relationships` list of an element, appended to the rows one by one.
 struct RelationshipList<'r> {
     rows: &'r mut RelationshipCols,
+    /// How many of the list's first relationships are in `rows` already: the tape walk appends
+    /// each relationship it has read whole, and may decline the element after some. They read
+    /// the same both ways, so serde reads and checks them but does not append them twice.
+    appended: usize,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for RelationshipList<'_> {
@@ -353,8 +404,12 @@ impl<'de> serde::de::Visitor<'de> for RelationshipList<'_> {
         self,
         mut seq: A,
     ) -> std::result::Result<(), A::Error> {
+        let mut at = 0;
         while let Some(r) = seq.next_element::<VgRelationship<'de>>()? {
-            self.rows.push(&r);
+            if at >= self.appended {
+                self.rows.push(r.row());
+            }
+            at += 1;
         }
         Ok(())
     }
@@ -427,8 +482,19 @@ fn push_list<'a>(b: &mut ListBuilder<StringBuilder>, items: impl IntoIterator<It
     b.append(true);
 }
 
-fn strs<'a, 'b>(v: &'a Option<Strs<'b>>) -> impl Iterator<Item = &'a str> + use<'a, 'b> {
-    v.iter().flatten().map(|s| s.0.as_ref())
+/// The strings of a list serde read; none where it was null or absent.
+fn strs<'r>(v: &'r Option<Strs<'_>>) -> StrIter<'r> {
+    StrIter(v.as_deref().unwrap_or_default().iter())
+}
+
+/// The strings of a list serde read.
+struct StrIter<'r>(std::slice::Iter<'r, Str<'r>>);
+
+impl<'r> Iterator for StrIter<'r> {
+    type Item = &'r str;
+    fn next(&mut self) -> Option<&'r str> {
+        self.0.next().map(|s| s.0.as_ref())
+    }
 }
 
 #[derive(Default)]
@@ -488,11 +554,12 @@ struct BoxCols {
 }
 
 impl BoxCols {
-    fn push(&mut self, o: &VgObject) {
-        self.x.append_value(o.x as i32);
-        self.y.append_value(o.y as i32);
-        self.w.append_value(o.w as i32);
-        self.h.append_value(o.h as i32);
+    /// `[x, y, w, h]`, checked by [`has_box`].
+    fn push(&mut self, [x, y, w, h]: [i64; 4]) {
+        self.x.append_value(x as i32);
+        self.y.append_value(y as i32);
+        self.w.append_value(w as i32);
+        self.h.append_value(h as i32);
     }
     fn finish(&mut self, cols: &mut Vec<ArrayRef>) {
         cols.push(Arc::new(self.x.finish()));
@@ -511,11 +578,11 @@ struct SideCols {
 }
 
 impl SideCols {
-    fn push(&mut self, o: &VgObject, name: &str) {
-        self.id.append_value(o.object_id);
+    fn push<'r>(&mut self, side: SideRow<'r, impl Iterator<Item = &'r str>>, name: &str) {
+        self.id.append_value(side.object_id);
         self.name.append_value(name);
-        push_list(&mut self.synsets, strs(&o.synsets));
-        self.bbox.push(o);
+        push_list(&mut self.synsets, side.synsets);
+        self.bbox.push(side.bbox);
     }
     fn finish(&mut self, cols: &mut Vec<ArrayRef>) {
         cols.push(Arc::new(self.id.finish()));
@@ -531,25 +598,18 @@ const BAD_BOX: &str = "relationships_bad_box";
 
 impl RelationshipCols {
     /// Append a relationship's row (all columns but `image_id`), or note why it is skipped.
-    fn push(&mut self, r: &VgRelationship) {
-        if let Some(reason) = self.append(r) {
-            self.skipped.push((reason, r.relationship_id));
-        }
-    }
-
-    fn append(&mut self, r: &VgRelationship) -> Option<&'static str> {
-        let (Some(sn), Some(on)) = (r.subject.name(), r.object.name()) else {
-            return Some(UNNAMED);
+    fn push<'r>(&mut self, r: RelationshipRow<'r, impl Iterator<Item = &'r str>>) {
+        let (Some(sn), Some(on)) = (r.subject.name, r.object.name) else {
+            return self.skipped.push((UNNAMED, r.relationship_id));
         };
-        if !r.subject.has_box() || !r.object.has_box() {
-            return Some(BAD_BOX);
+        if !has_box(r.subject.bbox) || !has_box(r.object.bbox) {
+            return self.skipped.push((BAD_BOX, r.relationship_id));
         }
         self.relationship_id.append_value(r.relationship_id);
-        self.predicate.append_value(r.predicate.0.as_ref());
-        push_list(&mut self.synsets, strs(&r.synsets));
-        self.subj.push(&r.subject, sn);
-        self.obj.push(&r.object, on);
-        None
+        self.predicate.append_value(r.predicate);
+        push_list(&mut self.synsets, r.synsets);
+        self.subj.push(r.subject, sn);
+        self.obj.push(r.object, on);
     }
 }
 
@@ -612,16 +672,16 @@ impl PartBuilder for RelationshipRows {
         tally: &mut Tally,
     ) -> Result<()> {
         let cols = &mut self.cols;
-        let (image_id, id) = match self.reader.read(chunk.element(i)) {
-            Some(element) => {
-                for r in &element.relationships {
-                    cols.push(r);
-                }
-                (element.image_id, element.id)
-            }
-            None => {
-                chunk.parse_seed(path, i, RelationshipsSeed(RelationshipList { rows: cols }))?
-            }
+        let (image_id, id) = match self.reader.read(chunk.element(i), cols) {
+            tape::Read::Element { image_id, id } => (image_id, id),
+            tape::Read::Declined { appended } => chunk.parse_seed(
+                path,
+                i,
+                RelationshipsSeed(RelationshipList {
+                    rows: cols,
+                    appended,
+                }),
+            )?,
         };
         let image_id = image_id_of(image_id, id, path, chunk, i)?;
         cols.end_element(image_id, tally);
@@ -659,7 +719,7 @@ impl PartBuilder for ObjectRows {
                 });
                 continue;
             };
-            if !o.has_box() {
+            if !has_box(o.bbox()) {
                 tally.skip("objects_bad_box", || {
                     format!(
                         "object {} in image {image_id} has a zero, negative or out-of-range box",
@@ -676,7 +736,7 @@ impl PartBuilder for ObjectRows {
                 None => push_list(&mut self.names, [name]),
             }
             push_list(&mut self.synsets, strs(&o.synsets));
-            self.bbox.push(o);
+            self.bbox.push(o.bbox());
         }
         Ok(())
     }
@@ -1185,52 +1245,102 @@ mod tests {
         (cols.finish(), skipped)
     }
 
-    fn read_by_tape(json: &str) -> Option<Read> {
-        let mut reader = tape::TapeReader::default();
-        let element = reader.read(json.as_bytes())?;
+    /// The element read by the tape walk alone, or how many rows it appended before it declined.
+    fn read_by_tape(json: &str) -> std::result::Result<Read, usize> {
         let mut cols = RelationshipCols::default();
-        for r in &element.relationships {
-            cols.push(r);
+        match tape::TapeReader::default().read(json.as_bytes(), &mut cols) {
+            tape::Read::Element { image_id, id } => {
+                let (rows, skipped) = finish_cols(cols);
+                Ok((rows, (image_id, id), skipped))
+            }
+            tape::Read::Declined { .. } => Err(cols.relationship_id.len()),
         }
-        let ids = (element.image_id, element.id);
-        let (rows, skipped) = finish_cols(cols);
-        Some((rows, ids, skipped))
     }
 
-    fn read_by_serde(json: &str) -> Result<Read> {
+    /// The element read by serde, appending to `cols` all but the first `appended`
+    /// relationships.
+    fn read_by_serde_after(
+        json: &str,
+        mut cols: RelationshipCols,
+        appended: usize,
+    ) -> Result<Read> {
         let chunk = ElementChunk {
             offset: 0,
             data: json.as_bytes().to_vec(),
             elements: std::iter::once(0..json.len()).collect(),
         };
-        let mut cols = RelationshipCols::default();
         let ids = chunk.parse_seed(
             Path::new("relationships.json"),
             0,
-            RelationshipsSeed(RelationshipList { rows: &mut cols }),
+            RelationshipsSeed(RelationshipList {
+                rows: &mut cols,
+                appended,
+            }),
         )?;
         let (rows, skipped) = finish_cols(cols);
         Ok((rows, ids, skipped))
+    }
+
+    fn read_by_serde(json: &str) -> Result<Read> {
+        read_by_serde_after(json, RelationshipCols::default(), 0)
+    }
+
+    /// The element read as ingest reads it: the tape walk, then serde where the walk declines.
+    fn read_by_both(json: &str) -> Result<Read> {
+        let mut cols = RelationshipCols::default();
+        match tape::TapeReader::default().read(json.as_bytes(), &mut cols) {
+            tape::Read::Element { image_id, id } => {
+                let (rows, skipped) = finish_cols(cols);
+                Ok((rows, (image_id, id), skipped))
+            }
+            tape::Read::Declined { appended } => read_by_serde_after(json, cols, appended),
+        }
     }
 
     #[test]
     fn the_tape_reads_what_serde_reads_and_declines_the_rest() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
         let (mut read, mut declined_valid, mut declined_invalid) = (0, 0, 0);
+        let mut declined_after_rows = 0;
         for case in 0..20_000 {
             let json = random_element(&mut rng);
             let serde = read_by_serde(&json);
-            match (read_by_tape(&json), serde) {
-                (Some(tape), Ok(serde)) => {
+            match (read_by_tape(&json), &serde) {
+                (Ok(tape), Ok(serde)) => {
                     assert_eq!(tape.0, serde.0, "case {case}: rows differ for {json}");
-                    assert_eq!((tape.1, tape.2), (serde.1, serde.2), "case {case}: {json}");
+                    assert_eq!(
+                        (&tape.1, &tape.2),
+                        (&serde.1, &serde.2),
+                        "case {case}: {json}"
+                    );
                     read += 1;
                 }
-                (Some(_), Err(e)) => {
+                (Ok(_), Err(e)) => {
                     panic!("case {case}: the tape read what serde refuses ({e}): {json}")
                 }
-                (None, Ok(_)) => declined_valid += 1,
-                (None, Err(_)) => declined_invalid += 1,
+                (Err(rows), serde) => {
+                    declined_after_rows += usize::from(rows > 0);
+                    match serde {
+                        Ok(_) => declined_valid += 1,
+                        Err(_) => declined_invalid += 1,
+                    }
+                }
+            }
+            // Ingest's reading (the rows the walk appended, then serde's) is serde's own, rows,
+            // skips and error alike.
+            match (read_by_both(&json), serde) {
+                (Ok(both), Ok(serde)) => {
+                    assert_eq!(both.0, serde.0, "case {case}: rows differ for {json}");
+                    assert_eq!((both.1, both.2), (serde.1, serde.2), "case {case}: {json}");
+                }
+                (Err(both), Err(serde)) => {
+                    assert_eq!(both.to_string(), serde.to_string(), "case {case}: {json}")
+                }
+                (both, serde) => panic!(
+                    "case {case}: ingest read {:?} where serde read {:?}: {json}",
+                    both.err(),
+                    serde.err()
+                ),
             }
         }
         // Most elements are VG's shapes, which the tape must read itself; the rest must exercise
@@ -1244,12 +1354,16 @@ mod tests {
             declined_valid > 100,
             "{declined_valid} valid elements declined"
         );
+        assert!(
+            declined_after_rows > 100,
+            "{declined_after_rows} elements declined after a relationship was appended"
+        );
     }
 
     #[test]
     fn the_tape_declines_each_thing_serde_refuses() {
         let ok = r#"{"relationships":[{"relationship_id":1,"predicate":"on","synsets":[],"subject":{"object_id":2,"x":1,"y":1,"w":3,"h":4,"name":"cat","synsets":["cat.n.01"]},"object":{"object_id":3,"x":0,"y":0,"w":5,"h":6,"names":["mat"]}}],"image_id":9}"#;
-        assert!(read_by_tape(ok).is_some() && read_by_serde(ok).is_ok());
+        assert!(read_by_tape(ok).is_ok() && read_by_serde(ok).is_ok());
         for (from, to) in [
             (
                 r#""relationship_id":1,"#,
@@ -1276,7 +1390,7 @@ mod tests {
         ] {
             let json = ok.replacen(from, to, 1);
             assert_ne!(json, ok, "{from} is in the element");
-            assert!(read_by_tape(&json).is_none(), "the tape read {json}");
+            assert!(read_by_tape(&json).is_err(), "the tape read {json}");
         }
         // What serde reads its own way, the tape reads the same way.
         for (from, to) in [
@@ -1290,8 +1404,8 @@ mod tests {
             let json = ok.replacen(from, to, 1);
             let (tape, serde) = (read_by_tape(&json), read_by_serde(&json));
             match (tape, serde) {
-                (Some(t), Ok(s)) => assert_eq!((t.0, t.1), (s.0, s.1), "{json}"),
-                (t, s) => panic!("tape {} serde {:?} for {json}", t.is_some(), s.err()),
+                (Ok(t), Ok(s)) => assert_eq!((t.0, t.1), (s.0, s.1), "{json}"),
+                (t, s) => panic!("tape {} serde {:?} for {json}", t.is_ok(), s.err()),
             }
         }
     }

@@ -3,28 +3,33 @@
 //! VG's JSON is dense in tokens (a node every six bytes), and serde_json's struct parsing of it
 //! was over half of ingest. Here simd-json checks the whole element and lays it out as a tape
 //! (its SIMD stage finds the structure; strings are unescaped and numbers parsed once), and a
-//! walk over that tape fills the same [`VgRelationship`] records that serde's derive would.
+//! walk over that tape appends each relationship's row as serde's derive would read it: straight
+//! from the tape, without building [`VgRelationship`] records (moving them, each about 440 bytes,
+//! into a list was a tenth of ingest).
 //!
-//! The walk accepts only what it can read exactly as serde would, and declines everything else
-//! (`None`): a duplicated or missing field, a value of another type, an integer outside `i64`, an
-//! unknown field holding an array or object (serde_json's recursion limit applies to those), an
-//! element holding `-0` anywhere (serde_json reads it as a float), and any element simd-json
-//! itself rejects. The caller then parses the element with serde_json, so
-//! serde stays the definition of what ingest accepts and of every error message and byte offset;
-//! the tape is only ever a faster way to the same rows (see the differential test in
-//! `super::tests`).
-
-use std::borrow::Cow;
+//! The walk accepts only what it can read exactly as serde would, and declines everything else:
+//! a duplicated or missing field, a value of another type, an integer outside `i64`, an unknown
+//! field holding an array or object (serde_json's recursion limit applies to those), an element
+//! holding `-0` anywhere (serde_json reads it as a float), and any element simd-json itself
+//! rejects. A relationship's row is appended only once the walk has read all of it; the
+//! relationships before the one where the walk declines stay appended, and the caller parses the
+//! element with serde_json, which reads them again without appending them twice. So serde stays
+//! the definition of what ingest accepts and of every error message and byte offset; the tape is
+//! only ever a faster way to the same rows (see the differential test in `super::tests`).
 
 use simd_json::{Buffers, Node, StaticNode, Tape};
 
-use super::{Str, Strs, VgObject, VgRelationship};
+use super::{RelationshipCols, RelationshipRow, SideRow};
 
-/// One element of `relationships.json`, read.
-pub(super) struct RelationshipsElement<'a> {
-    pub image_id: Option<i64>,
-    pub id: Option<i64>,
-    pub relationships: Vec<VgRelationship<'a>>,
+/// What the walk made of an element.
+pub(super) enum Read {
+    /// Every relationship appended; the element's `image_id` and `id`.
+    Element {
+        image_id: Option<i64>,
+        id: Option<i64>,
+    },
+    /// Declined, after appending the first `appended` relationships.
+    Declined { appended: usize },
 }
 
 /// simd-json's buffers and tape, kept from one element to the next.
@@ -38,12 +43,12 @@ pub(super) struct TapeReader {
 }
 
 impl TapeReader {
-    /// The element in `json`, or `None` when serde_json must read it.
-    pub fn read<'a>(&'a mut self, json: &[u8]) -> Option<RelationshipsElement<'a>> {
+    /// Append the rows of the element in `json` to `rows`, as far as the walk can read it.
+    pub fn read(&mut self, json: &[u8], rows: &mut RelationshipCols) -> Read {
         // serde_json reads `-0` as a float (so not an `i64`), simd-json as the integer 0, and
         // the tape no longer tells them apart.
         if memchr::memmem::find(json, b"-0").is_some() {
-            return None;
+            return Read::Declined { appended: 0 };
         }
         // Padded here, so that simd-json parses the copy in place rather than copying it again.
         self.scratch.clear();
@@ -52,12 +57,29 @@ impl TapeReader {
             .resize(json.len() + simd_json::INPUT_PADDING, b' ');
         let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset();
         let (scratch, buffers) = (&mut self.scratch, &mut self.buffers);
+        let mut appended = 0;
         let read = match simd_json::fill_tape_padded(scratch, json.len(), buffers, &mut tape) {
-            Ok(()) => element(&tape.0),
+            Ok(()) => element(&tape.0, rows, &mut appended),
             Err(_) => None,
         };
         self.tape = Some(tape.reset());
-        read
+        match read {
+            Some((image_id, id)) => Read::Element { image_id, id },
+            None => Read::Declined { appended },
+        }
+    }
+}
+
+/// The strings of a list on the tape, which [`opt_strings`] checked to be strings only.
+pub(super) struct TapeStrs<'t, 'a>(std::slice::Iter<'t, Node<'a>>);
+
+impl<'a> Iterator for TapeStrs<'_, 'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        self.0.find_map(|n| match *n {
+            Node::String(s) => Some(s),
+            _ => None,
+        })
     }
 }
 
@@ -78,21 +100,22 @@ fn nullable<'a, T>(n: Node<'a>, read: impl Fn(Node<'a>) -> Option<T>) -> Option<
     }
 }
 
-fn string<'a>(n: Node<'a>) -> Option<Str<'a>> {
+fn string(n: Node<'_>) -> Option<&str> {
     match n {
-        Node::String(s) => Some(Str(Cow::Borrowed(s))),
+        Node::String(s) => Some(s),
         _ => None,
     }
 }
 
-/// An `Option<Strs>` field at `i`: null or an array of strings; gives the next index.
-fn opt_strings<'a>(t: &[Node<'a>], i: usize) -> Option<(Option<Strs<'a>>, usize)> {
+/// A list of strings or null (read as an empty list, as serde's rows do) at `i`; gives the
+/// next index.
+fn opt_strings<'t, 'a>(t: &'t [Node<'a>], i: usize) -> Option<(TapeStrs<'t, 'a>, usize)> {
     match t[i] {
-        Node::Static(StaticNode::Null) => Some((None, i + 1)),
+        Node::Static(StaticNode::Null) => Some((TapeStrs([].iter()), i + 1)),
         Node::Array { len, .. } => {
             let items = t.get(i + 1..i + 1 + len)?;
-            let strs = items.iter().map(|&n| string(n)).collect::<Option<Strs>>()?;
-            Some((Some(strs), i + 1 + len))
+            let strings = items.iter().all(|n| matches!(n, Node::String(_)));
+            strings.then(|| (TapeStrs(items.iter()), i + 1 + len))
         }
         _ => None,
     }
@@ -140,8 +163,10 @@ fn has_first(seen: u32, n: u32) -> bool {
     seen & ((1 << n) - 1) == (1 << n) - 1
 }
 
-fn vg_object<'a>(t: &[Node<'a>], i: usize) -> Option<(VgObject<'a>, usize)> {
-    // The required fields first, so that `has_first` checks them.
+/// A relationship's subject or object at `i`; gives the next index.
+fn side<'t, 'a>(t: &'t [Node<'a>], i: usize) -> Option<(SideRow<'a, TapeStrs<'t, 'a>>, usize)> {
+    // The required fields first, so that `has_first` checks them. `attributes` is checked but
+    // not kept: the relationships table has no column for it.
     const KNOWN: [&str; 9] = [
         "object_id",
         "x",
@@ -153,36 +178,41 @@ fn vg_object<'a>(t: &[Node<'a>], i: usize) -> Option<(VgObject<'a>, usize)> {
         "synsets",
         "attributes",
     ];
-    let mut o = VgObject {
-        object_id: 0,
-        x: 0,
-        y: 0,
-        w: 0,
-        h: 0,
-        name: None,
-        names: None,
-        synsets: None,
-        attributes: None,
-    };
+    let mut ints = [0i64; 5];
+    let (mut name, mut names, mut synsets) = (None, None, TapeStrs([].iter()));
     let (seen, next) = fields(t, i, &KNOWN, |bit, i| {
         match bit {
-            0..=4 => {
-                let v = int(t[i])?;
-                *[&mut o.object_id, &mut o.x, &mut o.y, &mut o.w, &mut o.h][bit] = v;
-            }
-            5 => o.name = nullable(t[i], string)?,
+            0..=4 => ints[bit] = int(t[i])?,
+            5 => name = nullable(t[i], string)?,
             _ => {
-                let (v, next) = opt_strings(t, i)?;
-                *[&mut o.names, &mut o.synsets, &mut o.attributes][bit - 6] = v;
+                let (list, next) = opt_strings(t, i)?;
+                match bit {
+                    6 => names = Some(list),
+                    7 => synsets = list,
+                    _ => {}
+                }
                 return Some(next);
             }
         }
         Some(i + 1)
     })?;
-    has_first(seen, 5).then_some((o, next))
+    let [object_id, bbox @ ..] = ints;
+    // As `VgObject::name`: `name`, or else the first of `names`.
+    let name = name.or_else(|| names?.next());
+    let side = SideRow {
+        object_id,
+        bbox,
+        name,
+        synsets,
+    };
+    has_first(seen, 5).then_some((side, next))
 }
 
-fn relationship<'a>(t: &[Node<'a>], i: usize) -> Option<(VgRelationship<'a>, usize)> {
+/// A relationship at `i`; gives the next index.
+fn relationship<'t, 'a>(
+    t: &'t [Node<'a>],
+    i: usize,
+) -> Option<(RelationshipRow<'a, TapeStrs<'t, 'a>>, usize)> {
     const KNOWN: [&str; 5] = [
         "relationship_id",
         "predicate",
@@ -190,7 +220,8 @@ fn relationship<'a>(t: &[Node<'a>], i: usize) -> Option<(VgRelationship<'a>, usi
         "object",
         "synsets",
     ];
-    let (mut id, mut predicate, mut subject, mut object, mut synsets) = (0, None, None, None, None);
+    let (mut id, mut predicate, mut subject, mut object) = (0, None, None, None);
+    let mut synsets = TapeStrs([].iter());
     let (seen, next) = fields(t, i, &KNOWN, |bit, i| match bit {
         0 => {
             id = int(t[i])?;
@@ -201,20 +232,20 @@ fn relationship<'a>(t: &[Node<'a>], i: usize) -> Option<(VgRelationship<'a>, usi
             Some(i + 1)
         }
         2 | 3 => {
-            let (o, next) = vg_object(t, i)?;
+            let (o, next) = side(t, i)?;
             *[&mut subject, &mut object][bit - 2] = Some(o);
             Some(next)
         }
         _ => {
-            let (v, next) = opt_strings(t, i)?;
-            synsets = v;
+            let (list, next) = opt_strings(t, i)?;
+            synsets = list;
             Some(next)
         }
     })?;
     if !has_first(seen, 4) {
         return None;
     }
-    let r = VgRelationship {
+    let r = RelationshipRow {
         relationship_id: id,
         predicate: predicate?,
         synsets,
@@ -224,35 +255,37 @@ fn relationship<'a>(t: &[Node<'a>], i: usize) -> Option<(VgRelationship<'a>, usi
     Some((r, next))
 }
 
-fn element<'a>(t: &[Node<'a>]) -> Option<RelationshipsElement<'a>> {
+/// Appends the element's relationships to `rows` (counting them in `appended`) as they are read;
+/// gives its `image_id` and `id`.
+fn element(
+    t: &[Node<'_>],
+    rows: &mut RelationshipCols,
+    appended: &mut usize,
+) -> Option<(Option<i64>, Option<i64>)> {
     const KNOWN: [&str; 3] = ["relationships", "image_id", "id"];
-    let mut e = RelationshipsElement {
-        image_id: None,
-        id: None,
-        relationships: Vec::new(),
-    };
+    let (mut image_id, mut id) = (None, None);
     let (seen, next) = fields(t, 0, &KNOWN, |bit, i| match bit {
         0 => {
             let Node::Array { len, .. } = t[i] else {
                 return None;
             };
-            e.relationships.reserve(len);
             let mut i = i + 1;
             for _ in 0..len {
                 let (r, next) = relationship(t, i)?;
-                e.relationships.push(r);
+                rows.push(r);
+                *appended += 1;
                 i = next;
             }
             Some(i)
         }
         1 => {
-            e.image_id = nullable(t[i], int)?;
+            image_id = nullable(t[i], int)?;
             Some(i + 1)
         }
         _ => {
-            e.id = nullable(t[i], int)?;
+            id = nullable(t[i], int)?;
             Some(i + 1)
         }
     })?;
-    (has_first(seen, 1) && next == t.len()).then_some(e)
+    (has_first(seen, 1) && next == t.len()).then_some((image_id, id))
 }
