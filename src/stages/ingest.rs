@@ -197,9 +197,8 @@ impl StageDef for Ingest {
 #[derive(Debug, Deserialize)]
 struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
-/// A list of names, synsets or attributes: VG's hold at most one nearly always, kept inline so
-/// that reading one does not allocate (two per relationship on the heap were a fifth of the
-/// parse's allocator time).
+/// A list of names, synsets or attributes, as serde reads it: VG's hold one string nearly always,
+/// kept inline so that reading one does not allocate.
 type Strs<'a> = smallvec::SmallVec<[Str<'a>; 1]>;
 
 #[derive(Debug, Deserialize)]
@@ -1245,15 +1244,16 @@ mod tests {
         (cols.finish(), skipped)
     }
 
-    /// The element read by the tape walk alone, or how many rows it appended before it declined.
-    fn read_by_tape(json: &str) -> std::result::Result<Read, usize> {
+    /// The element read by the tape walk alone or, where it declined, the rows it appended and
+    /// the number of relationships they came from.
+    fn read_by_tape(json: &str) -> std::result::Result<Read, Box<(RelationshipCols, usize)>> {
         let mut cols = RelationshipCols::default();
         match tape::TapeReader::default().read(json.as_bytes(), &mut cols) {
             tape::Read::Element { image_id, id } => {
                 let (rows, skipped) = finish_cols(cols);
                 Ok((rows, (image_id, id), skipped))
             }
-            tape::Read::Declined { .. } => Err(cols.relationship_id.len()),
+            tape::Read::Declined { appended } => Err(Box::new((cols, appended))),
         }
     }
 
@@ -1287,14 +1287,10 @@ mod tests {
 
     /// The element read as ingest reads it: the tape walk, then serde where the walk declines.
     fn read_by_both(json: &str) -> Result<Read> {
-        let mut cols = RelationshipCols::default();
-        match tape::TapeReader::default().read(json.as_bytes(), &mut cols) {
-            tape::Read::Element { image_id, id } => {
-                let (rows, skipped) = finish_cols(cols);
-                Ok((rows, (image_id, id), skipped))
-            }
-            tape::Read::Declined { appended } => read_by_serde_after(json, cols, appended),
-        }
+        read_by_tape(json).or_else(|declined| {
+            let (cols, appended) = *declined;
+            read_by_serde_after(json, cols, appended)
+        })
     }
 
     #[test]
@@ -1318,8 +1314,8 @@ mod tests {
                 (Ok(_), Err(e)) => {
                     panic!("case {case}: the tape read what serde refuses ({e}): {json}")
                 }
-                (Err(rows), serde) => {
-                    declined_after_rows += usize::from(rows > 0);
+                (Err(declined), serde) => {
+                    declined_after_rows += usize::from(declined.1 > 0);
                     match serde {
                         Ok(_) => declined_valid += 1,
                         Err(_) => declined_invalid += 1,

@@ -4,8 +4,8 @@
 //! was over half of ingest. Here simd-json checks the whole element and lays it out as a tape
 //! (its SIMD stage finds the structure; strings are unescaped and numbers parsed once), and a
 //! walk over that tape appends each relationship's row as serde's derive would read it: straight
-//! from the tape, without building [`VgRelationship`] records (moving them, each about 440 bytes,
-//! into a list was a tenth of ingest).
+//! from the tape, without building [`VgRelationship`](super::VgRelationship) records (moving
+//! them, each about 440 bytes, into a list was a tenth of ingest).
 //!
 //! The walk accepts only what it can read exactly as serde would, and declines everything else:
 //! a duplicated or missing field, a value of another type, an integer outside `i64`, an unknown
