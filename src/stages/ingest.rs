@@ -312,7 +312,7 @@ struct RelationshipRow<'r, L> {
 /// growth and the moves of each record into it were a tenth of ingest). VG writes the image id
 /// after the relationships, so it is filled in, and the skips named, once the element is read.
 /// Gives the element's `image_id` and `id`. The relationships that the tape walk appended before
-/// it declined the element are read again but not appended again ([`RelationshipList::appended`]).
+/// it declined the element are read again but not appended again ([`RelationshipList`]).
 struct RelationshipsSeed<'r>(RelationshipList<'r>);
 
 #[derive(Deserialize)]
@@ -363,7 +363,6 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
                     listed = true;
                     map.next_value_seed(RelationshipList {
                         rows: &mut *self.0.rows,
-                        appended: self.0.appended,
                     })?;
                 }
                 RelationshipsField::Other => {
@@ -379,12 +378,12 @@ impl<'de> serde::de::Visitor<'de> for RelationshipsSeed<'_> {
 }
 
 /// The `relationships` list of an element, appended to the rows one by one.
+///
+/// The list's first [`RelationshipCols::in_element`] relationships are in `rows` already: the
+/// tape walk appends each relationship it has read whole, and may decline the element after some.
+/// They read the same both ways, so serde reads and checks them but does not append them twice.
 struct RelationshipList<'r> {
     rows: &'r mut RelationshipCols,
-    /// How many of the list's first relationships are in `rows` already: the tape walk appends
-    /// each relationship it has read whole, and may decline the element after some. They read
-    /// the same both ways, so serde reads and checks them but does not append them twice.
-    appended: usize,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for RelationshipList<'_> {
@@ -403,9 +402,10 @@ impl<'de> serde::de::Visitor<'de> for RelationshipList<'_> {
         self,
         mut seq: A,
     ) -> std::result::Result<(), A::Error> {
+        let appended = self.rows.in_element();
         let mut at = 0;
         while let Some(r) = seq.next_element::<VgRelationship<'de>>()? {
-            if at >= self.appended {
+            if at >= appended {
                 self.rows.push(r.row());
             }
             at += 1;
@@ -625,11 +625,21 @@ struct RelationshipCols {
 }
 
 impl RelationshipCols {
+    /// Rows appended since the last element ended: those still without an `image_id`.
+    fn rows_in_element(&self) -> usize {
+        self.relationship_id.len() - self.image_id.len()
+    }
+
+    /// Relationships pushed since the last element ended, appended or skipped.
+    fn in_element(&self) -> usize {
+        self.rows_in_element() + self.skipped.len()
+    }
+
     /// Fill in `image_id` for the element's rows (those appended since the last element ended),
     /// and count the relationships skipped in it.
     fn end_element(&mut self, image_id: i64, tally: &mut Tally) {
         self.image_id
-            .append_value_n(image_id, self.relationship_id.len() - self.image_id.len());
+            .append_value_n(image_id, self.rows_in_element());
         for (reason, r) in self.skipped.drain(..) {
             tally.skip(reason, || match reason {
                 UNNAMED => format!("relationship {r} in image {image_id}"),
@@ -672,15 +682,10 @@ impl PartBuilder for RelationshipRows {
     ) -> Result<()> {
         let cols = &mut self.cols;
         let (image_id, id) = match self.reader.read(chunk.element(i), cols) {
-            tape::Read::Element { image_id, id } => (image_id, id),
-            tape::Read::Declined { appended } => chunk.parse_seed(
-                path,
-                i,
-                RelationshipsSeed(RelationshipList {
-                    rows: cols,
-                    appended,
-                }),
-            )?,
+            Some(ids) => ids,
+            None => {
+                chunk.parse_seed(path, i, RelationshipsSeed(RelationshipList { rows: cols }))?
+            }
         };
         let image_id = image_id_of(image_id, id, path, chunk, i)?;
         cols.end_element(image_id, tally);
@@ -1244,26 +1249,20 @@ mod tests {
         (cols.finish(), skipped)
     }
 
-    /// The element read by the tape walk alone or, where it declined, the rows it appended and
-    /// the number of relationships they came from.
-    fn read_by_tape(json: &str) -> std::result::Result<Read, Box<(RelationshipCols, usize)>> {
+    /// The element read by the tape walk alone or, where it declined, the rows it appended.
+    fn read_by_tape(json: &str) -> std::result::Result<Read, Box<RelationshipCols>> {
         let mut cols = RelationshipCols::default();
         match tape::TapeReader::default().read(json.as_bytes(), &mut cols) {
-            tape::Read::Element { image_id, id } => {
+            Some(ids) => {
                 let (rows, skipped) = finish_cols(cols);
-                Ok((rows, (image_id, id), skipped))
+                Ok((rows, ids, skipped))
             }
-            tape::Read::Declined { appended } => Err(Box::new((cols, appended))),
+            None => Err(Box::new(cols)),
         }
     }
 
-    /// The element read by serde, appending to `cols` all but the first `appended`
-    /// relationships.
-    fn read_by_serde_after(
-        json: &str,
-        mut cols: RelationshipCols,
-        appended: usize,
-    ) -> Result<Read> {
+    /// The element read by serde into `cols`, which holds what the tape walk appended of it.
+    fn read_by_serde_after(json: &str, mut cols: RelationshipCols) -> Result<Read> {
         let chunk = ElementChunk {
             offset: 0,
             data: json.as_bytes().to_vec(),
@@ -1272,25 +1271,19 @@ mod tests {
         let ids = chunk.parse_seed(
             Path::new("relationships.json"),
             0,
-            RelationshipsSeed(RelationshipList {
-                rows: &mut cols,
-                appended,
-            }),
+            RelationshipsSeed(RelationshipList { rows: &mut cols }),
         )?;
         let (rows, skipped) = finish_cols(cols);
         Ok((rows, ids, skipped))
     }
 
     fn read_by_serde(json: &str) -> Result<Read> {
-        read_by_serde_after(json, RelationshipCols::default(), 0)
+        read_by_serde_after(json, RelationshipCols::default())
     }
 
     /// The element read as ingest reads it: the tape walk, then serde where the walk declines.
     fn read_by_both(json: &str) -> Result<Read> {
-        read_by_tape(json).or_else(|declined| {
-            let (cols, appended) = *declined;
-            read_by_serde_after(json, cols, appended)
-        })
+        read_by_tape(json).or_else(|declined| read_by_serde_after(json, *declined))
     }
 
     #[test]
@@ -1315,7 +1308,7 @@ mod tests {
                     panic!("case {case}: the tape read what serde refuses ({e}): {json}")
                 }
                 (Err(declined), serde) => {
-                    declined_after_rows += usize::from(declined.1 > 0);
+                    declined_after_rows += usize::from(declined.in_element() > 0);
                     match serde {
                         Ok(_) => declined_valid += 1,
                         Err(_) => declined_invalid += 1,

@@ -21,17 +21,6 @@ use simd_json::{Buffers, Node, StaticNode, Tape};
 
 use super::{RelationshipCols, RelationshipRow, SideRow};
 
-/// What the walk made of an element.
-pub(super) enum Read {
-    /// Every relationship appended; the element's `image_id` and `id`.
-    Element {
-        image_id: Option<i64>,
-        id: Option<i64>,
-    },
-    /// Declined, after appending the first `appended` relationships.
-    Declined { appended: usize },
-}
-
 /// simd-json's buffers and tape, kept from one element to the next.
 #[derive(Default)]
 pub(super) struct TapeReader {
@@ -43,12 +32,18 @@ pub(super) struct TapeReader {
 }
 
 impl TapeReader {
-    /// Append the rows of the element in `json` to `rows`, as far as the walk can read it.
-    pub fn read(&mut self, json: &[u8], rows: &mut RelationshipCols) -> Read {
+    /// Append the rows of the element in `json` to `rows`, as far as the walk can read it; gives
+    /// the element's `image_id` and `id`, or `None` where it declined (the relationships it
+    /// appended before that stay, and [`RelationshipCols::in_element`] counts them).
+    pub fn read(
+        &mut self,
+        json: &[u8],
+        rows: &mut RelationshipCols,
+    ) -> Option<(Option<i64>, Option<i64>)> {
         // serde_json reads `-0` as a float (so not an `i64`), simd-json as the integer 0, and
         // the tape no longer tells them apart.
         if memchr::memmem::find(json, b"-0").is_some() {
-            return Read::Declined { appended: 0 };
+            return None;
         }
         // Padded here, so that simd-json parses the copy in place rather than copying it again.
         self.scratch.clear();
@@ -57,16 +52,12 @@ impl TapeReader {
             .resize(json.len() + simd_json::INPUT_PADDING, b' ');
         let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset();
         let (scratch, buffers) = (&mut self.scratch, &mut self.buffers);
-        let mut appended = 0;
         let read = match simd_json::fill_tape_padded(scratch, json.len(), buffers, &mut tape) {
-            Ok(()) => element(&tape.0, rows, &mut appended),
+            Ok(()) => element(&tape.0, rows),
             Err(_) => None,
         };
         self.tape = Some(tape.reset());
-        match read {
-            Some((image_id, id)) => Read::Element { image_id, id },
-            None => Read::Declined { appended },
-        }
+        read
     }
 }
 
@@ -255,13 +246,8 @@ fn relationship<'t, 'a>(
     Some((r, next))
 }
 
-/// Appends the element's relationships to `rows` (counting them in `appended`) as they are read;
-/// gives its `image_id` and `id`.
-fn element(
-    t: &[Node<'_>],
-    rows: &mut RelationshipCols,
-    appended: &mut usize,
-) -> Option<(Option<i64>, Option<i64>)> {
+/// Appends the element's relationships to `rows` as they are read; gives its `image_id` and `id`.
+fn element(t: &[Node<'_>], rows: &mut RelationshipCols) -> Option<(Option<i64>, Option<i64>)> {
     const KNOWN: [&str; 3] = ["relationships", "image_id", "id"];
     let (mut image_id, mut id) = (None, None);
     let (seen, next) = fields(t, 0, &KNOWN, |bit, i| match bit {
@@ -273,7 +259,6 @@ fn element(
             for _ in 0..len {
                 let (r, next) = relationship(t, i)?;
                 rows.push(r);
-                *appended += 1;
                 i = next;
             }
             Some(i)
