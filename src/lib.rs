@@ -31,18 +31,22 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod io;
 pub mod linalg;
 pub mod model;
+pub mod oracle;
 pub mod pipeline;
 pub mod query;
+pub mod release;
 pub mod report;
 pub mod schemas;
 pub mod stages;
 pub mod tables;
 pub mod ui;
+pub mod vocabulary;
 pub mod world;
 
 /// simat's version, recorded in manifests and fingerprints.

@@ -101,27 +101,7 @@ pub fn run_tables(dir: &Path, label: &str) -> Result<RunTables> {
     })
 }
 
-/// Labels for run directories: their names, or the paths as given where names repeat.
-pub fn labels(dirs: &[PathBuf]) -> Vec<String> {
-    let name = |d: &PathBuf| {
-        d.canonicalize()
-            .ok()
-            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| d.display().to_string())
-    };
-    let names: Vec<String> = dirs.iter().map(name).collect();
-    names
-        .iter()
-        .zip(dirs)
-        .map(|(n, d)| {
-            if names.iter().filter(|m| *m == n).count() > 1 {
-                d.display().to_string()
-            } else {
-                n.clone()
-            }
-        })
-        .collect()
-}
+pub use crate::report::labels;
 
 /// A registered table: its name, the runs that have it and its columns (name, type).
 #[derive(Debug, Clone)]

@@ -163,7 +163,7 @@ fn import_errors_name_the_row() {
     let dir = tempdir();
     let rel = dir.path().join("release");
     std::fs::create_dir_all(&rel).unwrap();
-    for f in simat::stages::import::RELEASE_FILES {
+    for f in simat::release::RELEASE_FILES {
         std::fs::copy(release().join(f), rel.join(f)).unwrap();
     }
     let edit = |file: &str, line: usize, col: usize, value: &str| {

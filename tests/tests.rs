@@ -11,6 +11,7 @@ mod engine;
 mod fuzz_regressions;
 mod ingest;
 mod knn;
+mod layers;
 mod model;
 mod official;
 mod query;

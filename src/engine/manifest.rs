@@ -113,6 +113,26 @@ impl StageRecord {
 }
 
 impl Manifest {
+    /// Where a finished stage of this run holds `table`: the done stage that recorded providing
+    /// it (the latest to start, where two did), or, in manifests written before `provides` was
+    /// recorded, a done stage whose directory has the table's file.
+    pub fn table_path(&self, run_dir: &Path, table: &crate::tables::TableDecl) -> Option<PathBuf> {
+        let done = || {
+            self.stages
+                .iter()
+                .filter(|(_, r)| r.status == StageStatus::Done)
+        };
+        done()
+            .filter(|(_, r)| r.provides.iter().any(|t| t == table.name))
+            .max_by_key(|(_, r)| r.started_unix)
+            .or_else(|| {
+                done().find(|(stage, r)| {
+                    r.provides.is_empty() && run_dir.join(stage).join(table.file).exists()
+                })
+            })
+            .map(|(stage, _)| run_dir.join(stage).join(table.file))
+    }
+
     /// Path of the manifest in `run_dir`.
     pub fn path(run_dir: &Path) -> PathBuf {
         run_dir.join(MANIFEST)

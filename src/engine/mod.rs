@@ -16,6 +16,7 @@ pub mod fingerprint;
 pub mod lock;
 pub mod manifest;
 pub mod plan;
+pub mod registry;
 pub mod stage;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,7 @@ use crate::ui::Ui;
 pub use fingerprint::{FingerprintDetail, StaleReason};
 pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
 pub use plan::Catalogue;
+pub use registry::{bad, Entry, Registered, StageDef, COMMON_KEYS};
 pub use stage::{Need, Stage, StageContext, StageReport, TableDecl, TableKind};
 
 /// How to run a list of stages.

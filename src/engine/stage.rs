@@ -9,41 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use arrow::datatypes::SchemaRef;
-
 use crate::error::{Error, Result};
 use crate::ui::Ui;
 
-/// How a table is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableKind {
-    /// A Parquet file.
-    Parquet,
-    /// An Arrow IPC file (an embedding store).
-    Arrow,
-    /// A JSON document.
-    Json,
-    /// An HTML document.
-    Html,
-    /// A folder of files.
-    Dir,
-}
-
-/// A table stages exchange: its name (unique), its file in the providing stage's directory, and
-/// its schema.
-#[derive(Debug)]
-pub struct TableDecl {
-    /// The table's name, unique across simat.
-    pub name: &'static str,
-    /// Its path relative to the providing stage's directory.
-    pub file: &'static str,
-    /// How it is stored.
-    pub kind: TableKind,
-    /// Its Arrow schema, for tables (documented under `schemas/`).
-    pub schema: Option<fn() -> SchemaRef>,
-    /// What it holds, in a few words.
-    pub about: &'static str,
-}
+pub use crate::tables::{TableDecl, TableKind};
 
 /// A table a stage reads.
 #[derive(Debug, Clone)]

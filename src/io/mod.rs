@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod chunks;
+pub mod hash;
 pub mod json_stream;
 pub mod store;
 pub mod torch;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, WithPath};
 use crate::io::atomic::AtomicFile;
+pub use hash::hash_file;
 
 /// Rows per Parquet row group: big enough for good compression, small enough to stream.
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;

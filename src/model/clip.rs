@@ -389,7 +389,7 @@ impl ClipModel {
         for f in MODEL_FILES {
             let p = self.dir.join(f);
             if p.is_file() {
-                files.insert(f.to_string(), crate::engine::fingerprint::hash_file(&p)?);
+                files.insert(f.to_string(), crate::io::hash_file(&p)?);
             }
         }
         Ok(self.identity_from(files))

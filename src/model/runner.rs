@@ -51,7 +51,7 @@ pub struct ModelRunConfig {
 
 impl Default for ModelRunConfig {
     fn default() -> Self {
-        crate::stages::clap_default()
+        crate::config::clap_default()
     }
 }
 

@@ -12,7 +12,7 @@ pub mod svg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
@@ -594,6 +594,28 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
   });
 });
 "#;
+
+/// Labels for run directories: their names, or the paths as given where names repeat.
+pub fn labels(dirs: &[PathBuf]) -> Vec<String> {
+    let name = |d: &PathBuf| {
+        d.canonicalize()
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| d.display().to_string())
+    };
+    let names: Vec<String> = dirs.iter().map(name).collect();
+    names
+        .iter()
+        .zip(dirs)
+        .map(|(n, d)| {
+            if names.iter().filter(|m| *m == n).count() > 1 {
+                d.display().to_string()
+            } else {
+                n.clone()
+            }
+        })
+        .collect()
+}
 
 #[cfg(test)]
 mod tests {

@@ -30,7 +30,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::chunks::Chunks;
@@ -101,7 +101,7 @@ pub struct AdaptConfig {
 
 impl Default for AdaptConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -125,11 +125,11 @@ impl StageDef for Adapt {
     type Config = AdaptConfig;
     fn resolve_paths(c: &mut AdaptConfig, base: &Path) {
         for p in [&mut c.images, &mut c.texts].into_iter().flatten() {
-            super::resolve(p, base);
+            crate::config::resolve(p, base);
         }
     }
     fn build(c: AdaptConfig) -> Result<Self> {
-        let bad = super::bad::<Self>;
+        let bad = crate::engine::bad::<Self>;
         if c.images.is_some() != c.texts.is_some() {
             return Err(bad(
                 "texts",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, StringArray};
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;
@@ -53,7 +53,7 @@ pub struct CocoConfig {
 
 impl Default for CocoConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -96,15 +96,15 @@ impl StageDef for Coco {
             .into_iter()
             .flatten()
         {
-            super::resolve(p, base);
+            crate::config::resolve(p, base);
         }
     }
     fn build(c: CocoConfig) -> Result<Self> {
-        let captions = c
-            .captions
-            .ok_or_else(|| super::bad::<Self>("captions", "is required: COCO's captions JSON"))?;
+        let captions = c.captions.ok_or_else(|| {
+            crate::engine::bad::<Self>("captions", "is required: COCO's captions JSON")
+        })?;
         let image_dir = c.image_dir.ok_or_else(|| {
-            super::bad::<Self>("image_dir", "is required: the folder of its images")
+            crate::engine::bad::<Self>("image_dir", "is required: the folder of its images")
         })?;
         let model = ModelRunConfig {
             model: c.model,

@@ -25,7 +25,7 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
@@ -61,7 +61,7 @@ pub struct CropsConfig {
 
 impl Default for CropsConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -127,12 +127,15 @@ impl StageDef for Crops {
     type Config = CropsConfig;
     fn resolve_paths(c: &mut CropsConfig, base: &Path) {
         if let Some(p) = &mut c.image_dir {
-            super::resolve(p, base);
+            crate::config::resolve(p, base);
         }
     }
     fn build(config: CropsConfig) -> Result<Self> {
         if config.chunk_images == 0 {
-            return Err(super::bad::<Self>("chunk_images", "must be at least 1"));
+            return Err(crate::engine::bad::<Self>(
+                "chunk_images",
+                "must be at least 1",
+            ));
         }
         Ok(Crops { config })
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arrow::array::{Int64Array, StringArray};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;

@@ -24,7 +24,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::{is_npy, read_matrix, read_table_embeddings, write_store};
@@ -82,18 +82,18 @@ impl StageDef for ImportEmbeddings {
         .into_iter()
         .flatten()
         {
-            super::resolve(p, base);
+            crate::config::resolve(p, base);
         }
     }
     fn build(c: ImportEmbeddingsConfig) -> Result<Self> {
         let images = c.image_embeddings.ok_or_else(|| {
-            super::bad::<Self>(
+            crate::engine::bad::<Self>(
                 "image_embeddings",
                 "is required: a file of raw image embeddings",
             )
         })?;
         let word_vectors = c.word_embeddings.ok_or_else(|| {
-            super::bad::<Self>(
+            crate::engine::bad::<Self>(
                 "word_embeddings",
                 "is required: a file of raw word embeddings",
             )

@@ -24,7 +24,7 @@ use arrow::datatypes::SchemaRef;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
@@ -51,7 +51,7 @@ pub struct IngestConfig {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -141,12 +141,15 @@ impl StageDef for Ingest {
     type Config = IngestConfig;
     fn resolve_paths(c: &mut IngestConfig, base: &Path) {
         if let Some(p) = &mut c.vg {
-            super::resolve(p, base);
+            crate::config::resolve(p, base);
         }
     }
     fn build(config: IngestConfig) -> Result<Self> {
         if config.block_bytes == 0 {
-            return Err(super::bad::<Self>("block_bytes", "must be at least 1"));
+            return Err(crate::engine::bad::<Self>(
+                "block_bytes",
+                "must be at least 1",
+            ));
         }
         Ok(Ingest { config })
     }

@@ -1,10 +1,10 @@
 //! The stages, one file each, and [`ALL`]: the one list of them.
 //!
-//! A stage declares itself once ([`StageDef`]): its name (its directory in a run, its manifest
+//! A stage declares itself once ([`StageDef`](crate::engine::StageDef)): its name (its directory in a run, its manifest
 //! key, its pipeline section and its subcommand), the tables it provides, and one config struct
 //! that is at once its command-line flags (clap), its pipeline section (serde) and, through the
 //! stage, its fingerprinted settings. Defaults live in the clap attributes (the config's
-//! `Default` is clap parsing no arguments); validation lives in [`StageDef::build`], which the
+//! `Default` is clap parsing no arguments); validation lives in [`StageDef::build`](crate::engine::StageDef::build), which the
 //! command line and pipelines both go through before anything runs. Everything else — the
 //! subcommands, the pipeline sections, the order of `simat status`, the schema documents, the
 //! summary lines — is derived from [`ALL`].
@@ -27,327 +27,7 @@ pub mod select;
 pub mod synth;
 pub mod triplets;
 
-use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
-
-use clap::{Args, FromArgMatches};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use crate::engine::{Need, Stage, StageContext, StageReport, TableDecl};
-use crate::error::{Error, Result};
-
-/// A stage's one declaration: what it is called, what it writes and reads, its settings, and
-/// its run. The engine sees it through [`Stage`], which the registry implements for it.
-pub trait StageDef: Sized + Send + Sync + 'static {
-    /// Its name: its directory in a run, its manifest key, its pipeline section, its subcommand.
-    const NAME: &'static str;
-    /// Bumped whenever its code changes its outputs.
-    const VERSION: u32;
-    /// One line for `--help`.
-    const ABOUT: &'static str;
-    /// Other names of its subcommand.
-    const ALIASES: &'static [&'static str] = &[];
-    /// Every table it can provide.
-    const PROVIDES: &'static [&'static TableDecl];
-    /// Keys of its pipeline section that have no flag (tables of values), with why in their docs.
-    const TOML_ONLY: &'static [&'static str] = &[];
-    /// Its settings: flags, pipeline keys, fingerprint.
-    type Config: clap::Args
-        + clap::FromArgMatches
-        + Serialize
-        + DeserializeOwned
-        + Default
-        + Clone
-        + PartialEq
-        + std::fmt::Debug
-        + Send
-        + 'static;
-    /// Make the config's relative paths relative to `base` (a pipeline file's folder).
-    fn resolve_paths(_config: &mut Self::Config, _base: &Path) {}
-    /// Check the config and make the stage; a bad value is an [`Error::BadValue`].
-    fn build(config: Self::Config) -> Result<Self>;
-    /// Lines printed after a run in which the stage ran, from its outputs in `run_dir`.
-    fn summary(_run_dir: &Path) -> Result<Option<String>> {
-        Ok(None)
-    }
-    /// The tables this configuration writes (by default all of [`Self::PROVIDES`]).
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        Self::PROVIDES.to_vec()
-    }
-    /// The tables it reads.
-    fn needs(&self) -> Vec<Need>;
-    /// The settings that change its outputs, as JSON without absolute paths.
-    fn fingerprint(&self) -> serde_json::Value;
-    /// External source files, as (label, path), hashed into the fingerprint.
-    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        Ok(vec![])
-    }
-    /// Whether `run` reads every input whole and reports its BLAKE3 (see
-    /// [`crate::engine::Stage::hashes_inputs_itself`]).
-    fn hashes_inputs_itself(&self) -> bool {
-        false
-    }
-    /// Run it, writing its outputs under `ctx.stage_dir`.
-    fn run(&self, ctx: &StageContext) -> Result<StageReport>;
-}
-
-/// The config that clap parses from no arguments: the defaults, written once in the clap
-/// attributes.
-pub fn clap_default<C: clap::Args + clap::FromArgMatches>() -> C {
-    let cmd = C::augment_args(clap::Command::new("defaults").no_binary_name(true));
-    let m = cmd
-        .try_get_matches_from(Vec::<String>::new())
-        .expect("a stage config parses from no arguments");
-    C::from_arg_matches(&m).expect("a stage config parses from no arguments")
-}
-
-/// An [`Error::BadValue`] for `key` of stage `S`.
-pub fn bad<S: StageDef>(key: &str, message: impl Into<String>) -> Error {
-    Error::BadValue {
-        stage: S::NAME.to_string(),
-        key: key.to_string(),
-        message: message.into(),
-    }
-}
-
-/// A relative path made relative to `base`.
-pub fn resolve(p: &mut PathBuf, base: &Path) {
-    if p.is_relative() {
-        *p = base.join(&*p);
-    }
-}
-
-/// A built stage with the providers its user prefers (`--from`).
-struct Configured<S> {
-    stage: S,
-    from: Vec<String>,
-}
-
-impl<S: StageDef> Stage for Configured<S> {
-    fn name(&self) -> &'static str {
-        S::NAME
-    }
-    fn version(&self) -> u32 {
-        S::VERSION
-    }
-    fn provides(&self) -> Vec<&'static TableDecl> {
-        self.stage.provides()
-    }
-    fn needs(&self) -> Vec<Need> {
-        self.stage.needs()
-    }
-    fn fingerprint(&self) -> serde_json::Value {
-        self.stage.fingerprint()
-    }
-    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        self.stage.inputs()
-    }
-    fn hashes_inputs_itself(&self) -> bool {
-        self.stage.hashes_inputs_itself()
-    }
-    fn prefer(&self) -> &[String] {
-        &self.from
-    }
-    fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        self.stage.run(ctx)
-    }
-}
-
-/// The keys every pipeline section and every stage subcommand has, besides the config's.
-pub const COMMON_KEYS: &[&str] = &["from"];
-
-/// A stage as the registry holds it (object-safe).
-pub trait Entry: Sync {
-    /// Its name.
-    fn name(&self) -> &'static str;
-    /// Other names of its subcommand.
-    fn aliases(&self) -> &'static [&'static str];
-    /// Every table it can provide.
-    fn provides(&self) -> &'static [&'static TableDecl];
-    /// Pipeline keys without a flag.
-    fn toml_only(&self) -> &'static [&'static str];
-    /// Its subcommand: the config's flags and `--run`, `--force`, `--from`.
-    fn command(&self) -> clap::Command;
-    /// Build it from its subcommand's matches.
-    fn build_from_matches(&self, m: &clap::ArgMatches) -> Result<Box<dyn Stage>>;
-    /// Build it from its pipeline section, paths relative to `base`.
-    fn build_from_toml(&self, section: &toml::Table, base: &Path) -> Result<Box<dyn Stage>>;
-    /// Its defaults as a pipeline section.
-    fn default_toml(&self) -> Result<toml::Table>;
-    /// Its summary lines after a run.
-    fn summary(&self, run_dir: &Path) -> Result<Option<String>>;
-    /// The keys of its pipeline section (the config's fields, `from` aside).
-    fn keys(&self) -> Vec<&'static str>;
-    /// Whether its default config survives TOML: written, read back, equal.
-    fn round_trips(&self) -> std::result::Result<(), String>;
-}
-
-/// The field names of a config, as serde deserialises it.
-fn field_names<T: DeserializeOwned>() -> Vec<&'static str> {
-    use serde::de::{Error as _, Visitor};
-    struct Capture(Vec<&'static str>);
-    impl<'de> serde::Deserializer<'de> for &mut Capture {
-        type Error = serde::de::value::Error;
-        fn deserialize_any<V: Visitor<'de>>(
-            self,
-            _: V,
-        ) -> std::result::Result<V::Value, Self::Error> {
-            Err(Self::Error::custom("not a struct"))
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> std::result::Result<V::Value, Self::Error> {
-            self.0 = fields.to_vec();
-            Err(Self::Error::custom("captured"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
-            ignored_any
-        }
-    }
-    let mut c = Capture(vec![]);
-    let _ = T::deserialize(&mut c);
-    c.0
-}
-
-/// The registry's handle on a [`StageDef`].
-pub struct Registered<S>(PhantomData<fn() -> S>);
-
-impl<S> Registered<S> {
-    /// The handle.
-    pub const fn new() -> Self {
-        Registered(PhantomData)
-    }
-}
-
-impl<S> Default for Registered<S> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<S: StageDef> Entry for Registered<S> {
-    fn name(&self) -> &'static str {
-        S::NAME
-    }
-    fn aliases(&self) -> &'static [&'static str] {
-        S::ALIASES
-    }
-    fn provides(&self) -> &'static [&'static TableDecl] {
-        S::PROVIDES
-    }
-    fn toml_only(&self) -> &'static [&'static str] {
-        S::TOML_ONLY
-    }
-    fn command(&self) -> clap::Command {
-        // The run directory as `--run RUN` or as the first positional argument; added before
-        // the config's own positionals (report's compared runs) so that it comes first.
-        let cmd = clap::Command::new(S::NAME)
-            .visible_aliases(S::ALIASES.iter().copied())
-            .arg(
-                clap::Arg::new("run_dir")
-                    .value_name("RUN")
-                    .conflicts_with("run")
-                    .value_parser(clap::value_parser!(PathBuf))
-                    .help("The run directory (or --run RUN)"),
-            );
-        S::Config::augment_args(cmd)
-            .about(S::ABOUT)
-            .long_about(None)
-            .arg(
-                clap::Arg::new("run")
-                    .long("run")
-                    .value_name("RUN")
-                    .required_unless_present("run_dir")
-                    .value_parser(clap::value_parser!(PathBuf))
-                    .help("The run directory"),
-            )
-            .arg(
-                clap::Arg::new("force")
-                    .long("force")
-                    .action(clap::ArgAction::SetTrue)
-                    .help("Rerun even if fresh"),
-            )
-            .arg(
-                clap::Arg::new("from")
-                    .long("from")
-                    .value_name("STAGE")
-                    .action(clap::ArgAction::Append)
-                    .help("Read a table from this stage when two could provide it"),
-            )
-    }
-    fn build_from_matches(&self, m: &clap::ArgMatches) -> Result<Box<dyn Stage>> {
-        let config = S::Config::from_arg_matches(m).map_err(|e| Error::BadValue {
-            stage: S::NAME.into(),
-            key: "?".into(),
-            message: e.to_string(),
-        })?;
-        let from = m
-            .get_many::<String>("from")
-            .map(|v| v.cloned().collect())
-            .unwrap_or_default();
-        Ok(Box::new(Configured {
-            stage: S::build(config)?,
-            from,
-        }))
-    }
-    fn build_from_toml(&self, section: &toml::Table, base: &Path) -> Result<Box<dyn Stage>> {
-        let mut section = section.clone();
-        let from = match section.remove("from") {
-            None => vec![],
-            Some(toml::Value::String(s)) => vec![s],
-            Some(toml::Value::Array(a)) => a
-                .into_iter()
-                .map(|v| match v {
-                    toml::Value::String(s) => Ok(s),
-                    _ => Err(bad::<S>("from", "expected stage names")),
-                })
-                .collect::<Result<_>>()?,
-            Some(_) => return Err(bad::<S>("from", "expected a stage name or a list of them")),
-        };
-        let mut config: S::Config =
-            toml::Value::Table(section)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    let message = e.message().to_string();
-                    let key = message.split('`').nth(1).unwrap_or("?").to_string();
-                    Error::BadValue {
-                        stage: S::NAME.into(),
-                        key,
-                        message,
-                    }
-                })?;
-        S::resolve_paths(&mut config, base);
-        Ok(Box::new(Configured {
-            stage: S::build(config)?,
-            from,
-        }))
-    }
-    fn default_toml(&self) -> Result<toml::Table> {
-        toml::Table::try_from(S::Config::default()).map_err(|e| Error::Internal(e.to_string()))
-    }
-    fn summary(&self, run_dir: &Path) -> Result<Option<String>> {
-        S::summary(run_dir)
-    }
-    fn keys(&self) -> Vec<&'static str> {
-        field_names::<S::Config>()
-    }
-    fn round_trips(&self) -> std::result::Result<(), String> {
-        let default = S::Config::default();
-        let text = toml::to_string(&default).map_err(|e| e.to_string())?;
-        let back: S::Config = toml::from_str(&text).map_err(|e| format!("{e}\n{text}"))?;
-        if back == default {
-            Ok(())
-        } else {
-            Err(format!("{default:?} became {back:?} through\n{text}"))
-        }
-    }
-}
+use crate::engine::{Entry, Registered};
 
 /// Every stage, in pipeline order: the table of contents of simat's stages.
 pub static ALL: &[&dyn Entry] = &[
@@ -387,8 +67,16 @@ pub fn providers_of(table: &str) -> Vec<&'static str> {
 mod tests {
     use std::collections::BTreeSet;
 
+    use std::path::Path;
+
+    use serde::Serialize;
+
     use super::*;
-    use crate::engine::{Engine, RunOptions, TableKind};
+    use crate::config::clap_default;
+    use crate::engine::{
+        bad, Engine, Need, RunOptions, StageContext, StageDef, StageReport, TableDecl, TableKind,
+    };
+    use crate::error::Result;
     use crate::tables::ALL_TABLES;
 
     /// The registry's lint: what ARCHITECTURE.md asks of it.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::model::runner::ModelRunConfig;

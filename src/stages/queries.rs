@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::Result;
 use crate::tables;
@@ -33,7 +33,7 @@ pub struct QueriesConfig {
 
 impl Default for QueriesConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -53,7 +53,7 @@ impl StageDef for QueriesStage {
     type Config = QueriesConfig;
     fn build(config: QueriesConfig) -> Result<Self> {
         if !(0.0..=1.0).contains(&config.test_fraction) {
-            return Err(super::bad::<Self>(
+            return Err(crate::engine::bad::<Self>(
                 "test_fraction",
                 format!("{} is not between 0 and 1", config.test_fraction),
             ));

@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Manifest, Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::report::{self, Pick, Report, RunScores, SheetQuery};
@@ -44,7 +44,7 @@ pub struct ReportConfig {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -55,19 +55,23 @@ pub struct ReportStage {
     pub config: ReportConfig,
 }
 
-fn scores_of(run: &Path) -> PathBuf {
-    run.join(super::score::Score::NAME)
-        .join(tables::SCORES_JSON.file)
+/// The scores of a finished run, found through its manifest.
+fn scores_of(run: &Path) -> Option<PathBuf> {
+    Manifest::load(run)
+        .ok()?
+        .table_path(run, &tables::SCORES_JSON)
 }
 
 /// The label of a run directory: its name.
 fn label_of(run: &Path) -> String {
-    crate::query::labels(&[run.to_path_buf()]).remove(0)
+    crate::report::labels(&[run.to_path_buf()]).remove(0)
 }
 
 fn scored_at(run: &Path) -> Option<String> {
     let m = Manifest::load(run).ok()?;
-    let started = m.stages.get(super::score::Score::NAME)?.started_unix;
+    let scores = m.table_path(run, &tables::SCORES_JSON)?;
+    let stage = scores.parent()?.file_name()?.to_str()?;
+    let started = m.stages.get(stage)?.started_unix;
     Some(
         humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(started),
@@ -85,21 +89,21 @@ impl StageDef for ReportStage {
     type Config = ReportConfig;
     fn resolve_paths(c: &mut ReportConfig, base: &Path) {
         for p in &mut c.compare {
-            super::resolve(p, base);
+            crate::config::resolve(p, base);
         }
         if let Some(p) = &mut c.out {
-            super::resolve(p, base);
+            crate::config::resolve(p, base);
         }
     }
     fn build(config: ReportConfig) -> Result<Self> {
         if config.thumbnail < 16 || config.thumbnail > 1024 {
-            return Err(super::bad::<Self>(
+            return Err(crate::engine::bad::<Self>(
                 "thumbnail",
                 format!("{} pixels: expected 16 to 1024", config.thumbnail),
             ));
         }
         if config.sheet_queries > 1000 {
-            return Err(super::bad::<Self>(
+            return Err(crate::engine::bad::<Self>(
                 "sheet_queries",
                 format!(
                     "{}: at most 1000 (the page embeds every image)",
@@ -111,7 +115,10 @@ impl StageDef for ReportStage {
     }
     fn summary(run_dir: &Path) -> Result<Option<String>> {
         // The scores the page shows, then where it is.
-        let scores = super::score::Score::summary(run_dir)?.unwrap_or_default();
+        let scores = match scores_of(run_dir) {
+            Some(p) => ScoresFile::read(&p)?.summary(),
+            None => String::new(),
+        };
         Ok(Some(format!(
             "{scores}\nreport: {}",
             run_dir.join(Self::NAME).join(tables::REPORT.file).display()
@@ -144,18 +151,14 @@ impl StageDef for ReportStage {
             .compare
             .iter()
             .enumerate()
-            .map(|(i, run)| {
-                let p = scores_of(run);
-                if p.is_file() {
-                    Ok((format!("compare{i}"), p))
-                } else {
-                    Err(Error::input_missing(
-                        Self::NAME,
-                        "the compared run's scores",
-                        &p,
-                        "run its score stage first",
-                    ))
-                }
+            .map(|(i, run)| match scores_of(run) {
+                Some(p) if p.is_file() => Ok((format!("compare{i}"), p)),
+                p => Err(Error::input_missing(
+                    Self::NAME,
+                    "the compared run's scores",
+                    &p.unwrap_or_else(|| run.to_path_buf()),
+                    "run its score stage first",
+                )),
             })
             .collect()
     }
@@ -169,7 +172,7 @@ impl StageDef for ReportStage {
         for run in &c.compare {
             runs.push(RunScores {
                 label: label_of(run),
-                file: ScoresFile::read(&scores_of(run))?,
+                file: ScoresFile::read(&scores_of(run).unwrap_or_else(|| run.to_path_buf()))?,
                 scored_at: scored_at(run),
             });
         }

@@ -23,7 +23,7 @@ use arrow::array::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::EmbeddingStore;
@@ -92,7 +92,7 @@ fn heads_file(entry: &str) -> Option<&Path> {
 
 impl Default for RetrieveConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -102,10 +102,6 @@ pub struct Retrieve {
     /// Its configuration.
     pub config: RetrieveConfig,
 }
-
-/// How to choose the query set, for messages.
-pub const CHOOSE_QUERIES: &str =
-    "--queries release or --queries regenerated (`queries = \"release\"` in a pipeline section)";
 
 impl StageDef for Retrieve {
     const NAME: &'static str = "retrieve";
@@ -126,10 +122,10 @@ impl StageDef for Retrieve {
     }
     fn build(config: RetrieveConfig) -> Result<Self> {
         if config.k == 0 {
-            return Err(super::bad::<Self>("k", "must be at least 1"));
+            return Err(crate::engine::bad::<Self>("k", "must be at least 1"));
         }
         if config.lambdas.is_empty() || config.lambdas.iter().any(|l| !l.is_finite()) {
-            return Err(super::bad::<Self>(
+            return Err(crate::engine::bad::<Self>(
                 "lambdas",
                 "needs at least one λ, each a finite number",
             ));
@@ -139,14 +135,18 @@ impl StageDef for Retrieve {
                 // Read now (they are small; a missing one is named as `heads::files` names it),
                 // so that a damaged head set is reported before any stage runs rather than
                 // failing this one and losing its earlier outputs.
-                heads::Heads::load(p).map_err(|e| super::bad::<Self>("heads", e.to_string()))?;
+                heads::Heads::load(p)
+                    .map_err(|e| crate::engine::bad::<Self>("heads", e.to_string()))?;
             }
         }
         let mut seen = config.heads.clone();
         seen.sort();
         seen.dedup();
         if seen.len() != config.heads.len() {
-            return Err(super::bad::<Self>("heads", "a head set is given twice"));
+            return Err(crate::engine::bad::<Self>(
+                "heads",
+                "a head set is given twice",
+            ));
         }
         Ok(Retrieve { config })
     }
@@ -154,7 +154,7 @@ impl StageDef for Retrieve {
         let mut v = vec![
             Need::of(&tables::QUERIES)
                 .from(self.config.queries.map(QuerySet::stage))
-                .choose(CHOOSE_QUERIES),
+                .choose(QuerySet::CHOOSE),
             Need::of(&tables::IMAGE_EMBEDDINGS),
             Need::of(&tables::WORD_EMBEDDINGS),
             Need::optional(&tables::EMBEDDING_MODEL),
@@ -387,7 +387,7 @@ impl Retrieve {
             "queries": {
                 "file": format!("{}/{}", ctx.provider(&tables::QUERIES).unwrap_or_default(), tables::QUERIES.file),
                 "rows": n_queries,
-                "blake3": crate::engine::fingerprint::hash_file(qpath)?,
+                "blake3": crate::io::hash_file(qpath)?,
             },
             "embeddings": embeddings,
             "heads": heads,

@@ -22,18 +22,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema};
+use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{Float64Type, Int32Type, Int64Type, Schema};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result, WithPath};
-use crate::linalg::Matrix;
+use crate::oracle;
 use crate::tables;
 use crate::tables::dataset::{Dataset, Queries, QuerySet, Slot};
-use crate::tables::oracle;
 use crate::tables::retrievals::{scores_schema, ScoreRow, ScoresFile, PROVENANCE_KEY};
 
 /// Configuration of scoring.
@@ -58,7 +57,7 @@ pub struct ScoreConfig {
 
 impl Default for ScoreConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -86,10 +85,10 @@ impl StageDef for Score {
     }
     fn build(config: ScoreConfig) -> Result<Self> {
         if !config.threshold.is_finite() {
-            return Err(super::bad::<Self>("threshold", "must be a number"));
+            return Err(crate::engine::bad::<Self>("threshold", "must be a number"));
         }
         if !["dev", "test", "all"].contains(&config.split.as_str()) {
-            return Err(super::bad::<Self>(
+            return Err(crate::engine::bad::<Self>(
                 "split",
                 format!("`{}`: expected dev, test or all", config.split),
             ));
@@ -98,10 +97,7 @@ impl StageDef for Score {
     }
     fn summary(run_dir: &Path) -> Result<Option<String>> {
         let file = ScoresFile::read(&run_dir.join(Self::NAME).join(tables::SCORES_JSON.file))?;
-        Ok(Some(format!(
-            "SIMAT scores (% of queries whose first image the oracle accepts):\n{}",
-            file.table()
-        )))
+        Ok(Some(file.summary()))
     }
     fn needs(&self) -> Vec<Need> {
         let c = &self.config;
@@ -110,7 +106,7 @@ impl StageDef for Score {
             Need::of(&tables::RETRIEVAL_PROVENANCE),
             Need::of(&tables::QUERIES)
                 .from(c.queries.map(QuerySet::stage))
-                .choose(super::retrieve::CHOOSE_QUERIES),
+                .choose(QuerySet::CHOOSE),
             // The release's queries are of the release's dataset.
             Need::of(&tables::DATASET)
                 .from((c.queries == Some(QuerySet::Release)).then_some(QuerySet::Release.stage())),
@@ -168,20 +164,40 @@ impl StageDef for Score {
             seconds = started.elapsed().as_secs_f64(),
             "score: retrievals read"
         );
-        let (oracle, oracle_provenance) = match oracle::matrix_file(&self.config.oracle) {
+        let (judge, oracle_provenance) = match oracle::oracle_file(&self.config.oracle) {
             None if self.config.oracle == oracle::MODEL => (
-                model_oracle(ctx, &dataset)?,
+                oracle::Judge::Model(oracle::ModelOracle::open(
+                    &ctx.input(&tables::ORACLE_REGIONS)?,
+                    &ctx.input(&tables::ORACLE_CAPTIONS)?,
+                    &dataset.region_id,
+                )?),
                 serde_json::json!({"kind": "model", "model": read_json(&ctx.input(&tables::ORACLE_MODEL)?)?["model"]}),
             ),
-            None => (Oracle::Labels, serde_json::json!({"kind": "labels"})),
+            None => (oracle::Judge::Labels, serde_json::json!({"kind": "labels"})),
             Some(p) => {
-                let (o, kind) = file_oracle(&p, &dataset, &queries)?;
+                let axes = oracle::Axes {
+                    rows: oracle::Rows::Dataset,
+                    region_id: &dataset.region_id,
+                    columns: oracle::Columns::Caption,
+                    // Wide enough for every caption a query names.
+                    width: queries
+                        .target_caption_id
+                        .iter()
+                        .chain(&queries.source_caption_id)
+                        .copied()
+                        .max()
+                        .map_or(0, |m| m as usize + 1),
+                    asks: (queries.target_caption_id.iter().zip(&queries.query_id))
+                        .map(|(&c, &q)| (c as usize, ("query", q)))
+                        .collect(),
+                };
+                let file = oracle::FileOracle::read(&p, &axes)?;
                 let prov = serde_json::json!({
-                    "kind": kind,
-                    "file": p.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "kind": file.kind,
+                    "file": file.file_name(),
                     "blake3": ctx.input_hashes.get("oracle"),
                 });
-                (o, prov)
+                (oracle::Judge::File(file), prov)
             }
         };
         tracing::debug!(
@@ -221,7 +237,21 @@ impl StageDef for Score {
             // Judged in parallel; the first query in order that cannot be judged is the error.
             let judged: Vec<(Option<f64>, bool)> = (0..queries.len())
                 .into_par_iter()
-                .map(|i| oracle.judge(top1[l][i], &queries, &dataset, i, c.threshold))
+                .map(|i| {
+                    let r = top1[l][i];
+                    let target = oracle::Target {
+                        triplet_id: queries.target_triplet_id[i],
+                        caption_id: queries.target_caption_id[i],
+                        query_id: queries.query_id[i],
+                    };
+                    judge.judge(
+                        r,
+                        dataset.triplet_id[r],
+                        dataset.region_id[r],
+                        target,
+                        c.threshold,
+                    )
+                })
                 .collect::<Vec<_>>()
                 .into_iter()
                 .collect::<Result<_>>()?;
@@ -577,255 +607,6 @@ fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("failed to read", path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| Error::data(path, e.to_string()))
-}
-
-/// An oracle from a file: a matrix (`.npy`, PyTorch) by `dataset_id` × caption id, or a long
-/// table `region_id, caption_id, score` joined by key. Returns it and its kind.
-fn file_oracle(
-    path: &Path,
-    dataset: &Dataset,
-    queries: &Queries,
-) -> Result<(Oracle, &'static str)> {
-    let n_captions = queries
-        .target_caption_id
-        .iter()
-        .chain(&queries.source_caption_id)
-        .copied()
-        .max()
-        .map_or(0, |m| m as usize + 1);
-    if crate::io::store::is_npy(path)? || crate::io::torch::is_torch_zip(path) {
-        let m = crate::io::store::read_matrix(path)?;
-        if m.rows != dataset.len() {
-            return Err(Error::data(
-                path,
-                format!(
-                    "{} rows, but the dataset has {} regions: an oracle matrix has one row per dataset_id (for the release, triplets.csv's dataset_id column, as eval.py indexes the OSCAR matrix) and one column per caption id (the line of captions.txt); a long table region_id, caption_id, score needs no order",
-                    m.rows,
-                    dataset.len()
-                ),
-            ));
-        }
-        if let Some(i) =
-            (0..queries.len()).find(|&i| queries.target_caption_id[i] as usize >= m.cols)
-        {
-            return Err(Error::data(
-                path,
-                format!(
-                    "{} caption columns, but query {} targets caption {}",
-                    m.cols, queries.query_id[i], queries.target_caption_id[i]
-                ),
-            ));
-        }
-        if let Some(r) = crate::linalg::first_non_finite(&m) {
-            return Err(Error::data(
-                path,
-                format!("row {r} (dataset_id {r}) holds NaN or infinity"),
-            ));
-        }
-        return Ok((Oracle::Matrix(m, path.to_path_buf()), "matrix"));
-    }
-    // A long table.
-    let batch = if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-    {
-        read_csv_table(path)?
-    } else {
-        crate::io::read_all(path)?
-    };
-    let col = |names: &[&str], ty: &DataType| -> Result<ArrayRef> {
-        let c = names
-            .iter()
-            .find_map(|n| batch.column_by_name(n))
-            .ok_or_else(|| {
-                Error::columnar(
-                    path,
-                    format!(
-                        "no `{}` column: an oracle table has columns region_id, caption_id, score",
-                        names[0]
-                    ),
-                )
-            })?;
-        if c.null_count() > 0 {
-            return Err(Error::columnar(
-                path,
-                format!("column `{}` holds nulls", names[0]),
-            ));
-        }
-        arrow::compute::cast(c, ty).map_err(|e| Error::columnar(path, e.to_string()))
-    };
-    let region = col(&["region_id"], &DataType::Int64)?;
-    let caption = col(&["caption_id"], &DataType::Int64)?;
-    let score = col(&["score", "similarity"], &DataType::Float64)?;
-    let (region, caption, score) = (
-        region.as_primitive::<Int64Type>(),
-        caption.as_primitive::<Int64Type>(),
-        score.as_primitive::<Float64Type>(),
-    );
-    let did: HashMap<i64, usize> = dataset
-        .region_id
-        .iter()
-        .enumerate()
-        .map(|(d, &r)| (r, d))
-        .collect();
-    let mut m = Matrix::new(
-        dataset.len(),
-        n_captions,
-        vec![f32::NAN; dataset.len() * n_captions],
-    )?;
-    for i in 0..batch.num_rows() {
-        let (r, c, v) = (region.value(i), caption.value(i), score.value(i));
-        if !v.is_finite() {
-            return Err(Error::data(
-                path,
-                format!("row {i}: score {v} for region {r}, caption {c}"),
-            ));
-        }
-        let (Some(&d), true) = (did.get(&r), (0..n_captions as i64).contains(&c)) else {
-            continue; // a pair no query can ask for
-        };
-        let cell = &mut m.data[d * n_captions + c as usize];
-        if !cell.is_nan() {
-            return Err(Error::data(
-                path,
-                format!("row {i}: region {r} and caption {c} appear twice"),
-            ));
-        }
-        *cell = v as f32;
-    }
-    Ok((Oracle::Matrix(m, path.to_path_buf()), "table"))
-}
-
-/// A CSV file as a record batch of Int64/Float64/Utf8 columns (types inferred per column).
-fn read_csv_table(path: &Path) -> Result<RecordBatch> {
-    let mut rd = csv::Reader::from_path(path).map_err(|e| Error::data(path, e.to_string()))?;
-    let headers = rd
-        .headers()
-        .map_err(|e| Error::data(path, e.to_string()))?
-        .clone();
-    let mut cols: Vec<Vec<String>> = vec![Vec::new(); headers.len()];
-    for (row, rec) in rd.records().enumerate() {
-        let rec = rec.map_err(|e| Error::data(path, format!("row {}: {e}", row + 1)))?;
-        for (k, v) in rec.iter().enumerate().take(headers.len()) {
-            cols[k].push(v.trim().to_string());
-        }
-    }
-    let mut fields = Vec::new();
-    let mut arrays: Vec<ArrayRef> = Vec::new();
-    for (name, values) in headers.iter().zip(cols) {
-        if let Ok(v) = values
-            .iter()
-            .map(|x| x.parse::<i64>())
-            .collect::<std::result::Result<Vec<_>, _>>()
-        {
-            fields.push(Field::new(name, DataType::Int64, false));
-            arrays.push(Arc::new(Int64Array::from(v)));
-        } else if let Ok(v) = values
-            .iter()
-            .map(|x| x.parse::<f64>())
-            .collect::<std::result::Result<Vec<_>, _>>()
-        {
-            fields.push(Field::new(name, DataType::Float64, false));
-            arrays.push(Arc::new(Float64Array::from(v)));
-        } else {
-            fields.push(Field::new(name, DataType::Utf8, false));
-            arrays.push(Arc::new(StringArray::from(values)));
-        }
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-        .map_err(|e| Error::columnar(path, e.to_string()))
-}
-
-enum Oracle {
-    Labels,
-    /// Images × captions; NaN where a long table had no pair.
-    Matrix(Matrix, PathBuf),
-    /// The `oracle` stage's embeddings: regions by dataset_id, captions by triplet_id.
-    Model {
-        regions: Matrix,
-        captions: Matrix,
-        caption_row: HashMap<i64, usize>,
-    },
-}
-
-/// The `model` oracle for a dataset: the `oracle` stage's region embeddings gathered into
-/// dataset_id order, and its caption embeddings.
-fn model_oracle(ctx: &StageContext, dataset: &Dataset) -> Result<Oracle> {
-    use crate::io::store::EmbeddingStore;
-    let rpath = ctx.input(&tables::ORACLE_REGIONS)?;
-    let regions = EmbeddingStore::open(&rpath)?;
-    let ids = crate::io::i64_column(&regions.batch, "region_id", &rpath)?;
-    let row: HashMap<i64, usize> = ids
-        .values()
-        .iter()
-        .enumerate()
-        .map(|(r, &id)| (id, r))
-        .collect();
-    let mut idx = Vec::with_capacity(dataset.len());
-    for (i, r) in dataset.region_id.iter().enumerate() {
-        idx.push(*row.get(r).ok_or_else(|| {
-            Error::data(
-                &rpath,
-                format!("no embedding for region {r} (dataset_id {i}): the dataset was not selected with this oracle"),
-            )
-        })?);
-    }
-    let regions = regions.normalised().gather(&idx);
-    let cpath = ctx.input(&tables::ORACLE_CAPTIONS)?;
-    let captions = EmbeddingStore::open(&cpath)?;
-    let tids = crate::io::i64_column(&captions.batch, "triplet_id", &cpath)?;
-    let caption_row = tids
-        .values()
-        .iter()
-        .enumerate()
-        .map(|(r, &t)| (t, r))
-        .collect();
-    Ok(Oracle::Model {
-        regions,
-        captions: captions.normalised(),
-        caption_row,
-    })
-}
-
-impl Oracle {
-    /// The oracle's value for the retrieved image and query `i`'s target caption (none for
-    /// `labels`), and whether the query succeeds.
-    fn judge(
-        &self,
-        retrieved: usize,
-        q: &Queries,
-        d: &Dataset,
-        i: usize,
-        threshold: f64,
-    ) -> Result<(Option<f64>, bool)> {
-        Ok(match self {
-            Oracle::Labels => (None, d.triplet_id[retrieved] == q.target_triplet_id[i]),
-            Oracle::Matrix(m, path) => {
-                let v = m.row(retrieved)[q.target_caption_id[i] as usize];
-                if v.is_nan() {
-                    return Err(Error::data(
-                        path,
-                        format!(
-                            "no score for region {} (dataset_id {retrieved}) and caption {}, which query {} needs",
-                            d.region_id[retrieved], q.target_caption_id[i], q.query_id[i]
-                        ),
-                    ));
-                }
-                (Some(v as f64), v as f64 > threshold)
-            }
-            Oracle::Model {
-                regions,
-                captions,
-                caption_row,
-            } => match caption_row.get(&q.target_triplet_id[i]) {
-                Some(&c) => {
-                    let v = crate::linalg::dot(regions.row(retrieved), captions.row(c)) as f64;
-                    (Some(v), v > threshold)
-                }
-                None => (None, false),
-            },
-        })
-    }
 }
 
 /// (head set, λ) pairs, and per pair the first retrieved dataset_id of each query.

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::oracle;
 use crate::tables;
 use crate::tables::dataset::{ints, strs, Dataset};
-use crate::tables::oracle;
 
 /// Configuration of selection. The defaults reproduce SIMAT's rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -39,7 +39,7 @@ pub struct SelectConfig {
 
 impl Default for SelectConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -63,10 +63,13 @@ impl StageDef for Select {
     }
     fn build(config: SelectConfig) -> Result<Self> {
         if !config.threshold.is_finite() {
-            return Err(super::bad::<Self>("threshold", "must be a number"));
+            return Err(crate::engine::bad::<Self>("threshold", "must be a number"));
         }
         if config.min_images == 0 {
-            return Err(super::bad::<Self>("min_images", "must be at least 1"));
+            return Err(crate::engine::bad::<Self>(
+                "min_images",
+                "must be at least 1",
+            ));
         }
         Ok(Select { config })
     }
@@ -94,65 +97,6 @@ impl StageDef for Select {
             strs(&regions, "rel", &rpath)?,
             strs(&regions, "obj", &rpath)?,
         ];
-        let mut unscored = 0u64;
-        let similarity: Box<dyn Fn(usize) -> f64> = match oracle::matrix_file(&self.config.oracle) {
-            None if self.config.oracle == oracle::MODEL => {
-                let spath = ctx.input(&tables::REGION_SCORES)?;
-                let b = crate::io::read_all(&spath)?;
-                let ids = ints(&b, "region_id", &spath)?;
-                let sim = crate::io::column(&b, "similarity", &spath)?;
-                let sim = arrow::array::AsArray::as_primitive::<arrow::datatypes::Float32Type>(sim);
-                let by_region: std::collections::HashMap<i64, f64> = ids
-                    .into_iter()
-                    .zip(sim.values().iter().map(|&v| v as f64))
-                    .collect();
-                let scores: Vec<f64> = region_id
-                    .iter()
-                    .map(|r| by_region.get(r).copied().unwrap_or(f64::NEG_INFINITY))
-                    .collect();
-                unscored = scores.iter().filter(|s| s.is_infinite()).count() as u64;
-                Box::new(move |i| scores[i])
-            }
-            None => Box::new(|_| 1.0),
-            Some(p) => {
-                let m = crate::io::store::read_matrix(&p)?;
-                if m.rows != region_id.len() {
-                    return Err(Error::data(
-                        &p,
-                        format!(
-                            "{} rows, but there are {} regions (rows must be in region_id order)",
-                            m.rows,
-                            region_id.len()
-                        ),
-                    ));
-                }
-                if let Some(i) = triplet_id
-                    .iter()
-                    .position(|&t| t < 0 || t as usize >= m.cols)
-                {
-                    return Err(Error::data(
-                        &p,
-                        format!(
-                            "{} columns, but region {} has triplet {}",
-                            m.cols, region_id[i], triplet_id[i]
-                        ),
-                    ));
-                }
-                if let Some(i) =
-                    (0..region_id.len()).find(|&i| !m.row(i)[triplet_id[i] as usize].is_finite())
-                {
-                    return Err(Error::data(
-                        &p,
-                        format!(
-                            "row {i}, column {} (region {}, triplet {}) holds NaN or infinity",
-                            triplet_id[i], region_id[i], triplet_id[i]
-                        ),
-                    ));
-                }
-                let tids = triplet_id.clone();
-                Box::new(move |i| m.row(i)[tids[i] as usize] as f64)
-            }
-        };
         let cropped = match ctx.maybe(&tables::CROPS) {
             Some(p) => Some(crate::tables::crops::crop_files(&p)?.0),
             None => None,
@@ -162,9 +106,45 @@ impl StageDef for Select {
                 .as_ref()
                 .is_none_or(|f| f.contains_key(&region_id[i]))
         };
+        // Each cropped region's similarity with its own caption; unscored ones never pass.
+        let mut unscored = 0u64;
+        let similarity: Vec<f64> = match oracle::oracle_file(&self.config.oracle) {
+            None if self.config.oracle == oracle::MODEL => {
+                let scores =
+                    oracle::region_scores(&ctx.input(&tables::REGION_SCORES)?, &region_id)?;
+                unscored = scores.iter().filter(|s| s.is_none()).count() as u64;
+                scores
+                    .into_iter()
+                    .map(|s| s.unwrap_or(f64::NEG_INFINITY))
+                    .collect()
+            }
+            None => vec![1.0; region_id.len()],
+            Some(p) => {
+                let axes = oracle::Axes {
+                    rows: oracle::Rows::Regions,
+                    region_id: &region_id,
+                    columns: oracle::Columns::Triplet,
+                    width: triplet_id.iter().max().map_or(0, |&t| t as usize + 1),
+                    asks: (region_id.iter().zip(&triplet_id))
+                        .map(|(&r, &t)| (t as usize, ("region", r)))
+                        .collect(),
+                };
+                let file = oracle::FileOracle::read(&p, &axes)?;
+                (0..region_id.len())
+                    .map(|i| {
+                        if !has_crop(i) {
+                            return Ok(f64::NEG_INFINITY);
+                        }
+                        file.value(i, triplet_id[i] as usize, region_id[i], || {
+                            format!("selecting region {}", region_id[i])
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
         let uncropped = (0..region_id.len()).filter(|&i| !has_crop(i)).count() as u64;
         let passed: Vec<usize> = (0..region_id.len())
-            .filter(|&i| has_crop(i) && similarity(i) >= self.config.threshold)
+            .filter(|&i| has_crop(i) && similarity[i] >= self.config.threshold)
             .collect();
         let mut images: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
         for &i in &passed {

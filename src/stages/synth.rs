@@ -23,12 +23,12 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::StageDef;
+use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
-use crate::stages::triplets::Vocabulary;
 use crate::tables;
+use crate::vocabulary::Vocabulary;
 use crate::world::{
     self, PLANT_OBJECTS, RELATIONS as RELATION_FREQUENCY, SUBJECTS as SUBJECT_FREQUENCY,
 };
@@ -56,7 +56,7 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        super::clap_default()
+        crate::config::clap_default()
     }
 }
 
@@ -664,7 +664,7 @@ pub const CAPTIONS_FILE: &str = "captions.json";
 fn article(noun: &str) -> &'static str {
     match noun {
         "people" | "grass" | "water" | "snow" | "sand" | "dirt" | "hay" => "",
-        n => crate::stages::triplets::article_for(n),
+        n => crate::vocabulary::article_for(n),
     }
 }
 
@@ -917,7 +917,7 @@ fn render_image(img: &SynImage, dir: &Path) -> Result<PathBuf> {
 /// name written in it. They let the official pipeline run end to end where Visual Genome's
 /// images are not at hand; scores on them say nothing about a model. Returns the images written.
 pub fn render_stand_ins(release: &Path, out: &Path, ui: &crate::ui::Ui) -> Result<u64> {
-    use crate::stages::import::{column, csv_reader, parse_box};
+    use crate::release::{column, csv_reader, parse_box};
     use std::collections::{BTreeMap, HashSet};
     let tr = release.join("triplets.csv");
     let mut rd = csv_reader(&tr, b',')?;
@@ -1027,13 +1027,16 @@ impl StageDef for Synth {
     type Config = SynthConfig;
     fn build(config: SynthConfig) -> Result<Self> {
         if !(0.0..=1.0).contains(&config.plant_rate) {
-            return Err(super::bad::<Self>(
+            return Err(crate::engine::bad::<Self>(
                 "plant_rate",
                 format!("{} is not between 0 and 1", config.plant_rate),
             ));
         }
         if config.image_count == 0 {
-            return Err(super::bad::<Self>("image_count", "must be at least 1"));
+            return Err(crate::engine::bad::<Self>(
+                "image_count",
+                "must be at least 1",
+            ));
         }
         Ok(Synth { config })
     }

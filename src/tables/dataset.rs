@@ -32,6 +32,10 @@ pub enum QuerySet {
 }
 
 impl QuerySet {
+    /// How a user chooses the query set, for the message when two stages could provide it.
+    pub const CHOOSE: &'static str =
+        "--queries release or --queries regenerated (`queries = \"release\"` in a pipeline section)";
+
     /// The stage whose `queries.parquet` holds the set.
     pub fn stage(self) -> &'static str {
         match self {

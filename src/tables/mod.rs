@@ -10,9 +10,38 @@ pub mod regions;
 pub mod retrievals;
 pub mod vg;
 
-use arrow::datatypes::{DataType, Field};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 
-use crate::engine::{TableDecl, TableKind};
+/// How a table is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// A Parquet file.
+    Parquet,
+    /// An Arrow IPC file (an embedding store).
+    Arrow,
+    /// A JSON document.
+    Json,
+    /// An HTML document.
+    Html,
+    /// A folder of files.
+    Dir,
+}
+
+/// A table stages exchange: its name (unique), its file in the providing stage's directory, and
+/// its schema.
+#[derive(Debug)]
+pub struct TableDecl {
+    /// The table's name, unique across simat.
+    pub name: &'static str,
+    /// Its path relative to the providing stage's directory.
+    pub file: &'static str,
+    /// How it is stored.
+    pub kind: TableKind,
+    /// Its Arrow schema, for tables (documented under `schemas/`).
+    pub schema: Option<fn() -> SchemaRef>,
+    /// What it holds, in a few words.
+    pub about: &'static str,
+}
 
 pub(crate) fn list_field(name: &str) -> Field {
     Field::new_list(name, Field::new_list_field(DataType::Utf8, true), false)

@@ -119,6 +119,14 @@ impl ScoresFile {
 pub const PROVENANCE_KEY: &str = "simat:provenance";
 
 impl ScoresFile {
+    /// The lines printed after a run that scored: a heading, then [`Self::table`].
+    pub fn summary(&self) -> String {
+        format!(
+            "SIMAT scores (% of queries whose first image the oracle accepts):\n{}",
+            self.table()
+        )
+    }
+
     /// What the scores are of, on one line, then the table: a row per λ × split, a column per
     /// field.
     pub fn table(&self) -> String {
