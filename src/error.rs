@@ -92,6 +92,10 @@ pub enum Error {
         message: String,
     },
 
+    /// Several bad values of one stage's config, reported together.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    BadValues(Vec<Error>),
+
     /// A table a stage needs has no provider, or two.
     #[error("stage `{stage}`: {message}")]
     Upstream {

@@ -638,3 +638,93 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Every path a pipeline names is checked before any stage runs, and every bad one is reported
+/// with its section, key and flag.
+#[test]
+fn a_bad_path_in_every_section_is_refused_before_anything_runs() {
+    let dir = tempdir();
+    let d = dir.path();
+    let text_file = d.join("notes.txt");
+    std::fs::write(&text_file, "not a matrix\n").unwrap();
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let p = d.join("bad.toml");
+    let t = s(&text_file);
+    std::fs::write(
+        &p,
+        format!(
+            r#"run_dir = "run"
+[import]
+release = "no-release"
+[ingest]
+vg = "{t}"
+[triplets]
+vocab = "no-vocab.toml"
+[crops]
+image_dir = "no-images"
+[select]
+oracle = "oscar"
+[embed]
+model = "no-model"
+[oracle]
+model = "empty"
+[coco]
+captions = "no-captions.json"
+image_dir = "{t}"
+model = "no-model"
+[import-embeddings]
+image_embeddings = "{t}"
+word_embeddings = "no-words.ptd"
+[adapt]
+images = "no-images.npy"
+texts = "no-texts.npy"
+[retrieve]
+heads = ["no-heads.pt"]
+[score]
+oracle = "{t}"
+[report]
+compare = ["no-run"]
+"#
+        ),
+    )
+    .unwrap();
+    let err = stderr(&run_ok(&["run", s(&p)], 2));
+    for key in [
+        "`[import] release` (--release): `",
+        "`[ingest] vg` (--vg): `",
+        "`[triplets] vocab` (--vocab): `",
+        "`[crops] image_dir` (--image-dir): `",
+        "`[select] oracle` (--oracle): `",
+        "`[embed] model` (--model): `",
+        "`[oracle] model` (--model): `",
+        "`[coco] captions` (--captions): `",
+        "`[coco] image_dir` (--image-dir): `",
+        "`[coco] model` (--model): `",
+        "`[import-embeddings] image_embeddings` (--image-embeddings): `",
+        "`[import-embeddings] word_embeddings` (--word-embeddings): `",
+        "`[adapt] images` (--images): `",
+        "`[adapt] texts` (--texts): `",
+        "`[retrieve] heads` (--heads): ",
+        "`[score] oracle` (--oracle): `",
+        "`[report] compare` (--compare): `",
+    ] {
+        assert!(err.contains(key), "{key} is not reported in\n{err}");
+    }
+    // What is wrong with each, in its own words.
+    assert!(err.contains("oscar` does not exist"), "{err}");
+    assert!(err.contains("notes.txt` is a file, not a folder"), "{err}");
+    assert!(err.contains("not a model folder"), "{err}");
+    assert!(err.contains("is neither a matrix"), "{err}");
+    assert!(err.contains("is not a file of embeddings"), "{err}");
+    // Nothing ran: no run directory, no manifest.
+    assert!(!d.join("run").exists(), "{err}");
+
+    // A stage's subcommand checks the same way.
+    let run = d.join("run2");
+    let err = stderr(&run_ok(&["select", s(&run), "--oracle", "oscar"], 2));
+    assert!(
+        err.contains("`[select] oracle` (--oracle): `oscar` does not exist"),
+        "{err}"
+    );
+}

@@ -106,12 +106,25 @@ fn written_files_match_the_schema_documents() {
         ],
         0,
     );
-    for (stage, file, _) in simat::schemas::all() {
+    for (stage, file, schema) in simat::schemas::all() {
+        // The model stages' stores are checked against a real model in tests/embed.rs.
+        if ["embed", "coco"].contains(&stage) {
+            continue;
+        }
         let path = match stage {
             "crops" | "select" | "oracle" => synth_run.join(stage).join(file),
             _ => run.join(stage).join(file),
         };
         let written = simat::io::inspect(&path, 0).unwrap();
+        if file.ends_with(".arrow") {
+            // A store's embedding has the model's dimension where the document says D.
+            assert_eq!(
+                simat::engine::outputs::difference(&schema, &written.schema),
+                None,
+                "{stage}/{file}"
+            );
+            continue;
+        }
         let doc: simat::io::SchemaDoc =
             serde_json::from_str(&std::fs::read_to_string(doc_path(stage, file)).unwrap()).unwrap();
         assert_eq!(

@@ -15,6 +15,7 @@
 pub mod fingerprint;
 pub mod lock;
 pub mod manifest;
+pub mod outputs;
 pub mod plan;
 pub mod registry;
 pub mod stage;
@@ -28,7 +29,7 @@ use crate::ui::Ui;
 pub use fingerprint::{FingerprintDetail, StaleReason};
 pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
 pub use plan::Catalogue;
-pub use registry::{bad, Entry, Registered, StageDef, COMMON_KEYS};
+pub use registry::{bad, Checks, Entry, PathKind, Registered, StageDef, COMMON_KEYS};
 pub use stage::{Need, Stage, StageContext, StageReport, TableDecl, TableKind};
 
 /// How to run a list of stages.
@@ -384,6 +385,14 @@ impl<'a> Engine<'a> {
                 return Err(err);
             }
         };
+        if let Err(err) = outputs::check(name, &stage_dir, &provides, &report) {
+            let rec = manifest.stages.get_mut(name).expect("inserted above");
+            rec.status = StageStatus::Failed;
+            rec.wall_s = wall_s;
+            rec.error = Some(err.to_string());
+            manifest.save(&self.run_dir)?;
+            return Err(err);
+        }
         if detail.inputs.is_empty() {
             // Hashed by the stage as it read them, when it hashes its inputs itself.
             hash_inputs(stage, &mut detail, &report.input_hashes)?;

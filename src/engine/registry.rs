@@ -76,6 +76,92 @@ pub fn bad<S: StageDef>(key: &str, message: impl Into<String>) -> Error {
     }
 }
 
+/// What a path named by a stage's config must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// A file.
+    File,
+    /// A folder.
+    Folder,
+}
+
+/// The checks of one stage's config in [`StageDef::build`], collected so that every bad value
+/// is reported at once, each naming its `[section] key (--flag)`.
+#[derive(Debug)]
+pub struct Checks<S> {
+    problems: Vec<Error>,
+    stage: PhantomData<fn() -> S>,
+}
+
+impl<S: StageDef> Default for Checks<S> {
+    fn default() -> Self {
+        Checks {
+            problems: vec![],
+            stage: PhantomData,
+        }
+    }
+}
+
+impl<S: StageDef> Checks<S> {
+    /// No problems yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `key` has a bad value.
+    pub fn bad(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(bad::<S>(key, message));
+    }
+
+    /// `key` is bad when `result` is an error (its message says why).
+    pub fn check(&mut self, key: &str, result: std::result::Result<(), String>) {
+        if let Err(m) = result {
+            self.bad(key, m);
+        }
+    }
+
+    /// An error from a deeper check of `key`'s value, kept whole when it already names a key.
+    pub fn error(&mut self, key: &str, e: Error) {
+        match e {
+            Error::BadValue { .. } => self.problems.push(e),
+            Error::BadValues(v) => self.problems.extend(v),
+            e => self.bad(key, e.to_string()),
+        }
+    }
+
+    /// The path that `key` names must exist and be a `kind`; returns whether it is.
+    pub fn path(&mut self, key: &str, path: &Path, kind: PathKind) -> bool {
+        let what = match kind {
+            PathKind::File => "a file",
+            PathKind::Folder => "a folder",
+        };
+        let problem = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                format!("`{}` does not exist (expected {what})", path.display())
+            }
+            Err(e) => format!("`{}` cannot be read: {e}", path.display()),
+            Ok(m) if kind == PathKind::File && !m.is_file() => {
+                format!("`{}` is a folder, not a file", path.display())
+            }
+            Ok(m) if kind == PathKind::Folder && !m.is_dir() => {
+                format!("`{}` is a file, not a folder", path.display())
+            }
+            Ok(_) => return true,
+        };
+        self.bad(key, problem);
+        false
+    }
+
+    /// The stage, when nothing was bad; else every problem.
+    pub fn finish(self, stage: S) -> Result<S> {
+        match self.problems.len() {
+            0 => Ok(stage),
+            1 => Err(self.problems.into_iter().next().expect("one problem")),
+            _ => Err(Error::BadValues(self.problems)),
+        }
+    }
+}
+
 /// A built stage with the providers its user prefers (`--from`).
 struct Configured<S> {
     stage: S,

@@ -313,7 +313,13 @@ impl SchemaDoc {
                 .iter()
                 .map(|f: &Arc<Field>| FieldDoc {
                     name: f.name().clone(),
-                    data_type: f.data_type().to_string(),
+                    data_type: match f.data_type() {
+                        // An embedding of any dimension (see `tables::stores`).
+                        DataType::FixedSizeList(item, 0) => {
+                            format!("FixedSizeList(D x {})", item.data_type())
+                        }
+                        t => t.to_string(),
+                    },
                     nullable: f.is_nullable(),
                 })
                 .collect(),

@@ -225,6 +225,28 @@ pub fn is_npy(path: &Path) -> Result<bool> {
     Ok(&head == b"\x93NUMPY")
 }
 
+/// Whether `path` begins as a file of embeddings does (`.npy`, a PyTorch zip, Parquet, Arrow
+/// IPC), checked before anything runs; the message says what it is not.
+pub fn check_embeddings_file(path: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let mut head = [0u8; 6];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| format!("`{}` cannot be read: {e}", path.display()))?;
+    let head = &head[..n];
+    if [&b"\x93NUMPY"[..], b"PK", b"PAR1", b"ARROW1"]
+        .iter()
+        .any(|m| head.starts_with(m))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a file of embeddings: expected .npy, a PyTorch file, Parquet or Arrow IPC",
+            path.display()
+        ))
+    }
+}
+
 /// Read a matrix from `.npy` (2-D, f16/f32/f64, C order), a PyTorch file holding one 2-D
 /// tensor, or the embedding column of an Arrow IPC or Parquet file.
 pub fn read_matrix(path: &Path) -> Result<Matrix> {

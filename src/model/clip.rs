@@ -72,6 +72,30 @@ pub fn tower_files(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     }
 }
 
+/// Whether `dir` is a model folder, checked before anything runs: it exists, is a folder, and
+/// holds both towers' graphs and `tokenizer.json`. The message says what is wrong.
+pub fn check_folder(dir: &Path) -> std::result::Result<(), String> {
+    if !dir.exists() {
+        return Err(format!(
+            "`{}` does not exist (expected a model folder; scripts/export_clip.py makes one)",
+            dir.display()
+        ));
+    }
+    if !dir.is_dir() {
+        return Err(format!("`{}` is a file, not a model folder", dir.display()));
+    }
+    if let Err(e) = tower_files(dir) {
+        return Err(e.to_string());
+    }
+    if !dir.join("tokenizer.json").is_file() {
+        return Err(format!(
+            "`{}` has no tokenizer.json (scripts/export_clip.py writes one)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// How a tower's graph is fed and read, resolved from its input and output names.
 #[derive(Debug, Clone)]
 struct TowerIo {

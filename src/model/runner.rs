@@ -82,22 +82,36 @@ impl ModelRunConfig {
         }
     }
 
-    /// Check the numbers.
+    /// Check the model folder (that it is one: its towers and tokenizer are there) and the
+    /// numbers; every bad value is reported.
     pub fn check(&self, stage: &str) -> Result<()> {
-        self.folder(stage)?;
+        let bad = |key: &str, message: String| Error::BadValue {
+            stage: stage.into(),
+            key: key.into(),
+            message,
+        };
+        let mut problems = vec![];
+        match self.folder(stage) {
+            Err(e) => problems.push(e),
+            Ok(dir) => {
+                if let Err(m) = crate::model::clip::check_folder(dir) {
+                    problems.push(bad("model", m));
+                }
+            }
+        }
         for (key, v) in [
             ("batch_size", self.batch_size),
             ("chunk_images", self.chunk_images),
         ] {
             if v == 0 {
-                return Err(Error::BadValue {
-                    stage: stage.into(),
-                    key: key.into(),
-                    message: "must be at least 1".into(),
-                });
+                problems.push(bad(key, "must be at least 1".into()));
             }
         }
-        Ok(())
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(Error::BadValues(problems)),
+        }
     }
 
     /// The fingerprinted part: the device (a GPU may round differently); the model enters by
@@ -301,7 +315,7 @@ pub fn embed_texts(model: &mut ClipModel, texts: &[&str], batch: usize) -> Resul
 /// Write `model.json`: where a stage's embeddings came from (`identity` from
 /// [`ClipModel::identity`] or [`stage_identity`]).
 pub fn write_model_json(
-    out_dir: &Path,
+    path: &Path,
     identity: serde_json::Value,
     config: &ModelRunConfig,
     dim: usize,
@@ -314,7 +328,7 @@ pub fn write_model_json(
         "vectors": "raw",
     });
     crate::io::atomic::write_atomic(
-        out_dir.join("model.json"),
+        path,
         (serde_json::to_string_pretty(&doc).expect("json") + "\n").as_bytes(),
     )
 }

@@ -30,7 +30,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::chunks::Chunks;
@@ -175,7 +175,15 @@ impl StageDef for Adapt {
         if !(0.0..1.0).contains(&c.val_fraction) {
             return Err(bad("val_fraction", "must be at least 0 and below 1"));
         }
-        Ok(Adapt { config: c })
+        let mut checks = Checks::<Self>::new();
+        for (key, path) in [("images", &c.images), ("texts", &c.texts)] {
+            if let Some(p) = path {
+                if checks.path(key, p, PathKind::File) {
+                    checks.check(key, crate::io::store::check_embeddings_file(p));
+                }
+            }
+        }
+        checks.finish(Adapt { config: c })
     }
     fn needs(&self) -> Vec<Need> {
         if self.config.images.is_some() {

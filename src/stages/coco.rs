@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, StringArray};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;
@@ -114,8 +114,13 @@ impl StageDef for Coco {
             chunk_images: c.chunk_images,
             max_pixels: c.max_pixels,
         };
-        model.check(Self::NAME)?;
-        Ok(Coco {
+        let mut checks = Checks::<Self>::new();
+        checks.path("captions", &captions, PathKind::File);
+        checks.path("image_dir", &image_dir, PathKind::Folder);
+        if let Err(e) = model.check(Self::NAME) {
+            checks.error("model", e);
+        }
+        checks.finish(Coco {
             captions,
             image_dir,
             model,
@@ -214,7 +219,7 @@ impl StageDef for Coco {
             &caption_m,
         )?;
         crate::model::runner::write_model_json(
-            &ctx.stage_dir,
+            &ctx.output(&tables::EMBEDDING_MODEL)?,
             stage_identity(&model, &ctx.input_hashes),
             &self.model,
             emb.matrix.cols,
@@ -223,7 +228,7 @@ impl StageDef for Coco {
         let mut report = StageReport::default();
         report.table(&tables::PAIR_IMAGES, Some(emb.matrix.rows as u64));
         report.table(&tables::PAIR_CAPTIONS, Some(caption_m.rows as u64));
-        report.outputs.push(("model.json".into(), None));
+        report.table(&tables::EMBEDDING_MODEL, None);
         report.count("images", emb.matrix.rows as u64);
         report.count("captions", caption_m.rows as u64);
         report.count("images_unreadable", emb.failed.len() as u64);

@@ -25,7 +25,7 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
@@ -131,13 +131,14 @@ impl StageDef for Crops {
         }
     }
     fn build(config: CropsConfig) -> Result<Self> {
+        let mut checks = Checks::<Self>::new();
         if config.chunk_images == 0 {
-            return Err(crate::engine::bad::<Self>(
-                "chunk_images",
-                "must be at least 1",
-            ));
+            checks.bad("chunk_images", "must be at least 1");
         }
-        Ok(Crops { config })
+        if let Some(dir) = &config.image_dir {
+            checks.path("image_dir", dir, PathKind::Folder);
+        }
+        checks.finish(Crops { config })
     }
     fn needs(&self) -> Vec<Need> {
         let mut v = vec![Need::of(&tables::REGIONS)];

@@ -145,27 +145,17 @@ impl StageDef for Embed {
             &caption_m,
         )?;
         write_model_json(
-            &ctx.stage_dir,
+            &ctx.output(&tables::EMBEDDING_MODEL)?,
             stage_identity(&model, &ctx.input_hashes),
             &self.config,
             images.matrix.cols,
         )?;
         chunks.finish();
-        let mut report = StageReport {
-            outputs: vec![
-                (
-                    "image_embeddings.arrow".into(),
-                    Some(images.matrix.rows as u64),
-                ),
-                ("word_embeddings.arrow".into(), Some(word_m.rows as u64)),
-                (
-                    "caption_embeddings.arrow".into(),
-                    Some(caption_m.rows as u64),
-                ),
-                ("model.json".into(), None),
-            ],
-            ..Default::default()
-        };
+        let mut report = StageReport::default();
+        report.table(&tables::IMAGE_EMBEDDINGS, Some(images.matrix.rows as u64));
+        report.table(&tables::WORD_EMBEDDINGS, Some(word_m.rows as u64));
+        report.table(&tables::CAPTION_EMBEDDINGS, Some(caption_m.rows as u64));
+        report.table(&tables::EMBEDDING_MODEL, None);
         report.count("images", images.matrix.rows as u64);
         report.count("words", word_m.rows as u64);
         report.count("captions", caption_m.rows as u64);

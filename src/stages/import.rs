@@ -27,7 +27,7 @@ use arrow::array::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::write_table;
@@ -73,7 +73,25 @@ impl StageDef for Import {
         let release = c.release.ok_or_else(|| {
             crate::engine::bad::<Self>("release", "is required: the release's folder")
         })?;
-        Ok(Import { release })
+        let mut checks = Checks::<Self>::new();
+        if checks.path("release", &release, PathKind::Folder) {
+            let missing: Vec<&str> = RELEASE_FILES
+                .iter()
+                .copied()
+                .filter(|f| !release.join(f).is_file())
+                .collect();
+            if !missing.is_empty() {
+                checks.bad(
+                    "release",
+                    format!(
+                        "`{}` is not the SIMAT release folder: it lacks {}",
+                        release.display(),
+                        missing.join(", ")
+                    ),
+                );
+            }
+        }
+        checks.finish(Import { release })
     }
     fn needs(&self) -> Vec<Need> {
         vec![]
@@ -405,15 +423,15 @@ pub fn import(release: &Path, out_dir: &Path) -> Result<StageReport> {
 
     let regions = regions_batch(&db, &triplet_ids)?;
     let mut report = StageReport::default();
-    for (file, batch) in [
-        ("regions.parquet", regions),
-        ("triplets.parquet", triplets),
-        ("dataset.parquet", dataset.to_batch()),
-        ("queries.parquet", q.to_batch()),
+    for (table, batch) in [
+        (&tables::REGIONS, regions),
+        (&tables::TRIPLETS, triplets),
+        (&tables::DATASET, dataset.to_batch()),
+        (&tables::QUERIES, q.to_batch()),
     ] {
-        let rows = write_table(&out_dir.join(file), &batch)?;
-        report.count(file.trim_end_matches(".parquet"), rows);
-        report.outputs.push((file.to_string(), Some(rows)));
+        let rows = write_table(&out_dir.join(table.file), &batch)?;
+        report.count(table.name, rows);
+        report.table(table, Some(rows));
     }
     report.count(
         "dataset_regions_without_queries",

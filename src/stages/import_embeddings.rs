@@ -24,7 +24,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::{is_npy, read_matrix, read_table_embeddings, write_store};
@@ -98,7 +98,19 @@ impl StageDef for ImportEmbeddings {
                 "is required: a file of raw word embeddings",
             )
         })?;
-        Ok(ImportEmbeddings {
+        let mut checks = Checks::<Self>::new();
+        for (key, path) in [
+            ("image_embeddings", &images),
+            ("word_embeddings", &word_vectors),
+        ] {
+            if checks.path(key, path, PathKind::File) {
+                checks.check(key, crate::io::store::check_embeddings_file(path));
+            }
+        }
+        if let Some(w) = &c.words {
+            checks.path("words", w, PathKind::File);
+        }
+        checks.finish(ImportEmbeddings {
             images,
             word_vectors,
             words: c.words,
@@ -418,7 +430,7 @@ pub fn import_embeddings(
     }
     let n = dataset.len() as i64;
     write_store(
-        &out_dir.join("image_embeddings.arrow"),
+        &out_dir.join(tables::IMAGE_EMBEDDINGS.file),
         &[
             (
                 "dataset_id",
@@ -432,7 +444,7 @@ pub fn import_embeddings(
         &images.matrix,
     )?;
     write_store(
-        &out_dir.join("word_embeddings.arrow"),
+        &out_dir.join(tables::WORD_EMBEDDINGS.file),
         &[(
             "word",
             Arc::new(StringArray::from_iter_values(
@@ -457,20 +469,13 @@ pub fn import_embeddings(
         model["words"] = file("words", w);
     }
     crate::io::atomic::write_atomic(
-        out_dir.join("model.json"),
+        out_dir.join(tables::EMBEDDING_MODEL.file),
         (serde_json::to_string_pretty(&model).expect("json") + "\n").as_bytes(),
     )?;
-    let mut report = StageReport {
-        outputs: vec![
-            (
-                "image_embeddings.arrow".into(),
-                Some(images.matrix.rows as u64),
-            ),
-            ("word_embeddings.arrow".into(), Some(vectors.rows as u64)),
-            ("model.json".into(), None),
-        ],
-        ..Default::default()
-    };
+    let mut report = StageReport::default();
+    report.table(&tables::IMAGE_EMBEDDINGS, Some(images.matrix.rows as u64));
+    report.table(&tables::WORD_EMBEDDINGS, Some(vectors.rows as u64));
+    report.table(&tables::EMBEDDING_MODEL, None);
     report.count("images", images.matrix.rows as u64);
     report.count("images_not_in_dataset", images.unused as u64);
     report.count("words", vectors.rows as u64);

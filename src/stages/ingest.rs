@@ -24,7 +24,7 @@ use arrow::datatypes::SchemaRef;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
@@ -63,7 +63,7 @@ pub struct VgTable {
     /// Whether ingest fails without it (an absent optional file gives an empty table).
     pub required: bool,
     /// The Parquet table written under `RUN/ingest/`.
-    pub table: &'static str,
+    pub table: &'static TableDecl,
     /// The counter of its rows in the stage report.
     counter: &'static str,
     /// The id of a row: a later row with an id already written is a duplicate, skipped and
@@ -82,7 +82,7 @@ pub const VG_TABLES: [VgTable; 4] = [
     VgTable {
         source: "image_data.json",
         required: true,
-        table: "images.parquet",
+        table: &tables::IMAGES,
         counter: "images",
         key: "image_id",
         duplicate: "images_duplicate_id",
@@ -92,7 +92,7 @@ pub const VG_TABLES: [VgTable; 4] = [
     VgTable {
         source: "relationships.json",
         required: true,
-        table: "relationships.parquet",
+        table: &tables::RELATIONSHIPS,
         counter: "relationships",
         key: "relationship_id",
         duplicate: "relationships_duplicate_id",
@@ -102,7 +102,7 @@ pub const VG_TABLES: [VgTable; 4] = [
     VgTable {
         source: "objects.json",
         required: false,
-        table: "objects.parquet",
+        table: &tables::OBJECTS,
         counter: "objects",
         key: "object_id",
         duplicate: "objects_duplicate_id",
@@ -112,7 +112,7 @@ pub const VG_TABLES: [VgTable; 4] = [
     VgTable {
         source: "attributes.json",
         required: false,
-        table: "attributes.parquet",
+        table: &tables::ATTRIBUTES,
         counter: "attribute_rows",
         key: "object_id",
         duplicate: "attributes_duplicate_id",
@@ -145,13 +145,30 @@ impl StageDef for Ingest {
         }
     }
     fn build(config: IngestConfig) -> Result<Self> {
+        let mut checks = Checks::<Self>::new();
         if config.block_bytes == 0 {
-            return Err(crate::engine::bad::<Self>(
-                "block_bytes",
-                "must be at least 1",
-            ));
+            checks.bad("block_bytes", "must be at least 1");
         }
-        Ok(Ingest { config })
+        if let Some(vg) = &config.vg {
+            if checks.path("vg", vg, PathKind::Folder) {
+                let missing: Vec<&str> = VG_TABLES
+                    .iter()
+                    .filter(|t| t.required && !vg.join(t.source).is_file())
+                    .map(|t| t.source)
+                    .collect();
+                if !missing.is_empty() {
+                    checks.bad(
+                        "vg",
+                        format!(
+                            "`{}` is not a Visual Genome 1.4 folder: it lacks {}",
+                            vg.display(),
+                            missing.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        checks.finish(Ingest { config })
     }
     fn needs(&self) -> Vec<Need> {
         match self.config.vg {
@@ -1009,7 +1026,7 @@ pub fn ingest(
     let mut pending = Vec::new();
     for t in &VG_TABLES {
         let src = vg.join(t.source);
-        let dest = out_dir.join(t.table);
+        let dest = out_dir.join(t.table.file);
         let Pending {
             file,
             rows,
@@ -1027,7 +1044,7 @@ pub fn ingest(
         } else {
             report.notes.push(format!(
                 "{} not found in the VG folder; {} is empty",
-                t.source, t.table
+                t.source, t.table.file
             ));
             let (file, rows) = TableWriter::create(&dest, (t.schema)())?.close()?;
             Pending {
@@ -1043,7 +1060,7 @@ pub fn ingest(
         }
         report.count(t.counter, rows);
         report.count(&format!("{}_records", t.source), elements);
-        report.outputs.push((t.table.to_string(), Some(rows)));
+        report.table(t.table, Some(rows));
         tally.merge(tally_of_file);
         pending.push(file);
     }

@@ -100,8 +100,8 @@ mod tests {
             );
             assert_eq!(
                 t.schema.is_some(),
-                t.kind == TableKind::Parquet,
-                "`{}`: Parquet tables have schemas",
+                matches!(t.kind, TableKind::Parquet | TableKind::Arrow),
+                "`{}`: Parquet tables and Arrow stores have schemas",
                 t.name
             );
         }
@@ -257,5 +257,100 @@ mod tests {
         );
         assert_eq!(entry.keys(), vec!["field"]);
         entry.round_trips().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod output_checks {
+    use std::sync::Arc;
+
+    use arrow::array::{Int32Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use crate::engine::{
+        Engine, Need, RunOptions, Stage, StageContext, StageReport, StageStatus, TableDecl,
+    };
+    use crate::error::Result;
+    use crate::tables;
+
+    /// A stage that declares `region_scores` and writes what `mode` says.
+    struct Liar {
+        mode: &'static str,
+    }
+
+    impl Stage for Liar {
+        fn name(&self) -> &'static str {
+            "liar"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn provides(&self) -> Vec<&'static TableDecl> {
+            vec![&tables::REGION_SCORES]
+        }
+        fn needs(&self) -> Vec<Need> {
+            vec![]
+        }
+        fn fingerprint(&self) -> serde_json::Value {
+            serde_json::json!({ "mode": self.mode })
+        }
+        fn run(&self, ctx: &StageContext) -> Result<StageReport> {
+            let mut r = StageReport::default();
+            let path = ctx.output(&tables::REGION_SCORES)?;
+            match self.mode {
+                "nothing" => {}
+                "unreported" | "wrong" => {
+                    let schema = Arc::new(Schema::new(vec![Field::new(
+                        "region_id",
+                        DataType::Int32,
+                        false,
+                    )]));
+                    let batch =
+                        RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![1, 2]))])
+                            .unwrap();
+                    crate::io::write_table(&path, &batch)?;
+                    if self.mode == "wrong" {
+                        r.table(&tables::REGION_SCORES, Some(2));
+                    }
+                }
+                _ => unreachable!(),
+            }
+            Ok(r)
+        }
+    }
+
+    #[test]
+    fn a_stage_whose_outputs_are_not_its_declarations_is_not_committed() {
+        for (mode, says) in [
+            (
+                "nothing",
+                "`region_scores.parquet` (region_scores) was not written",
+            ),
+            (
+                "unreported",
+                "`region_scores.parquet` (region_scores) was written but not reported",
+            ),
+            (
+                "wrong",
+                "columns [region_id], declared [region_id, triplet_id, similarity]",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let ui = crate::ui::Ui::quiet();
+            let engine = Engine::new(dir.path(), &ui).unwrap();
+            let liar = Liar { mode };
+            let err = engine
+                .run(&[&liar as &dyn Stage], &RunOptions::default())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("not committed") && err.contains(says),
+                "{mode}: {err}"
+            );
+            let m = crate::engine::Manifest::load(dir.path()).unwrap();
+            assert_eq!(m.stages["liar"].status, StageStatus::Failed, "{mode}");
+            assert!(m.stages["liar"].outputs.is_empty(), "{mode}");
+        }
     }
 }

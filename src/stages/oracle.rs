@@ -138,25 +138,18 @@ impl StageDef for Oracle {
         .map_err(|e| Error::Internal(e.to_string()))?;
         let n = crate::io::write_table(&ctx.output(&tables::REGION_SCORES)?, &batch)?;
         crate::model::runner::write_model_json(
-            &ctx.stage_dir,
+            &ctx.output(&tables::ORACLE_MODEL)?,
             crate::model::runner::stage_identity(&model, &ctx.input_hashes),
             &self.config,
             images.matrix.cols,
         )?;
         chunks.finish();
 
-        let mut report = crate::engine::StageReport {
-            outputs: vec![
-                ("region_embeddings.arrow".into(), Some(n)),
-                (
-                    "caption_embeddings.arrow".into(),
-                    Some(caption_m.rows as u64),
-                ),
-                ("region_scores.parquet".into(), Some(n)),
-                ("model.json".into(), None),
-            ],
-            ..Default::default()
-        };
+        let mut report = crate::engine::StageReport::default();
+        report.table(&tables::ORACLE_REGIONS, Some(n));
+        report.table(&tables::ORACLE_CAPTIONS, Some(caption_m.rows as u64));
+        report.table(&tables::REGION_SCORES, Some(n));
+        report.table(&tables::ORACLE_MODEL, None);
         let uncropped = (region_id.len() - cropped.len()) as u64;
         report.count("regions_scored", n);
         report.count("regions_without_crop", uncropped);

@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Manifest, Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::report::{self, Pick, Report, RunScores, SheetQuery};
@@ -111,7 +111,24 @@ impl StageDef for ReportStage {
                 ),
             ));
         }
-        Ok(ReportStage { config })
+        let mut checks = Checks::<Self>::new();
+        for run in &config.compare {
+            if checks.path("compare", run, PathKind::Folder) && scores_of(run).is_none() {
+                checks.bad(
+                    "compare",
+                    format!(
+                        "`{}` has no scores: run its score stage first",
+                        run.display()
+                    ),
+                );
+            }
+        }
+        if let Some(parent) = config.out.as_deref().and_then(Path::parent) {
+            if !parent.as_os_str().is_empty() {
+                checks.path("out", parent, PathKind::Folder);
+            }
+        }
+        checks.finish(ReportStage { config })
     }
     fn summary(run_dir: &Path) -> Result<Option<String>> {
         // The scores the page shows, then where it is.

@@ -27,7 +27,7 @@ use arrow::datatypes::{Float64Type, Int32Type, Int64Type, Schema};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result, WithPath};
 use crate::oracle;
@@ -84,16 +84,18 @@ impl StageDef for Score {
         c.oracle = oracle::resolve(&c.oracle, base);
     }
     fn build(config: ScoreConfig) -> Result<Self> {
+        let mut checks = Checks::<Self>::new();
         if !config.threshold.is_finite() {
-            return Err(crate::engine::bad::<Self>("threshold", "must be a number"));
+            checks.bad("threshold", "must be a number");
         }
         if !["dev", "test", "all"].contains(&config.split.as_str()) {
-            return Err(crate::engine::bad::<Self>(
+            checks.bad(
                 "split",
                 format!("`{}`: expected dev, test or all", config.split),
-            ));
+            );
         }
-        Ok(Score { config })
+        checks.check("oracle", oracle::check(&config.oracle));
+        checks.finish(Score { config })
     }
     fn summary(run_dir: &Path) -> Result<Option<String>> {
         let file = ScoresFile::read(&run_dir.join(Self::NAME).join(tables::SCORES_JSON.file))?;

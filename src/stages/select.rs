@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::Result;
 use crate::oracle;
@@ -62,16 +62,15 @@ impl StageDef for Select {
         c.oracle = oracle::resolve(&c.oracle, base);
     }
     fn build(config: SelectConfig) -> Result<Self> {
+        let mut checks = Checks::<Self>::new();
         if !config.threshold.is_finite() {
-            return Err(crate::engine::bad::<Self>("threshold", "must be a number"));
+            checks.bad("threshold", "must be a number");
         }
         if config.min_images == 0 {
-            return Err(crate::engine::bad::<Self>(
-                "min_images",
-                "must be at least 1",
-            ));
+            checks.bad("min_images", "must be at least 1");
         }
-        Ok(Select { config })
+        checks.check("oracle", oracle::check(&config.oracle));
+        checks.finish(Select { config })
     }
     fn needs(&self) -> Vec<Need> {
         let mut v = vec![Need::of(&tables::REGIONS), Need::optional(&tables::CROPS)];

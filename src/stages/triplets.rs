@@ -21,7 +21,7 @@ use arrow::array::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageDef;
+use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result, WithPath};
 use crate::io::{column, i32_column, i64_column, read_table, str_column, write_table};
@@ -83,7 +83,16 @@ impl StageDef for Triplets {
     }
     fn build(c: TripletsConfig) -> Result<Self> {
         let mut v = match &c.vocab {
-            Some(p) => Vocabulary::load(p)?,
+            Some(p) => {
+                let mut checks = Checks::<Self>::new();
+                if !checks.path("vocab", p, PathKind::File) {
+                    return checks.finish(Triplets {
+                        vocabulary: Vocabulary::default(),
+                    });
+                }
+                Vocabulary::load(p)
+                    .map_err(|e| crate::engine::bad::<Self>("vocab", e.to_string()))?
+            }
             None => Vocabulary::default(),
         };
         if let Some(x) = c.min_region_side {
@@ -350,7 +359,7 @@ pub fn extract(
         .collect();
 
     let regions_batch = regions_batch(&regions, &triplet_ids, &attrs);
-    let n_regions = write_table(&out_dir.join("regions.parquet"), &regions_batch)?;
+    let n_regions = write_table(&out_dir.join(tables::REGIONS.file), &regions_batch)?;
 
     let mut t_cols = TripletCols::default();
     for ((subj, rel, obj), (n, images)) in &by_triplet {
@@ -364,14 +373,10 @@ pub fn extract(
             &config.caption(subj, rel, obj),
         );
     }
-    let n_triplets = write_table(&out_dir.join("triplets.parquet"), &t_cols.finish())?;
+    let n_triplets = write_table(&out_dir.join(tables::TRIPLETS.file), &t_cols.finish())?;
 
-    report
-        .outputs
-        .push(("regions.parquet".into(), Some(n_regions)));
-    report
-        .outputs
-        .push(("triplets.parquet".into(), Some(n_triplets)));
+    report.table(&tables::REGIONS, Some(n_regions));
+    report.table(&tables::TRIPLETS, Some(n_triplets));
     report.count("relationships_read", read);
     report.count("rejected_subject_not_in_vocabulary", no_subject);
     report.count("rejected_predicate_not_in_vocabulary", no_relation);

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod oracle;
 pub mod regions;
 pub mod retrievals;
+pub mod stores;
 pub mod vg;
 
 use arrow::datatypes::{DataType, Field, SchemaRef};
@@ -167,7 +168,7 @@ table!(
     "oracle_region_embeddings",
     "region_embeddings.arrow",
     Arrow,
-    None,
+    Some(stores::oracle_regions_schema),
     "an oracle model's raw embeddings of the cropped regions"
 );
 table!(
@@ -175,7 +176,7 @@ table!(
     "oracle_caption_embeddings",
     "caption_embeddings.arrow",
     Arrow,
-    None,
+    Some(stores::oracle_captions_schema),
     "an oracle model's raw embeddings of the captions"
 );
 table!(
@@ -215,7 +216,7 @@ table!(
     "image_embeddings",
     "image_embeddings.arrow",
     Arrow,
-    None,
+    Some(stores::image_embeddings_schema),
     "raw image embeddings of the dataset, by dataset_id"
 );
 table!(
@@ -223,7 +224,7 @@ table!(
     "word_embeddings",
     "word_embeddings.arrow",
     Arrow,
-    None,
+    Some(stores::word_embeddings_schema),
     "raw word embeddings"
 );
 table!(
@@ -231,7 +232,7 @@ table!(
     "caption_embeddings",
     "caption_embeddings.arrow",
     Arrow,
-    None,
+    Some(stores::caption_embeddings_schema),
     "raw caption embeddings, by triplet_id"
 );
 table!(
@@ -303,7 +304,7 @@ table!(
     "pair_images",
     "images.arrow",
     Arrow,
-    None,
+    Some(stores::pair_images_schema),
     "raw image embeddings keyed by image_id, for training heads"
 );
 table!(
@@ -311,7 +312,7 @@ table!(
     "pair_captions",
     "captions.arrow",
     Arrow,
-    None,
+    Some(stores::pair_captions_schema),
     "raw caption embeddings keyed by image_id (several per image)"
 );
 table!(
