@@ -6,15 +6,20 @@
 //!
 //! The crate is layered; each layer uses only those before it:
 //!
-//! - [`error`], [`ui`]: typed errors, terminal manners;
+//! - [`error`], [`ui`], [`config`]: typed errors, terminal manners, config defaults and paths;
 //! - [`io`] (Parquet, Arrow IPC stores, `.npy`, PyTorch files, atomic files, chunks) and
 //!   [`linalg`] (the blocked GEMM, top-k, λ sweep, linear heads);
 //! - [`model`] (ONNX Runtime, CLIP folders, preprocessing, tokenizer, heads, the chunked runner)
 //!   and [`tables`] (what stages exchange: names, files, schemas, readers);
-//! - [`engine`]: the stage contract, the planner, fingerprints and the manifest;
+//! - the domain: [`vocabulary`] (SIMAT's words and captions), [`release`] (the release's CSV
+//!   readers), [`world`] (the synthetic world), [`report`] (the HTML report's parts) and
+//!   [`oracle`] (what judges whether an image shows a caption, for `select` and `score`);
+//! - [`engine`]: the stage contract and registry, the planner, fingerprints, the manifest and
+//!   the check of a stage's outputs against its declarations;
 //! - [`stages`]: one module per stage, and [`stages::ALL`], the one list of them;
-//! - [`pipeline`] (pipeline TOML files) and [`cli`] (the command line); [`schemas`]: the
-//!   documented output schemas.
+//! - [`pipeline`] (pipeline TOML files), [`query`] (SQL over a run's tables) and [`schemas`]
+//!   (the documented output schemas);
+//! - [`cli`]: the command line.
 //!
 //! ```no_run
 //! use simat::{engine::{Engine, RunOptions}, pipeline::Pipeline, ui::Ui};

@@ -382,7 +382,9 @@ fn non_finite_heads_and_oracles_are_refused_naming_the_place() {
     let before = std::fs::read(run.join("score/scores.parquet")).unwrap();
     let err = stderr(&run_ok(&["score", s(&run), "--oracle", s(&oracle)], 2));
     assert!(
-        err.contains("oracle.npy`: row 3 (dataset_id 3) holds NaN or infinity"),
+        err.contains(
+            "oracle.npy`: row 3, column 1 (dataset_id 3, caption 1) holds NaN or infinity"
+        ),
         "{err}"
     );
     assert_eq!(

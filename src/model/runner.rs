@@ -16,37 +16,96 @@ use serde::{Deserialize, Serialize};
 
 use super::clip::{ClipModel, MODEL_FILES};
 use super::preprocess::ImageFailure;
-use super::Device;
 use crate::error::{Error, Result};
 use crate::io::chunks::Chunks;
 use crate::io::store::{write_store, EmbeddingStore};
 use crate::linalg::Matrix;
 use crate::ui::Ui;
 
-/// How a stage runs a model: the settings of `[embed]`, `[oracle]` and `simat encode`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
-#[serde(default, deny_unknown_fields)]
-pub struct ModelRunConfig {
-    /// The model folder (scripts/export_clip.py: open_clip or Hugging Face layout). Identified
-    /// in fingerprints by its files' content, not its path.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// `cpu`, or `cuda:N` with the GPU build of ONNX Runtime.
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    /// Images (or texts) per inference batch.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// ONNX Runtime intra-op threads; 0 lets it use every core.
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Images per checkpointed chunk.
-    #[arg(long, default_value_t = 1024)]
-    pub chunk_images: usize,
-    /// Images of more pixels are not decoded: counted as corrupt, with the reason (default:
-    /// Pillow's decompression-bomb limit, 178,956,970).
-    #[arg(long, default_value_t = crate::model::preprocess::MAX_PIXELS)]
-    pub max_pixels: u64,
+/// Declares a config struct whose own fields are followed by the model run's
+/// (`model`, `device`, `batch_size`, `threads`, `chunk_images`, `max_pixels`), each declared
+/// here once with its flag, pipeline key, default and doc, and gives it `model_run()`, the
+/// [`ModelRunConfig`] those fields make. A stage that runs a model beside settings of its own
+/// (`coco`) composes this way rather than by serde's `flatten`, which would lose
+/// `deny_unknown_fields` and so the "unknown key" error.
+macro_rules! model_run_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// The model folder (scripts/export_clip.py: open_clip or Hugging Face layout).
+            /// Identified in fingerprints by its files' content, not its path.
+            #[arg(long)]
+            pub model: Option<std::path::PathBuf>,
+            /// `cpu`, or `cuda:N` with the GPU build of ONNX Runtime.
+            #[arg(long, default_value = "cpu")]
+            pub device: $crate::model::Device,
+            /// Images (or texts) per inference batch.
+            #[arg(long, default_value_t = 32)]
+            pub batch_size: usize,
+            /// ONNX Runtime intra-op threads; 0 lets it use every core.
+            #[arg(long, default_value_t = 0)]
+            pub threads: usize,
+            /// Images per checkpointed chunk.
+            #[arg(long, default_value_t = 1024)]
+            pub chunk_images: usize,
+            /// Images of more pixels are not decoded: counted as corrupt, with the reason
+            /// (default: Pillow's decompression-bomb limit, 178,956,970).
+            #[arg(long, default_value_t = $crate::model::preprocess::MAX_PIXELS)]
+            pub max_pixels: u64,
+        }
+
+        impl $name {
+            /// The model run these settings describe.
+            pub fn model_run(&self) -> $crate::model::runner::ModelRunConfig {
+                $crate::model::runner::ModelRunConfig {
+                    model: self.model.clone(),
+                    device: self.device,
+                    batch_size: self.batch_size,
+                    threads: self.threads,
+                    chunk_images: self.chunk_images,
+                    max_pixels: self.max_pixels,
+                }
+            }
+        }
+    };
+}
+
+/// The [`StageDef`](crate::engine::StageDef) items of a stage that is a model run and nothing
+/// more (`embed`, `oracle`): its config is a [`ModelRunConfig`] kept in a `config` field,
+/// checked in `build`, fingerprinted by its device and pixel limit, its model's files its
+/// inputs. Used inside the stage's `impl StageDef`.
+macro_rules! model_run_stage {
+    () => {
+        type Config = $crate::model::runner::ModelRunConfig;
+        fn resolve_paths(c: &mut Self::Config, base: &std::path::Path) {
+            c.resolve_paths(base);
+        }
+        fn build(config: Self::Config) -> $crate::error::Result<Self> {
+            config.check(Self::NAME)?;
+            Ok(Self { config })
+        }
+        fn fingerprint(&self) -> serde_json::Value {
+            self.config.fingerprint_value("model")
+        }
+        fn inputs(&self) -> $crate::error::Result<Vec<(String, std::path::PathBuf)>> {
+            self.config.inputs(Self::NAME)
+        }
+    };
+}
+
+pub(crate) use {model_run_config, model_run_stage};
+
+model_run_config! {
+    /// How a stage runs a model: the settings of `[embed]`, `[oracle]` and `simat encode`.
+    pub struct ModelRunConfig {}
 }
 
 impl Default for ModelRunConfig {
@@ -458,6 +517,6 @@ pub fn embed_files(
         report.texts = m.rows;
         report.dim = m.cols;
     }
-    write_model_json(out, identity, config, report.dim)?;
+    write_model_json(&out.join("model.json"), identity, config, report.dim)?;
     Ok(report)
 }

@@ -9,46 +9,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, StringArray};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::engine::{Checks, PathKind, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;
-use crate::model::runner::{embed_images_chunked, embed_texts, stage_identity, ModelRunConfig};
-use crate::model::Device;
+use crate::model::runner::{
+    embed_images_chunked, embed_texts, model_run_config, stage_identity, ModelRunConfig,
+};
 use crate::tables;
 
-/// Configuration of `coco`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
-#[serde(default, deny_unknown_fields)]
-pub struct CocoConfig {
-    /// COCO's captions file (`annotations/captions_train2017.json`: images with `id` and
-    /// `file_name`, annotations with `image_id` and `caption`).
-    #[arg(long)]
-    pub captions: Option<PathBuf>,
-    /// The folder of its images (`file_name` is looked up there).
-    #[arg(long)]
-    pub image_dir: Option<PathBuf>,
-    /// The model folder that embeds them.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// `cpu`, or `cuda:N` with the GPU build of ONNX Runtime.
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    /// Images (or texts) per inference batch.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// ONNX Runtime intra-op threads; 0 lets it use every core.
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Images per checkpointed chunk.
-    #[arg(long, default_value_t = 1024)]
-    pub chunk_images: usize,
-    /// Images of more pixels are not decoded: skipped and counted, with the reason (default:
-    /// Pillow's decompression-bomb limit, 178,956,970).
-    #[arg(long, default_value_t = crate::model::preprocess::MAX_PIXELS)]
-    pub max_pixels: u64,
+model_run_config! {
+    /// Configuration of `coco`: its sources, then the model run that embeds them.
+    pub struct CocoConfig {
+        /// COCO's captions file (`annotations/captions_train2017.json`: images with `id` and
+        /// `file_name`, annotations with `image_id` and `caption`).
+        #[arg(long)]
+        pub captions: Option<PathBuf>,
+        /// The folder of its images (`file_name` is looked up there).
+        #[arg(long)]
+        pub image_dir: Option<PathBuf>,
+    }
 }
 
 impl Default for CocoConfig {
@@ -89,7 +71,11 @@ impl StageDef for Coco {
     const NAME: &'static str = "coco";
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "Training pairs from COCO captions, embedded by a model: RUN/coco/{images,captions}.arrow (raw)";
-    const PROVIDES: &'static [&'static TableDecl] = &[&tables::PAIR_IMAGES, &tables::PAIR_CAPTIONS];
+    const PROVIDES: &'static [&'static TableDecl] = &[
+        &tables::PAIR_IMAGES,
+        &tables::PAIR_CAPTIONS,
+        &tables::PAIR_MODEL,
+    ];
     type Config = CocoConfig;
     fn resolve_paths(c: &mut CocoConfig, base: &Path) {
         for p in [&mut c.captions, &mut c.image_dir, &mut c.model]
@@ -100,20 +86,13 @@ impl StageDef for Coco {
         }
     }
     fn build(c: CocoConfig) -> Result<Self> {
+        let model = c.model_run();
         let captions = c.captions.ok_or_else(|| {
             crate::engine::bad::<Self>("captions", "is required: COCO's captions JSON")
         })?;
         let image_dir = c.image_dir.ok_or_else(|| {
             crate::engine::bad::<Self>("image_dir", "is required: the folder of its images")
         })?;
-        let model = ModelRunConfig {
-            model: c.model,
-            device: c.device,
-            batch_size: c.batch_size,
-            threads: c.threads,
-            chunk_images: c.chunk_images,
-            max_pixels: c.max_pixels,
-        };
         let mut checks = Checks::<Self>::new();
         checks.path("captions", &captions, PathKind::File);
         checks.path("image_dir", &image_dir, PathKind::Folder);
@@ -219,7 +198,7 @@ impl StageDef for Coco {
             &caption_m,
         )?;
         crate::model::runner::write_model_json(
-            &ctx.output(&tables::EMBEDDING_MODEL)?,
+            &ctx.output(&tables::PAIR_MODEL)?,
             stage_identity(&model, &ctx.input_hashes),
             &self.model,
             emb.matrix.cols,
@@ -228,7 +207,7 @@ impl StageDef for Coco {
         let mut report = StageReport::default();
         report.table(&tables::PAIR_IMAGES, Some(emb.matrix.rows as u64));
         report.table(&tables::PAIR_CAPTIONS, Some(caption_m.rows as u64));
-        report.table(&tables::EMBEDDING_MODEL, None);
+        report.table(&tables::PAIR_MODEL, None);
         report.count("images", emb.matrix.rows as u64);
         report.count("captions", caption_m.rows as u64);
         report.count("images_unreadable", emb.failed.len() as u64);

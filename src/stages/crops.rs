@@ -389,9 +389,11 @@ fn crop_all(
 
     let mut report = StageReport::default();
     report.table(&tables::CROPS, Some(n));
-    if ctx.stage_dir.join("crops").is_dir() {
-        report.folder("crops");
-    }
+    // The folder is declared, so it is there even when no crop could be cut.
+    let folder = ctx.output(&tables::CROP_FILES)?;
+    std::fs::create_dir_all(&folder)
+        .map_err(|e| Error::io("failed to create directory", &folder, e))?;
+    report.folder(tables::CROP_FILES.file);
     report.count("chunks_resumed", resumed);
     for status in ["ok", "clamped", "padded", "outside", "missing", "corrupt"] {
         let c = counts.get(status).copied().unwrap_or(0);

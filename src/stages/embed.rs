@@ -3,7 +3,6 @@
 //! chunks so that a killed run resumes.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, StringArray};
@@ -37,26 +36,13 @@ impl StageDef for Embed {
         &tables::CAPTION_EMBEDDINGS,
         &tables::EMBEDDING_MODEL,
     ];
-    type Config = ModelRunConfig;
-    fn resolve_paths(c: &mut ModelRunConfig, base: &Path) {
-        c.resolve_paths(base);
-    }
-    fn build(config: ModelRunConfig) -> Result<Self> {
-        config.check(Self::NAME)?;
-        Ok(Embed { config })
-    }
+    crate::model::runner::model_run_stage!();
     fn needs(&self) -> Vec<Need> {
         vec![
             Need::of(&tables::DATASET),
             Need::of(&tables::CROPS),
             Need::of(&tables::TRIPLETS),
         ]
-    }
-    fn fingerprint(&self) -> serde_json::Value {
-        self.config.fingerprint_value("model")
-    }
-    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        self.config.inputs(Self::NAME)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         let dataset = Dataset::read(&ctx.input(&tables::DATASET)?)?;

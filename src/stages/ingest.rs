@@ -160,7 +160,7 @@ impl StageDef for Ingest {
                     checks.bad(
                         "vg",
                         format!(
-                            "`{}` is not a Visual Genome 1.4 folder: it lacks {}",
+                            "`{}` is not a Visual Genome 1.4 folder: {} not found in it",
                             vg.display(),
                             missing.join(", ")
                         ),

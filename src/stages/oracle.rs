@@ -1,7 +1,7 @@
 //! `oracle`: a CLIP-family model judges every cropped region against every triplet's caption by
 //! cosine similarity (the `model` oracle of `select` and `score`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
@@ -32,26 +32,13 @@ impl StageDef for Oracle {
         &tables::REGION_SCORES,
         &tables::ORACLE_MODEL,
     ];
-    type Config = ModelRunConfig;
-    fn resolve_paths(c: &mut ModelRunConfig, base: &Path) {
-        c.resolve_paths(base);
-    }
-    fn build(config: ModelRunConfig) -> Result<Self> {
-        config.check(Self::NAME)?;
-        Ok(Oracle { config })
-    }
+    crate::model::runner::model_run_stage!();
     fn needs(&self) -> Vec<Need> {
         vec![
             Need::of(&tables::REGIONS),
             Need::of(&tables::TRIPLETS),
             Need::of(&tables::CROPS),
         ]
-    }
-    fn fingerprint(&self) -> serde_json::Value {
-        self.config.fingerprint_value("model")
-    }
-    fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        self.config.inputs(Self::NAME)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         use std::sync::Arc;

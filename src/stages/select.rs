@@ -24,8 +24,9 @@ use crate::tables::dataset::{ints, strs, Dataset};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct SelectConfig {
-    /// `labels`, `model` (the oracle stage), or a regions × triplets similarity matrix (.npy,
-    /// rows in the order of the regions table, columns by triplet_id).
+    /// `labels`, `model` (the oracle stage), a regions × triplets similarity matrix (.npy, .pt;
+    /// rows in the order of the regions table, columns by triplet_id), or a long table
+    /// region_id, triplet_id, score (Parquet, Arrow, CSV), joined by key.
     #[arg(long, default_value = "labels")]
     pub oracle: String,
     /// A region is kept when its similarity with its own caption is at least this (0.5 suits

@@ -244,12 +244,20 @@ table!(
     "where the embeddings came from"
 );
 table!(
+    PAIR_MODEL,
+    "pair_model",
+    "model.json",
+    Json,
+    None,
+    "the model that embedded the training pairs"
+);
+table!(
     RETRIEVALS,
     "retrievals",
     "retrievals.parquet",
     Parquet,
     Some(retrievals::retrievals_schema),
-    "the top k images per query and λ"
+    "the top k images per query and λ; rows follow the queries table (per query: head set, λ, rank)"
 );
 table!(
     RETRIEVAL_PROVENANCE,
@@ -281,7 +289,7 @@ table!(
     "results.parquet",
     Parquet,
     Some(retrievals::results_schema),
-    "one row per head set, λ and query: the retrieved image, the oracle's value, success"
+    "one row per query, head set and λ (rows follow the queries table): the retrieved image, the oracle's value, success"
 );
 table!(
     BREAKDOWN,
@@ -364,6 +372,7 @@ pub static ALL_TABLES: &[&TableDecl] = &[
     &REPORT,
     &PAIR_IMAGES,
     &PAIR_CAPTIONS,
+    &PAIR_MODEL,
     &HEADS,
     &CURVE,
 ];
