@@ -199,7 +199,7 @@ pub fn retrieve_and_score(args: &[&str]) -> Output {
                 score.push(a);
                 score.push(it.next().unwrap());
             }
-            "--run" | "--queries" => {
+            "--run" | "--queries" | "--query-block" => {
                 let v = it.next().unwrap();
                 retrieve.extend([a, v]);
                 score.extend([a, v]);

@@ -183,6 +183,15 @@ pub fn write_table(path: &Path, batch: &RecordBatch) -> Result<u64> {
 
 /// Read a Parquet table, keeping only `columns` (all when empty).
 pub fn read_table(path: &Path, columns: &[&str]) -> Result<ParquetRecordBatchReader> {
+    read_table_in(path, columns, 64 * 1024)
+}
+
+/// [`read_table`] in batches of `batch_rows` rows (the last may be shorter).
+pub fn read_table_in(
+    path: &Path,
+    columns: &[&str],
+    batch_rows: usize,
+) -> Result<ParquetRecordBatchReader> {
     let file = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.with_path(path))?;
     let builder = if columns.is_empty() {
@@ -206,7 +215,7 @@ pub fn read_table(path: &Path, columns: &[&str]) -> Result<ParquetRecordBatchRea
         builder.with_projection(mask)
     };
     builder
-        .with_batch_size(64 * 1024)
+        .with_batch_size(batch_rows)
         .build()
         .map_err(|e| e.with_path(path))
 }

@@ -347,14 +347,7 @@ pub fn knn(
 
 /// The λ sweep of SIMAT: for query `i` and each `λ`, the top-k database rows by
 /// `(db[source_i] + λ·(word[target_i] − word[value_i]))·d`, skipping `exclude[i]`.
-///
-/// A query's image part is a database row, so `img·dᵀ` is computed once per distinct source
-/// image (official SIMAT: 3,137 rows for 17,996 queries), block by block, and shared by every
-/// query of that image; the word part is `words·dbᵀ`, one [`product`] for the whole vocabulary
-/// (131 words for the official set). Per λ only a fused add and selection remain, so a score is
-/// the number `chain(img, d) + λ·(chain(w_target, d) − chain(w_value, d))` on every CPU. At
-/// λ = 0 that is `chain(img, d)` whatever the words: the queries of one image (and one excluded
-/// row) share that list. Returns `hits[λ][query]`.
+/// [`Sweep::new`] then [`Sweep::search`] for every query at once; returns `hits[λ][query]`.
 #[allow(clippy::too_many_arguments)]
 pub fn sweep(
     db: MatrixView,
@@ -366,70 +359,131 @@ pub fn sweep(
     k: usize,
     exclude: &[i64],
 ) -> Vec<Vec<Vec<Hit>>> {
-    let (d, n_db) = (db.cols, db.rows);
-    assert_eq!(words.cols, d, "words and database differ in dimension");
-    // The distinct source images, and each query's row among them.
-    let mut distinct: Vec<usize> = source.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let source_row: Vec<usize> = source
-        .iter()
-        .map(|s| distinct.binary_search(s).expect("every source is listed"))
-        .collect();
-    // The database is packed once (when small enough) for the word product and the search.
-    let isa = kernel::Isa::detect();
-    let packed_db = PackedDb::new(isa, db);
-    // word · dbᵀ, n_words × n_db.
-    let word_scores = product_packed(words, &packed_db);
-    let n_l = lambdas.len();
-    // At λ = 0 a query's score is `img·d + 0·δ`, the image's score whatever the words: queries
-    // of one source image (and one excluded row) share that list. Only the first of them, the
-    // representative, ranks it, by `img·d` alone; the others copy it at the end.
-    let zero = lambdas.iter().position(|&l| l == 0.0);
-    let representative: Vec<usize> = {
-        let mut first: HashMap<(usize, i64), usize> = HashMap::new();
-        (0..source.len())
-            .map(|q| *first.entry((source[q], exclude[q])).or_insert(q))
-            .collect()
-    };
-    let flat = blocked_search(
-        &packed_db,
-        Rows {
-            of: db,
-            pick: Some(&distinct),
-        },
-        &source_row,
-        k,
-        n_l,
-        |qi, img, b0, tops| {
-            let n = img.len();
-            let wt = &word_scores[target[qi] * n_db + b0..][..n];
-            let wv = &word_scores[value[qi] * n_db + b0..][..n];
-            // Every λ but the zero one (if any) ranks its own list.
-            let z = zero.unwrap_or(n_l);
-            let (before, rest) = tops.split_at_mut(z);
-            topk::push_sweep(before, img, wt, wv, &lambdas[..z], b0, exclude[qi]);
-            if let Some((at_zero, after)) = rest.split_first_mut() {
-                topk::push_sweep(after, img, wt, wv, &lambdas[z + 1..], b0, exclude[qi]);
-                if representative[qi] == qi {
-                    at_zero.push_row(img, b0, exclude[qi]);
+    Sweep::new(db, words).search(source, value, target, lambdas, k, exclude)
+}
+
+/// A database and a vocabulary ready for the λ sweep, so that queries can be answered block by
+/// block (a block's memory is its own; the results do not depend on the blocks).
+///
+/// A query's image part is a database row, so `img·dᵀ` is computed once per distinct source
+/// image of a block (official SIMAT: 3,137 rows for 17,996 queries), block by block of the
+/// database, and shared by every query of that image; the word part is `words·dbᵀ`, one
+/// [`product`] for the whole vocabulary (131 words for the official set), made once here. Per λ
+/// only a fused add and selection remain, so a score is the number
+/// `chain(img, d) + λ·(chain(w_target, d) − chain(w_value, d))` on every CPU. At λ = 0 that is
+/// `chain(img, d)` whatever the words: the queries of one image (and one excluded row) share
+/// that list.
+pub struct Sweep<'a> {
+    db: MatrixView<'a>,
+    packed_db: PackedDb<'a>,
+    /// word · dbᵀ, n_words × n_db.
+    word_scores: Vec<f32>,
+    n_words: usize,
+}
+
+impl std::fmt::Debug for Sweep<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sweep")
+            .field("database", &self.db.rows)
+            .field("words", &self.n_words)
+            .finish()
+    }
+}
+
+impl<'a> Sweep<'a> {
+    /// Pack the database (when small enough) and score every word against it.
+    pub fn new(db: MatrixView<'a>, words: MatrixView) -> Self {
+        assert_eq!(
+            words.cols, db.cols,
+            "words and database differ in dimension"
+        );
+        let packed_db = PackedDb::new(kernel::Isa::detect(), db);
+        let word_scores = product_packed(words, &packed_db);
+        Sweep {
+            db,
+            packed_db,
+            word_scores,
+            n_words: words.rows,
+        }
+    }
+
+    /// The sweep for queries with source rows `source`, words `value` → `target` (rows of the
+    /// vocabulary): `hits[λ][query]`.
+    pub fn search(
+        &self,
+        source: &[usize],
+        value: &[usize],
+        target: &[usize],
+        lambdas: &[f32],
+        k: usize,
+        exclude: &[i64],
+    ) -> Vec<Vec<Vec<Hit>>> {
+        let (db, packed_db, word_scores) = (self.db, &self.packed_db, &self.word_scores);
+        let n_db = db.rows;
+        assert!(
+            value.iter().chain(target).all(|&w| w < self.n_words),
+            "a word is outside the vocabulary"
+        );
+        // The distinct source images, and each query's row among them.
+        let mut distinct: Vec<usize> = source.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let source_row: Vec<usize> = source
+            .iter()
+            .map(|s| distinct.binary_search(s).expect("every source is listed"))
+            .collect();
+        let n_l = lambdas.len();
+        // At λ = 0 a query's score is `img·d + 0·δ`, the image's score whatever the words: queries
+        // of one source image (and one excluded row) share that list. Only the first of them, the
+        // representative, ranks it, by `img·d` alone; the others copy it at the end.
+        let zero = lambdas.iter().position(|&l| l == 0.0);
+        let representative: Vec<usize> = {
+            let mut first: HashMap<(usize, i64), usize> = HashMap::new();
+            (0..source.len())
+                .map(|q| *first.entry((source[q], exclude[q])).or_insert(q))
+                .collect()
+        };
+        let flat = blocked_search(
+            packed_db,
+            Rows {
+                of: db,
+                pick: Some(&distinct),
+            },
+            &source_row,
+            k,
+            n_l,
+            |qi, img, b0, tops| {
+                let n = img.len();
+                let wt = &word_scores[target[qi] * n_db + b0..][..n];
+                let wv = &word_scores[value[qi] * n_db + b0..][..n];
+                // Every λ but the zero one (if any) ranks its own list.
+                let z = zero.unwrap_or(n_l);
+                let (before, rest) = tops.split_at_mut(z);
+                topk::push_sweep(before, img, wt, wv, &lambdas[..z], b0, exclude[qi]);
+                if let Some((at_zero, after)) = rest.split_first_mut() {
+                    topk::push_sweep(after, img, wt, wv, &lambdas[z + 1..], b0, exclude[qi]);
+                    if representative[qi] == qi {
+                        at_zero.push_row(img, b0, exclude[qi]);
+                    }
                 }
-            }
-        },
-    );
-    // flat[query * n_l + λ] → hits[λ][query]
-    let mut hits: Vec<Vec<Vec<Hit>>> = (0..n_l).map(|_| Vec::with_capacity(source.len())).collect();
-    for (idx, list) in flat.into_iter().enumerate() {
-        hits[idx % n_l].push(list);
+            },
+        );
+        // flat[query * n_l + λ] → hits[λ][query]
+        let mut hits: Vec<Vec<Vec<Hit>>> =
+            (0..n_l).map(|_| Vec::with_capacity(source.len())).collect();
+        for (idx, list) in flat.into_iter().enumerate() {
+            hits[idx % n_l].push(list);
+        }
+        if let Some(z) = zero {
+            // The representative's list holds `img·d` (`push_row` adds `0·(img·d)`). That is each
+            // query's own score `img·d + λ·δ` at λ = ±0 for every finite δ: the chain starts from
+            // +0, so `img·d` is never −0, and adding ±0 changes no other value.
+            let shared: Vec<Vec<Hit>> =
+                representative.iter().map(|&r| hits[z][r].clone()).collect();
+            hits[z] = shared;
+        }
+        hits
     }
-    if let Some(z) = zero {
-        // The representative's list holds `img·d` (`push_row` adds `0·(img·d)`). That is each
-        // query's own score `img·d + λ·δ` at λ = ±0 for every finite δ: the chain starts from
-        // +0, so `img·d` is never −0, and adding ±0 changes no other value.
-        let shared: Vec<Vec<Hit>> = representative.iter().map(|&r| hits[z][r].clone()).collect();
-        hits[z] = shared;
-    }
-    hits
 }
 
 /// `a·bᵀ`, `a.rows × b.rows` row-major, each value the [`kernel::chain`] of its pair (so the

@@ -6,9 +6,14 @@
 //! `dataset_id_i`, slot word `value_i` → `target_i`:
 //! `q = img[dataset_id_i] + λ·(word[target_i] − word[value_i])`, scored by inner product against
 //! every dataset image, the query's own image excluded; the top `k` are written to
-//! `retrievals.parquet` (`query_id, lambda, rank, dataset_id, score`), and `provenance.json`
+//! `retrievals.parquet` (`heads, query_id, lam, rank, dataset_id, score`), and `provenance.json`
 //! says which queries, embeddings and heads they come from. The λ sweep shares one GEMM across
-//! all λ ([`crate::linalg::sweep`]).
+//! all λ ([`crate::linalg::Sweep`]).
+//!
+//! The queries are read and answered a block at a time (`query_block`), so that the stage holds
+//! the embeddings, the vocabulary's scores and one block, however many queries there are. The
+//! rows follow the queries table (per query: head set, λ, rank), so the table does not depend on
+//! the blocks, and `score` reads it beside the queries in the same order.
 //!
 //! Heads trained on raw outputs (the release's) give a different space when applied to vectors
 //! that are already unit-norm: such embeddings with heads are refused unless
@@ -27,10 +32,10 @@ use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::EmbeddingStore;
-use crate::linalg::{first_non_finite, normalised, normalize_rows, sweep, Matrix, MatrixView};
+use crate::linalg::{first_non_finite, normalised, normalize_rows, Hit, Matrix, MatrixView, Sweep};
 use crate::model::heads::{self, Heads};
 use crate::tables;
-use crate::tables::dataset::{Queries, QuerySet};
+use crate::tables::dataset::{Queries, QuerySet, QUERY_BLOCK};
 use crate::tables::retrievals::retrievals_schema;
 
 /// λ values of a default sweep.
@@ -62,6 +67,10 @@ pub struct RetrieveConfig {
     /// vectors).
     #[arg(long)]
     pub allow_normalised: bool,
+    /// Queries answered at once: the stage's memory is a block's queries and hits (beside the
+    /// embeddings); the retrievals do not depend on it.
+    #[arg(long, default_value_t = QUERY_BLOCK)]
+    pub query_block: usize,
 }
 
 /// A string or a list of strings (`heads = "x"` or `heads = ["none", "x"]`).
@@ -124,6 +133,12 @@ impl StageDef for Retrieve {
         if config.k == 0 {
             return Err(crate::engine::bad::<Self>("k", "must be at least 1"));
         }
+        if config.query_block == 0 {
+            return Err(crate::engine::bad::<Self>(
+                "query_block",
+                "must be at least 1",
+            ));
+        }
         if config.lambdas.is_empty() || config.lambdas.iter().any(|l| !l.is_finite()) {
             return Err(crate::engine::bad::<Self>(
                 "lambdas",
@@ -166,6 +181,10 @@ impl StageDef for Retrieve {
     }
     fn fingerprint(&self) -> serde_json::Value {
         let mut c = serde_json::to_value(&self.config).expect("config serialises");
+        // The block is memory, not results.
+        c.as_object_mut()
+            .expect("a config is an object")
+            .remove("query_block");
         // A file's content is an input; its path is not the fingerprint's business.
         c["heads"] = serde_json::json!(self
             .config
@@ -194,7 +213,6 @@ impl StageDef for Retrieve {
         let started = std::time::Instant::now();
         let qpath = ctx.input(&tables::QUERIES)?;
         let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
-        let queries = Queries::read(&qpath)?;
         let ipath = ctx.input(&tables::IMAGE_EMBEDDINGS)?;
         let wpath = ctx.input(&tables::WORD_EMBEDDINGS)?;
         let images = EmbeddingStore::open(&ipath)?;
@@ -211,43 +229,9 @@ impl StageDef for Retrieve {
             .and_then(|p| embeddings_origin(&p));
         let (raw_images, raw_words) = (images.view(), words.view());
         let index: HashMap<&str, usize> = (0..words.rows).map(|i| (word_col.value(i), i)).collect();
-        let lookup = |w: &str, qi: usize| -> Result<usize> {
-            index.get(w).copied().ok_or_else(|| {
-                Error::data(
-                    &qpath,
-                    format!(
-                        "query {}: word `{w}` has no embedding in word_embeddings.arrow (add it to the words file)",
-                        queries.query_id[qi]
-                    ),
-                )
-            })
-        };
-        let mut value = Vec::with_capacity(queries.len());
-        let mut target = Vec::with_capacity(queries.len());
-        let mut rows = Vec::with_capacity(queries.len());
-        for i in 0..queries.len() {
-            value.push(lookup(&queries.value[i], i)?);
-            target.push(lookup(&queries.target[i], i)?);
-            let d = queries.dataset_id[i];
-            if d < 0 || d as usize >= raw_images.rows {
-                return Err(Error::data(
-                    &qpath,
-                    format!(
-                        "query {}: dataset_id {d} is outside the {} image embeddings",
-                        queries.query_id[i], raw_images.rows
-                    ),
-                ));
-            }
-            rows.push(d as usize);
-        }
-        let lambdas: Vec<f32> = c.lambdas.iter().map(|&l| l as f32).collect();
-        let exclude: Vec<i64> = queries.dataset_id.clone();
-        tracing::debug!(
-            seconds = started.elapsed().as_secs_f64(),
-            "retrieve: inputs read"
-        );
-        // Per head set, hits[λ][query].
-        let mut swept: Vec<(&str, Vec<Vec<Vec<crate::linalg::Hit>>>)> = Vec::new();
+        // Per head set, its space and the sweep over it (the database packed and the vocabulary
+        // scored once, for every block).
+        let mut spaces: Vec<(&str, Matrix, Matrix)> = Vec::with_capacity(head_sets.len());
         for (label, heads) in &head_sets {
             let (db, word_m) = embedding_space(
                 raw_images,
@@ -264,32 +248,73 @@ impl StageDef for Retrieve {
                 },
                 (e, _) => e,
             })?;
-            let hits = sweep(
-                db.view(),
-                &rows,
-                word_m.view(),
-                &value,
-                &target,
-                &lambdas,
-                c.k,
-                &exclude,
-            );
-            tracing::debug!(seconds = started.elapsed().as_secs_f64(), heads = %label, "retrieve: swept");
-            swept.push((label.as_str(), hits));
+            spaces.push((label.as_str(), db, word_m));
         }
-        let cols = retrieval_columns(&swept, &c.lambdas, &queries.query_id);
-        let batch = RecordBatch::try_new(retrievals_schema(), cols)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let sweeps: Vec<(&str, Sweep)> = spaces
+            .iter()
+            .map(|(label, db, word_m)| (*label, Sweep::new(db.view(), word_m.view())))
+            .collect();
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
-            "retrieve: table built"
+            "retrieve: inputs read"
         );
-        let written = crate::io::write_table(&ctx.output(&tables::RETRIEVALS)?, &batch)?;
-        tracing::debug!(
-            seconds = started.elapsed().as_secs_f64(),
-            "retrieve: table written"
-        );
-        let provenance = self.provenance(ctx, query_set, &qpath, queries.len(), &head_sets)?;
+        let lambdas: Vec<f32> = c.lambdas.iter().map(|&l| l as f32).collect();
+        let mut out =
+            crate::io::TableWriter::create(&ctx.output(&tables::RETRIEVALS)?, retrievals_schema())?;
+        let mut n_queries = 0usize;
+        for block in Queries::blocks(&qpath, c.query_block)? {
+            let (_, queries) = block?;
+            let lookup = |w: &str, qi: usize| -> Result<usize> {
+                index.get(w).copied().ok_or_else(|| {
+                    Error::data(
+                        &qpath,
+                        format!(
+                            "query {}: word `{w}` has no embedding in word_embeddings.arrow (add it to the words file)",
+                            queries.query_id[qi]
+                        ),
+                    )
+                })
+            };
+            let mut value = Vec::with_capacity(queries.len());
+            let mut target = Vec::with_capacity(queries.len());
+            let mut rows = Vec::with_capacity(queries.len());
+            for i in 0..queries.len() {
+                value.push(lookup(&queries.value[i], i)?);
+                target.push(lookup(&queries.target[i], i)?);
+                let d = queries.dataset_id[i];
+                if d < 0 || d as usize >= raw_images.rows {
+                    return Err(Error::data(
+                        &qpath,
+                        format!(
+                            "query {}: dataset_id {d} is outside the {} image embeddings",
+                            queries.query_id[i], raw_images.rows
+                        ),
+                    ));
+                }
+                rows.push(d as usize);
+            }
+            // Per head set, hits[λ][query].
+            let swept: Vec<(&str, Vec<Vec<Vec<Hit>>>)> = sweeps
+                .iter()
+                .map(|(label, sweep)| {
+                    let hits =
+                        sweep.search(&rows, &value, &target, &lambdas, c.k, &queries.dataset_id);
+                    (*label, hits)
+                })
+                .collect();
+            let cols = retrieval_columns(&swept, &c.lambdas, &queries.query_id);
+            let batch = RecordBatch::try_new(retrievals_schema(), cols)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            out.write(&batch)?;
+            n_queries += queries.len();
+            tracing::debug!(
+                seconds = started.elapsed().as_secs_f64(),
+                queries = n_queries,
+                "retrieve: block written"
+            );
+        }
+        let written = out.finish()?;
+        let provenance = self.provenance(ctx, query_set, &qpath, n_queries, &head_sets)?;
         crate::io::atomic::write_atomic(
             ctx.output(&tables::RETRIEVAL_PROVENANCE)?,
             (serde_json::to_string_pretty(&provenance).expect("json") + "\n").as_bytes(),
@@ -297,7 +322,7 @@ impl StageDef for Retrieve {
         let mut report = StageReport::default();
         report.table(&tables::RETRIEVALS, Some(written));
         report.table(&tables::RETRIEVAL_PROVENANCE, None);
-        report.count("queries", queries.len() as u64);
+        report.count("queries", n_queries as u64);
         report.count("database", raw_images.rows as u64);
         report.count("lambdas", c.lambdas.len() as u64);
         report.count("head_sets", head_sets.len() as u64);
@@ -413,23 +438,22 @@ fn embeddings_origin(model_json: &Path) -> Option<String> {
     }
 }
 
-/// The retrievals table's columns, in row order (head set, λ, query, rank), each built on its
-/// own thread: one pass over the hits per column.
+/// The retrievals table's columns, in row order (query, head set, λ, rank: the rows follow the
+/// queries table, so that `score` reads them beside it block by block, and a table made of
+/// blocks is the table made at once), each built on its own thread: one pass over the hits per
+/// column.
 fn retrieval_columns(
-    swept: &[(&str, Vec<Vec<Vec<crate::linalg::Hit>>>)],
+    swept: &[(&str, Vec<Vec<Vec<Hit>>>)],
     lambdas: &[f64],
     query_id: &[i64],
 ) -> Vec<ArrayRef> {
-    use crate::linalg::Hit;
     // Every list, in row order: (head set, λ index, query index, hits).
-    let lists: Vec<(&str, usize, usize, &[Hit])> = swept
-        .iter()
-        .flat_map(|(label, hits)| {
-            hits.iter().enumerate().flat_map(move |(l, per_q)| {
-                per_q
-                    .iter()
+    let lists: Vec<(&str, usize, usize, &[Hit])> = (0..query_id.len())
+        .flat_map(|q| {
+            swept.iter().flat_map(move |(label, hits)| {
+                hits.iter()
                     .enumerate()
-                    .map(move |(q, list)| (*label, l, q, list.as_slice()))
+                    .map(move |(l, per_q)| (*label, l, q, per_q[q].as_slice()))
             })
         })
         .collect();

@@ -17,6 +17,11 @@
 //! split, reported per λ × split × field (`subj`, `rel`, `obj`, `all`). `scores.json` and the
 //! metadata of `scores.parquet` record what the number is of: the query set, the embeddings'
 //! model, the heads, the oracle, the threshold and simat's version.
+//!
+//! The queries are read a block at a time (`query_block`) beside the retrievals, whose rows
+//! follow them (per query: head set, λ, rank, as `retrieve` writes them; a row out of that order
+//! is refused, naming it), so that the stage holds the dataset, the oracle and one block. Each
+//! cell sums its queries in query order whatever the blocks, so the scores do not depend on them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +37,7 @@ use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result, WithPath};
 use crate::oracle;
 use crate::tables;
-use crate::tables::dataset::{Dataset, Queries, QuerySet, Slot};
+use crate::tables::dataset::{Dataset, Queries, QuerySet, Slot, QUERY_BLOCK};
 use crate::tables::retrievals::{scores_schema, ScoreRow, ScoresFile, PROVENANCE_KEY};
 
 /// Configuration of scoring.
@@ -53,6 +58,10 @@ pub struct ScoreConfig {
     /// The queries scored, as for retrieve (the retrievals must be of the same set).
     #[arg(long, value_enum)]
     pub queries: Option<QuerySet>,
+    /// Queries judged at once: the stage's memory is a block's queries and rows (beside the
+    /// dataset and the oracle); the scores do not depend on it.
+    #[arg(long, default_value_t = QUERY_BLOCK)]
+    pub query_block: usize,
 }
 
 impl Default for ScoreConfig {
@@ -94,6 +103,9 @@ impl StageDef for Score {
                 format!("`{}`: expected dev, test or all", config.split),
             );
         }
+        if config.query_block == 0 {
+            checks.bad("query_block", "must be at least 1");
+        }
         checks.check("oracle", oracle::check(&config.oracle));
         checks.finish(Score { config })
     }
@@ -125,7 +137,12 @@ impl StageDef for Score {
         v
     }
     fn fingerprint(&self) -> serde_json::Value {
-        oracle::config_value(&self.config, &self.config.oracle)
+        let mut c = oracle::config_value(&self.config, &self.config.oracle);
+        // The block is memory, not results.
+        c.as_object_mut()
+            .expect("a config is an object")
+            .remove("query_block");
+        c
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
         oracle::inputs(Self::NAME, &self.config.oracle)
@@ -139,18 +156,16 @@ impl StageDef for Score {
             ));
         }
         let started = std::time::Instant::now();
-        // The queries, the dataset and the retrievals are read at once; their errors are
-        // reported in this order, the retrievals' after the provenance's.
+        // The queries are read block by block beside the retrievals, whose rows follow them.
+        // Errors are reported in this order: the first block of queries, the dataset, the
+        // retrieve stage's provenance, then the retrievals.
         let qpath = ctx.input(&tables::QUERIES)?;
         let dpath = ctx.input(&tables::DATASET)?;
         let rpath = ctx.input(&tables::RETRIEVALS)?;
-        let ((queries, dataset), rank0) = rayon::join(
-            || rayon::join(|| Queries::read(&qpath), || Dataset::read(&dpath)),
-            || read_rank0(&rpath),
-        );
-        let queries = queries?;
+        let mut blocks = Queries::blocks(&qpath, c.query_block)?;
+        let mut first_block = blocks.next().transpose()?;
         let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
-        let dataset = dataset?;
+        let dataset = Dataset::read(&dpath)?;
         let retrieve_provenance = read_json(&ctx.input(&tables::RETRIEVAL_PROVENANCE)?)?;
         if retrieve_provenance["query_set"] != serde_json::json!(query_set) {
             return Err(Error::stage(
@@ -161,11 +176,7 @@ impl StageDef for Score {
                 ),
             ));
         }
-        let (lambdas, top1) = index_top1(&rpath, rank0?, &queries)?;
-        tracing::debug!(
-            seconds = started.elapsed().as_secs_f64(),
-            "score: retrievals read"
-        );
+        let mut retrievals = Rank0Cursor::open(&rpath)?;
         let (judge, oracle_provenance) = match oracle::oracle_file(&self.config.oracle) {
             None if self.config.oracle == oracle::MODEL => (
                 oracle::Judge::Model(oracle::ModelOracle::open(
@@ -177,21 +188,13 @@ impl StageDef for Score {
             ),
             None => (oracle::Judge::Labels, serde_json::json!({"kind": "labels"})),
             Some(p) => {
+                let (width, asks) = caption_asks(&qpath)?;
                 let axes = oracle::Axes {
                     rows: oracle::Rows::Dataset,
                     region_id: &dataset.region_id,
                     columns: oracle::Columns::Caption,
-                    // Wide enough for every caption a query names.
-                    width: queries
-                        .target_caption_id
-                        .iter()
-                        .chain(&queries.source_caption_id)
-                        .copied()
-                        .max()
-                        .map_or(0, |m| m as usize + 1),
-                    asks: (queries.target_caption_id.iter().zip(&queries.query_id))
-                        .map(|(&c, &q)| (c as usize, ("query", q)))
-                        .collect(),
+                    width,
+                    asks,
                 };
                 let file = oracle::FileOracle::read(&p, &axes)?;
                 let prov = serde_json::json!({
@@ -217,63 +220,106 @@ impl StageDef for Score {
                 ))
             }
         };
-        // The (split, field) cells each query counts in, found once for every λ: bit
-        // `s·4 + f` for split `splits[s]` and field `f` (a slot's index, or 3 for all fields).
         let fields: Vec<&str> = Slot::ALL
             .iter()
             .map(|f| f.as_str())
             .chain(["all"])
             .collect();
-        let cells: Vec<u16> = (0..queries.len())
-            .map(|i| {
-                let own_fields = (1u16 << queries.field[i].index()) | (1 << Slot::ALL.len());
-                (splits.iter().enumerate())
-                    .filter(|(_, s)| **s == "all" || queries.split[i] == **s)
-                    .fold(0, |m, (s, _)| m | own_fields << (s * fields.len()))
-            })
-            .collect();
-        let mut rows = Vec::new();
-        let mut results = Results::with_capacity(lambdas.len() * queries.len());
-        for (l, (heads, lambda)) in lambdas.iter().enumerate() {
-            let lambda = *lambda;
-            // Judged in parallel; the first query in order that cannot be judged is the error.
-            let judged: Vec<(Option<f64>, bool)> = (0..queries.len())
-                .into_par_iter()
+        let (results_path, breakdown_path) = (
+            ctx.output(&tables::RESULTS)?,
+            ctx.output(&tables::BREAKDOWN)?,
+        );
+        let mut results_out =
+            crate::io::TableWriter::create(&results_path, tables::retrievals::results_schema())?;
+        let mut groups = Breakdown::default();
+        // Per (head set, λ), (weight of successes, weight, queries) per cell, split-major; each
+        // cell sums its queries in query order, block after block.
+        let mut sums: Vec<Vec<(f64, f64, u64)>> = Vec::new();
+        let mut n_queries = 0usize;
+        while let Some((first_row, queries)) = first_block
+            .take()
+            .map(Ok)
+            .or_else(|| blocks.next())
+            .transpose()?
+        {
+            let top1 = retrievals.top1(&queries, first_row, dataset.len())?;
+            let keys = retrievals.keys();
+            sums.resize_with(keys.len(), || {
+                vec![(0.0, 0.0, 0); splits.len() * fields.len()]
+            });
+            // The (split, field) cells each query counts in, found once for every λ: bit
+            // `s·4 + f` for split `splits[s]` and field `f` (a slot's index, or 3 for all fields).
+            let cells: Vec<u16> = (0..queries.len())
                 .map(|i| {
-                    let r = top1[l][i];
-                    let target = oracle::Target {
-                        triplet_id: queries.target_triplet_id[i],
-                        caption_id: queries.target_caption_id[i],
-                        query_id: queries.query_id[i],
-                    };
-                    judge.judge(
-                        r,
-                        dataset.triplet_id[r],
-                        dataset.region_id[r],
-                        target,
-                        c.threshold,
-                    )
+                    let own_fields = (1u16 << queries.field[i].index()) | (1 << Slot::ALL.len());
+                    (splits.iter().enumerate())
+                        .filter(|(_, s)| **s == "all" || queries.split[i] == **s)
+                        .fold(0, |m, (s, _)| m | own_fields << (s * fields.len()))
                 })
-                .collect::<Vec<_>>()
-                .into_iter()
-                .collect::<Result<_>>()?;
-            results.push(heads, lambda, &queries, &dataset, &top1[l], &judged);
-            // (weight of successes, weight, queries) per cell, split-major; each cell sums its
-            // queries in query order.
-            let mut sums = vec![(0f64, 0f64, 0u64); splits.len() * fields.len()];
-            for (i, &(_, ok)) in judged.iter().enumerate() {
-                let w = queries.weight(i);
-                let mut cell_bits = cells[i];
-                while cell_bits != 0 {
-                    let (num, den, n) = &mut sums[cell_bits.trailing_zeros() as usize];
-                    cell_bits &= cell_bits - 1;
-                    *den += w;
-                    if ok {
-                        *num += w;
+                .collect();
+            // judged[key][query]; in parallel, the first query in order that cannot be judged is
+            // the error.
+            let mut judged: Vec<Vec<(Option<f64>, bool)>> = Vec::with_capacity(keys.len());
+            for (l, sums) in sums.iter_mut().enumerate() {
+                let j: Vec<(Option<f64>, bool)> = (0..queries.len())
+                    .into_par_iter()
+                    .map(|i| {
+                        let r = top1[l][i];
+                        let target = oracle::Target {
+                            triplet_id: queries.target_triplet_id[i],
+                            caption_id: queries.target_caption_id[i],
+                            query_id: queries.query_id[i],
+                        };
+                        judge.judge(
+                            r,
+                            dataset.triplet_id[r],
+                            dataset.region_id[r],
+                            target,
+                            c.threshold,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .collect::<Result<_>>()?;
+                for (i, &(_, ok)) in j.iter().enumerate() {
+                    let w = queries.weight(i);
+                    let mut cell_bits = cells[i];
+                    while cell_bits != 0 {
+                        let (num, den, n) = &mut sums[cell_bits.trailing_zeros() as usize];
+                        cell_bits &= cell_bits - 1;
+                        *den += w;
+                        if ok {
+                            *num += w;
+                        }
+                        *n += 1;
                     }
-                    *n += 1;
+                }
+                judged.push(j);
+            }
+            // Rows follow the queries: per query, each head set and λ.
+            let mut results = Results::with_capacity(keys.len() * queries.len());
+            for i in 0..queries.len() {
+                for (l, (heads, lambda)) in keys.iter().enumerate() {
+                    results.push(
+                        heads,
+                        *lambda,
+                        &queries,
+                        &dataset,
+                        i,
+                        top1[l][i],
+                        judged[l][i],
+                    );
                 }
             }
+            // The block's rows and its breakdown sums are independent: one core each.
+            let (batch, ()) = rayon::join(|| results.to_batch(), || groups.add(&results, &splits));
+            results_out.write(&batch?)?;
+            n_queries += queries.len();
+        }
+        retrievals.finish()?;
+        let keys = retrievals.keys().to_vec();
+        let mut rows = Vec::new();
+        for ((heads, lambda), sums) in keys.iter().zip(&sums) {
             for (cell, &(num, den, n)) in sums.iter().enumerate() {
                 let score = if den > 0.0 {
                     100.0 * num / den
@@ -282,7 +328,7 @@ impl StageDef for Score {
                 };
                 rows.push(ScoreRow {
                     heads: heads.clone(),
-                    lambda,
+                    lambda: *lambda,
                     split: splits[cell / fields.len()].to_string(),
                     field: fields[cell % fields.len()].into(),
                     score,
@@ -356,16 +402,8 @@ impl StageDef for Score {
             ctx.output(&tables::SCORES_JSON)?,
             (serde_json::to_string_pretty(&file).expect("json") + "\n").as_bytes(),
         )?;
-        // The per-query table and the breakdowns are independent: one core each.
-        let (results_path, breakdown_path) = (
-            ctx.output(&tables::RESULTS)?,
-            ctx.output(&tables::BREAKDOWN)?,
-        );
-        let (n_results, n_breakdown) = rayon::join(
-            || crate::io::write_table(&results_path, &results.to_batch()?),
-            || crate::io::write_table(&breakdown_path, &breakdown(&results, &splits)?),
-        );
-        let (n_results, n_breakdown) = (n_results?, n_breakdown?);
+        let n_results = results_out.finish()?;
+        let n_breakdown = crate::io::write_table(&breakdown_path, &groups.to_batch(&splits)?)?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             "score: tables written"
@@ -375,7 +413,7 @@ impl StageDef for Score {
         report.table(&tables::SCORES_JSON, None);
         report.table(&tables::RESULTS, Some(n_results));
         report.table(&tables::BREAKDOWN, Some(n_breakdown));
-        report.count("queries", queries.len() as u64);
+        report.count("queries", n_queries as u64);
         Ok(report)
     }
 }
@@ -435,40 +473,41 @@ impl<'a> Results<'a> {
         }
     }
 
+    /// The row of query `i` of `q` at one head set and λ, whose first retrieved image is
+    /// dataset row `r`.
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         heads: &'a str,
         lam: f64,
         q: &'a Queries,
         d: &'a Dataset,
-        top1: &[usize],
-        judged: &[(Option<f64>, bool)],
+        i: usize,
+        r: usize,
+        (oracle_value, success): (Option<f64>, bool),
     ) {
-        for i in 0..q.len() {
-            let src = &d.triplet[q.dataset_id[i] as usize];
-            let r = top1[i];
-            self.heads.push(heads);
-            self.lam.push(lam);
-            self.query_id.push(q.query_id[i]);
-            self.split.push(&q.split[i]);
-            self.field.push(q.field[i].as_str());
-            self.value.push(&q.value[i]);
-            self.target.push(&q.target[i]);
-            self.subj.push(&src[0]);
-            self.rel.push(&src[1]);
-            self.obj.push(&src[2]);
-            self.source_triplet_id.push(q.source_triplet_id[i]);
-            self.target_triplet_id.push(q.target_triplet_id[i]);
-            self.source_caption_id.push(q.source_caption_id[i]);
-            self.target_caption_id.push(q.target_caption_id[i]);
-            self.region_id.push(q.region_id[i]);
-            self.dataset_id.push(q.dataset_id[i]);
-            self.retrieved_dataset_id.push(r as i64);
-            self.retrieved_region_id.push(d.region_id[r]);
-            self.oracle_value.push(judged[i].0);
-            self.success.push(judged[i].1);
-            self.weight.push(q.weight(i));
-        }
+        let src = &d.triplet[q.dataset_id[i] as usize];
+        self.heads.push(heads);
+        self.lam.push(lam);
+        self.query_id.push(q.query_id[i]);
+        self.split.push(&q.split[i]);
+        self.field.push(q.field[i].as_str());
+        self.value.push(&q.value[i]);
+        self.target.push(&q.target[i]);
+        self.subj.push(&src[0]);
+        self.rel.push(&src[1]);
+        self.obj.push(&src[2]);
+        self.source_triplet_id.push(q.source_triplet_id[i]);
+        self.target_triplet_id.push(q.target_triplet_id[i]);
+        self.source_caption_id.push(q.source_caption_id[i]);
+        self.target_caption_id.push(q.target_caption_id[i]);
+        self.region_id.push(q.region_id[i]);
+        self.dataset_id.push(q.dataset_id[i]);
+        self.retrieved_dataset_id.push(r as i64);
+        self.retrieved_region_id.push(d.region_id[r]);
+        self.oracle_value.push(oracle_value);
+        self.success.push(success);
+        self.weight.push(q.weight(i));
     }
 
     fn to_batch(&self) -> Result<RecordBatch> {
@@ -506,104 +545,148 @@ impl<'a> Results<'a> {
     }
 }
 
-/// `breakdown.parquet`: per head set, λ and split, the queries and weighted score of each source
-/// word, target word, relation, subject, object and triplet (the SIMAT score within the group).
-fn breakdown(r: &Results, splits: &[&str]) -> Result<RecordBatch> {
-    const DIMENSIONS: [&str; 6] = [
-        "source_word",
-        "target_word",
-        "relation",
-        "subject",
-        "object",
-        "triplet",
-    ];
-    // (head set and λ by first appearance, split, dimension, key) → (queries, Σw, Σw·success).
-    // Words are numbered once (0 is the empty word), so that a group's key is integers: hashing
-    // and comparing three strings per dimension, split and row cost more than the rest of the
-    // stage. A triplet's key is its three words, formatted once per group.
-    let mut order: Vec<(&str, f64)> = Vec::new();
-    let mut words: Vec<&str> = vec![""];
-    let mut word_ids: rustc_hash::FxHashMap<&str, u32> = Default::default();
-    let mut word_id = |w| {
-        *word_ids.entry(w).or_insert_with(|| {
-            words.push(w);
-            words.len() as u32 - 1
-        })
-    };
-    type GroupKey = (u32, u8, u8, [u32; 3]);
-    // Queries, Σw, Σw·success.
-    type Sums = (i64, f64, f64);
-    let mut groups: rustc_hash::FxHashMap<GroupKey, Sums> = Default::default();
-    for k in 0..r.heads.len() {
-        let hl = (r.heads[k], r.lam[k]);
-        let pos = order.iter().position(|o| *o == hl).unwrap_or_else(|| {
-            order.push(hl);
-            order.len() - 1
-        }) as u32;
-        let (value, target) = (word_id(r.value[k]), word_id(r.target[k]));
-        let (rel, subj, obj) = (word_id(r.rel[k]), word_id(r.subj[k]), word_id(r.obj[k]));
-        let keys: [[u32; 3]; 6] = [
-            [value, 0, 0],
-            [target, 0, 0],
-            [rel, 0, 0],
-            [subj, 0, 0],
-            [obj, 0, 0],
-            [subj, rel, obj],
-        ];
-        for (si, _) in splits
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| **s == "all" || r.split[k] == **s)
-        {
-            for (di, key) in keys.iter().enumerate() {
-                let e = groups
-                    .entry((pos, si as u8, di as u8, *key))
-                    .or_insert((0, 0.0, 0.0));
-                e.0 += 1;
-                e.1 += r.weight[k];
-                if r.success[k] {
-                    e.2 += r.weight[k];
+/// The dimensions of `breakdown.parquet`.
+const DIMENSIONS: [&str; 6] = [
+    "source_word",
+    "target_word",
+    "relation",
+    "subject",
+    "object",
+    "triplet",
+];
+
+/// A group of `breakdown.parquet`: (head set and λ by first appearance, split, dimension, key).
+type GroupKey = (u32, u8, u8, [u32; 3]);
+/// Queries, Σw, Σw·success.
+type Sums = (i64, f64, f64);
+
+/// `breakdown.parquet`'s sums, added block by block: per head set, λ and split, the queries and
+/// weighted score of each source word, target word, relation, subject, object and triplet (the
+/// SIMAT score within the group). Its size is the vocabulary's and the triplets', not the
+/// queries'.
+///
+/// Words are numbered once (0 is the empty word), so that a group's key is integers: hashing
+/// and comparing three strings per dimension, split and row cost more than the rest of the
+/// stage. A triplet's key is its three words, formatted once per group.
+#[derive(Debug)]
+struct Breakdown {
+    order: Vec<(String, f64)>,
+    words: Vec<String>,
+    word_ids: rustc_hash::FxHashMap<String, u32>,
+    groups: rustc_hash::FxHashMap<GroupKey, Sums>,
+}
+
+impl Default for Breakdown {
+    fn default() -> Self {
+        Breakdown {
+            order: Vec::new(),
+            words: vec![String::new()],
+            word_ids: Default::default(),
+            groups: Default::default(),
+        }
+    }
+}
+
+impl Breakdown {
+    fn word_id(&mut self, w: &str) -> u32 {
+        if let Some(&id) = self.word_ids.get(w) {
+            return id;
+        }
+        self.words.push(w.to_string());
+        let id = self.words.len() as u32 - 1;
+        self.word_ids.insert(w.to_string(), id);
+        id
+    }
+
+    /// Add a block's rows (in any order: each group sums its rows in row order).
+    fn add(&mut self, r: &Results, splits: &[&str]) {
+        for k in 0..r.heads.len() {
+            let pos = match self
+                .order
+                .iter()
+                .position(|(h, l)| h == r.heads[k] && *l == r.lam[k])
+            {
+                Some(p) => p,
+                None => {
+                    self.order.push((r.heads[k].to_string(), r.lam[k]));
+                    self.order.len() - 1
+                }
+            } as u32;
+            let (value, target) = (self.word_id(r.value[k]), self.word_id(r.target[k]));
+            let (rel, subj, obj) = (
+                self.word_id(r.rel[k]),
+                self.word_id(r.subj[k]),
+                self.word_id(r.obj[k]),
+            );
+            let keys: [[u32; 3]; 6] = [
+                [value, 0, 0],
+                [target, 0, 0],
+                [rel, 0, 0],
+                [subj, 0, 0],
+                [obj, 0, 0],
+                [subj, rel, obj],
+            ];
+            for (si, _) in splits
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s == "all" || r.split[k] == **s)
+            {
+                for (di, key) in keys.iter().enumerate() {
+                    let e = self
+                        .groups
+                        .entry((pos, si as u8, di as u8, *key))
+                        .or_insert((0, 0.0, 0.0));
+                    e.0 += 1;
+                    e.1 += r.weight[k];
+                    if r.success[k] {
+                        e.2 += r.weight[k];
+                    }
                 }
             }
         }
     }
-    // Rows ordered by head set and λ, then split, dimension and key by name.
-    let mut rows: Vec<(usize, &str, &str, String, Sums)> = groups
-        .into_iter()
-        .map(|((pos, si, di, key), v)| {
-            let di = di as usize;
-            let key = if DIMENSIONS[di] == "triplet" {
-                let [s, r, o] = key.map(|w| words[w as usize]);
-                format!("{s} | {r} | {o}")
-            } else {
-                words[key[0] as usize].to_string()
-            };
-            (pos as usize, splits[si as usize], DIMENSIONS[di], key, v)
-        })
-        .collect();
-    rows.sort_unstable_by(|a, b| (a.0, a.1, a.2, &a.3).cmp(&(b.0, b.1, b.2, &b.3)));
-    let (mut heads, mut lam, mut split, mut dim, mut key, mut n, mut score) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (pos, s, d, k, (q, w, ws)) in rows {
-        heads.push(order[pos].0);
-        lam.push(order[pos].1);
-        split.push(s);
-        dim.push(d);
-        key.push(k);
-        n.push(q);
-        score.push(100.0 * ws / w);
+
+    /// The table: rows ordered by head set and λ, then split, dimension and key by name.
+    fn to_batch(&self, splits: &[&str]) -> Result<RecordBatch> {
+        let words = &self.words;
+        let mut rows: Vec<(usize, &str, &str, String, Sums)> = self
+            .groups
+            .iter()
+            .map(|(&(pos, si, di, key), &v)| {
+                let di = di as usize;
+                let key = if DIMENSIONS[di] == "triplet" {
+                    let [s, r, o] = key.map(|w| words[w as usize].as_str());
+                    format!("{s} | {r} | {o}")
+                } else {
+                    words[key[0] as usize].clone()
+                };
+                (pos as usize, splits[si as usize], DIMENSIONS[di], key, v)
+            })
+            .collect();
+        rows.sort_unstable_by(|a, b| (a.0, a.1, a.2, &a.3).cmp(&(b.0, b.1, b.2, &b.3)));
+        let (mut heads, mut lam, mut split, mut dim, mut key, mut n, mut score) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (pos, s, d, k, (q, w, ws)) in rows {
+            heads.push(self.order[pos].0.as_str());
+            lam.push(self.order[pos].1);
+            split.push(s);
+            dim.push(d);
+            key.push(k);
+            n.push(q);
+            score.push(100.0 * ws / w);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(heads)),
+            Arc::new(Float64Array::from(lam)),
+            Arc::new(StringArray::from(split)),
+            Arc::new(StringArray::from(dim)),
+            Arc::new(StringArray::from(key)),
+            Arc::new(Int64Array::from(n)),
+            Arc::new(Float64Array::from(score)),
+        ];
+        RecordBatch::try_new(tables::retrievals::breakdown_schema(), cols)
+            .map_err(|e| Error::Internal(e.to_string()))
     }
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(heads)),
-        Arc::new(Float64Array::from(lam)),
-        Arc::new(StringArray::from(split)),
-        Arc::new(StringArray::from(dim)),
-        Arc::new(StringArray::from(key)),
-        Arc::new(Int64Array::from(n)),
-        Arc::new(Float64Array::from(score)),
-    ];
-    RecordBatch::try_new(tables::retrievals::breakdown_schema(), cols)
-        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -611,72 +694,267 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&bytes).map_err(|e| Error::data(path, e.to_string()))
 }
 
-/// (head set, λ) pairs, and per pair the first retrieved dataset_id of each query.
-type Top1 = (Vec<(String, f64)>, Vec<Vec<usize>>);
+/// How the rows of a retrievals table are ordered, for the message when they are not.
+const RETRIEVALS_ORDER: &str = "the rows of a retrievals table follow its queries table (for each query in order: head set, λ, rank), as retrieve writes them";
 
-/// The rank-0 rows of a retrievals table: the (heads, λ) keys in order of first appearance,
-/// and per row its key, query id and retrieved dataset id. Needs no other table, so that it
-/// can be read while the queries are.
-type Rank0 = (Vec<(String, f64)>, Vec<(usize, i64, i64)>);
-
-fn read_rank0(path: &Path) -> Result<Rank0> {
-    let mut keys: Vec<(String, f64)> = Vec::new();
-    let mut rows = Vec::new();
-    for batch in crate::io::read_table(path, &["heads", "query_id", "lam", "rank", "dataset_id"])? {
-        let b = batch.map_err(|e| e.with_path(path))?;
-        let heads = b.column(0).as_string::<i32>();
-        let qid = b.column(1).as_primitive::<Int64Type>();
-        let lam = b.column(2).as_primitive::<Float64Type>();
-        let rank = b.column(3).as_primitive::<Int32Type>();
-        let did = b.column(4).as_primitive::<Int64Type>();
-        for r in 0..b.num_rows() {
-            if rank.value(r) != 0 {
-                continue;
-            }
-            let (h, l) = (heads.value(r), lam.value(r));
-            let k = match keys.iter().position(|(kh, kl)| kh == h && *kl == l) {
-                Some(k) => k,
-                None => {
-                    keys.push((h.to_string(), l));
-                    keys.len() - 1
-                }
-            };
-            rows.push((k, qid.value(r), did.value(r)));
-        }
-    }
-    Ok((keys, rows))
+/// One rank-0 row of a retrievals table: its row, its (head set, λ) key, query and image.
+#[derive(Debug, Clone, Copy)]
+struct Rank0 {
+    row: u64,
+    key: usize,
+    query_id: i64,
+    dataset_id: i64,
 }
 
-/// Each key's top-1 dataset id per query (queries in table order); every query must have one.
-fn index_top1(path: &Path, (keys, rows): Rank0, queries: &Queries) -> Result<Top1> {
-    let index: HashMap<i64, usize> = queries
-        .query_id
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| (q, i))
-        .collect();
-    let mut top1: Vec<Vec<usize>> = vec![vec![usize::MAX; queries.len()]; keys.len()];
-    for (k, qid, did) in rows {
-        let Some(&i) = index.get(&qid) else {
-            return Err(Error::data(
-                path,
-                format!("query {qid} is not in the queries table"),
-            ));
-        };
-        top1[k][i] = did as usize;
+/// The rank-0 rows of a retrievals table, read beside the queries table whose order they follow
+/// ([`RETRIEVALS_ORDER`]): a block of queries takes its rows, and nothing else is held. A row
+/// out of that order, a missing retrieval and a query the table does not have are each named.
+struct Rank0Cursor {
+    path: PathBuf,
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>>>,
+    /// The batch being read, its position, and the table row of its first row.
+    batch: Option<(RecordBatch, usize, u64)>,
+    next_row: u64,
+    /// (head set, λ) by first appearance; the first query's are every query's.
+    keys: Vec<(String, f64)>,
+    per_query: Option<usize>,
+    /// The first query's id, for messages.
+    first_query: Option<i64>,
+}
+
+impl Rank0Cursor {
+    const COLUMNS: [&'static str; 5] = ["heads", "query_id", "lam", "rank", "dataset_id"];
+
+    fn open(path: &Path) -> Result<Self> {
+        let reader = crate::io::read_table(path, &Self::COLUMNS)?;
+        let owned = path.to_path_buf();
+        Ok(Self::new(
+            path,
+            Box::new(reader.map(move |b| b.map_err(|e| e.with_path(&owned)))),
+        ))
     }
-    for (k, t) in top1.iter().enumerate() {
-        if let Some(i) = t.iter().position(|&d| d == usize::MAX) {
-            return Err(Error::data(
-                path,
-                format!(
-                    "no retrieval for query {} at λ = {} with heads {}",
-                    queries.query_id[i], keys[k].1, keys[k].0
-                ),
-            ));
+
+    fn new(path: &Path, batches: Box<dyn Iterator<Item = Result<RecordBatch>>>) -> Self {
+        Rank0Cursor {
+            path: path.to_path_buf(),
+            batches,
+            batch: None,
+            next_row: 0,
+            keys: Vec::new(),
+            per_query: None,
+            first_query: None,
         }
     }
-    Ok((keys, top1))
+
+    /// The (head set, λ) keys seen so far, in order of first appearance.
+    fn keys(&self) -> &[(String, f64)] {
+        &self.keys
+    }
+
+    /// The next rank-0 row, left in place.
+    fn peek(&mut self) -> Result<Option<Rank0>> {
+        loop {
+            if self.batch.is_none() {
+                match self.batches.next().transpose()? {
+                    None => return Ok(None),
+                    Some(b) => {
+                        let first = self.next_row;
+                        self.next_row += b.num_rows() as u64;
+                        self.batch = Some((b, 0, first));
+                    }
+                }
+            }
+            let (b, at, first) = self.batch.as_mut().expect("a batch");
+            let (heads, qid, lam, rank, did) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_primitive::<Int64Type>(),
+                b.column(2).as_primitive::<Float64Type>(),
+                b.column(3).as_primitive::<Int32Type>(),
+                b.column(4).as_primitive::<Int64Type>(),
+            );
+            while *at < b.num_rows() && rank.value(*at) != 0 {
+                *at += 1;
+            }
+            if *at == b.num_rows() {
+                self.batch = None;
+                continue;
+            }
+            let (h, l) = (heads.value(*at), lam.value(*at));
+            let key = match self.keys.iter().position(|(kh, kl)| kh == h && *kl == l) {
+                Some(k) => k,
+                None => {
+                    self.keys.push((h.to_string(), l));
+                    self.keys.len() - 1
+                }
+            };
+            return Ok(Some(Rank0 {
+                row: *first + *at as u64,
+                key,
+                query_id: qid.value(*at),
+                dataset_id: did.value(*at),
+            }));
+        }
+    }
+
+    fn advance(&mut self) {
+        if let Some((_, at, _)) = &mut self.batch {
+            *at += 1;
+        }
+    }
+
+    /// Each key's first retrieved dataset row for each query of a block whose first query is
+    /// row `first_row` of the queries table: `top1[key][query]`.
+    fn top1(
+        &mut self,
+        queries: &Queries,
+        first_row: usize,
+        n_dataset: usize,
+    ) -> Result<Vec<Vec<usize>>> {
+        let mut top1: Vec<Vec<usize>> = self
+            .per_query
+            .map(|n| vec![Vec::with_capacity(queries.len()); n])
+            .unwrap_or_default();
+        for (i, &q) in queries.query_id.iter().enumerate() {
+            let mut got = 0usize;
+            while let Some(r) = self.peek()? {
+                if r.query_id != q {
+                    break;
+                }
+                let expected = match self.per_query {
+                    // The first query: its keys are every query's.
+                    None => {
+                        if r.key < got {
+                            return Err(self.twice(r, q));
+                        }
+                        top1.push(Vec::with_capacity(queries.len()));
+                        got
+                    }
+                    Some(n) if got < n && r.key == got => got,
+                    Some(n) if r.key >= n => {
+                        let (h, l) = &self.keys[r.key];
+                        return Err(Error::data(
+                            &self.path,
+                            format!(
+                                "no retrieval for query {} at λ = {l} with heads {h}",
+                                self.first_query.unwrap_or(q)
+                            ),
+                        ));
+                    }
+                    Some(_) if r.key < got => return Err(self.twice(r, q)),
+                    Some(_) => {
+                        let (h, l) = &self.keys[got];
+                        return Err(Error::data(
+                            &self.path,
+                            format!(
+                                "row {}: query {q} at λ = {} with heads {} where λ = {l} with heads {h} was expected: {RETRIEVALS_ORDER}",
+                                r.row, self.keys[r.key].1, self.keys[r.key].0
+                            ),
+                        ));
+                    }
+                };
+                if r.dataset_id < 0 || r.dataset_id as usize >= n_dataset {
+                    return Err(Error::data(
+                        &self.path,
+                        format!(
+                            "row {}: dataset_id {} is outside the dataset's {n_dataset} rows",
+                            r.row, r.dataset_id
+                        ),
+                    ));
+                }
+                top1[expected].push(r.dataset_id as usize);
+                got += 1;
+                self.advance();
+            }
+            let n = *self.per_query.get_or_insert(got);
+            self.first_query.get_or_insert(q);
+            if got < n || n == 0 {
+                let row = first_row + i;
+                // The first query names no key: its keys are whatever it has.
+                let next = self.peek()?;
+                let key = if n == 0 { None } else { self.keys.get(got) };
+                return Err(match (next, key) {
+                    (Some(r), Some((h, l))) => Error::data(
+                        &self.path,
+                        format!(
+                            "row {} holds query {} where query {q} (row {row} of the queries table) at λ = {l} with heads {h} was expected: {RETRIEVALS_ORDER}",
+                            r.row, r.query_id
+                        ),
+                    ),
+                    (Some(r), None) => Error::data(
+                        &self.path,
+                        format!(
+                            "row {} holds query {} where query {q} (row {row} of the queries table) was expected: {RETRIEVALS_ORDER}",
+                            r.row, r.query_id
+                        ),
+                    ),
+                    (None, Some((h, l))) => Error::data(
+                        &self.path,
+                        format!("no retrieval for query {q} at λ = {l} with heads {h}"),
+                    ),
+                    (None, None) => {
+                        Error::data(&self.path, format!("no retrieval for query {q}"))
+                    }
+                });
+            }
+        }
+        Ok(top1)
+    }
+
+    fn twice(&self, r: Rank0, q: i64) -> Error {
+        let (h, l) = &self.keys[r.key];
+        Error::data(
+            &self.path,
+            format!(
+                "row {}: a second first retrieval for query {q} at λ = {l} with heads {h}",
+                r.row
+            ),
+        )
+    }
+
+    /// Every row was taken by a query.
+    fn finish(&mut self) -> Result<()> {
+        match self.peek()? {
+            None => Ok(()),
+            Some(r) => Err(Error::data(
+                &self.path,
+                format!(
+                    "row {}: query {} is not in the queries table, or not in its order: {RETRIEVALS_ORDER}",
+                    r.row, r.query_id
+                ),
+            )),
+        }
+    }
+}
+
+/// A caption asked for, and by whom (`("query", id)`).
+type CaptionAsk = (usize, (&'static str, i64));
+
+/// The width of the caption axis the queries need (one past the highest caption id they
+/// name), and each target caption with the first query that asks for it, in query order: read
+/// from the queries table's id columns alone.
+fn caption_asks(path: &Path) -> Result<(usize, Vec<CaptionAsk>)> {
+    let mut width = 0usize;
+    let mut first_ask: rustc_hash::FxHashSet<i64> = Default::default();
+    let mut asks = Vec::new();
+    for batch in crate::io::read_table(
+        path,
+        &["query_id", "source_caption_id", "target_caption_id"],
+    )? {
+        let b = batch.map_err(|e| e.with_path(path))?;
+        let qid = crate::io::i64_column(&b, "query_id", path)?;
+        let source = crate::io::i64_column(&b, "source_caption_id", path)?;
+        let target = crate::io::i64_column(&b, "target_caption_id", path)?;
+        for r in 0..b.num_rows() {
+            let (s, t) = (source.value(r), target.value(r));
+            if s.max(t) >= 0 {
+                width = width.max(s.max(t) as usize + 1);
+            }
+            if first_ask.insert(t) {
+                asks.push((t as usize, ("query", qid.value(r))));
+            }
+        }
+    }
+    Ok((width, asks))
 }
 
 #[cfg(test)]
@@ -690,30 +968,124 @@ mod tests {
         }
     }
 
+    /// A cursor over rows (heads, query, λ, rank, dataset_id), cut into batches of `batch` rows.
+    fn cursor(rows: &[(&str, i64, f64, i32, i64)], batch: usize) -> Rank0Cursor {
+        let batches: Vec<Result<RecordBatch>> = rows
+            .chunks(batch)
+            .map(|c| {
+                let cols: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from_iter_values(c.iter().map(|r| r.0))),
+                    Arc::new(Int64Array::from_iter_values(c.iter().map(|r| r.1))),
+                    Arc::new(Float64Array::from_iter_values(c.iter().map(|r| r.2))),
+                    Arc::new(arrow::array::Int32Array::from_iter_values(
+                        c.iter().map(|r| r.3),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(c.iter().map(|r| r.4))),
+                ];
+                Ok(RecordBatch::try_from_iter(Rank0Cursor::COLUMNS.iter().zip(cols)).unwrap())
+            })
+            .collect();
+        Rank0Cursor::new(
+            Path::new("retrievals.parquet"),
+            Box::new(batches.into_iter()),
+        )
+    }
+
+    /// Rows as retrieve writes them: per query, head set, λ, rank (two ranks).
+    fn written(ids: &[i64]) -> Vec<(&'static str, i64, f64, i32, i64)> {
+        let mut rows = vec![];
+        for (i, &q) in ids.iter().enumerate() {
+            for lam in [0.0, 1.0] {
+                for rank in 0..2 {
+                    rows.push((
+                        "none",
+                        q,
+                        lam,
+                        rank,
+                        (i as i64 + rank as i64 + lam as i64) % 4,
+                    ));
+                }
+            }
+        }
+        rows
+    }
+
     #[test]
-    fn top1_is_joined_on_query_ids_and_a_missing_or_unknown_query_is_named() {
-        let path = Path::new("retrievals.parquet");
-        let keys = vec![("none".to_string(), 0.0), ("none".to_string(), 1.0)];
-        // Rows in any order: joined on the query id, not by position.
-        let rows = vec![(1, 30, 5), (0, 10, 7), (0, 30, 8), (1, 10, 9)];
-        let (k, top1) =
-            index_top1(path, (keys.clone(), rows.clone()), &queries(&[30, 10])).unwrap();
-        assert_eq!(k, keys);
-        assert_eq!(top1, vec![vec![8, 7], vec![5, 9]]);
-        let unknown = index_top1(path, (keys.clone(), rows.clone()), &queries(&[30])).unwrap_err();
+    fn top1_follows_the_queries_in_any_blocks_and_batches() {
+        let ids = [30, 10, 20];
+        let rows = written(&ids);
+        let want = vec![vec![0, 1, 2], vec![1, 2, 3]];
+        for batch in [1, 3, 5, 100] {
+            let mut c = cursor(&rows, batch);
+            assert_eq!(c.top1(&queries(&ids), 0, 4).unwrap(), want, "batch {batch}");
+            c.finish().unwrap();
+            assert_eq!(
+                c.keys(),
+                &[("none".to_string(), 0.0), ("none".to_string(), 1.0)]
+            );
+            let mut c = cursor(&rows, batch);
+            let a = c.top1(&queries(&ids[..1]), 0, 4).unwrap();
+            let b = c.top1(&queries(&ids[1..]), 1, 4).unwrap();
+            c.finish().unwrap();
+            assert_eq!(a, vec![vec![0], vec![1]]);
+            assert_eq!(b, vec![vec![1, 2], vec![2, 3]]);
+        }
+    }
+
+    #[test]
+    fn retrievals_out_of_order_missing_or_unknown_are_named() {
+        let err = |rows: &[(&str, i64, f64, i32, i64)], ids: &[i64]| -> String {
+            let mut c = cursor(rows, 2);
+            match c.top1(&queries(ids), 0, 4) {
+                Err(e) => e.to_string(),
+                Ok(_) => c.finish().unwrap_err().to_string(),
+            }
+        };
+        let rows = written(&[30, 10]);
+        // The queries table in another order than the retrievals.
+        let e = err(&rows, &[10, 30]);
         assert!(
-            unknown
-                .to_string()
-                .contains("query 10 is not in the queries table"),
-            "{unknown}"
+            e.contains("row 0 holds query 30 where query 10 (row 0 of the queries table) was expected: the rows of a retrievals table follow its queries table"),
+            "{e}"
         );
-        let missing =
-            index_top1(path, (keys, rows[..3].to_vec()), &queries(&[30, 10])).unwrap_err();
+        // A query the queries table lacks.
+        let e = err(&rows, &[30]);
         assert!(
-            missing
-                .to_string()
-                .contains("no retrieval for query 10 at λ = 1 with heads none"),
-            "{missing}"
+            e.contains("row 4: query 10 is not in the queries table"),
+            "{e}"
+        );
+        // A λ missing for the last query.
+        let e = err(&rows[..6], &[30, 10]);
+        assert!(
+            e.contains("no retrieval for query 10 at λ = 1 with heads none"),
+            "{e}"
+        );
+        // The λ of a query swapped.
+        let mut swapped = rows.clone();
+        swapped.swap(4, 6);
+        swapped.swap(5, 7);
+        let e = err(&swapped, &[30, 10]);
+        assert!(
+            e.contains(
+                "row 4: query 10 at λ = 1 with heads none where λ = 0 with heads none was expected"
+            ),
+            "{e}"
+        );
+        // A retrieved image outside the dataset.
+        let mut outside = rows.clone();
+        outside[4].4 = 9;
+        let e = err(&outside, &[30, 10]);
+        assert!(
+            e.contains("row 4: dataset_id 9 is outside the dataset's 4 rows"),
+            "{e}"
+        );
+        // Two first retrievals for one key.
+        let mut twice = rows.clone();
+        twice[2].2 = 0.0;
+        let e = err(&twice, &[30, 10]);
+        assert!(
+            e.contains("row 2: a second first retrieval for query 30 at λ = 0 with heads none"),
+            "{e}"
         );
     }
 }

@@ -9,7 +9,7 @@
 //! row of `triplets.csv` (kept as `triplets_row`). `dataset.parquet` is stored in `dataset_id`
 //! order, and reading it checks that.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
@@ -271,6 +271,11 @@ pub fn queries_schema() -> SchemaRef {
     ]))
 }
 
+/// Queries a stage holds at once by default when it reads a queries table in blocks
+/// ([`Queries::blocks`]): `retrieve` and `score` keep a block's queries, hits and rows, so that
+/// 17 M queries take the memory of 65,536.
+pub const QUERY_BLOCK: usize = 65_536;
+
 /// Transformation queries: start from `dataset_id`'s image, replace `value` by `target` in slot
 /// `field`; the answer should show the target triplet.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -348,17 +353,31 @@ impl Queries {
         RecordBatch::try_new(queries_schema(), cols).expect("queries match their schema")
     }
 
-    /// Read `queries.parquet`.
+    /// Read `queries.parquet` whole.
     pub fn read(path: &Path) -> Result<Queries> {
-        let b = crate::io::read_all(path)?;
-        let field = strs(&b, "field", path)?
+        Self::from_batch(&crate::io::read_all(path)?, path, 0)
+    }
+
+    /// Read `queries.parquet` in blocks of about `rows` queries, in table order: what a stage
+    /// holds at once when a run has millions of queries.
+    pub fn blocks(path: &Path, rows: usize) -> Result<QueryBlocks> {
+        Ok(QueryBlocks {
+            reader: crate::io::read_table_in(path, &[], rows.max(1))?,
+            path: path.to_path_buf(),
+            first_row: 0,
+        })
+    }
+
+    /// The queries of one batch of `path` whose first row is row `first_row` of the table.
+    fn from_batch(b: &RecordBatch, path: &Path, first_row: usize) -> Result<Queries> {
+        let field = strs(b, "field", path)?
             .into_iter()
             .enumerate()
             .map(|(i, f)| {
                 Slot::parse(&f).ok_or_else(|| {
                     Error::data(
                         path,
-                        format!("row {i}: field `{f}` is not subj, rel or obj"),
+                        format!("row {}: field `{f}` is not subj, rel or obj", first_row + i),
                     )
                 })
             })
@@ -370,27 +389,58 @@ impl Queries {
             .as_primitive::<Float64Type>()
             .clone();
         let q = Queries {
-            query_id: ints(&b, "query_id", path)?,
-            region_id: ints(&b, "region_id", path)?,
-            dataset_id: ints(&b, "dataset_id", path)?,
+            query_id: ints(b, "query_id", path)?,
+            region_id: ints(b, "region_id", path)?,
+            dataset_id: ints(b, "dataset_id", path)?,
             field,
-            value: strs(&b, "value", path)?,
-            target: strs(&b, "target", path)?,
-            source_triplet_id: ints(&b, "source_triplet_id", path)?,
-            target_triplet_id: ints(&b, "target_triplet_id", path)?,
-            source_caption_id: ints(&b, "source_caption_id", path)?,
-            target_caption_id: ints(&b, "target_caption_id", path)?,
-            n_neighbours: ints(&b, "n_neighbours", path)?,
-            n_same_value: ints(&b, "n_same_value", path)?,
-            split: strs(&b, "split", path)?,
+            value: strs(b, "value", path)?,
+            target: strs(b, "target", path)?,
+            source_triplet_id: ints(b, "source_triplet_id", path)?,
+            target_triplet_id: ints(b, "target_triplet_id", path)?,
+            source_caption_id: ints(b, "source_caption_id", path)?,
+            target_caption_id: ints(b, "target_caption_id", path)?,
+            n_neighbours: ints(b, "n_neighbours", path)?,
+            n_same_value: ints(b, "n_same_value", path)?,
+            split: strs(b, "split", path)?,
         };
         if let Some(i) = (0..q.len()).find(|&i| (w.value(i) - q.weight(i)).abs() > 1e-12) {
             return Err(Error::data(
                 path,
-                format!("row {i}: weight is not 1/sqrt(n_same_value)"),
+                format!("row {}: weight is not 1/sqrt(n_same_value)", first_row + i),
             ));
         }
         Ok(q)
+    }
+}
+
+/// The blocks of a queries table, in its order ([`Queries::blocks`]); each item is a block and
+/// the table row of its first query.
+pub struct QueryBlocks {
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    path: PathBuf,
+    first_row: usize,
+}
+
+impl std::fmt::Debug for QueryBlocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryBlocks")
+            .field("path", &self.path)
+            .field("first_row", &self.first_row)
+            .finish()
+    }
+}
+
+impl Iterator for QueryBlocks {
+    type Item = Result<(usize, Queries)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        use crate::error::WithPath;
+        let batch = match self.reader.next()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e.with_path(&self.path))),
+        };
+        let first = self.first_row;
+        self.first_row += batch.num_rows();
+        Some(Queries::from_batch(&batch, &self.path, first).map(|q| (first, q)))
     }
 }
 
