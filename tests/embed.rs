@@ -355,3 +355,219 @@ fn encode_skips_a_header_bomb_without_decoding_it() {
     assert!(peak_mib < 200.0, "peak RSS {peak_mib:.0} MiB");
     assert_eq!(store(&out.join("image_embeddings.arrow")).rows, 1);
 }
+
+/// `embed RUN` with the tiny model in chunks of 8, and `extra`.
+fn embed_args(run: &Path, model: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["embed", s(run), "--model", s(model)]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(EMBED_FLAGS.split(' ').map(str::to_string));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// The run settings of the tests of `embed` in parts.
+const EMBED_FLAGS: &str = "--threads 1 --batch-size 4 --chunk-images 8";
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `embed --shard I/N` then `--commit`, with no scheduler: two parts at once in one run
+/// directory, a part run again is fresh, a commit before every part is done names the missing
+/// ones, and the committed stores and manifest entry are those of a run in one go.
+#[test]
+fn embed_in_parts_equals_embed_in_one_go() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), 8);
+    run_ok(&["run", s(&p), "--until", "queries"], 0);
+    let parted = dir.path().join("run");
+    let whole = dir.path().join("whole");
+    copy_dir(&parted, &whole);
+    let model = tiny_clip();
+    let embed = |run: &Path, extra: &[&str]| embed_args(run, &model, extra);
+    run_ok(&strs(&embed(&whole, &[])), 0);
+
+    // Two parts at once.
+    let children: Vec<_> = ["0/3", "2/3"]
+        .iter()
+        .map(|part| {
+            simat()
+                .args(embed(&parted, &["--shard", part]))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let early = run(&strs(&embed(&parted, &["--commit"])));
+    assert!(!early.status.success());
+    let err = stderr(&early);
+    assert!(
+        err.contains("1 of 3 parts are not done") && err.contains("--shard 1/3"),
+        "{err}"
+    );
+    run_ok(&strs(&embed(&parted, &["--shard", "1/3"])), 0);
+    let record = parted.join("embed/parts/1-of-3.json");
+    let before = std::fs::read(&record).unwrap();
+    let again = run_ok(&strs(&embed(&parted, &["--shard", "1/3"])), 0);
+    assert!(
+        stderr(&again).contains("Fresh embed part 1/3"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(std::fs::read(&record).unwrap(), before);
+    let parts: Vec<serde_json::Value> = (0..3)
+        .map(|i| {
+            let f = parted.join(format!("embed/parts/{i}-of-3.json"));
+            serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()
+        })
+        .collect();
+    let chunk_files: usize = parts
+        .iter()
+        .map(|p| p["files"].as_array().unwrap().len())
+        .sum();
+    assert!(chunk_files >= 6, "{chunk_files} chunk files in the parts");
+
+    run_ok(&strs(&embed(&parted, &["--commit"])), 0);
+    for f in [
+        "image_embeddings.arrow",
+        "word_embeddings.arrow",
+        "caption_embeddings.arrow",
+        "model.json",
+    ] {
+        assert_eq!(
+            std::fs::read(parted.join("embed").join(f)).unwrap(),
+            std::fs::read(whole.join("embed").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let entry = |run: &Path| {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
+        let e = &m["stages"]["embed"];
+        (e["fingerprint"].clone(), e["outputs"].clone())
+    };
+    assert_eq!(entry(&parted), entry(&whole));
+    assert!(!parted.join("embed/parts").exists() && !parted.join("embed/chunks").exists());
+    // Committed: a part and a commit are fresh.
+    let fresh = run_ok(&strs(&embed(&parted, &["--shard", "0/3"])), 0);
+    assert!(
+        stderr(&fresh).contains("the stage is committed"),
+        "{}",
+        stderr(&fresh)
+    );
+    run_ok(&strs(&embed(&parted, &["--commit"])), 0);
+}
+
+/// The parts of `embed` as a real Slurm job array, and the commit as a job that waits for it
+/// (`afterok`): the stores are those of a run in one go. Needs a cluster: the one
+/// `scripts/setup.sh` starts in `target/slurm`, or `SLURM_CONF`'s; `.ci/run` sets
+/// `SIMAT_REQUIRE_SLURM=1`, so that CI cannot skip it. Elsewhere it says it is skipped.
+#[test]
+fn embed_parts_as_a_slurm_array_equal_embed_in_one_go() {
+    // The cluster scripts/setup.sh starts, unless SLURM_CONF names another.
+    let conf = std::env::var_os("SLURM_CONF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slurm/slurm.conf"));
+    let have = conf.is_file()
+        && std::process::Command::new("sinfo")
+            .env("SLURM_CONF", &conf)
+            .args(["-h", "-o", "%t"])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if !have {
+        assert!(
+            std::env::var_os("SIMAT_REQUIRE_SLURM").is_none(),
+            "SIMAT_REQUIRE_SLURM is set, but no Slurm cluster answers (SLURM_CONF, sbatch)"
+        );
+        eprintln!("skipped: no Slurm cluster (scripts/slurm_local.sh DIR starts one)");
+        return;
+    }
+    let dir = tempdir();
+    let p = pipeline(dir.path(), 8);
+    run_ok(&["run", s(&p), "--until", "queries"], 0);
+    let parted = dir.path().join("run");
+    let whole = dir.path().join("whole");
+    copy_dir(&parted, &whole);
+    let model = tiny_clip();
+    let flags = format!("--model {} {EMBED_FLAGS}", s(&model));
+    run_ok(&strs(&embed_args(&whole, &model, &[])), 0);
+    let bin = env!("CARGO_BIN_EXE_simat");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let sbatch = |args: &[&str], script: String| -> String {
+        let out = std::process::Command::new("sbatch")
+            .env("SLURM_CONF", &conf)
+            .args(["--parsable", "--requeue", "--cpus-per-task=1"])
+            .args(args)
+            .args([
+                &format!("--output={}/%x-%A_%a.log", s(&logs)),
+                "--wrap",
+                &script,
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sbatch: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let array = sbatch(
+        &["--array=0-2", "--job-name=embed-part"],
+        format!(
+            "{bin} -q embed {} {flags} --shard $SLURM_ARRAY_TASK_ID/3",
+            s(&parted)
+        ),
+    );
+    sbatch(
+        &[
+            &format!("--dependency=afterok:{array}"),
+            // A failed part cancels the commit rather than leaving it pending for ever.
+            "--kill-on-invalid-dep=yes",
+            "--job-name=embed-commit",
+            "--wait",
+        ],
+        format!("{bin} -q embed {} {flags} --commit", s(&parted)),
+    );
+    let listing: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listing.len(), 4, "one log per task: {listing:?}");
+    for f in [
+        "image_embeddings.arrow",
+        "word_embeddings.arrow",
+        "caption_embeddings.arrow",
+    ] {
+        let got = std::fs::read(parted.join("embed").join(f)).unwrap_or_else(|e| {
+            let text: Vec<String> = listing
+                .iter()
+                .map(|l| std::fs::read_to_string(logs.join(l)).unwrap_or_default())
+                .collect();
+            panic!("{f}: {e}; the tasks' logs:\n{}", text.join("\n"))
+        });
+        assert_eq!(
+            got,
+            std::fs::read(whole.join("embed").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}

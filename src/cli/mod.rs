@@ -304,7 +304,22 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
         if sub.get_flag("force") {
             opts.force.insert(stage.name().to_string());
         }
-        let outcomes = run_stages(run_dir, &[stage.as_ref()], &opts, ui)?;
+        // Only a shardable stage's subcommand has these.
+        let shard = sub
+            .try_get_one::<crate::io::chunks::Part>("shard")
+            .ok()
+            .flatten()
+            .copied();
+        let commit = sub.try_get_one::<bool>("commit").ok().flatten() == Some(&true);
+        if let Some(part) = shard {
+            engine(run_dir, ui)?.run_part(stage.as_ref(), part, &opts)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let outcomes = if commit {
+            vec![engine(run_dir, ui)?.commit(stage.as_ref(), &opts)?]
+        } else {
+            run_stages(run_dir, &[stage.as_ref()], &opts, ui)?
+        };
         if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
             if let Some(text) = entry.summary(&run_dir.clone())? {
                 outln!("{text}");

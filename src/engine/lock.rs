@@ -28,7 +28,16 @@ impl RunLock {
     /// Take the lock of `run_dir`: at once, or after the holder ends when `wait` is set;
     /// otherwise an [`Error::Locked`] naming the holder.
     pub fn acquire(run_dir: &Path, wait: bool, ui: &Ui) -> Result<RunLock> {
-        let path = run_dir.join(LOCK_FILE);
+        Self::acquire_file(run_dir, LOCK_FILE, wait, ui)
+    }
+
+    /// Take the lock file `name` in `dir` the same way: the grain of a part of a stage
+    /// (`STAGE/parts/<i>-of-<n>.lock`), which parts of one stage each hold at once.
+    pub fn acquire_file(dir: &Path, name: &str, wait: bool, ui: &Ui) -> Result<RunLock> {
+        let run_dir = dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("failed to create directory", dir, e))?;
+        let path = dir.join(name);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -16,6 +16,7 @@ pub mod fingerprint;
 pub mod lock;
 pub mod manifest;
 pub mod outputs;
+pub mod parts;
 pub mod plan;
 pub mod registry;
 pub mod stage;
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::ui::Ui;
 pub use fingerprint::{FingerprintDetail, StaleReason};
 pub use manifest::{Manifest, OutputRecord, StageRecord, StageStatus};
+pub use parts::{PartOutcome, PartRecord};
 pub use plan::Catalogue;
 pub use registry::{bad, Checks, Entry, PathKind, Registered, StageDef, COMMON_KEYS};
 pub use stage::{Need, Stage, StageContext, StageReport, TableDecl, TableKind};
@@ -370,6 +372,7 @@ impl<'a> Engine<'a> {
             input_hashes: detail.inputs.clone(),
             providers: providers.clone(),
             provides: provides.clone(),
+            part: None,
         };
         let result = stage.run(&ctx);
         let wall_s = start.elapsed().as_secs_f64();

@@ -27,6 +27,9 @@ pub trait StageDef: Sized + Send + Sync + 'static {
     const PROVIDES: &'static [&'static TableDecl];
     /// Keys of its pipeline section that have no flag (tables of values), with why in their docs.
     const TOML_ONLY: &'static [&'static str] = &[];
+    /// Whether it runs in parts (`--shard I/N`, then `--commit`): its `run`, given
+    /// [`StageContext::part`], commits that part's chunks only.
+    const SHARDABLE: bool = false;
     /// Its settings: flags, pipeline keys, fingerprint.
     type Config: clap::Args
         + clap::FromArgMatches
@@ -193,6 +196,9 @@ impl<S: StageDef> Stage for Configured<S> {
     fn prefer(&self) -> &[String] {
         &self.from
     }
+    fn shardable(&self) -> bool {
+        S::SHARDABLE
+    }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         self.stage.run(ctx)
     }
@@ -211,7 +217,8 @@ pub trait Entry: Sync {
     fn provides(&self) -> &'static [&'static TableDecl];
     /// Pipeline keys without a flag.
     fn toml_only(&self) -> &'static [&'static str];
-    /// Its subcommand: the config's flags and `--run`, `--force`, `--from`.
+    /// Its subcommand: the config's flags and `--run`, `--force`, `--from` (and `--shard`,
+    /// `--commit` when it runs in parts).
     fn command(&self) -> clap::Command;
     /// Build it from its subcommand's matches.
     fn build_from_matches(&self, m: &clap::ArgMatches) -> Result<Box<dyn Stage>>;
@@ -300,7 +307,7 @@ impl<S: StageDef> Entry for Registered<S> {
                     .value_parser(clap::value_parser!(PathBuf))
                     .help("The run directory (or --run RUN)"),
             );
-        S::Config::augment_args(cmd)
+        let cmd = S::Config::augment_args(cmd)
             .about(S::ABOUT)
             .long_about(None)
             .arg(
@@ -323,7 +330,24 @@ impl<S: StageDef> Entry for Registered<S> {
                     .value_name("STAGE")
                     .action(clap::ArgAction::Append)
                     .help("Read a table from this stage when two could provide it"),
-            )
+            );
+        if !S::SHARDABLE {
+            return cmd;
+        }
+        cmd.arg(
+            clap::Arg::new("shard")
+                .long("shard")
+                .value_name("I/N")
+                .conflicts_with_all(["commit", "force"])
+                .value_parser(clap::value_parser!(crate::io::chunks::Part))
+                .help("Run part I (from 0) of N: commit its chunks under STAGE/chunks and its record under STAGE/parts, and nothing else; parts run at once, then --commit"),
+        )
+        .arg(
+            clap::Arg::new("commit")
+                .long("commit")
+                .action(clap::ArgAction::SetTrue)
+                .help("Once every part of a run in parts is done: check them and assemble the stage's tables, as a run in one go writes them"),
+        )
     }
     fn build_from_matches(&self, m: &clap::ArgMatches) -> Result<Box<dyn Stage>> {
         let config = S::Config::from_arg_matches(m).map_err(|e| Error::BadValue {

@@ -89,6 +89,11 @@ pub trait Stage: Sync {
     fn prefer(&self) -> &[String] {
         &[]
     }
+    /// Whether it runs in parts ([`Engine::run_part`](super::Engine::run_part)): given a
+    /// [`StageContext::part`], `run` commits that part's chunks and reports their files.
+    fn shardable(&self) -> bool {
+        false
+    }
     /// Run the stage, writing its outputs under `ctx.stage_dir`.
     fn run(&self, ctx: &StageContext) -> Result<StageReport>;
 }
@@ -114,6 +119,9 @@ pub struct StageContext<'a> {
     pub providers: BTreeMap<&'static str, String>,
     /// The tables this stage declared it provides.
     pub provides: Vec<&'static TableDecl>,
+    /// The part to run, for a shardable stage run in parts: `run` then commits only that
+    /// part's chunks and reports their files (relative to `stage_dir`) as its outputs.
+    pub part: Option<crate::io::chunks::Part>,
 }
 
 impl StageContext<'_> {

@@ -2,6 +2,11 @@
 //! under `STAGE/chunks/`, beside `checkpoint.json` holding the stage's fingerprint and chunk
 //! count. A killed run resumes from the committed chunks only when both match; otherwise the
 //! chunks (and whatever else the stage names) are cleared and the work starts over.
+//!
+//! Chunks are also the unit of a stage's parts ([`Part`]): part `i` of `n` commits a contiguous
+//! range of the chunks, several parts at once in one folder, and the stage's commit is a run that
+//! finds every chunk committed and assembles them, as a resumed run does, so a run in parts
+//! writes the bytes of a run in one go.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +43,19 @@ impl Chunks {
             fingerprint: fingerprint.to_string(),
             chunks: n,
         };
+        // Parts of a stage open the folder at once: one of them checks and clears at a time.
+        std::fs::create_dir_all(stage_dir)
+            .map_err(|e| Error::io("failed to create directory", stage_dir, e))?;
+        let guard_path = stage_dir.join("chunks.lock");
+        let guard = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&guard_path)
+            .map_err(|e| Error::io("failed to open", &guard_path, e))?;
+        guard
+            .lock()
+            .map_err(|e| Error::io("failed to lock", &guard_path, e))?;
         let resumable = std::fs::read(&checkpoint)
             .ok()
             .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
@@ -51,6 +69,7 @@ impl Chunks {
                 .map_err(|e| Error::io("failed to create directory", &dir, e))?;
             write_atomic(&checkpoint, &serde_json::to_vec(&want).expect("json"))?;
         }
+        drop(guard);
         Ok(Chunks { dir, checkpoint })
     }
 
@@ -63,5 +82,89 @@ impl Chunks {
     pub fn finish(self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(&self.checkpoint);
+        if let Some(stage_dir) = self.dir.parent() {
+            let _ = std::fs::remove_file(stage_dir.join("chunks.lock"));
+        }
+    }
+}
+
+/// Part `index` of `count` of a stage's work (`--shard 3/16`; `index` from 0, as Slurm's
+/// `SLURM_ARRAY_TASK_ID` of an array `0-15`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// Which part, from 0.
+    pub index: usize,
+    /// How many parts.
+    pub count: usize,
+}
+
+impl Part {
+    /// The chunks of `n` that this part commits: a contiguous range, the parts' ranges covering
+    /// `0..n` once, the first `n % count` parts one chunk longer.
+    pub fn chunks(&self, n: usize) -> std::ops::Range<usize> {
+        let (base, extra) = (n / self.count, n % self.count);
+        let start = self.index * base + self.index.min(extra);
+        let len = base + usize::from(self.index < extra);
+        start..start + len
+    }
+
+    /// Its record's file name in `STAGE/parts/`: `3-of-16`.
+    pub fn name(&self) -> String {
+        format!("{}-of-{}", self.index, self.count)
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}`: expected I/N, part I (from 0) of N parts, as 3/16");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(format!("`{s}`: part I of N needs 0 ≤ I < N"));
+        }
+        Ok(Part { index, count })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_every_chunk_once_in_order() {
+        for n in [0, 1, 5, 16, 17, 100] {
+            for count in [1, 2, 3, 16, 40] {
+                let ranges: Vec<_> = (0..count)
+                    .map(|index| Part { index, count }.chunks(n))
+                    .collect();
+                let flat: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+                assert_eq!(flat, (0..n).collect::<Vec<_>>(), "{n} chunks in {count}");
+                let lens: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_part_is_read_as_i_of_n() {
+        assert_eq!(
+            "3/16".parse(),
+            Ok(Part {
+                index: 3,
+                count: 16
+            })
+        );
+        assert!("16/16".parse::<Part>().unwrap_err().contains("0 ≤ I < N"));
+        assert!("3".parse::<Part>().unwrap_err().contains("expected I/N"));
     }
 }

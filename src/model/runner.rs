@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::clip::{ClipModel, MODEL_FILES};
 use super::preprocess::ImageFailure;
 use crate::error::{Error, Result};
-use crate::io::chunks::Chunks;
+use crate::io::chunks::{Chunks, Part};
 use crate::io::store::{write_store, EmbeddingStore};
 use crate::linalg::Matrix;
 use crate::ui::Ui;
@@ -259,25 +259,8 @@ pub fn embed_images_chunked(
     let mut dim = model.config.embed_dim.unwrap_or(0);
     for (k, part) in files.chunks(per_chunk).enumerate() {
         let store_path = chunks.file(k, "arrow");
-        let failed_path = chunks.file(k, "failed.json");
-        let chunk = if store_path.is_file() && failed_path.is_file() {
-            chunks_resumed += 1;
-            read_chunk(&store_path, &failed_path)?
-        } else {
-            let chunk = embed_chunk(model, part, k * per_chunk, config.batch_size, &bar)?;
-            // The failures first: the store's presence marks the chunk committed.
-            crate::io::atomic::write_atomic(
-                &failed_path,
-                &serde_json::to_vec(&chunk.failed).expect("json"),
-            )?;
-            let ids = chunk.positions.iter().map(|&p| p as i64);
-            write_store(
-                &store_path,
-                &[("position", Arc::new(Int64Array::from_iter_values(ids)))],
-                &chunk.matrix,
-            )?;
-            chunk
-        };
+        let (chunk, resumed) = commit_chunk(model, &chunks, k, part, per_chunk, config, &bar)?;
+        chunks_resumed += usize::from(resumed);
         if chunk.matrix.rows > 0 {
             if !data.is_empty() && chunk.matrix.cols != dim {
                 return Err(Error::data(
@@ -310,6 +293,70 @@ pub fn embed_images_chunked(
         chunks_resumed,
     };
     Ok((out, chunks))
+}
+
+/// Commit chunk `k` of the images (`part`, from input position `k · per_chunk`), or read it when
+/// it is committed already; says which.
+fn commit_chunk(
+    model: &mut ClipModel,
+    chunks: &Chunks,
+    k: usize,
+    part: &[PathBuf],
+    per_chunk: usize,
+    config: &ModelRunConfig,
+    bar: &crate::ui::Progress,
+) -> Result<(ChunkEmbeddings, bool)> {
+    let store_path = chunks.file(k, "arrow");
+    let failed_path = chunks.file(k, "failed.json");
+    if store_path.is_file() && failed_path.is_file() {
+        return Ok((read_chunk(&store_path, &failed_path)?, true));
+    }
+    let chunk = embed_chunk(model, part, k * per_chunk, config.batch_size, bar)?;
+    // The failures first: the store's presence marks the chunk committed.
+    crate::io::atomic::write_atomic(
+        &failed_path,
+        &serde_json::to_vec(&chunk.failed).expect("json"),
+    )?;
+    let ids = chunk.positions.iter().map(|&p| p as i64);
+    write_store(
+        &store_path,
+        &[("position", Arc::new(Int64Array::from_iter_values(ids)))],
+        &chunk.matrix,
+    )?;
+    Ok((chunk, false))
+}
+
+/// Part `part` of [`embed_images_chunked`]: commit its range of the chunks (those already
+/// committed are kept) and nothing else. Returns the chunk files, relative to `dir`, and how many
+/// chunks were resumed.
+pub fn embed_image_part(
+    model: &mut ClipModel,
+    files: &[PathBuf],
+    config: &ModelRunConfig,
+    dir: &Path,
+    fingerprint: &str,
+    ui: &Ui,
+    part: Part,
+) -> Result<(Vec<String>, usize)> {
+    let per_chunk = config.chunk_images.max(1);
+    let n_chunks = files.len().div_ceil(per_chunk);
+    let chunks = Chunks::open(dir, fingerprint, n_chunks, &[])?;
+    let range = part.chunks(n_chunks);
+    let images = (range.start * per_chunk..(range.end * per_chunk).min(files.len())).len();
+    let bar = ui.progress(images as u64, "images", "embedding");
+    let (mut written, mut resumed) = (Vec::new(), 0);
+    for k in range {
+        let inputs = &files[k * per_chunk..((k + 1) * per_chunk).min(files.len())];
+        let (_, was) = commit_chunk(model, &chunks, k, inputs, per_chunk, config, &bar)?;
+        resumed += usize::from(was);
+        for ext in ["arrow", "failed.json"] {
+            let f = chunks.file(k, ext);
+            let rel = f.strip_prefix(dir).unwrap_or(&f);
+            written.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    bar.finish_and_clear();
+    Ok((written, resumed))
 }
 
 /// One chunk's raw embeddings, by input position, and its unreadable inputs.

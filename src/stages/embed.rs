@@ -12,7 +12,8 @@ use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;
 use crate::model::runner::{
-    embed_images_chunked, embed_texts, stage_identity, write_model_json, ModelRunConfig,
+    embed_image_part, embed_images_chunked, embed_texts, stage_identity, write_model_json,
+    ModelRunConfig,
 };
 use crate::tables;
 use crate::tables::crops::crop_files;
@@ -36,6 +37,7 @@ impl StageDef for Embed {
         &tables::CAPTION_EMBEDDINGS,
         &tables::EMBEDDING_MODEL,
     ];
+    const SHARDABLE: bool = true;
     crate::model::runner::model_run_stage!();
     fn needs(&self) -> Vec<Need> {
         vec![
@@ -63,6 +65,24 @@ impl StageDef for Embed {
             }
         }
         let mut model = self.config.open()?;
+        if let Some(part) = ctx.part {
+            // A part commits its chunks; the commit reads every chunk and writes the stores.
+            let (files, resumed) = embed_image_part(
+                &mut model,
+                &inputs,
+                &self.config,
+                &ctx.stage_dir,
+                &ctx.fingerprint,
+                ctx.ui,
+                part,
+            )?;
+            let mut report = StageReport::default();
+            for f in files {
+                report.outputs.push((f, None));
+            }
+            report.count("chunks_resumed", resumed as u64);
+            return Ok(report);
+        }
         let (images, chunks) = embed_images_chunked(
             &mut model,
             &inputs,

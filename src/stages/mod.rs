@@ -125,7 +125,11 @@ mod tests {
                         .map(str::to_string)
                         .or_else(|| a.is_positional().then(|| a.get_id().as_str().to_string()))
                 })
-                .filter(|l| !["run", "run_dir", "force", "from", "help"].contains(&l.as_str()))
+                // The engine's flags, not settings: how to run, not what.
+                .filter(|l| {
+                    !["run", "run_dir", "force", "from", "help", "shard", "commit"]
+                        .contains(&l.as_str())
+                })
                 .map(|l| l.replace('-', "_"))
                 .collect();
             let keys: BTreeSet<String> = e

@@ -1,0 +1,279 @@
+//! A stage run in parts, then committed.
+//!
+//! A shardable stage ([`Stage::shardable`]) runs as part `i` of `n`
+//! ([`Engine::run_part`]): under the lock of that part alone (`STAGE/parts/<i>-of-<n>.lock`), so
+//! parts of one stage run at once on a shared file system, it commits its range of the stage's
+//! chunks (`io::chunks`) and then its record, `STAGE/parts/<i>-of-<n>.json`: the stage's
+//! fingerprint, its input hashes, the part, and each file it committed with its BLAKE3. A part
+//! whose record matches the current fingerprint and whose files are intact is fresh; a killed
+//! part resumes from its committed chunks.
+//!
+//! The commit ([`Engine::commit`]) takes the run directory's lock, checks that every part of
+//! the current fingerprint is done and intact, and then runs the stage as a whole: it finds every
+//! chunk committed and only assembles them, as a resumed run does. So the tables, their hashes
+//! and the manifest entry are those of a run in one go, byte for byte. Executors (local, Slurm)
+//! decide where parts run, never what they compute.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{fingerprint, hash_inputs, lock, Engine, Manifest, OutputRecord, RunOptions};
+use super::{Stage, StageContext, StageOutcome};
+use crate::error::{Error, Result};
+use crate::io::chunks::Part;
+
+/// The folder of a stage's part records and locks.
+pub const PARTS_DIR: &str = "parts";
+
+/// What a finished part committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// The stage.
+    pub stage: String,
+    /// Which part.
+    pub part: Part,
+    /// The stage's fingerprint the part ran under.
+    pub fingerprint: String,
+    /// The BLAKE3 of each input, as the fingerprint holds them.
+    pub inputs: BTreeMap<String, String>,
+    /// Each file it committed, relative to the stage's folder.
+    pub files: Vec<OutputRecord>,
+    /// Wall time of the part, in seconds.
+    pub wall_s: f64,
+    /// The stage's counters for this part.
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl PartRecord {
+    fn path(stage_dir: &Path, part: Part) -> PathBuf {
+        stage_dir
+            .join(PARTS_DIR)
+            .join(format!("{}.json", part.name()))
+    }
+
+    /// The records in `stage_dir/parts`, in part order; an unreadable one is an error naming it.
+    pub fn all(stage_dir: &Path) -> Result<Vec<(PathBuf, PartRecord)>> {
+        let dir = stage_dir.join(PARTS_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let p = e.map_err(|e| Error::io("failed to list", &dir, e))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let bytes = std::fs::read(&p).map_err(|e| Error::io("failed to read", &p, e))?;
+                let rec: PartRecord = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::data(&p, format!("not a part record: {e}")))?;
+                out.push((p, rec));
+            }
+        }
+        out.sort_by_key(|(_, r)| (r.part.count, r.part.index));
+        Ok(out)
+    }
+
+    /// Whether every file it names is there with its recorded hash.
+    fn intact(&self, stage_dir: &Path) -> Result<bool> {
+        for f in &self.files {
+            let path = stage_dir.join(&f.file);
+            if !path.is_file() {
+                return Ok(false);
+            }
+            let (bytes, blake3) = fingerprint::hash_output(&path, false)?;
+            if bytes != f.bytes || blake3 != f.blake3 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// How a part went.
+#[derive(Debug, Clone)]
+pub struct PartOutcome {
+    /// The stage.
+    pub stage: String,
+    /// The part.
+    pub part: Part,
+    /// Its record when it ran; `None` when it was fresh (or the stage is committed and fresh).
+    pub ran: Option<PartRecord>,
+}
+
+impl Engine<'_> {
+    /// Run part `part` of a shardable `stage` (see the module's docs).
+    pub fn run_part(
+        &self,
+        stage: &dyn Stage,
+        part: Part,
+        opts: &RunOptions,
+    ) -> Result<PartOutcome> {
+        let name = stage.name();
+        if !stage.shardable() {
+            return Err(Error::stage(name, "does not run in parts (no --shard)"));
+        }
+        let stage_dir = self.run_dir.join(name);
+        let _lock = lock::RunLock::acquire_file(
+            &stage_dir.join(PARTS_DIR),
+            &format!("{}.lock", part.name()),
+            opts.wait,
+            self.ui,
+        )?;
+        let manifest = Manifest::load(&self.run_dir)?;
+        let providers = super::plan::resolve(&[stage], &manifest, self.catalogue)?;
+        let providers = &providers[0];
+        let mut detail = self.detail_without_inputs(stage, providers, &manifest)?;
+        hash_inputs(stage, &mut detail, &BTreeMap::new())?;
+        let fingerprint = detail.hash();
+        let label = format!("{name} part {part}");
+        let fresh = PartOutcome {
+            stage: name.into(),
+            part,
+            ran: None,
+        };
+        // Committed already: its chunks are gone, and nothing is left to do.
+        if self.stale_reason(stage, &detail, &manifest)?.is_none() {
+            self.ui
+                .status("Fresh", format!("{label} (the stage is committed)"));
+            return Ok(fresh);
+        }
+        let record_path = PartRecord::path(&stage_dir, part);
+        if let Ok(bytes) = std::fs::read(&record_path) {
+            if let Ok(old) = serde_json::from_slice::<PartRecord>(&bytes) {
+                if old.fingerprint == fingerprint && old.intact(&stage_dir)? {
+                    self.ui.status("Fresh", label);
+                    return Ok(fresh);
+                }
+            }
+        }
+        // A record that does not match is no longer true: gone before the work.
+        let _ = std::fs::remove_file(&record_path);
+        self.ui.status("Running", &label);
+        let start = Instant::now();
+        let ctx = StageContext {
+            run_dir: &self.run_dir,
+            stage: name,
+            stage_dir: stage_dir.clone(),
+            ui: self.ui,
+            fingerprint: fingerprint.clone(),
+            input_hashes: detail.inputs.clone(),
+            providers: providers.clone(),
+            provides: stage.provides(),
+            part: Some(part),
+        };
+        let report = stage.run(&ctx)?;
+        let mut files = Vec::new();
+        for (file, rows) in &report.outputs {
+            let (bytes, blake3) = fingerprint::hash_output(&stage_dir.join(file), false)?;
+            files.push(OutputRecord {
+                file: file.clone(),
+                rows: *rows,
+                bytes,
+                blake3,
+            });
+        }
+        let record = PartRecord {
+            stage: name.into(),
+            part,
+            fingerprint,
+            inputs: detail.inputs.clone(),
+            files,
+            wall_s: start.elapsed().as_secs_f64(),
+            counters: report.counters.clone(),
+        };
+        crate::io::atomic::write_atomic(
+            &record_path,
+            (serde_json::to_string_pretty(&record).expect("json") + "\n").as_bytes(),
+        )?;
+        self.ui.status(
+            "Finished",
+            format!(
+                "{label} ({} files) in {:.2}s",
+                record.files.len(),
+                record.wall_s
+            ),
+        );
+        Ok(PartOutcome {
+            stage: name.into(),
+            part,
+            ran: Some(record),
+        })
+    }
+
+    /// Commit a stage run in parts: every part of its current fingerprint must be done and
+    /// intact; then the stage runs as a whole over the committed chunks and its entry is written.
+    pub fn commit(&self, stage: &dyn Stage, opts: &RunOptions) -> Result<StageOutcome> {
+        let name = stage.name();
+        if !stage.shardable() {
+            return Err(Error::stage(name, "does not run in parts (no --commit)"));
+        }
+        let _lock = lock::RunLock::acquire(&self.run_dir, opts.wait, self.ui)?;
+        let mut manifest = Manifest::load(&self.run_dir)?;
+        let providers = super::plan::resolve(&[stage], &manifest, self.catalogue)?;
+        let providers = &providers[0];
+        let mut detail = self.detail_without_inputs(stage, providers, &manifest)?;
+        hash_inputs(stage, &mut detail, &BTreeMap::new())?;
+        let Some(reason) = self.stale_reason(stage, &detail, &manifest)? else {
+            let record = manifest.stages[name].clone();
+            self.ui.status("Fresh", super::describe(name, &record));
+            return Ok(StageOutcome {
+                stage: name.into(),
+                ran_because: None,
+                record,
+                notes: vec![],
+                skipped: 0,
+            });
+        };
+        let stage_dir = self.run_dir.join(name);
+        let fingerprint = detail.hash();
+        let records: Vec<(PathBuf, PartRecord)> = PartRecord::all(&stage_dir)?
+            .into_iter()
+            .filter(|(_, r)| r.fingerprint == fingerprint)
+            .collect();
+        let Some(count) = records.first().map(|(_, r)| r.part.count) else {
+            return Err(Error::stage(
+                name,
+                format!(
+                    "no part has run for the current settings and inputs (no record in `{}`): run `simat {name} RUN --shard I/N` for each part first",
+                    stage_dir.join(PARTS_DIR).display()
+                ),
+            ));
+        };
+        if let Some((p, r)) = records.iter().find(|(_, r)| r.part.count != count) {
+            return Err(Error::stage(
+                name,
+                format!(
+                    "parts of {count} and of {} are both recorded (`{}`): run the stage in one number of parts",
+                    r.part.count,
+                    p.display()
+                ),
+            ));
+        }
+        let mut missing = Vec::new();
+        for index in 0..count {
+            let part = Part { index, count };
+            let done = match records.iter().find(|(_, r)| r.part == part) {
+                Some((_, r)) => r.intact(&stage_dir)?,
+                None => false,
+            };
+            if !done {
+                missing.push(part);
+            }
+        }
+        if let Some(first) = missing.first() {
+            let list: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+            return Err(Error::stage(
+                name,
+                format!(
+                    "{} of {count} parts are not done, or their files changed since: {}; run `simat {name} RUN --shard {first}` (and the others) first",
+                    missing.len(),
+                    list.join(", "),
+                ),
+            ));
+        }
+        let outcome = self.run_one(stage, providers, detail, reason, &mut manifest)?;
+        let _ = std::fs::remove_dir_all(stage_dir.join(PARTS_DIR));
+        Ok(outcome)
+    }
+}
