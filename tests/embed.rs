@@ -409,6 +409,11 @@ fn embed_in_parts_equals_embed_in_one_go() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let status = stdout(&run_ok(&["status", s(&parted)], 0));
+    assert!(
+        status.contains("parts  embed: 2 of 3 done (0/3, 2/3)"),
+        "{status}"
+    );
     let early = run(&strs(&embed(&parted, &["--commit"])));
     assert!(!early.status.success());
     let err = stderr(&early);
@@ -426,6 +431,11 @@ fn embed_in_parts_equals_embed_in_one_go() {
         stderr(&again)
     );
     assert_eq!(std::fs::read(&record).unwrap(), before);
+    let status = stdout(&run_ok(&["status", s(&parted)], 0));
+    assert!(
+        status.contains("3 of 3 done (0/3, 1/3, 2/3); commit with `simat embed RUN --commit`"),
+        "{status}"
+    );
     let parts: Vec<serde_json::Value> = (0..3)
         .map(|i| {
             let f = parted.join(format!("embed/parts/{i}-of-3.json"));

@@ -544,7 +544,54 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
             None => outln!("{word:>8}  {detail}"),
         }
     }
+    for name in order {
+        if let Some(line) = parts_line(run, name)? {
+            outln!("{:>8}  {name}: {line}", "parts");
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `2 of 3 done (0/3, 2/3), 1 running (1/3)`: a stage's parts not yet committed, from their
+/// records and locks (a part's lock is held while it runs).
+fn parts_line(run: &Path, stage: &str) -> Result<Option<String>> {
+    use crate::engine::parts::PARTS_DIR;
+    let dir = run.join(stage);
+    let records = crate::engine::PartRecord::all(&dir)?;
+    let parts_dir = dir.join(PARTS_DIR);
+    let mut running = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&parts_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(part) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            let held = std::fs::File::open(e.path()).is_ok_and(|f| {
+                matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
+            });
+            if held {
+                running.push(part.replace("-of-", "/"));
+            }
+        }
+    }
+    if records.is_empty() && running.is_empty() {
+        return Ok(None);
+    }
+    running.sort();
+    let count = records.iter().map(|(_, r)| r.part.count).max().unwrap_or(0);
+    let done: Vec<String> = records
+        .iter()
+        .filter(|(_, r)| r.part.count == count)
+        .map(|(_, r)| r.part.to_string())
+        .collect();
+    let mut line = format!("{} of {count} done ({})", done.len(), done.join(", "));
+    if !running.is_empty() {
+        line += &format!(", {} running ({})", running.len(), running.join(", "));
+    }
+    if done.len() == count && count > 0 {
+        line += &format!("; commit with `simat {stage} RUN --commit`");
+    }
+    Ok(Some(line))
 }
 
 fn inspect(file: &Path, rows: usize) -> Result<ExitCode> {
