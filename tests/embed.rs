@@ -581,3 +581,36 @@ fn embed_parts_as_a_slurm_array_equal_embed_in_one_go() {
         );
     }
 }
+
+/// `oracle` in parts: the committed tables are those of a run in one go.
+#[test]
+fn oracle_in_parts_equals_oracle_in_one_go() {
+    let dir = tempdir();
+    let p = pipeline(dir.path(), 8);
+    run_ok(&["run", s(&p), "--until", "crops"], 0);
+    let parted = dir.path().join("run");
+    let whole = dir.path().join("whole");
+    copy_dir(&parted, &whole);
+    let model = tiny_clip();
+    let oracle = |run: &Path, extra: &[&str]| {
+        let mut args = embed_args(run, &model, extra);
+        args[0] = "oracle".into();
+        args
+    };
+    run_ok(&strs(&oracle(&whole, &[])), 0);
+    for part in ["1/2", "0/2"] {
+        run_ok(&strs(&oracle(&parted, &["--shard", part])), 0);
+    }
+    run_ok(&strs(&oracle(&parted, &["--commit"])), 0);
+    for f in [
+        "region_embeddings.arrow",
+        "caption_embeddings.arrow",
+        "region_scores.parquet",
+    ] {
+        assert_eq!(
+            std::fs::read(parted.join("oracle").join(f)).unwrap(),
+            std::fs::read(whole.join("oracle").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}

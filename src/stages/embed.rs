@@ -77,9 +77,7 @@ impl StageDef for Embed {
                 part,
             )?;
             let mut report = StageReport::default();
-            for f in files {
-                report.outputs.push((f, None));
-            }
+            report.outputs.extend(files.into_iter().map(|f| (f, None)));
             report.count("chunks_resumed", resumed as u64);
             return Ok(report);
         }

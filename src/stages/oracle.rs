@@ -32,6 +32,7 @@ impl StageDef for Oracle {
         &tables::REGION_SCORES,
         &tables::ORACLE_MODEL,
     ];
+    const SHARDABLE: bool = true;
     crate::model::runner::model_run_stage!();
     fn needs(&self) -> Vec<Need> {
         vec![
@@ -45,7 +46,7 @@ impl StageDef for Oracle {
 
         use arrow::array::{Float32Array, Int64Array, RecordBatch};
 
-        use crate::model::runner::{embed_images_chunked, embed_texts};
+        use crate::model::runner::{embed_image_part, embed_images_chunked, embed_texts};
         use crate::tables::crops::crop_files;
         use crate::tables::regions::captions;
 
@@ -62,6 +63,22 @@ impl StageDef for Oracle {
             .map(|&i| files[&region_id[i]].clone())
             .collect();
         let mut model = self.config.open()?;
+        if let Some(part) = ctx.part {
+            // A part commits its chunks; the commit reads every chunk and writes the tables.
+            let (files, resumed) = embed_image_part(
+                &mut model,
+                &inputs,
+                &self.config,
+                &ctx.stage_dir,
+                &ctx.fingerprint,
+                ctx.ui,
+                part,
+            )?;
+            let mut report = StageReport::default();
+            report.outputs.extend(files.into_iter().map(|f| (f, None)));
+            report.count("chunks_resumed", resumed as u64);
+            return Ok(report);
+        }
         let (images, chunks) = embed_images_chunked(
             &mut model,
             &inputs,
