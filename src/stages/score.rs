@@ -720,6 +720,8 @@ struct Rank0Cursor {
     per_query: Option<usize>,
     /// The first query's id, for messages.
     first_query: Option<i64>,
+    /// The row `peek` found, until `advance` takes it: each row is decoded and keyed once.
+    peeked: Option<Rank0>,
 }
 
 impl Rank0Cursor {
@@ -743,6 +745,7 @@ impl Rank0Cursor {
             keys: Vec::new(),
             per_query: None,
             first_query: None,
+            peeked: None,
         }
     }
 
@@ -753,6 +756,9 @@ impl Rank0Cursor {
 
     /// The next rank-0 row, left in place.
     fn peek(&mut self) -> Result<Option<Rank0>> {
+        if self.peeked.is_some() {
+            return Ok(self.peeked);
+        }
         loop {
             if self.batch.is_none() {
                 match self.batches.next().transpose()? {
@@ -787,16 +793,18 @@ impl Rank0Cursor {
                     self.keys.len() - 1
                 }
             };
-            return Ok(Some(Rank0 {
+            self.peeked = Some(Rank0 {
                 row: *first + *at as u64,
                 key,
                 query_id: qid.value(*at),
                 dataset_id: did.value(*at),
-            }));
+            });
+            return Ok(self.peeked);
         }
     }
 
     fn advance(&mut self) {
+        self.peeked = None;
         if let Some((_, at, _)) = &mut self.batch {
             *at += 1;
         }
