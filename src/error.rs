@@ -158,6 +158,10 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
+    /// Slurm refused, or a job of a run submitted to it failed: what, and where its log is.
+    #[error("slurm: {0}")]
+    Slurm(String),
+
     /// A bug in simat.
     #[error(
         "internal error: {0} (this is a bug in simat; please report it with the command you ran)"

@@ -17,8 +17,8 @@
 //! - [`engine`]: the stage contract and registry, the planner, fingerprints, the manifest and
 //!   the check of a stage's outputs against its declarations;
 //! - [`stages`]: one module per stage, and [`stages::ALL`], the one list of them;
-//! - [`pipeline`] (pipeline TOML files), [`query`] (SQL over a run's tables) and [`schemas`]
-//!   (the documented output schemas);
+//! - [`pipeline`] (pipeline TOML files), [`query`] (SQL over a run's tables), [`schemas`]
+//!   (the documented output schemas) and [`slurm`] (the Slurm executor);
 //! - [`cli`]: the command line.
 //!
 //! ```no_run
@@ -48,6 +48,7 @@ pub mod query;
 pub mod release;
 pub mod report;
 pub mod schemas;
+pub mod slurm;
 pub mod stages;
 pub mod tables;
 pub mod ui;

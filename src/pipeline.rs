@@ -42,7 +42,18 @@
 //! [score]                          # optional: SIMAT scores (oracle and threshold)
 //! oracle = "model"
 //! threshold = 0.25
+//!
+//! [slurm]                          # optional: how `simat run --executor slurm` submits
+//! shards = 4                       # parts per shardable stage (embed, oracle); default 1
+//! partition = "gpu"                # these four are omitted from the scripts when not set
+//! gpus_per_task = 1                # given to the stages that run a model (embed, oracle, coco)
+//! cpus_per_task = 8
+//! time = "02:00:00"
+//! sbatch_args = ["--account=vision"]
 //! ```
+//!
+//! A shardable stage's section may set its own `shards = 16`. Flags of `simat run` override
+//! `[slurm]`'s keys.
 //!
 //! The official benchmark replaces `[synth]`, `[ingest]`, `[triplets]` and `[select]` by
 //! `[import] release = "…"` (see `pipelines/official.toml`): its regions, dataset and queries are
@@ -57,7 +68,10 @@
 //! and key. Relative paths are resolved against the pipeline file's directory, so a pipeline runs
 //! the same from any working directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
 
 use crate::engine::Stage;
 use crate::error::{Error, Result};
@@ -71,6 +85,41 @@ pub struct Pipeline {
     pub run_dir: PathBuf,
     /// Its stages, built and checked, in order.
     pub stages: Vec<Box<dyn Stage>>,
+    /// Its `[slurm]` section.
+    pub slurm: SlurmSection,
+    /// The `shards` key of each shardable stage's section that has one.
+    pub shards: BTreeMap<String, usize>,
+}
+
+/// The most parts a stage may run in (Slurm's default `MaxArraySize` is 1001).
+pub const MAX_SHARDS: usize = 10_000;
+
+/// A pipeline's `[slurm]` section: how the Slurm executor submits (see the module's docs). Unset
+/// keys are left to the executor's defaults and the cluster's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    /// Parts per shardable stage.
+    pub shards: Option<usize>,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--gpus-per-task`, for the stages that run a model.
+    pub gpus_per_task: Option<u32>,
+    /// `--cpus-per-task`.
+    pub cpus_per_task: Option<u32>,
+    /// `--time`.
+    pub time: Option<String>,
+    /// More `sbatch` arguments, passed through.
+    #[serde(default)]
+    pub sbatch_args: Vec<String>,
+}
+
+fn check_shards(n: usize) -> std::result::Result<usize, String> {
+    if (1..=MAX_SHARDS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("`shards` must be 1 to {MAX_SHARDS}, not {n}"))
+    }
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -119,6 +168,48 @@ impl Pipeline {
             }
         };
         let mut problems = Vec::new();
+        let slurm = match file.remove("slurm") {
+            None => SlurmSection::default(),
+            Some(v) => match SlurmSection::deserialize(v) {
+                Ok(s) => {
+                    if let Some(Err(e)) = s.shards.map(check_shards) {
+                        problems.push(format!("[slurm] {e}"));
+                    }
+                    s
+                }
+                Err(e) => {
+                    problems.push(format!("[slurm]: {}", e.message()));
+                    SlurmSection::default()
+                }
+            },
+        };
+        let mut shards = BTreeMap::new();
+        for (key, value) in file.iter_mut() {
+            let (Some(entry), toml::Value::Table(section)) = (find(key), value) else {
+                continue;
+            };
+            let Some(n) = section.remove("shards") else {
+                continue;
+            };
+            let shardable: Vec<&str> = ALL
+                .iter()
+                .filter(|e| e.shardable())
+                .map(|e| e.name())
+                .collect();
+            match n.as_integer().map(|n| usize::try_from(n).unwrap_or(0)) {
+                _ if !entry.shardable() => problems.push(format!(
+                    "[{key}] shards: {key} does not run in parts; the stages that do are {}",
+                    shardable.join(", ")
+                )),
+                Some(n) => match check_shards(n) {
+                    Ok(n) => {
+                        shards.insert(key.clone(), n);
+                    }
+                    Err(e) => problems.push(format!("[{key}] {e}")),
+                },
+                None => problems.push(format!("[{key}] `shards` must be a whole number")),
+            }
+        }
         for (key, value) in &file {
             match (find(key), value) {
                 (Some(e), toml::Value::Table(_)) if e.name() == key => {}
@@ -153,6 +244,8 @@ impl Pipeline {
             path: path.to_path_buf(),
             run_dir,
             stages,
+            slurm,
+            shards,
         })
     }
 

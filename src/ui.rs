@@ -106,6 +106,70 @@ impl Ui {
     }
 }
 
+impl Ui {
+    /// A state that changes, such as the jobs a follower watches: one line redrawn in place on
+    /// a terminal; elsewhere each new state is a status line of its own, so a log reads as a
+    /// line per change.
+    pub fn ticker(&self, verb: &str) -> Ticker {
+        let bar = match self.style {
+            OutputStyle::Terminal | OutputStyle::TerminalNoColor => {
+                let bar = ProgressBar::new_spinner();
+                if let Ok(style) = ProgressStyle::with_template("{prefix:>12} {msg}") {
+                    bar.set_style(style);
+                }
+                bar.set_prefix(verb.to_string());
+                Some(bar)
+            }
+            _ => None,
+        };
+        Ticker {
+            ui: self.clone(),
+            verb: verb.to_string(),
+            bar,
+            last: std::sync::Mutex::new(String::new()),
+        }
+    }
+}
+
+/// See [`Ui::ticker`].
+#[derive(Debug)]
+pub struct Ticker {
+    ui: Ui,
+    verb: String,
+    bar: Option<ProgressBar>,
+    last: std::sync::Mutex<String>,
+}
+
+impl Ticker {
+    /// The new state; nothing happens when it is the last one.
+    pub fn set(&self, state: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == state {
+            return;
+        }
+        *last = state.to_string();
+        match &self.bar {
+            Some(bar) => bar.set_message(state.to_string()),
+            None => self.ui.status(&self.verb, state),
+        }
+    }
+
+    /// A status line that stays, printed above the ticker.
+    pub fn line(&self, verb: &str, message: impl std::fmt::Display) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| self.ui.status(verb, message)),
+            None => self.ui.status(verb, message),
+        }
+    }
+
+    /// Done: clear the line.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Progress of a long stage: see [`Ui::progress`].
 #[derive(Debug)]
 pub struct Progress {

@@ -485,24 +485,8 @@ fn embed_in_parts_equals_embed_in_one_go() {
 /// `SIMAT_REQUIRE_SLURM=1`, so that CI cannot skip it. Elsewhere it says it is skipped.
 #[test]
 fn embed_parts_as_a_slurm_array_equal_embed_in_one_go() {
-    // The cluster scripts/setup.sh starts, unless SLURM_CONF names another.
-    let conf = std::env::var_os("SLURM_CONF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slurm/slurm.conf"));
-    let have = conf.is_file()
-        && std::process::Command::new("sinfo")
-            .env("SLURM_CONF", &conf)
-            .args(["-h", "-o", "%t"])
-            .output()
-            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
-    if !have {
-        assert!(
-            std::env::var_os("SIMAT_REQUIRE_SLURM").is_none(),
-            "SIMAT_REQUIRE_SLURM is set, but no Slurm cluster answers (SLURM_CONF, sbatch)"
-        );
-        eprintln!("skipped: no Slurm cluster (scripts/slurm_local.sh DIR starts one)");
-        return;
-    }
+    let Some(conf) = slurm_conf() else { return };
+    let _turn = slurm_turn();
     let dir = tempdir();
     let p = pipeline(dir.path(), 8);
     run_ok(&["run", s(&p), "--until", "queries"], 0);

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("pipeline", 6),
     ("query", 6),
     ("schemas", 6),
+    ("slurm", 6),
     ("cli", 7),
 ];
 

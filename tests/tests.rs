@@ -18,5 +18,6 @@ mod query;
 mod report;
 mod schemas;
 mod simat;
+mod slurm;
 mod triplets;
 mod world;

@@ -347,3 +347,34 @@ pub fn damage_middle_byte(path: &Path) -> Vec<u8> {
     std::fs::write(path, &bad).unwrap();
     good
 }
+
+/// The Slurm cluster the tests submit to: `SLURM_CONF`'s, or the one `scripts/setup.sh` starts
+/// in `target/slurm`; `None` (the test says it is skipped) where none answers, unless
+/// `SIMAT_REQUIRE_SLURM` is set (as `.ci/run` sets it), which makes that a failure.
+pub fn slurm_conf() -> Option<PathBuf> {
+    let conf = std::env::var_os("SLURM_CONF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/slurm/slurm.conf"));
+    let have = conf.is_file()
+        && Command::new("sinfo")
+            .env("SLURM_CONF", &conf)
+            .args(["-h", "-o", "%t"])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if !have {
+        assert!(
+            std::env::var_os("SIMAT_REQUIRE_SLURM").is_none(),
+            "SIMAT_REQUIRE_SLURM is set, but no Slurm cluster answers (SLURM_CONF, sbatch)"
+        );
+        eprintln!("skipped: no Slurm cluster (scripts/slurm_local.sh DIR starts one)");
+        return None;
+    }
+    Some(conf)
+}
+
+/// Held by each test that submits to Slurm, so that they take the one-node cluster's two CPUs
+/// in turn (some hold a task blocked on purpose).
+pub fn slurm_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -44,6 +44,23 @@ enum Tool {
         /// Rerun this stage (and everything downstream) even if fresh; repeatable.
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
+        /// Where the stages run: here, or as Slurm jobs (`sbatch` arrays for the stages that run
+        /// in parts, `afterok` between them); with --wait, follow the jobs to the end.
+        #[arg(long, value_enum, default_value_t = Executor::Local)]
+        executor: Executor,
+        #[command(flatten)]
+        slurm: crate::slurm::SlurmOptions,
+        /// Run this stage alone, its needs resolved in the whole pipeline (what an executor's
+        /// task runs).
+        #[arg(long, value_name = "STAGE", conflicts_with_all = ["until", "force"])]
+        stage: Option<String>,
+        /// With --stage: run part I (from 0) of N of it.
+        #[arg(long, value_name = "I/N", requires = "stage", conflicts_with = "commit",
+              value_parser = clap::value_parser!(crate::io::chunks::Part))]
+        shard: Option<crate::io::chunks::Part>,
+        /// With --stage: commit its parts once all are done.
+        #[arg(long, requires = "stage")]
+        commit: bool,
     },
     /// One line per stage of a run: fresh, stale, missing or failed, rows, wall time.
     Status {
@@ -154,6 +171,15 @@ enum Tool {
         #[arg(long)]
         write: PathBuf,
     },
+}
+
+/// `simat run --executor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Executor {
+    /// In this process, stage after stage.
+    Local,
+    /// As Slurm jobs (see the README's "On a Slurm cluster").
+    Slurm,
 }
 
 /// simat: regenerate and score the SIMAT benchmark, stage by stage, into Parquet.
@@ -312,11 +338,11 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             .copied();
         let commit = sub.try_get_one::<bool>("commit").ok().flatten() == Some(&true);
         if let Some(part) = shard {
-            engine(run_dir, ui)?.run_part(stage.as_ref(), part, &opts)?;
+            engine(run_dir, ui)?.run_part(&[stage.as_ref()], stage.name(), part, &opts)?;
             return Ok(ExitCode::SUCCESS);
         }
         let outcomes = if commit {
-            vec![engine(run_dir, ui)?.commit(stage.as_ref(), &opts)?]
+            vec![engine(run_dir, ui)?.commit(&[stage.as_ref()], stage.name(), &opts)?]
         } else {
             run_stages(run_dir, &[stage.as_ref()], &opts, ui)?
         };
@@ -333,12 +359,29 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             run_dir,
             until,
             force,
+            executor,
+            slurm,
+            stage,
+            shard,
+            commit,
         } => {
             let p = Pipeline::load_with_run_dir(&pipeline, run_dir.as_deref())?;
+            let wait = matches.get_flag("wait");
+            if let Some(name) = stage {
+                return run_task(&p, &name, shard, commit, wait, ui);
+            }
+            if executor == Executor::Slurm {
+                anyhow::ensure!(
+                    force.is_empty(),
+                    "--force is not taken with --executor slurm: remove the stage's folder's tables (or run `simat run ... --force STAGE` here) and submit again"
+                );
+                return run_on_slurm(&p, &slurm, until.as_deref(), wait, ui);
+            }
             let opts = RunOptions {
                 force: force.into_iter().collect::<BTreeSet<_>>(),
                 until,
-                wait: matches.get_flag("wait"),
+                wait,
+                only: None,
             };
             let outcomes = run_stages(&p.run_dir, &p.stages(), &opts, ui)?;
             if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
@@ -446,6 +489,118 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
     }
 }
 
+/// One stage of a pipeline, as an executor's task runs it: the whole stage, a part, or the commit.
+fn run_task(
+    p: &Pipeline,
+    name: &str,
+    shard: Option<crate::io::chunks::Part>,
+    commit: bool,
+    wait: bool,
+    ui: &Ui,
+) -> Result<ExitCode> {
+    let stages = p.stages();
+    let opts = RunOptions {
+        wait,
+        only: Some(name.to_string()),
+        ..RunOptions::default()
+    };
+    let engine = engine(&p.run_dir, ui)?;
+    if let Some(part) = shard {
+        engine.run_part(&stages, name, part, &opts)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outcomes = if commit {
+        vec![engine.commit(&stages, name, &opts)?]
+    } else {
+        run_stages(&p.run_dir, &stages, &opts, ui)?
+    };
+    Ok(exit_of(&outcomes))
+}
+
+/// `simat run --executor slurm`: submit what is missing or stale (or find the jobs of an earlier
+/// submission still at work), print the job ids, and with `--wait` follow them to the end.
+fn run_on_slurm(
+    p: &Pipeline,
+    flags: &crate::slurm::SlurmOptions,
+    until: Option<&str>,
+    wait: bool,
+    ui: &Ui,
+) -> Result<ExitCode> {
+    use crate::slurm::{self, Role};
+    let settings = slurm::Settings::new(p, flags)?;
+    let submitted = slurm::submit(p, &settings, until, wait, ui)?;
+    let sub = &submitted.submission;
+    let run_dir = p.run_dir.canonicalize()?;
+    if submitted.earlier {
+        ui.status(
+            "Found",
+            format!(
+                "the jobs submitted {} s ago are still in Slurm's queue ({}); nothing new is submitted (scancel them to submit afresh)",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+                    .saturating_sub(sub.submitted_unix),
+                sub.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    } else if sub.jobs.is_empty() {
+        ui.status("Fresh", "every stage: nothing to submit");
+    } else {
+        ui.status(
+            "Submitted",
+            format!(
+                "{} jobs; scripts and logs under {}",
+                sub.jobs.len(),
+                run_dir.join(slurm::SLURM_DIR).display()
+            ),
+        );
+    }
+    if !submitted.earlier && !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
+        for job in &sub.jobs {
+            let what = match job.role {
+                Role::Stage => job.stage.clone(),
+                Role::Parts => format!(
+                    "{} parts {} of {}",
+                    job.stage,
+                    job.tasks
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    job.count
+                ),
+                Role::Commit => format!("{} commit", job.stage),
+            };
+            outln!("{}\t{what}", job.id);
+        }
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    slurm::follow(&run_dir, sub, ui)?;
+    if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
+        let manifest = Manifest::load(&run_dir)?;
+        let outcomes: Vec<StageOutcome> = p
+            .stages()
+            .iter()
+            .filter_map(|s| {
+                let record = manifest.stages.get(s.name())?.clone();
+                let ran = sub.jobs.iter().any(|j| j.stage == s.name());
+                Some(StageOutcome {
+                    stage: s.name().to_string(),
+                    ran_because: ran.then_some(crate::engine::StaleReason::FirstRun),
+                    record,
+                    notes: vec![],
+                    skipped: 0,
+                })
+            })
+            .collect();
+        print_summary(&run_dir, &outcomes)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
     outln!("run directory: {}", run_dir.display());
     for o in outcomes {
@@ -548,6 +703,9 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
         if let Some(line) = parts_line(run, name)? {
             outln!("{:>8}  {name}: {line}", "parts");
         }
+    }
+    for line in crate::slurm::status_lines(run)? {
+        outln!("{:>8}  {line}", "slurm");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub until: Option<String>,
     /// When another process holds the run directory, wait for it instead of failing.
     pub wait: bool,
+    /// Run this stage alone (its needs resolved among all the stages given, as a run of the
+    /// whole pipeline resolves them); an executor's task for one stage.
+    pub only: Option<String>,
 }
 
 /// The outcome of one stage in a run.
@@ -270,6 +273,9 @@ impl<'a> Engine<'a> {
                 ));
             }
         }
+        if let Some(only) = &opts.only {
+            parts::find_stage(stages, only)?;
+        }
         for f in &opts.force {
             if !stages.iter().any(|s| s.name() == f) {
                 return Err(Error::stage(
@@ -287,6 +293,9 @@ impl<'a> Engine<'a> {
             let name = stage.name();
             if providers.values().any(|u| forced.contains(u.as_str())) {
                 forced.insert(name);
+            }
+            if opts.only.as_deref().is_some_and(|only| only != name) {
+                continue;
             }
             // A stage that hashes its inputs as it reads them is hashed first only when its
             // inputs alone can decide whether it is fresh.

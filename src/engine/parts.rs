@@ -103,12 +103,17 @@ pub struct PartOutcome {
 
 impl Engine<'_> {
     /// Run part `part` of a shardable `stage` (see the module's docs).
+    ///
+    /// `stages` is the pipeline the stage is one of (or the stage alone): its needs are resolved
+    /// among them, as a run of the whole pipeline resolves them.
     pub fn run_part(
         &self,
-        stage: &dyn Stage,
+        stages: &[&dyn Stage],
+        name: &str,
         part: Part,
         opts: &RunOptions,
     ) -> Result<PartOutcome> {
+        let (stage, at) = find_stage(stages, name)?;
         let name = stage.name();
         if !stage.shardable() {
             return Err(Error::stage(name, "does not run in parts (no --shard)"));
@@ -121,8 +126,8 @@ impl Engine<'_> {
             self.ui,
         )?;
         let manifest = Manifest::load(&self.run_dir)?;
-        let providers = super::plan::resolve(&[stage], &manifest, self.catalogue)?;
-        let providers = &providers[0];
+        let providers = super::plan::resolve(stages, &manifest, self.catalogue)?;
+        let providers = &providers[at];
         let mut detail = self.detail_without_inputs(stage, providers, &manifest)?;
         hash_inputs(stage, &mut detail, &BTreeMap::new())?;
         let fingerprint = detail.hash();
@@ -147,8 +152,15 @@ impl Engine<'_> {
                 }
             }
         }
-        // A record that does not match is no longer true: gone before the work.
+        // A record that does not match is no longer true: gone before the work. So are the
+        // records of another number of parts: their chunks stay, and this part resumes from
+        // those in its range.
         let _ = std::fs::remove_file(&record_path);
+        for (p, r) in PartRecord::all(&stage_dir)? {
+            if r.part.count != part.count {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         self.ui.status("Running", &label);
         let start = Instant::now();
         let ctx = StageContext {
@@ -203,15 +215,22 @@ impl Engine<'_> {
 
     /// Commit a stage run in parts: every part of its current fingerprint must be done and
     /// intact; then the stage runs as a whole over the committed chunks and its entry is written.
-    pub fn commit(&self, stage: &dyn Stage, opts: &RunOptions) -> Result<StageOutcome> {
+    /// `stages` as for [`Self::run_part`].
+    pub fn commit(
+        &self,
+        stages: &[&dyn Stage],
+        name: &str,
+        opts: &RunOptions,
+    ) -> Result<StageOutcome> {
+        let (stage, at) = find_stage(stages, name)?;
         let name = stage.name();
         if !stage.shardable() {
             return Err(Error::stage(name, "does not run in parts (no --commit)"));
         }
         let _lock = lock::RunLock::acquire(&self.run_dir, opts.wait, self.ui)?;
         let mut manifest = Manifest::load(&self.run_dir)?;
-        let providers = super::plan::resolve(&[stage], &manifest, self.catalogue)?;
-        let providers = &providers[0];
+        let providers = super::plan::resolve(stages, &manifest, self.catalogue)?;
+        let providers = &providers[at];
         let mut detail = self.detail_without_inputs(stage, providers, &manifest)?;
         hash_inputs(stage, &mut detail, &BTreeMap::new())?;
         let Some(reason) = self.stale_reason(stage, &detail, &manifest)? else {
@@ -276,4 +295,53 @@ impl Engine<'_> {
         let _ = std::fs::remove_dir_all(stage_dir.join(PARTS_DIR));
         Ok(outcome)
     }
+
+    /// The parts of `count` that must still run for stage `name` of `stages`: all of them
+    /// unless its upstream is done, and otherwise those without an intact record of the
+    /// current fingerprint. Empty when the stage is committed and fresh.
+    pub fn parts_to_run(
+        &self,
+        stages: &[&dyn Stage],
+        name: &str,
+        count: usize,
+    ) -> Result<Vec<Part>> {
+        let (stage, at) = find_stage(stages, name)?;
+        let all: Vec<Part> = (0..count).map(|index| Part { index, count }).collect();
+        let manifest = Manifest::load(&self.run_dir)?;
+        let providers = super::plan::resolve(stages, &manifest, self.catalogue)?;
+        let detail = match self.detail(stage, &providers[at], &manifest) {
+            Ok(d) => d,
+            Err(Error::Upstream { .. } | Error::InputMissing { .. }) => return Ok(all),
+            Err(e) => return Err(e),
+        };
+        if self.stale_reason(stage, &detail, &manifest)?.is_none() {
+            return Ok(vec![]);
+        }
+        let fingerprint = detail.hash();
+        let stage_dir = self.run_dir.join(name);
+        let records = PartRecord::all(&stage_dir)?;
+        let mut out = Vec::new();
+        for part in all {
+            let done = match records.iter().find(|(_, r)| r.part == part) {
+                Some((_, r)) => r.fingerprint == fingerprint && r.intact(&stage_dir)?,
+                None => false,
+            };
+            if !done {
+                out.push(part);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The stage called `name` among `stages`, and where.
+pub(super) fn find_stage<'s>(
+    stages: &[&'s dyn Stage],
+    name: &str,
+) -> Result<(&'s dyn Stage, usize)> {
+    stages
+        .iter()
+        .position(|s| s.name() == name)
+        .map(|at| (stages[at], at))
+        .ok_or_else(|| Error::stage(name, "is not a stage of this pipeline"))
 }

@@ -30,6 +30,9 @@ pub trait StageDef: Sized + Send + Sync + 'static {
     /// Whether it runs in parts (`--shard I/N`, then `--commit`): its `run`, given
     /// [`StageContext::part`], commits that part's chunks only.
     const SHARDABLE: bool = false;
+    /// Whether it runs a model (an accelerator's work: the Slurm executor gives its tasks the
+    /// GPUs it asks for, and the other stages none).
+    const RUNS_MODEL: bool = false;
     /// Its settings: flags, pipeline keys, fingerprint.
     type Config: clap::Args
         + clap::FromArgMatches
@@ -199,6 +202,9 @@ impl<S: StageDef> Stage for Configured<S> {
     fn shardable(&self) -> bool {
         S::SHARDABLE
     }
+    fn runs_model(&self) -> bool {
+        S::RUNS_MODEL
+    }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
         self.stage.run(ctx)
     }
@@ -217,6 +223,8 @@ pub trait Entry: Sync {
     fn provides(&self) -> &'static [&'static TableDecl];
     /// Pipeline keys without a flag.
     fn toml_only(&self) -> &'static [&'static str];
+    /// Whether it runs in parts ([`StageDef::SHARDABLE`]).
+    fn shardable(&self) -> bool;
     /// Its subcommand: the config's flags and `--run`, `--force`, `--from` (and `--shard`,
     /// `--commit` when it runs in parts).
     fn command(&self) -> clap::Command;
@@ -294,6 +302,9 @@ impl<S: StageDef> Entry for Registered<S> {
     }
     fn toml_only(&self) -> &'static [&'static str] {
         S::TOML_ONLY
+    }
+    fn shardable(&self) -> bool {
+        S::SHARDABLE
     }
     fn command(&self) -> clap::Command {
         // The run directory as `--run RUN` or as the first positional argument; added before

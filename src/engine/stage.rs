@@ -94,6 +94,10 @@ pub trait Stage: Sync {
     fn shardable(&self) -> bool {
         false
     }
+    /// Whether it runs a model (see `StageDef::RUNS_MODEL`).
+    fn runs_model(&self) -> bool {
+        false
+    }
     /// Run the stage, writing its outputs under `ctx.stage_dir`.
     fn run(&self, ctx: &StageContext) -> Result<StageReport>;
 }

@@ -69,6 +69,7 @@ struct CocoCaption {
 
 impl StageDef for Coco {
     const NAME: &'static str = "coco";
+    const RUNS_MODEL: bool = true;
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "Training pairs from COCO captions, embedded by a model: RUN/coco/{images,captions}.arrow (raw)";
     const PROVIDES: &'static [&'static TableDecl] = &[

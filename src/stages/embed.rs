@@ -38,6 +38,7 @@ impl StageDef for Embed {
         &tables::EMBEDDING_MODEL,
     ];
     const SHARDABLE: bool = true;
+    const RUNS_MODEL: bool = true;
     crate::model::runner::model_run_stage!();
     fn needs(&self) -> Vec<Need> {
         vec![

@@ -33,6 +33,7 @@ impl StageDef for Oracle {
         &tables::ORACLE_MODEL,
     ];
     const SHARDABLE: bool = true;
+    const RUNS_MODEL: bool = true;
     crate::model::runner::model_run_stage!();
     fn needs(&self) -> Vec<Need> {
         vec![
