@@ -303,3 +303,75 @@ fn a_damaged_crop_png_makes_crops_stale() {
     );
     assert_eq!(std::fs::read(&png).unwrap(), good);
 }
+
+/// `crops` in three parts (two of them at once, then the third), committed, writes the table, its
+/// manifest entry and every PNG of a run in one go.
+#[test]
+fn crops_in_parts_equal_crops_in_one_go() {
+    let dir = tempdir();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "run_dir = \"run\"\n[synth]\nimage_count = 120\nseed = 5\nrender = true\nplant_rate = 0.2\n[ingest]\n[triplets]\n",
+    )
+    .unwrap();
+    run_ok(&["run", s(&p)], 0);
+    let parted = dir.path().join("run");
+    let whole = dir.path().join("whole");
+    copy_dir(&parted, &whole);
+    let images = parted.join("synth/vg/images");
+    let crops = |run: &Path, extra: &[&str]| -> Vec<String> {
+        let a: Vec<String> = [
+            "crops",
+            s(run),
+            "--image-dir",
+            s(&images),
+            "--chunk-images",
+            "10",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|x| x.to_string())
+        .collect();
+        a
+    };
+    let go = |args: Vec<String>, code: i32| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&refs, code)
+    };
+    go(crops(&whole, &[]), 0);
+    let spawn = |part: &str| {
+        simat()
+            .args(crops(&parted, &["--shard", part]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("2/3"), spawn("0/3"));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let early = go(crops(&parted, &["--commit"]), 2);
+    assert!(stderr(&early).contains("1/3"), "{}", stderr(&early));
+    go(crops(&parted, &["--shard", "1/3"]), 0);
+    go(crops(&parted, &["--commit"]), 0);
+    assert_eq!(
+        std::fs::read(parted.join("crops/crops.parquet")).unwrap(),
+        std::fs::read(whole.join("crops/crops.parquet")).unwrap()
+    );
+    assert_eq!(
+        hashes(&parted.join("crops/crops")),
+        hashes(&whole.join("crops/crops"))
+    );
+    let entry = |run: &Path| {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("manifest.json")).unwrap()).unwrap();
+        (
+            m["stages"]["crops"]["fingerprint"].clone(),
+            m["stages"]["crops"]["outputs"].clone(),
+        )
+    };
+    assert_eq!(entry(&parted), entry(&whole));
+}

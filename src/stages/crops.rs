@@ -124,6 +124,7 @@ impl StageDef for Crops {
     const ABOUT: &'static str =
         "One PNG per region, cut at its union box: RUN/crops/crops/*.png and crops.parquet";
     const PROVIDES: &'static [&'static TableDecl] = &[&tables::CROPS, &tables::CROP_FILES];
+    const SHARDABLE: bool = true;
     type Config = CropsConfig;
     fn resolve_paths(c: &mut CropsConfig, base: &Path) {
         if let Some(p) = &mut c.image_dir {
@@ -345,9 +346,17 @@ fn crop_all(
 
     // Crops of an earlier configuration must not linger beside the new ones.
     let chunks = Chunks::open(&ctx.stage_dir, &ctx.fingerprint, n_chunks, &["crops"])?;
-    let bar = ctx.ui.progress(by_image.len() as u64, "images", "crops");
+    // A part cuts its range of the chunks and nothing else; the commit finds them all cut.
+    let range = match ctx.part {
+        Some(part) => part.chunks(n_chunks),
+        None => 0..n_chunks,
+    };
+    let images = (range.start * chunk..(range.end * chunk).min(by_image.len())).len();
+    let bar = ctx.ui.progress(images as u64, "images", "crops");
     let mut resumed = 0u64;
-    for (k, part) in by_image.chunks(chunk).enumerate() {
+    let mut written = Vec::new();
+    for k in range {
+        let part = &by_image[k * chunk..((k + 1) * chunk).min(by_image.len())];
         let path = chunks.file(k, "parquet");
         if path.is_file() {
             resumed += 1;
@@ -368,7 +377,18 @@ fn crop_all(
             let rows: Vec<Row> = rows.into_iter().flatten().collect();
             crate::io::write_table(&path, &rows_batch(&rows))?;
         }
+        let rel = path.strip_prefix(&ctx.stage_dir).unwrap_or(&path);
+        written.push(rel.to_string_lossy().into_owned());
         bar.inc(part.len() as u64);
+    }
+    if ctx.part.is_some() {
+        bar.finish_and_clear();
+        let mut report = StageReport::default();
+        report
+            .outputs
+            .extend(written.into_iter().map(|f| (f, None)));
+        report.count("chunks_resumed", resumed);
+        return Ok(report);
     }
     bar.finish_and_clear();
 
