@@ -31,6 +31,17 @@ fn simat_on(conf: &Path) -> Command {
     cmd
 }
 
+/// `simat [--wait] run P --executor slurm --shards 3`.
+fn on_slurm(conf: &Path, p: &Path, wait: bool) -> Output {
+    let mut cmd = simat_on(conf);
+    if wait {
+        cmd.arg("--wait");
+    }
+    cmd.args(["run", s(p), "--executor", "slurm", "--shards", "3"])
+        .output()
+        .unwrap()
+}
+
 fn expect(out: Output, code: i32, what: &str) -> Output {
     assert_eq!(
         out.status.code(),
@@ -136,22 +147,7 @@ fn the_demo_on_slurm_in_three_shards_equals_the_local_run() {
     let dir = tempdir();
     let p = demo_pipeline(dir.path(), &world_clip());
     let run = dir.path().join("run");
-    let out = expect(
-        simat_on(&conf)
-            .args([
-                "--wait",
-                "run",
-                s(&p),
-                "--executor",
-                "slurm",
-                "--shards",
-                "3",
-            ])
-            .output()
-            .unwrap(),
-        0,
-        "the demo on Slurm",
-    );
+    let out = expect(on_slurm(&conf, &p, true), 0, "the demo on Slurm");
     // A job per stage, the parts of embed as one array, and its commit.
     let text = stdout(&out);
     assert!(text.contains("\tembed parts 0,1,2 of 3"), "{text}");
@@ -174,22 +170,7 @@ fn the_demo_on_slurm_in_three_shards_equals_the_local_run() {
         "{status}"
     );
     // Again: everything is fresh, nothing is submitted.
-    let again = expect(
-        simat_on(&conf)
-            .args([
-                "--wait",
-                "run",
-                s(&p),
-                "--executor",
-                "slurm",
-                "--shards",
-                "3",
-            ])
-            .output()
-            .unwrap(),
-        0,
-        "the demo on Slurm again",
-    );
+    let again = expect(on_slurm(&conf, &p, true), 0, "the demo on Slurm again");
     assert!(!stdout(&again).contains('\t'), "{}", stdout(&again));
     assert!(stderr(&again).contains("nothing to submit"));
 }
@@ -205,14 +186,7 @@ fn a_cancelled_embed_task_is_all_that_a_rerun_recomputes() {
     // Part 1 waits for this lock, so it is running when it is cancelled, whatever the timing.
     let parts = run.join("embed/parts");
     let lock = hold(&parts.join("1-of-3.lock"));
-    let out = expect(
-        simat_on(&conf)
-            .args(["run", s(&p), "--executor", "slurm", "--shards", "3"])
-            .output()
-            .unwrap(),
-        0,
-        "submit",
-    );
+    let out = expect(on_slurm(&conf, &p, false), 0, "submit");
     assert!(
         !stdout(&out).contains("\tsynth"),
         "fresh stages are submitted"
@@ -251,22 +225,7 @@ fn a_cancelled_embed_task_is_all_that_a_rerun_recomputes() {
     // The parts that were done stay as they were; the rerun submits part 1 alone.
     assert_eq!(record(0).unwrap(), r0);
     assert_eq!(record(2).unwrap(), r2);
-    let again = expect(
-        simat_on(&conf)
-            .args([
-                "--wait",
-                "run",
-                s(&p),
-                "--executor",
-                "slurm",
-                "--shards",
-                "3",
-            ])
-            .output()
-            .unwrap(),
-        0,
-        "the same command again",
-    );
+    let again = expect(on_slurm(&conf, &p, true), 0, "the same command again");
     let text = stdout(&again);
     assert!(text.contains("\tembed parts 1 of 3\n"), "{text}");
     assert!(!text.contains("\tqueries"), "{text}");
@@ -349,18 +308,7 @@ fn a_failed_task_fails_the_wait_by_name_and_a_rerun_after_the_mend_completes() {
     // Mended, the same command completes the run.
     std::fs::copy(world_clip().join("image.onnx"), model.join("image.onnx")).unwrap();
     let again = expect(
-        simat_on(&conf)
-            .args([
-                "--wait",
-                "run",
-                s(&p),
-                "--executor",
-                "slurm",
-                "--shards",
-                "3",
-            ])
-            .output()
-            .unwrap(),
+        on_slurm(&conf, &p, true),
         0,
         "the same command after the mend",
     );
