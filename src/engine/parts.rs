@@ -175,6 +175,11 @@ impl Engine<'_> {
             part: Some(part),
         };
         let report = stage.run(&ctx)?;
+        if report.outputs.is_empty() {
+            self.ui.warn(format!(
+                "{label} has no chunk to work on: the stage has fewer chunks than parts (a smaller `chunk_images` gives each part some)"
+            ));
+        }
         let mut files = Vec::new();
         for (file, rows) in &report.outputs {
             let (bytes, blake3) = fingerprint::hash_output(&stage_dir.join(file), false)?;
