@@ -44,7 +44,7 @@
 //! threshold = 0.25
 //!
 //! [slurm]                          # optional: how `simat run --executor slurm` submits
-//! shards = 4                       # parts per shardable stage (crops, oracle, embed); default 1
+//! shards = 4                       # parts per shardable stage (crops, oracle, embed, coco); default 1
 //! partition = "gpu"                # these four are omitted from the scripts when not set
 //! gpus_per_task = 1                # given to the stages that run a model (embed, oracle, coco)
 //! cpus_per_task = 8

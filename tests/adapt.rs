@@ -244,13 +244,10 @@ fn bad_input_is_named() {
     );
 }
 
-/// COCO's captions format → `coco` (a model embeds images and every caption, raw) → `adapt` on
-/// the keyed pairs (one caption drawn per image per epoch), as a pipeline; an unreadable image is
-/// counted and left out.
-#[test]
-fn coco_pairs_feed_adapt() {
-    let dir = tempdir();
-    let images = dir.path().join("coco/train2017");
+/// Twelve COCO-format images (the last one broken) with one to three captions each under `dir`:
+/// the captions file, the image folder and the captions.
+fn coco_fixture(dir: &Path) -> (PathBuf, PathBuf, Vec<serde_json::Value>) {
+    let images = dir.join("coco/train2017");
     std::fs::create_dir_all(&images).unwrap();
     let mut imgs = Vec::new();
     let mut anns = Vec::new();
@@ -266,12 +263,22 @@ fn coco_pairs_feed_adapt() {
         }
     }
     std::fs::write(images.join("000000000012.jpg"), b"\xff\xd8\xff broken").unwrap();
-    let captions = dir.path().join("coco/captions_train2017.json");
+    let captions = dir.join("coco/captions_train2017.json");
     std::fs::write(
         &captions,
         serde_json::to_vec(&serde_json::json!({"images": imgs, "annotations": anns})).unwrap(),
     )
     .unwrap();
+    (captions, images, anns)
+}
+
+/// COCO's captions format → `coco` (a model embeds images and every caption, raw) → `adapt` on
+/// the keyed pairs (one caption drawn per image per epoch), as a pipeline; an unreadable image is
+/// counted and left out.
+#[test]
+fn coco_pairs_feed_adapt() {
+    let dir = tempdir();
+    let (captions, images, anns) = coco_fixture(dir.path());
     let p = dir.path().join("p.toml");
     std::fs::write(
         &p,
@@ -304,4 +311,43 @@ fn coco_pairs_feed_adapt() {
     assert!(run
         .join("adapt/heads/head_tau0.1_txt_head_bias.npy")
         .is_file());
+}
+
+/// `coco` in two parts, run in reverse order and committed, writes the stores of a run in one go.
+#[test]
+fn coco_in_parts_equals_coco_in_one_go() {
+    let dir = tempdir();
+    let (captions, images, _) = coco_fixture(dir.path());
+    let model = tiny_clip();
+    let coco = |run: &Path, extra: &[&str], code: i32| {
+        let mut args = vec![
+            "coco",
+            s_(run),
+            "--captions",
+            s_(&captions),
+            "--image-dir",
+            s_(&images),
+            "--model",
+            s_(&model),
+            "--threads",
+            "1",
+            "--chunk-images",
+            "4",
+        ];
+        args.extend(extra);
+        run_ok(&args, code)
+    };
+    let (whole, parted) = (dir.path().join("whole"), dir.path().join("parted"));
+    // The broken image is counted (exit 1) by the run in one go and by the commit.
+    coco(&whole, &[], 1);
+    coco(&parted, &["--shard", "1/2"], 0);
+    coco(&parted, &["--shard", "0/2"], 0);
+    coco(&parted, &["--commit"], 1);
+    for f in ["images.arrow", "captions.arrow", "model.json"] {
+        assert_eq!(
+            std::fs::read(parted.join("coco").join(f)).unwrap(),
+            std::fs::read(whole.join("coco").join(f)).unwrap(),
+            "{f}"
+        );
+    }
 }

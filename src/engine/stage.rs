@@ -186,6 +186,15 @@ pub struct StageReport {
 }
 
 impl StageReport {
+    /// The report of a part ([`StageContext::part`]): the chunk files it committed, relative to
+    /// the stage directory, and how many of them it found committed already.
+    pub fn of_part(files: Vec<String>, resumed: u64) -> StageReport {
+        let mut report = StageReport::default();
+        report.outputs.extend(files.into_iter().map(|f| (f, None)));
+        report.count("chunks_resumed", resumed);
+        report
+    }
+
     /// Add `n` to a counter.
     pub fn count(&mut self, key: &str, n: u64) {
         *self.counters.entry(key.to_string()).or_default() += n;

@@ -16,7 +16,8 @@ use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;
 use crate::model::runner::{
-    embed_images_chunked, embed_texts, model_run_config, stage_identity, ModelRunConfig,
+    embed_image_part, embed_images_chunked, embed_texts, model_run_config, stage_identity,
+    ModelRunConfig,
 };
 use crate::tables;
 
@@ -69,6 +70,7 @@ struct CocoCaption {
 
 impl StageDef for Coco {
     const NAME: &'static str = "coco";
+    const SHARDABLE: bool = true;
     const RUNS_MODEL: bool = true;
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "Training pairs from COCO captions, embedded by a model: RUN/coco/{images,captions}.arrow (raw)";
@@ -156,6 +158,19 @@ impl StageDef for Coco {
         let ids: Vec<i64> = images.keys().copied().collect();
         let files: Vec<PathBuf> = images.values().cloned().collect();
         let mut model = self.model.open()?;
+        if let Some(part) = ctx.part {
+            // A part commits its chunks of the images; the commit embeds the captions.
+            let (files, resumed) = embed_image_part(
+                &mut model,
+                &files,
+                &self.model,
+                &ctx.stage_dir,
+                &ctx.fingerprint,
+                ctx.ui,
+                part,
+            )?;
+            return Ok(StageReport::of_part(files, resumed as u64));
+        }
         let (emb, chunks) = embed_images_chunked(
             &mut model,
             &files,

@@ -383,12 +383,7 @@ fn crop_all(
     }
     if ctx.part.is_some() {
         bar.finish_and_clear();
-        let mut report = StageReport::default();
-        report
-            .outputs
-            .extend(written.into_iter().map(|f| (f, None)));
-        report.count("chunks_resumed", resumed);
-        return Ok(report);
+        return Ok(StageReport::of_part(written, resumed));
     }
     bar.finish_and_clear();
 

@@ -77,10 +77,7 @@ impl StageDef for Embed {
                 ctx.ui,
                 part,
             )?;
-            let mut report = StageReport::default();
-            report.outputs.extend(files.into_iter().map(|f| (f, None)));
-            report.count("chunks_resumed", resumed as u64);
-            return Ok(report);
+            return Ok(StageReport::of_part(files, resumed as u64));
         }
         let (images, chunks) = embed_images_chunked(
             &mut model,
