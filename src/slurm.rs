@@ -179,14 +179,16 @@ impl Job {
 
     /// The log of one of its tasks.
     pub fn log(&self, run_dir: &Path, task: Option<usize>) -> PathBuf {
-        logs_dir(run_dir).join(format!("{}.out", self.log_stem(&self.task_id(task))))
+        let stem = stem(&self.stage, self.role);
+        logs_dir(run_dir).join(format!("{stem}-{}.out", self.task_id(task)))
     }
+}
 
-    fn log_stem(&self, id: &str) -> String {
-        match self.role {
-            Role::Commit => format!("{}-commit-{id}", self.stage),
-            _ => format!("{}-{id}", self.stage),
-        }
+/// The name of a job's script and, with its id, of its logs: `embed`, `embed-commit`.
+fn stem(stage: &str, role: Role) -> String {
+    match role {
+        Role::Commit => format!("{stage}-commit"),
+        _ => stage.to_string(),
     }
 }
 
@@ -522,7 +524,10 @@ pub fn submit(
         sub.jobs.push(job);
         sub.save(&run_dir)?;
     }
-    sub.save(&run_dir)?;
+    // Each job was recorded as it was submitted; an empty submission is recorded too.
+    if sub.jobs.is_empty() {
+        sub.save(&run_dir)?;
+    }
     Ok(Submitted {
         submission: sub,
         earlier: false,
@@ -562,10 +567,7 @@ fn submit_job(
     command: &str,
 ) -> Result<Job> {
     let name = stage.name();
-    let stem = match role {
-        Role::Commit => format!("{name}-commit"),
-        _ => name.to_string(),
-    };
+    let stem = stem(name, role);
     let script = run_dir.join(SLURM_DIR).join(format!("{stem}.sbatch"));
     let log = logs_dir(run_dir).join(if role == Role::Parts {
         format!("{stem}-%A_%a.out")
@@ -700,20 +702,17 @@ pub fn summary(sub: &Submission, states: &[Vec<TaskState>]) -> String {
 pub fn follow(run_dir: &Path, sub: &Submission, ui: &Ui) -> Result<()> {
     let ticker = ui.ticker("Slurm");
     let mut interval = Duration::from_secs(1);
-    let mut last = String::new();
     let states = loop {
         let states = states(run_dir, sub)?;
-        let line = summary(sub, &states);
-        ticker.set(&line);
+        let changed = ticker.set(&summary(sub, &states));
         if !states.iter().flatten().any(TaskState::is_alive) {
             break states;
         }
-        if line == last {
-            interval = (interval * 3 / 2).min(Duration::from_secs(15));
+        interval = if changed {
+            Duration::from_secs(1)
         } else {
-            interval = Duration::from_secs(1);
-        }
-        last = line;
+            (interval * 3 / 2).min(Duration::from_secs(15))
+        };
         std::thread::sleep(interval);
     };
     ticker.finish();

@@ -126,7 +126,7 @@ impl Ui {
             ui: self.clone(),
             verb: verb.to_string(),
             bar,
-            last: std::sync::Mutex::new(String::new()),
+            last: std::cell::RefCell::new(String::new()),
         }
     }
 }
@@ -137,29 +137,22 @@ pub struct Ticker {
     ui: Ui,
     verb: String,
     bar: Option<ProgressBar>,
-    last: std::sync::Mutex<String>,
+    last: std::cell::RefCell<String>,
 }
 
 impl Ticker {
-    /// The new state; nothing happens when it is the last one.
-    pub fn set(&self, state: &str) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+    /// The new state; nothing happens when it is the last one. Says whether it changed.
+    pub fn set(&self, state: &str) -> bool {
+        let mut last = self.last.borrow_mut();
         if *last == state {
-            return;
+            return false;
         }
         *last = state.to_string();
         match &self.bar {
             Some(bar) => bar.set_message(state.to_string()),
             None => self.ui.status(&self.verb, state),
         }
-    }
-
-    /// A status line that stays, printed above the ticker.
-    pub fn line(&self, verb: &str, message: impl std::fmt::Display) {
-        match &self.bar {
-            Some(bar) => bar.suspend(|| self.ui.status(verb, message)),
-            None => self.ui.status(verb, message),
-        }
+        true
     }
 
     /// Done: clear the line.

@@ -385,7 +385,11 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             };
             let outcomes = run_stages(&p.run_dir, &p.stages(), &opts, ui)?;
             if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
-                print_summary(&p.run_dir, &outcomes)?;
+                let rows: Vec<_> = outcomes
+                    .iter()
+                    .map(|o| (o.stage.as_str(), o.ran_because.is_some(), &o.record))
+                    .collect();
+                print_summary(&p.run_dir, &rows)?;
             }
             Ok(exit_of(&outcomes))
         }
@@ -581,44 +585,31 @@ fn run_on_slurm(
     slurm::follow(&run_dir, sub, ui)?;
     if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
         let manifest = Manifest::load(&run_dir)?;
-        let outcomes: Vec<StageOutcome> = p
+        let rows: Vec<(&str, bool, &crate::engine::StageRecord)> = p
             .stages()
             .iter()
             .filter_map(|s| {
-                let record = manifest.stages.get(s.name())?.clone();
+                let record = manifest.stages.get(s.name())?;
                 let ran = sub.jobs.iter().any(|j| j.stage == s.name());
-                Some(StageOutcome {
-                    stage: s.name().to_string(),
-                    ran_because: ran.then_some(crate::engine::StaleReason::FirstRun),
-                    record,
-                    notes: vec![],
-                    skipped: 0,
-                })
+                Some((s.name(), ran, record))
             })
             .collect();
-        print_summary(&run_dir, &outcomes)?;
+        print_summary(&run_dir, &rows)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_summary(run_dir: &Path, outcomes: &[StageOutcome]) -> Result<()> {
+/// `run directory: …`, a line per stage (whether it ran, its outputs), and the last summary a
+/// stage has to say.
+fn print_summary(run_dir: &Path, rows: &[(&str, bool, &crate::engine::StageRecord)]) -> Result<()> {
     outln!("run directory: {}", run_dir.display());
-    for o in outcomes {
-        let state = if o.ran_because.is_some() {
-            "ran"
-        } else {
-            "fresh"
-        };
-        outln!(
-            "  {:<9} {:<6} {}",
-            o.stage,
-            state,
-            describe(&o.stage, &o.record)
-        );
+    for (stage, ran, record) in rows {
+        let state = if *ran { "ran" } else { "fresh" };
+        outln!("  {stage:<9} {state:<6} {}", describe(stage, record));
     }
     // The last stage that has something to say.
-    for o in outcomes.iter().rev() {
-        if let Some(entry) = stages::find(&o.stage) {
+    for (stage, _, _) in rows.iter().rev() {
+        if let Some(entry) = stages::find(stage) {
             if let Some(text) = entry.summary(run_dir)? {
                 outln!("{text}");
                 break;

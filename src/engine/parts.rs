@@ -274,17 +274,7 @@ impl Engine<'_> {
                 ),
             ));
         }
-        let mut missing = Vec::new();
-        for index in 0..count {
-            let part = Part { index, count };
-            let done = match records.iter().find(|(_, r)| r.part == part) {
-                Some((_, r)) => r.intact(&stage_dir)?,
-                None => false,
-            };
-            if !done {
-                missing.push(part);
-            }
-        }
+        let missing = not_done(&records, &stage_dir, &fingerprint, count)?;
         if let Some(first) = missing.first() {
             let list: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
             return Err(Error::stage(
@@ -322,21 +312,35 @@ impl Engine<'_> {
         if self.stale_reason(stage, &detail, &manifest)?.is_none() {
             return Ok(vec![]);
         }
-        let fingerprint = detail.hash();
         let stage_dir = self.run_dir.join(name);
-        let records = PartRecord::all(&stage_dir)?;
-        let mut out = Vec::new();
-        for part in all {
-            let done = match records.iter().find(|(_, r)| r.part == part) {
-                Some((_, r)) => r.fingerprint == fingerprint && r.intact(&stage_dir)?,
-                None => false,
-            };
-            if !done {
-                out.push(part);
-            }
-        }
-        Ok(out)
+        not_done(
+            &PartRecord::all(&stage_dir)?,
+            &stage_dir,
+            &detail.hash(),
+            count,
+        )
     }
+}
+
+/// The parts of `count` that have no intact record of `fingerprint` among `records`.
+fn not_done(
+    records: &[(PathBuf, PartRecord)],
+    stage_dir: &Path,
+    fingerprint: &str,
+    count: usize,
+) -> Result<Vec<Part>> {
+    let mut out = Vec::new();
+    for index in 0..count {
+        let part = Part { index, count };
+        let done = match records.iter().find(|(_, r)| r.part == part) {
+            Some((_, r)) => r.fingerprint == fingerprint && r.intact(stage_dir)?,
+            None => false,
+        };
+        if !done {
+            out.push(part);
+        }
+    }
+    Ok(out)
 }
 
 /// The stage called `name` among `stages`, and where.

@@ -238,9 +238,39 @@ struct FailedInput {
     message: String,
 }
 
-/// Embed `files` in checkpointed chunks of `config.chunk_images` under `dir/chunks`; the chunks
-/// are kept until the caller has written its outputs and calls [`Chunks::finish`].
-pub fn embed_images_chunked(
+/// What [`embed_images`] did.
+pub enum ImageRun {
+    /// Every image embedded; the chunks are kept until the caller has written its outputs and
+    /// calls [`Chunks::finish`].
+    Whole(ImageEmbeddings, Chunks),
+    /// A part's chunks committed: their files, relative to the stage's folder, and how many
+    /// were committed already.
+    Part(Vec<String>, usize),
+}
+
+/// Embed a stage's `files` in checkpointed chunks of `config.chunk_images` under `dir/chunks`:
+/// all of them, or with `part` only that part's range of the chunks (the commit, run whole,
+/// then finds them all committed).
+#[allow(clippy::too_many_arguments)]
+pub fn embed_images(
+    model: &mut ClipModel,
+    files: &[PathBuf],
+    config: &ModelRunConfig,
+    dir: &Path,
+    fingerprint: &str,
+    ui: &Ui,
+    part: Option<Part>,
+) -> Result<ImageRun> {
+    match part {
+        Some(part) => embed_image_part(model, files, config, dir, fingerprint, ui, part)
+            .map(|(files, resumed)| ImageRun::Part(files, resumed)),
+        None => embed_images_chunked(model, files, config, dir, fingerprint, ui)
+            .map(|(images, chunks)| ImageRun::Whole(images, chunks)),
+    }
+}
+
+/// [`embed_images`] of every image.
+fn embed_images_chunked(
     model: &mut ClipModel,
     files: &[PathBuf],
     config: &ModelRunConfig,
@@ -326,10 +356,10 @@ fn commit_chunk(
     Ok((chunk, false))
 }
 
-/// Part `part` of [`embed_images_chunked`]: commit its range of the chunks (those already
-/// committed are kept) and nothing else. Returns the chunk files, relative to `dir`, and how many
-/// chunks were resumed.
-pub fn embed_image_part(
+/// [`embed_images`] of part `part`: commit its range of the chunks (those already committed are
+/// kept) and nothing else. Returns the chunk files, relative to `dir`, and how many chunks were
+/// resumed.
+fn embed_image_part(
     model: &mut ClipModel,
     files: &[PathBuf],
     config: &ModelRunConfig,

@@ -16,8 +16,7 @@ use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;
 use crate::model::runner::{
-    embed_image_part, embed_images_chunked, embed_texts, model_run_config, stage_identity,
-    ModelRunConfig,
+    embed_images, embed_texts, model_run_config, stage_identity, ImageRun, ModelRunConfig,
 };
 use crate::tables;
 
@@ -158,27 +157,22 @@ impl StageDef for Coco {
         let ids: Vec<i64> = images.keys().copied().collect();
         let files: Vec<PathBuf> = images.values().cloned().collect();
         let mut model = self.model.open()?;
-        if let Some(part) = ctx.part {
-            // A part commits its chunks of the images; the commit embeds the captions.
-            let (files, resumed) = embed_image_part(
-                &mut model,
-                &files,
-                &self.model,
-                &ctx.stage_dir,
-                &ctx.fingerprint,
-                ctx.ui,
-                part,
-            )?;
-            return Ok(StageReport::of_part(files, resumed as u64));
-        }
-        let (emb, chunks) = embed_images_chunked(
+        let run = embed_images(
             &mut model,
             &files,
             &self.model,
             &ctx.stage_dir,
             &ctx.fingerprint,
             ctx.ui,
+            ctx.part,
         )?;
+        let (emb, chunks) = match run {
+            // A part commits its chunks; the commit, run whole, finds them and writes the tables.
+            ImageRun::Part(files, resumed) => {
+                return Ok(StageReport::of_part(files, resumed as u64))
+            }
+            ImageRun::Whole(emb, chunks) => (emb, chunks),
+        };
         let kept: Vec<i64> = emb.positions.iter().map(|&p| ids[p]).collect();
         write_store(
             &ctx.output(&tables::PAIR_IMAGES)?,

@@ -12,8 +12,7 @@ use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
 use crate::io::store::write_store;
 use crate::model::runner::{
-    embed_image_part, embed_images_chunked, embed_texts, stage_identity, write_model_json,
-    ModelRunConfig,
+    embed_images, embed_texts, stage_identity, write_model_json, ImageRun, ModelRunConfig,
 };
 use crate::tables;
 use crate::tables::crops::crop_files;
@@ -66,27 +65,22 @@ impl StageDef for Embed {
             }
         }
         let mut model = self.config.open()?;
-        if let Some(part) = ctx.part {
-            // A part commits its chunks; the commit reads every chunk and writes the stores.
-            let (files, resumed) = embed_image_part(
-                &mut model,
-                &inputs,
-                &self.config,
-                &ctx.stage_dir,
-                &ctx.fingerprint,
-                ctx.ui,
-                part,
-            )?;
-            return Ok(StageReport::of_part(files, resumed as u64));
-        }
-        let (images, chunks) = embed_images_chunked(
+        let run = embed_images(
             &mut model,
             &inputs,
             &self.config,
             &ctx.stage_dir,
             &ctx.fingerprint,
             ctx.ui,
+            ctx.part,
         )?;
+        let (images, chunks) = match run {
+            // A part commits its chunks; the commit, run whole, finds them and writes the tables.
+            ImageRun::Part(files, resumed) => {
+                return Ok(StageReport::of_part(files, resumed as u64))
+            }
+            ImageRun::Whole(images, chunks) => (images, chunks),
+        };
         if let Some((i, f)) = images.failed.first() {
             return Err(Error::data(
                 &inputs[*i],

@@ -47,7 +47,7 @@ impl StageDef for Oracle {
 
         use arrow::array::{Float32Array, Int64Array, RecordBatch};
 
-        use crate::model::runner::{embed_image_part, embed_images_chunked, embed_texts};
+        use crate::model::runner::{embed_images, embed_texts, ImageRun};
         use crate::tables::crops::crop_files;
         use crate::tables::regions::captions;
 
@@ -64,27 +64,22 @@ impl StageDef for Oracle {
             .map(|&i| files[&region_id[i]].clone())
             .collect();
         let mut model = self.config.open()?;
-        if let Some(part) = ctx.part {
-            // A part commits its chunks; the commit reads every chunk and writes the tables.
-            let (files, resumed) = embed_image_part(
-                &mut model,
-                &inputs,
-                &self.config,
-                &ctx.stage_dir,
-                &ctx.fingerprint,
-                ctx.ui,
-                part,
-            )?;
-            return Ok(StageReport::of_part(files, resumed as u64));
-        }
-        let (images, chunks) = embed_images_chunked(
+        let run = embed_images(
             &mut model,
             &inputs,
             &self.config,
             &ctx.stage_dir,
             &ctx.fingerprint,
             ctx.ui,
+            ctx.part,
         )?;
+        let (images, chunks) = match run {
+            // A part commits its chunks; the commit, run whole, finds them and writes the tables.
+            ImageRun::Part(files, resumed) => {
+                return Ok(StageReport::of_part(files, resumed as u64))
+            }
+            ImageRun::Whole(images, chunks) => (images, chunks),
+        };
         let all_captions = captions(&ctx.input(&tables::TRIPLETS)?)?;
         let caption_ids: Vec<i64> = all_captions.keys().copied().collect();
         let texts: Vec<&str> = all_captions.values().map(String::as_str).collect();
