@@ -31,6 +31,16 @@ fn simat_on(conf: &Path) -> Command {
     cmd
 }
 
+/// `simat status RUN`'s stdout; it asks the cluster at `conf` about the run's jobs.
+fn status_on(conf: &Path, run: &Path) -> String {
+    let out = expect(
+        simat_on(conf).args(["status", s(run)]).output().unwrap(),
+        0,
+        "simat status",
+    );
+    stdout(&out)
+}
+
 /// `simat [--wait] run P --executor slurm --shards 3`.
 fn on_slurm(conf: &Path, p: &Path, wait: bool) -> Output {
     let mut cmd = simat_on(conf);
@@ -164,7 +174,7 @@ fn the_demo_on_slurm_in_three_shards_equals_the_local_run() {
         assert!(script.contains(line), "{line} not in\n{script}");
     }
     assert_same_tables_as_the_local_demo(&run);
-    let status = stdout(&run_ok(&["status", s(&run)], 0));
+    let status = status_on(&conf, &run);
     assert!(
         status.contains("slurm  embed (job") && status.contains("3 done (0, 1, 2)"),
         "{status}"
@@ -217,7 +227,7 @@ fn a_cancelled_embed_task_is_all_that_a_rerun_recomputes() {
             .all(|(_, st)| st == "CANCELLED")
     });
     drop(lock);
-    let status = stdout(&run_ok(&["status", s(&run)], 0));
+    let status = status_on(&conf, &run);
     assert!(
         status.contains("2 done (0, 2)") && status.contains("1 failed (1)"),
         "{status}"
