@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// The demo pipeline with its run directory in `dir` and its model at `model`, embedding in
-/// chunks of 128 crops, so that each of three parts has some (the chunk size changes no table).
+/// chunks of 128 crops and answering blocks of 4,000 queries, so that each of three parts has
+/// some (neither size changes a table).
 fn demo_pipeline(dir: &Path, model: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("pipelines/demo.toml")).unwrap();
@@ -19,7 +20,8 @@ fn demo_pipeline(dir: &Path, model: &Path) -> PathBuf {
         .replace(
             "model = \"../data/tiny-clip-world\"",
             &format!("model = \"{}\"\nchunk_images = 128", model.display()),
-        );
+        )
+        .replace("[retrieve]\n", "[retrieve]\nquery_block = 4000\n");
     let p = dir.join("demo.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -162,6 +164,7 @@ fn the_demo_on_slurm_in_three_shards_equals_the_local_run() {
     let text = stdout(&out);
     assert!(text.contains("\tembed parts 0,1,2 of 3"), "{text}");
     assert!(text.contains("\tembed commit"), "{text}");
+    assert!(text.contains("\tretrieve parts 0,1,2 of 3"), "{text}");
     assert!(text.contains("\tsynth\n"), "{text}");
     assert!(stderr(&out).contains("tasks done"), "{}", stderr(&out));
     let script = std::fs::read_to_string(run.join(".slurm/embed.sbatch")).unwrap();
@@ -246,10 +249,12 @@ fn a_cancelled_embed_task_is_all_that_a_rerun_recomputes() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|j| j["role"] == "parts")
+        .filter(|j| j["role"] == "parts" && j["stage"] == "embed")
         .flat_map(|j| j["tasks"].as_array().unwrap())
         .collect();
     assert_eq!(tasks, [&serde_json::json!(1)]);
+    // Downstream of the part that ran again, retrieve runs in its three parts.
+    assert!(text.contains("\tretrieve parts 0,1,2 of 3\n"), "{text}");
     assert_same_tables_as_the_local_demo(&run);
 }
 

@@ -16,6 +16,7 @@ mod model;
 mod official;
 mod query;
 mod report;
+mod retrieve;
 mod schemas;
 mod simat;
 mod slurm;

@@ -55,17 +55,28 @@ fn writer_properties(schema: &Schema) -> WriterProperties {
     builder.build()
 }
 
+/// Rows handed to the column writers at a time. Parquet's column writers cut pages at points
+/// counted from the start of each write, so a table written from batches as they come would have
+/// bytes that depend on the batches' sizes; fed in slices of a fixed size at fixed offsets, a
+/// table's bytes depend on its rows alone. That is what lets a stage written in blocks (retrieve
+/// in parts, chunks assembled after a resume) give the bytes of a run in one go. A divisor of
+/// [`ROW_GROUP_ROWS`], so that no slice straddles a row group.
+pub const WRITE_ROWS: usize = 64 * 1024;
+
 /// A Parquet table being written under a temporary name; [`TableWriter::finish`] renames it in.
 ///
 /// The bytes are those `ArrowWriter` writes with the same properties (row groups of
-/// [`ROW_GROUP_ROWS`], each batch's columns handed to their column writers in order), but each
-/// batch's columns are encoded in parallel, one rayon task per leaf column.
+/// [`ROW_GROUP_ROWS`]) when it is given the rows in slices of [`WRITE_ROWS`], whatever the
+/// batches they come in; each slice's columns are encoded in parallel, one rayon task per leaf
+/// column.
 pub struct TableWriter {
     file: SerializedFileWriter<AtomicFile>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
     /// The row group being encoded, and its rows so far.
     columns: Option<(Vec<ArrowColumnWriter>, usize)>,
+    /// Rows not yet encoded (fewer than [`WRITE_ROWS`]), and how many.
+    pending: (Vec<RecordBatch>, usize),
     path: PathBuf,
     rows: u64,
 }
@@ -94,6 +105,7 @@ impl TableWriter {
             factory,
             schema,
             columns: None,
+            pending: (Vec::new(), 0),
             path: path.to_path_buf(),
             rows: 0,
         })
@@ -103,36 +115,61 @@ impl TableWriter {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let mut at = 0;
         while at < batch.num_rows() {
-            let (writers, buffered) = match &mut self.columns {
-                Some(c) => c,
-                slot => {
-                    let index = self.file.flushed_row_groups().len();
-                    let writers = self
-                        .factory
-                        .create_column_writers(index)
-                        .map_err(|e| Error::columnar(&self.path, e))?;
-                    slot.insert((writers, 0))
-                }
-            };
-            let take = (ROW_GROUP_ROWS - *buffered).min(batch.num_rows() - at);
-            let part = batch.slice(at, take);
-            let mut leaves = Vec::with_capacity(writers.len());
-            for (field, column) in self.schema.fields().iter().zip(part.columns()) {
-                leaves.extend(
-                    compute_leaves(field, column).map_err(|e| Error::columnar(&self.path, e))?,
-                );
+            let left = batch.num_rows() - at;
+            if self.pending.1 == 0 && left >= WRITE_ROWS {
+                self.encode(&batch.slice(at, WRITE_ROWS))?;
+                at += WRITE_ROWS;
+                continue;
             }
-            writers
-                .par_iter_mut()
-                .zip(leaves.par_iter())
-                .try_for_each(|(w, leaf)| w.write(leaf))
-                .map_err(|e| Error::columnar(&self.path, e))?;
-            *buffered += take;
+            let take = (WRITE_ROWS - self.pending.1).min(left);
+            self.pending.0.push(batch.slice(at, take));
+            self.pending.1 += take;
             at += take;
-            self.rows += take as u64;
-            if *buffered == ROW_GROUP_ROWS {
-                self.flush_row_group()?;
+            if self.pending.1 == WRITE_ROWS {
+                self.encode_pending()?;
             }
+        }
+        Ok(())
+    }
+
+    fn encode_pending(&mut self) -> Result<()> {
+        let (batches, rows) = std::mem::take(&mut self.pending);
+        if rows == 0 {
+            return Ok(());
+        }
+        let slice = arrow::compute::concat_batches(&self.schema, &batches)
+            .map_err(|e| Error::columnar(&self.path, e))?;
+        self.encode(&slice)
+    }
+
+    /// Hand `slice` (at most [`WRITE_ROWS`] rows, at a multiple of it) to the column writers.
+    fn encode(&mut self, slice: &RecordBatch) -> Result<()> {
+        let (writers, buffered) = match &mut self.columns {
+            Some(c) => c,
+            slot => {
+                let index = self.file.flushed_row_groups().len();
+                let writers = self
+                    .factory
+                    .create_column_writers(index)
+                    .map_err(|e| Error::columnar(&self.path, e))?;
+                slot.insert((writers, 0))
+            }
+        };
+        debug_assert!(*buffered + slice.num_rows() <= ROW_GROUP_ROWS);
+        let mut leaves = Vec::with_capacity(writers.len());
+        for (field, column) in self.schema.fields().iter().zip(slice.columns()) {
+            leaves
+                .extend(compute_leaves(field, column).map_err(|e| Error::columnar(&self.path, e))?);
+        }
+        writers
+            .par_iter_mut()
+            .zip(leaves.par_iter())
+            .try_for_each(|(w, leaf)| w.write(leaf))
+            .map_err(|e| Error::columnar(&self.path, e))?;
+        *buffered += slice.num_rows();
+        self.rows += slice.num_rows() as u64;
+        if *buffered == ROW_GROUP_ROWS {
+            self.flush_row_group()?;
         }
         Ok(())
     }
@@ -165,6 +202,7 @@ impl TableWriter {
     /// Write the footer but leave the file under its temporary name, so that several tables can
     /// be committed together once all of them are complete. Returns the file and the row count.
     pub fn close(mut self) -> Result<(AtomicFile, u64)> {
+        self.encode_pending()?;
         self.flush_row_group()?;
         let file = self
             .file
@@ -218,6 +256,43 @@ pub fn read_table_in(
         .with_batch_size(batch_rows)
         .build()
         .map_err(|e| e.with_path(path))
+}
+
+/// Rows `rows` of a Parquet table, as one batch: a block of a table read without decoding the
+/// rows before it.
+pub fn read_rows(path: &Path, rows: std::ops::Range<usize>) -> Result<RecordBatch> {
+    let file = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.with_path(path))?;
+    let schema = builder.schema().clone();
+    let reader = builder
+        .with_offset(rows.start)
+        .with_limit(rows.len())
+        .with_batch_size(rows.len().max(1))
+        .build()
+        .map_err(|e| e.with_path(path))?;
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| e.with_path(path))?;
+    let batch = arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.with_path(path))?;
+    if batch.num_rows() != rows.len() {
+        return Err(Error::columnar(
+            path,
+            format!(
+                "rows {}..{} asked for, {} read (the table has fewer rows)",
+                rows.start,
+                rows.end,
+                batch.num_rows()
+            ),
+        ));
+    }
+    Ok(batch)
+}
+
+/// The row count of a Parquet table, from its footer.
+pub fn table_rows(path: &Path) -> Result<usize> {
+    let file = File::open(path).map_err(|e| Error::io("failed to open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.with_path(path))?;
+    Ok(builder.metadata().file_metadata().num_rows() as usize)
 }
 
 /// Read a whole Parquet table into one batch (small tables only).
@@ -436,7 +511,8 @@ mod tests {
     use arrow::array::{ListBuilder, StringBuilder};
 
     /// Batches of uneven sizes that straddle row groups, with nulls and a list column: the
-    /// parallel writer's bytes equal `ArrowWriter`'s.
+    /// parallel writer's bytes equal `ArrowWriter`'s given the rows in slices of `WRITE_ROWS`,
+    /// and the same rows in other batches give the same bytes.
     #[test]
     fn the_parallel_writer_writes_arrow_writers_bytes() {
         let schema = Arc::new(Schema::new(vec![
@@ -483,21 +559,33 @@ mod tests {
             70_000,
         ];
         let dir = tempfile::tempdir().unwrap();
-        let ours = dir.path().join("ours.parquet");
-        let mut w = TableWriter::create(&ours, schema.clone()).unwrap();
+        let write_in = |name: &str, sizes: &[usize]| {
+            let path = dir.path().join(name);
+            let mut w = TableWriter::create(&path, schema.clone()).unwrap();
+            let mut from = 0;
+            for &n in sizes {
+                w.write(&batch(from, n)).unwrap();
+                from += n;
+            }
+            assert_eq!(w.finish().unwrap(), from as u64);
+            (path, from)
+        };
+        let (ours, from) = write_in("ours.parquet", &sizes);
         let mut reference =
             ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties(&schema)))
                 .unwrap();
-        let mut from = 0;
-        for n in sizes {
-            let b = batch(from, n);
-            w.write(&b).unwrap();
-            reference.write(&b).unwrap();
-            from += n;
+        for at in (0..from).step_by(WRITE_ROWS) {
+            reference
+                .write(&batch(at, WRITE_ROWS.min(from - at)))
+                .unwrap();
         }
-        assert_eq!(w.finish().unwrap(), from as u64);
         let reference = reference.into_inner().unwrap();
         let written = std::fs::read(&ours).unwrap();
+        let (other, _) = write_in("other.parquet", &[from - 1000, 999, 1]);
+        assert!(
+            std::fs::read(other).unwrap() == written,
+            "other batches of the same rows give other bytes"
+        );
         let groups = ParquetRecordBatchReaderBuilder::try_new(File::open(&ours).unwrap())
             .unwrap()
             .metadata()

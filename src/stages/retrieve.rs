@@ -15,6 +15,12 @@
 //! rows follow the queries table (per query: head set, λ, rank), so the table does not depend on
 //! the blocks, and `score` reads it beside the queries in the same order.
 //!
+//! Each answered block is committed as a chunk (`chunks/<k>.parquet`), so a killed run resumes
+//! at the first block not answered, and the stage runs in parts (`--shard i/n`): part `i`
+//! answers its range of the blocks, and the commit writes the table from them. The table's
+//! bytes depend on its rows alone ([`crate::io::WRITE_ROWS`]), so they are those of a run in one
+//! go, whatever the block size and the number of parts.
+//!
 //! Heads trained on raw outputs (the release's) give a different space when applied to vectors
 //! that are already unit-norm: such embeddings with heads are refused unless
 //! `allow_normalised` says the heads were trained on normalised vectors.
@@ -31,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::StageDef;
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result};
+use crate::io::chunks::Chunks;
 use crate::io::store::EmbeddingStore;
 use crate::linalg::{first_non_finite, normalised, normalize_rows, Hit, Matrix, MatrixView, Sweep};
 use crate::model::heads::{self, Heads};
@@ -115,6 +122,7 @@ pub struct Retrieve {
 impl StageDef for Retrieve {
     const NAME: &'static str = "retrieve";
     const VERSION: u32 = 2;
+    const SHARDABLE: bool = true;
     const ABOUT: &'static str =
         "Answer every transformation query for each λ: RUN/retrieve/retrievals.parquet";
     const PROVIDES: &'static [&'static TableDecl] =
@@ -229,10 +237,27 @@ impl StageDef for Retrieve {
             .and_then(|p| embeddings_origin(&p));
         let (raw_images, raw_words) = (images.view(), words.view());
         let index: HashMap<&str, usize> = (0..words.rows).map(|i| (word_col.value(i), i)).collect();
+
+        let n_queries = crate::io::table_rows(&qpath)?;
+        let n_chunks = n_queries.div_ceil(c.query_block);
+        // The block is not in the fingerprint (it changes no row), but it is what a chunk holds:
+        // chunks of another block size are not resumed.
+        let chunks = Chunks::open(
+            &ctx.stage_dir,
+            &format!("{} query_block {}", ctx.fingerprint, c.query_block),
+            n_chunks,
+            &[],
+        )?;
+        // A part answers its range of the blocks; the commit finds them all answered.
+        let range = match ctx.part {
+            Some(part) => part.chunks(n_chunks),
+            None => 0..n_chunks,
+        };
+        let todo = range.clone().any(|k| !chunks.file(k, "parquet").is_file());
         // Per head set, its space and the sweep over it (the database packed and the vocabulary
-        // scored once, for every block).
+        // scored once, for every block); not built when every block is answered already.
         let mut spaces: Vec<(&str, Matrix, Matrix)> = Vec::with_capacity(head_sets.len());
-        for (label, heads) in &head_sets {
+        for (label, heads) in head_sets.iter().filter(|_| todo) {
             let (db, word_m) = embedding_space(
                 raw_images,
                 &ipath,
@@ -258,62 +283,60 @@ impl StageDef for Retrieve {
             seconds = started.elapsed().as_secs_f64(),
             "retrieve: inputs read"
         );
-        let lambdas: Vec<f32> = c.lambdas.iter().map(|&l| l as f32).collect();
-        let mut out =
-            crate::io::TableWriter::create(&ctx.output(&tables::RETRIEVALS)?, retrievals_schema())?;
-        let mut n_queries = 0usize;
-        for block in Queries::blocks(&qpath, c.query_block)? {
-            let (_, queries) = block?;
-            let lookup = |w: &str, qi: usize| -> Result<usize> {
-                index.get(w).copied().ok_or_else(|| {
-                    Error::data(
-                        &qpath,
-                        format!(
-                            "query {}: word `{w}` has no embedding in word_embeddings.arrow (add it to the words file)",
-                            queries.query_id[qi]
-                        ),
-                    )
-                })
+        let blocks = Blocks {
+            qpath: &qpath,
+            index: &index,
+            database: raw_images.rows,
+            sweeps: &sweeps,
+            lambdas: &c.lambdas,
+            k: c.k,
+        };
+        let mut out = match ctx.part {
+            None => Some(crate::io::TableWriter::create(
+                &ctx.output(&tables::RETRIEVALS)?,
+                retrievals_schema(),
+            )?),
+            Some(_) => None,
+        };
+        let first_row = |k: usize| (k * c.query_block).min(n_queries);
+        let bar = ctx.ui.progress(
+            (first_row(range.end) - first_row(range.start)) as u64,
+            "queries",
+            "retrieving",
+        );
+        let (mut resumed, mut files) = (0u64, Vec::new());
+        for k in range {
+            let rows = first_row(k)..first_row(k + 1);
+            let path = chunks.file(k, "parquet");
+            let batch = if path.is_file() {
+                resumed += 1;
+                // A part has nothing to do with a block answered already.
+                out.as_ref()
+                    .map(|_| crate::io::read_all(&path))
+                    .transpose()?
+            } else {
+                let batch = blocks.answer(Queries::read_rows(&qpath, rows.clone())?)?;
+                crate::io::write_table(&path, &batch)?;
+                Some(batch)
             };
-            let mut value = Vec::with_capacity(queries.len());
-            let mut target = Vec::with_capacity(queries.len());
-            let mut rows = Vec::with_capacity(queries.len());
-            for i in 0..queries.len() {
-                value.push(lookup(&queries.value[i], i)?);
-                target.push(lookup(&queries.target[i], i)?);
-                let d = queries.dataset_id[i];
-                if d < 0 || d as usize >= raw_images.rows {
-                    return Err(Error::data(
-                        &qpath,
-                        format!(
-                            "query {}: dataset_id {d} is outside the {} image embeddings",
-                            queries.query_id[i], raw_images.rows
-                        ),
-                    ));
-                }
-                rows.push(d as usize);
+            if let (Some(w), Some(b)) = (out.as_mut(), batch) {
+                w.write(&b)?;
             }
-            // Per head set, hits[λ][query].
-            let swept: Vec<(&str, Vec<Vec<Vec<Hit>>>)> = sweeps
-                .iter()
-                .map(|(label, sweep)| {
-                    let hits =
-                        sweep.search(&rows, &value, &target, &lambdas, c.k, &queries.dataset_id);
-                    (*label, hits)
-                })
-                .collect();
-            let cols = retrieval_columns(&swept, &c.lambdas, &queries.query_id);
-            let batch = RecordBatch::try_new(retrievals_schema(), cols)
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            out.write(&batch)?;
-            n_queries += queries.len();
+            let rel = path.strip_prefix(&ctx.stage_dir).unwrap_or(&path);
+            files.push(rel.to_string_lossy().into_owned());
+            bar.inc(rows.len() as u64);
             tracing::debug!(
                 seconds = started.elapsed().as_secs_f64(),
-                queries = n_queries,
+                queries = rows.end,
                 "retrieve: block written"
             );
         }
+        bar.finish_and_clear();
+        let Some(out) = out else {
+            return Ok(StageReport::of_part(files, resumed));
+        };
         let written = out.finish()?;
+        chunks.finish();
         let provenance = self.provenance(ctx, query_set, &qpath, n_queries, &head_sets)?;
         crate::io::atomic::write_atomic(
             ctx.output(&tables::RETRIEVAL_PROVENANCE)?,
@@ -326,7 +349,73 @@ impl StageDef for Retrieve {
         report.count("database", raw_images.rows as u64);
         report.count("lambdas", c.lambdas.len() as u64);
         report.count("head_sets", head_sets.len() as u64);
+        report.count("chunks_resumed", resumed);
         Ok(report)
+    }
+}
+
+/// What answering a block of queries takes: the words' rows, the database's size and each head
+/// set's sweep.
+struct Blocks<'a> {
+    qpath: &'a Path,
+    index: &'a HashMap<&'a str, usize>,
+    database: usize,
+    sweeps: &'a [(&'a str, Sweep<'a>)],
+    lambdas: &'a [f64],
+    k: usize,
+}
+
+impl Blocks<'_> {
+    /// The retrievals of `queries`: per query, head set, λ and rank, in the queries' order.
+    fn answer(&self, queries: Queries) -> Result<RecordBatch> {
+        let lookup = |w: &str, qi: usize| -> Result<usize> {
+            self.index.get(w).copied().ok_or_else(|| {
+                Error::data(
+                    self.qpath,
+                    format!(
+                        "query {}: word `{w}` has no embedding in word_embeddings.arrow (add it to the words file)",
+                        queries.query_id[qi]
+                    ),
+                )
+            })
+        };
+        let mut value = Vec::with_capacity(queries.len());
+        let mut target = Vec::with_capacity(queries.len());
+        let mut rows = Vec::with_capacity(queries.len());
+        for i in 0..queries.len() {
+            value.push(lookup(&queries.value[i], i)?);
+            target.push(lookup(&queries.target[i], i)?);
+            let d = queries.dataset_id[i];
+            if d < 0 || d as usize >= self.database {
+                return Err(Error::data(
+                    self.qpath,
+                    format!(
+                        "query {}: dataset_id {d} is outside the {} image embeddings",
+                        queries.query_id[i], self.database
+                    ),
+                ));
+            }
+            rows.push(d as usize);
+        }
+        let lambdas: Vec<f32> = self.lambdas.iter().map(|&l| l as f32).collect();
+        // Per head set, hits[λ][query].
+        let swept: Vec<(&str, Vec<Vec<Vec<Hit>>>)> = self
+            .sweeps
+            .iter()
+            .map(|(label, sweep)| {
+                let hits = sweep.search(
+                    &rows,
+                    &value,
+                    &target,
+                    &lambdas,
+                    self.k,
+                    &queries.dataset_id,
+                );
+                (*label, hits)
+            })
+            .collect();
+        let cols = retrieval_columns(&swept, self.lambdas, &queries.query_id);
+        RecordBatch::try_new(retrievals_schema(), cols).map_err(|e| Error::Internal(e.to_string()))
     }
 }
 

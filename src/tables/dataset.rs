@@ -358,6 +358,12 @@ impl Queries {
         Self::from_batch(&crate::io::read_all(path)?, path, 0)
     }
 
+    /// Queries `rows` of `queries.parquet` (row numbers of the table).
+    pub fn read_rows(path: &Path, rows: std::ops::Range<usize>) -> Result<Queries> {
+        let first = rows.start;
+        Self::from_batch(&crate::io::read_rows(path, rows)?, path, first)
+    }
+
     /// Read `queries.parquet` in blocks of about `rows` queries, in table order: what a stage
     /// holds at once when a run has millions of queries.
     pub fn blocks(path: &Path, rows: usize) -> Result<QueryBlocks> {
