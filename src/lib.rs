@@ -35,12 +35,15 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bootstrap;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod io;
 pub mod linalg;
+pub mod metrics;
 pub mod model;
 pub mod oracle;
 pub mod pipeline;

@@ -4,6 +4,7 @@ mod util;
 
 mod adapt;
 mod browser;
+mod compare;
 
 mod crops;
 mod embed;
@@ -18,6 +19,7 @@ mod query;
 mod report;
 mod retrieve;
 mod schemas;
+mod score;
 mod simat;
 mod slurm;
 mod triplets;

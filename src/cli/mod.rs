@@ -3,6 +3,7 @@
 //! `encode`, `stand-ins`, `runtime`, `query`, `export`). It parses, dispatches and reports; the work is in the
 //! library.
 
+pub mod compare;
 pub mod knn;
 pub mod query;
 
@@ -109,6 +110,36 @@ enum Tool {
         /// The output: .npy or .parquet.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Is a difference real? Two runs' SIMAT scores (or two results.parquet), query by query:
+    /// per head set, λ and split, A − B with its paired bootstrap interval and the two-sided
+    /// p-value of a paired sign-flip permutation test. The runs must score the same queries.
+    Compare {
+        /// Run A (or its score/results.parquet).
+        a: PathBuf,
+        /// Run B.
+        b: PathBuf,
+        /// Only this head set (default: each that both runs have).
+        #[arg(long)]
+        heads: Option<String>,
+        /// Only this λ.
+        #[arg(long = "lam", visible_alias = "lambda")]
+        lambda: Option<f64>,
+        /// Bootstrap resamples of the interval (stratified by split).
+        #[arg(long, default_value_t = 1000)]
+        bootstrap: usize,
+        /// Permutations of the test.
+        #[arg(long, default_value_t = 10_000)]
+        permutations: usize,
+        /// The seed of the resamples and permutations (SplitMix64, as score's).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The interval's confidence.
+        #[arg(long, default_value_t = 0.95)]
+        confidence: f64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = compare::Format::Table)]
+        format: compare::Format,
     },
     /// Exact inner-product k-NN between two matrices (.npy, Arrow IPC or Parquet).
     Knn {
@@ -407,6 +438,30 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             max_rows,
         } => query::query(&args, tables, format, out.as_deref(), max_rows, ui),
         Tool::Export { store, out } => query::export(&store, &out, ui),
+        Tool::Compare {
+            a,
+            b,
+            heads,
+            lambda,
+            bootstrap,
+            permutations,
+            seed,
+            confidence,
+            format,
+        } => compare::compare(
+            &a,
+            &b,
+            &crate::compare::CompareOptions {
+                heads,
+                lambda,
+                bootstrap,
+                permutations,
+                seed,
+                confidence,
+            },
+            format,
+            ui,
+        ),
         Tool::Knn {
             db,
             queries,

@@ -18,6 +18,10 @@
 //! metadata of `scores.parquet` record what the number is of: the query set, the embeddings'
 //! model, the heads, the oracle, the threshold and simat's version.
 //!
+//! `metrics.parquet` holds the ranked metrics of [`crate::metrics`] (SIMAT@k, Recall@k, MRR@k,
+//! mAP@k) for each k of `at`, averaged with the same weights; SIMAT@1 is the SIMAT score, summed
+//! in the same order, so the same bits.
+//!
 //! The queries are read a block at a time (`query_block`) beside the retrievals, whose rows
 //! follow them (per query: head set, λ, rank, as `retrieve` writes them; a row out of that order
 //! is refused, naming it), so that the stage holds the dataset, the oracle and one block. Each
@@ -35,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Checks, StageDef};
 use crate::engine::{Need, StageContext, StageReport, TableDecl};
 use crate::error::{Error, Result, WithPath};
+use crate::metrics::{Metric, Ranked};
 use crate::oracle;
 use crate::tables;
 use crate::tables::dataset::{Dataset, Queries, QuerySet, Slot, QUERY_BLOCK};
@@ -62,7 +67,24 @@ pub struct ScoreConfig {
     /// dataset and the oracle); the scores do not depend on it.
     #[arg(long, default_value_t = QUERY_BLOCK)]
     pub query_block: usize,
+    /// The k of the ranked metrics (metrics.parquet: SIMAT@k, Recall@k, MRR@k, mAP@k), each at
+    /// most retrieve's k. Default: 1 and 5, those that retrieve's k allows.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub at: Vec<usize>,
+    /// Bootstrap resamples of the queries (within each split) for each score's interval
+    /// (`ci_low`, `ci_high`); 0 for none.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// The seed of the resamples (SplitMix64; see the README for how a draw is made).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The intervals' confidence.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
 }
+
+/// The k of the ranked metrics when `at` is not given (those up to retrieve's k).
+pub const DEFAULT_AT: &[usize] = &[1, 5];
 
 impl Default for ScoreConfig {
     fn default() -> Self {
@@ -79,7 +101,7 @@ pub struct Score {
 
 impl StageDef for Score {
     const NAME: &'static str = "score";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const ABOUT: &'static str =
         "The SIMAT score of the retrievals: RUN/score/scores.parquet and scores.json";
     const PROVIDES: &'static [&'static TableDecl] = &[
@@ -87,6 +109,7 @@ impl StageDef for Score {
         &tables::SCORES_JSON,
         &tables::RESULTS,
         &tables::BREAKDOWN,
+        &tables::METRICS,
     ];
     type Config = ScoreConfig;
     fn resolve_paths(c: &mut ScoreConfig, base: &Path) {
@@ -105,6 +128,18 @@ impl StageDef for Score {
         }
         if config.query_block == 0 {
             checks.bad("query_block", "must be at least 1");
+        }
+        if !(config.confidence > 0.0 && config.confidence < 1.0) {
+            checks.bad("confidence", "must be between 0 and 1, as 0.95");
+        }
+        if config.at.contains(&0) {
+            checks.bad("at", "each k must be at least 1");
+        }
+        let mut at = config.at.clone();
+        at.sort_unstable();
+        at.dedup();
+        if at.len() != config.at.len() {
+            checks.bad("at", "a k is given twice");
         }
         checks.check("oracle", oracle::check(&config.oracle));
         checks.finish(Score { config })
@@ -177,6 +212,8 @@ impl StageDef for Score {
             ));
         }
         let mut retrievals = Rank0Cursor::open(&rpath)?;
+        let mut lists = RankedLists::open(&rpath)?;
+        let at = ranked_at(&c.at, &retrieve_provenance)?;
         let (judge, oracle_provenance) = match oracle::oracle_file(&self.config.oracle) {
             None if self.config.oracle == oracle::MODEL => (
                 oracle::Judge::Model(oracle::ModelOracle::open(
@@ -235,6 +272,8 @@ impl StageDef for Score {
         // Per (head set, λ), (weight of successes, weight, queries) per cell, split-major; each
         // cell sums its queries in query order, block after block.
         let mut sums: Vec<Vec<(f64, f64, u64)>> = Vec::new();
+        let mut ranked = RankedSums::new(&dataset, &at, splits.len() * fields.len());
+        let mut per_query = PerQuery::default();
         let mut n_queries = 0usize;
         while let Some((first_row, queries)) = first_block
             .take()
@@ -296,6 +335,17 @@ impl StageDef for Score {
                 }
                 judged.push(j);
             }
+            per_query.add(&queries, &cells, &judged, n_queries);
+            let block_lists = lists.block(&queries, keys.len(), dataset.len())?;
+            ranked.add(
+                &block_lists,
+                &top1,
+                &queries,
+                &cells,
+                &judge,
+                c.threshold,
+                &lists.path,
+            )?;
             // Rows follow the queries: per query, each head set and λ.
             let mut results = Results::with_capacity(keys.len() * queries.len());
             for i in 0..queries.len() {
@@ -318,8 +368,10 @@ impl StageDef for Score {
         }
         retrievals.finish()?;
         let keys = retrievals.keys().to_vec();
+        let n_cells = splits.len() * fields.len();
+        let intervals = per_query.intervals(keys.len(), n_cells, c);
         let mut rows = Vec::new();
-        for ((heads, lambda), sums) in keys.iter().zip(&sums) {
+        for (l, ((heads, lambda), sums)) in keys.iter().zip(&sums).enumerate() {
             for (cell, &(num, den, n)) in sums.iter().enumerate() {
                 let score = if den > 0.0 {
                     100.0 * num / den
@@ -333,6 +385,7 @@ impl StageDef for Score {
                     field: fields[cell % fields.len()].into(),
                     score,
                     n_queries: n,
+                    ci: intervals.get(l * n_cells + cell).copied().flatten(),
                 });
             }
         }
@@ -345,6 +398,14 @@ impl StageDef for Score {
             "k": retrieve_provenance["k"],
             "oracle": oracle_provenance,
             "threshold": c.threshold,
+            "bootstrap": (c.bootstrap > 0).then(|| serde_json::json!({
+                "resamples": c.bootstrap,
+                "seed": c.seed,
+                "confidence": c.confidence,
+                "strata": "split",
+                "generator": "splitmix64",
+                "interval": "percentile (numpy's linear)",
+            })),
             "simat_version": crate::ENGINE_VERSION,
         });
 
@@ -385,6 +446,12 @@ impl StageDef for Score {
                 c.threshold,
                 n_rows,
             ))),
+            Arc::new(Float64Array::from_iter(
+                rows.iter().map(|r| r.ci.map(|(lo, _)| lo)),
+            )),
+            Arc::new(Float64Array::from_iter(
+                rows.iter().map(|r| r.ci.map(|(_, hi)| hi)),
+            )),
         ];
         let schema = scores_schema();
         let schema = Arc::new(Schema::new_with_metadata(
@@ -404,6 +471,10 @@ impl StageDef for Score {
         )?;
         let n_results = results_out.finish()?;
         let n_breakdown = crate::io::write_table(&breakdown_path, &groups.to_batch(&splits)?)?;
+        let n_metrics = crate::io::write_table(
+            &ctx.output(&tables::METRICS)?,
+            &ranked.to_batch(&keys, &splits, &fields)?,
+        )?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             "score: tables written"
@@ -413,6 +484,7 @@ impl StageDef for Score {
         report.table(&tables::SCORES_JSON, None);
         report.table(&tables::RESULTS, Some(n_results));
         report.table(&tables::BREAKDOWN, Some(n_breakdown));
+        report.table(&tables::METRICS, Some(n_metrics));
         report.count("queries", n_queries as u64);
         Ok(report)
     }
@@ -695,6 +767,405 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// How the rows of a retrievals table are ordered, for the message when they are not.
+/// What the bootstrap needs of every query, in table order: its weight, its cells (bits as
+/// [`Score`] sets them), its position in its split's stratum, and per key whether it succeeded.
+#[derive(Debug, Default)]
+struct PerQuery {
+    weight: Vec<f64>,
+    cells: Vec<u16>,
+    /// Query positions per split, each in table order; the strata in the order of their names.
+    strata: std::collections::BTreeMap<String, Vec<usize>>,
+    success: Vec<Vec<bool>>,
+}
+
+impl PerQuery {
+    /// A block of queries whose first is query `first` of the table, judged
+    /// `judged[key][query]`.
+    fn add(
+        &mut self,
+        queries: &Queries,
+        cells: &[u16],
+        judged: &[Vec<(Option<f64>, bool)>],
+        first: usize,
+    ) {
+        for i in 0..queries.len() {
+            self.weight.push(queries.weight(i));
+            self.strata
+                .entry(queries.split[i].clone())
+                .or_default()
+                .push(first + i);
+        }
+        self.cells.extend_from_slice(cells);
+        self.success.resize_with(judged.len(), Vec::new);
+        for (s, j) in self.success.iter_mut().zip(judged) {
+            s.extend(j.iter().map(|&(_, ok)| ok));
+        }
+    }
+
+    /// Per key and cell (`key · n_cells + cell`), the score's percentile interval over
+    /// `c.bootstrap` resamples ([`crate::bootstrap`]); none without resamples, or for a cell no
+    /// resample has a query of.
+    fn intervals(&self, n_keys: usize, n_cells: usize, c: &ScoreConfig) -> Vec<Option<(f64, f64)>> {
+        if c.bootstrap == 0 {
+            return vec![None; n_keys * n_cells];
+        }
+        let strata: Vec<Vec<usize>> = self.strata.values().cloned().collect();
+        let values: Vec<Vec<f64>> = (0..c.bootstrap as u64)
+            .into_par_iter()
+            .map_init(Vec::new, |draws, b| {
+                crate::bootstrap::resample(&strata, c.seed, b, draws);
+                // A cell's weight is every key's: summed once; the successes per key.
+                let mut den = vec![0.0f64; n_cells];
+                let mut num = vec![0.0f64; n_keys * n_cells];
+                let add = |sums: &mut [f64], mut bits: u16, w: f64| {
+                    while bits != 0 {
+                        sums[bits.trailing_zeros() as usize] += w;
+                        bits &= bits - 1;
+                    }
+                };
+                for &i in draws.iter() {
+                    let (w, bits) = (self.weight[i], self.cells[i]);
+                    add(&mut den, bits, w);
+                    for (l, success) in self.success.iter().enumerate() {
+                        if success[i] {
+                            add(&mut num[l * n_cells..(l + 1) * n_cells], bits, w);
+                        }
+                    }
+                }
+                num.iter()
+                    .enumerate()
+                    .map(|(at, &num)| {
+                        let den = den[at % n_cells];
+                        if den > 0.0 {
+                            100.0 * num / den
+                        } else {
+                            f64::NAN
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        (0..n_keys * n_cells)
+            .into_par_iter()
+            .map(|at| {
+                let mut v: Vec<f64> = values
+                    .iter()
+                    .map(|r| r[at])
+                    .filter(|x| !x.is_nan())
+                    .collect();
+                (!v.is_empty()).then(|| crate::bootstrap::interval(&mut v, c.confidence))
+            })
+            .collect()
+    }
+}
+
+/// The k of the ranked metrics: `at`, each within retrieve's k (`provenance["k"]`), or the
+/// defaults that are.
+fn ranked_at(at: &[usize], provenance: &serde_json::Value) -> Result<Vec<usize>> {
+    let kept = provenance["k"].as_u64().map(|k| k as usize);
+    if at.is_empty() {
+        return Ok(DEFAULT_AT
+            .iter()
+            .copied()
+            .filter(|&k| kept.is_none_or(|kept| k <= kept))
+            .collect());
+    }
+    if let (Some(kept), Some(&big)) = (kept, at.iter().max()) {
+        if big > kept {
+            return Err(Error::stage(
+                "score",
+                format!("--at {big} needs {big} retrieved images per query; retrieve kept k = {kept} (rerun retrieve with -k {big})"),
+            ));
+        }
+    }
+    Ok(at.to_vec())
+}
+
+/// Every query's retrieved list, as `retrieve` writes them ([`RETRIEVALS_ORDER`]), for the
+/// ranked metrics: the rank-0 rows are checked by [`Rank0Cursor`], the ranks after them here.
+struct RankedLists {
+    path: PathBuf,
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>>>,
+    /// The batch being read (its query ids, ranks and dataset ids), its position, and the table
+    /// row of its first row.
+    batch: Option<(RankedColumns, usize, u64)>,
+    next_row: u64,
+}
+
+type RankedColumns = (
+    arrow::array::Int64Array,
+    arrow::array::Int32Array,
+    arrow::array::Int64Array,
+);
+
+impl RankedLists {
+    fn open(path: &Path) -> Result<Self> {
+        let reader = crate::io::read_table(path, &["query_id", "rank", "dataset_id"])?;
+        let owned = path.to_path_buf();
+        Ok(RankedLists {
+            path: path.to_path_buf(),
+            batches: Box::new(reader.map(move |b| b.map_err(|e| e.with_path(&owned)))),
+            batch: None,
+            next_row: 0,
+        })
+    }
+
+    /// The next row (its table row, query id, rank, dataset id), left in place.
+    fn peek(&mut self) -> Result<Option<(u64, i64, i32, i64)>> {
+        loop {
+            if self.batch.is_none() {
+                match self.batches.next().transpose()? {
+                    None => return Ok(None),
+                    Some(b) => {
+                        let first = self.next_row;
+                        self.next_row += b.num_rows() as u64;
+                        let columns = (
+                            b.column(0).as_primitive::<Int64Type>().clone(),
+                            b.column(1).as_primitive::<Int32Type>().clone(),
+                            b.column(2).as_primitive::<Int64Type>().clone(),
+                        );
+                        self.batch = Some((columns, 0, first));
+                    }
+                }
+            }
+            let ((qid, rank, did), at, first) = self.batch.as_ref().expect("a batch");
+            if *at == qid.len() {
+                self.batch = None;
+                continue;
+            }
+            return Ok(Some((
+                first + *at as u64,
+                qid.value(*at),
+                rank.value(*at),
+                did.value(*at),
+            )));
+        }
+    }
+
+    fn advance(&mut self) {
+        if let Some((_, at, _)) = &mut self.batch {
+            *at += 1;
+        }
+    }
+
+    /// Each key's retrieved dataset rows, best first, for each query of a block:
+    /// `lists[key][query]`.
+    fn block(
+        &mut self,
+        queries: &Queries,
+        n_keys: usize,
+        n_dataset: usize,
+    ) -> Result<Vec<Vec<Vec<usize>>>> {
+        let mut out: Vec<Vec<Vec<usize>>> = vec![Vec::with_capacity(queries.len()); n_keys];
+        for &q in &queries.query_id {
+            let mut own: Vec<Vec<usize>> = Vec::with_capacity(n_keys);
+            while let Some((row, qid, rank, did)) = self.peek()? {
+                if qid != q {
+                    break;
+                }
+                if rank == 0 {
+                    own.push(Vec::new());
+                }
+                let expected = own.last().map_or(0, Vec::len);
+                let Some(list) = own.last_mut().filter(|l| l.len() == rank as usize) else {
+                    return Err(Error::data(
+                        &self.path,
+                        format!("row {row}: rank {rank} of query {q} where rank {expected} was expected: {RETRIEVALS_ORDER}"),
+                    ));
+                };
+                if did < 0 || did as usize >= n_dataset {
+                    return Err(Error::data(
+                        &self.path,
+                        format!(
+                            "row {row}: dataset_id {did} is outside the dataset's {n_dataset} rows"
+                        ),
+                    ));
+                }
+                list.push(did as usize);
+                self.advance();
+            }
+            if own.len() != n_keys {
+                return Err(Error::data(
+                    &self.path,
+                    format!("query {q} has {} ranked lists where {n_keys} (head sets × λ) were expected: {RETRIEVALS_ORDER}", own.len()),
+                ));
+            }
+            for (l, list) in own.into_iter().enumerate() {
+                out[l].push(list);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The sums of the ranked metrics ([`crate::metrics`]): per key, per cell (split-major, as
+/// [`Score`]'s cells), per metric and k, (weighted value, weight, queries), each cell summing its
+/// queries in query order.
+struct RankedSums<'a> {
+    dataset: &'a Dataset,
+    at: &'a [usize],
+    /// Dataset rows per triplet id: a query's relevant images, with its own.
+    per_triplet: HashMap<i64, usize>,
+    n_cells: usize,
+    sums: Vec<Vec<(f64, f64, u64)>>,
+}
+
+impl<'a> RankedSums<'a> {
+    fn new(dataset: &'a Dataset, at: &'a [usize], n_cells: usize) -> Self {
+        let mut per_triplet = HashMap::new();
+        for &t in &dataset.triplet_id {
+            *per_triplet.entry(t).or_insert(0usize) += 1;
+        }
+        RankedSums {
+            dataset,
+            at,
+            per_triplet,
+            n_cells,
+            sums: Vec::new(),
+        }
+    }
+
+    fn per_cell(&self) -> usize {
+        Metric::ALL.len() * self.at.len()
+    }
+
+    /// Add a block's queries: `lists[key][query]` (whose first rows must be `top1`'s), in the
+    /// cells `cells[query]` (bits as [`Score`] sets them).
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        lists: &[Vec<Vec<usize>>],
+        top1: &[Vec<usize>],
+        queries: &Queries,
+        cells: &[u16],
+        judge: &oracle::Judge,
+        threshold: f64,
+        path: &Path,
+    ) -> Result<()> {
+        let per_cell = self.per_cell();
+        let d = self.dataset;
+        self.sums
+            .resize_with(lists.len(), || vec![(0.0, 0.0, 0); self.n_cells * per_cell]);
+        // values[query · per_cell + metric · |at| + k's index], one list's buffers per task.
+        let mut values = vec![0.0f64; queries.len() * per_cell];
+        for (l, lists) in lists.iter().enumerate() {
+            values
+                .par_chunks_mut(per_cell)
+                .enumerate()
+                .try_for_each_init(
+                    || (Vec::new(), Vec::new()),
+                    |(accepted, relevant), (i, out)| -> Result<()> {
+                        let list = &lists[i];
+                        if list.first() != top1[l].get(i) {
+                            return Err(Error::data(
+                                path,
+                                format!("query {}: its first retrieval is not its rank-0 row: {RETRIEVALS_ORDER}", queries.query_id[i]),
+                            ));
+                        }
+                        let target = oracle::Target {
+                            triplet_id: queries.target_triplet_id[i],
+                            caption_id: queries.target_caption_id[i],
+                            query_id: queries.query_id[i],
+                        };
+                        accepted.clear();
+                        relevant.clear();
+                        for &r in list {
+                            let (_, ok) = judge.judge(
+                                r,
+                                d.triplet_id[r],
+                                d.region_id[r],
+                                target,
+                                threshold,
+                            )?;
+                            accepted.push(ok);
+                            relevant.push(d.triplet_id[r] == target.triplet_id);
+                        }
+                        let own =
+                            d.triplet_id[queries.dataset_id[i] as usize] == target.triplet_id;
+                        let n_relevant =
+                            self.per_triplet.get(&target.triplet_id).copied().unwrap_or(0)
+                                - usize::from(own);
+                        let ranked = Ranked {
+                            accepted,
+                            relevant,
+                            n_relevant,
+                        };
+                        let cells = Metric::ALL
+                            .iter()
+                            .flat_map(|&m| self.at.iter().map(move |&k| (m, k)));
+                        for (slot, (m, k)) in out.iter_mut().zip(cells) {
+                            *slot = ranked.value(m, k);
+                        }
+                        Ok(())
+                    },
+                )?;
+            let sums = &mut self.sums[l];
+            for (i, v) in values.chunks(per_cell).enumerate() {
+                let w = queries.weight(i);
+                let mut cell_bits = cells[i];
+                while cell_bits != 0 {
+                    let cell = cell_bits.trailing_zeros() as usize;
+                    cell_bits &= cell_bits - 1;
+                    for (j, &x) in v.iter().enumerate() {
+                        let (num, den, n) = &mut sums[cell * per_cell + j];
+                        *num += w * x;
+                        *den += w;
+                        *n += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `metrics.parquet`: per key, split, field, metric and k, the weighted mean ×100.
+    fn to_batch(
+        &self,
+        keys: &[(String, f64)],
+        splits: &[&str],
+        fields: &[&str],
+    ) -> Result<RecordBatch> {
+        let per_cell = self.per_cell();
+        let mut heads = Vec::new();
+        let mut lam = Vec::new();
+        let mut split = Vec::new();
+        let mut field = Vec::new();
+        let mut metric = Vec::new();
+        let mut k = Vec::new();
+        let mut value = Vec::new();
+        let mut n_queries = Vec::new();
+        for ((h, l), sums) in keys.iter().zip(&self.sums) {
+            for (j, &(num, den, n)) in sums.iter().enumerate() {
+                let (cell, mk) = (j / per_cell, j % per_cell);
+                heads.push(h.as_str());
+                lam.push(*l);
+                split.push(splits[cell / fields.len()]);
+                field.push(fields[cell % fields.len()]);
+                metric.push(Metric::ALL[mk / self.at.len()].as_str());
+                k.push(self.at[mk % self.at.len()] as i32);
+                value.push(if den > 0.0 {
+                    100.0 * num / den
+                } else {
+                    f64::NAN
+                });
+                n_queries.push(n as i64);
+            }
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(heads)),
+            Arc::new(Float64Array::from(lam)),
+            Arc::new(StringArray::from_iter_values(split)),
+            Arc::new(StringArray::from_iter_values(field)),
+            Arc::new(StringArray::from_iter_values(metric)),
+            Arc::new(arrow::array::Int32Array::from(k)),
+            Arc::new(Float64Array::from(value)),
+            Arc::new(Int64Array::from(n_queries)),
+        ];
+        RecordBatch::try_new(tables::retrievals::metrics_schema(), cols)
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
 const RETRIEVALS_ORDER: &str = "the rows of a retrievals table follow its queries table (for each query in order: head set, λ, rank), as retrieve writes them";
 
 /// One rank-0 row of a retrievals table: its row, its (head set, λ) key, query and image.

@@ -292,6 +292,14 @@ table!(
     "one row per query, head set and λ (rows follow the queries table): the retrieved image, the oracle's value, success"
 );
 table!(
+    METRICS,
+    "metrics",
+    "metrics.parquet",
+    Parquet,
+    Some(retrievals::metrics_schema),
+    "the ranked metrics per λ × split × field: SIMAT@k, Recall@k, MRR@k and mAP@k (CIRCO's)"
+);
+table!(
     BREAKDOWN,
     "breakdown",
     "breakdown.parquet",
@@ -369,6 +377,7 @@ pub static ALL_TABLES: &[&TableDecl] = &[
     &SCORES_JSON,
     &RESULTS,
     &BREAKDOWN,
+    &METRICS,
     &REPORT,
     &PAIR_IMAGES,
     &PAIR_CAPTIONS,

@@ -66,6 +66,21 @@ pub fn breakdown_schema() -> SchemaRef {
     ]))
 }
 
+/// Schema of `metrics.parquet`: the ranked metrics ([`crate::metrics`]) per head set, λ,
+/// split and field, each a weighted mean over queries ×100.
+pub fn metrics_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("heads", DataType::Utf8, false),
+        Field::new("lam", DataType::Float64, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("field", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("k", DataType::Int32, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("n_queries", DataType::Int64, false),
+    ]))
+}
+
 /// Schema of `scores.parquet` (its metadata holds the provenance as JSON).
 pub fn scores_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -78,6 +93,8 @@ pub fn scores_schema() -> SchemaRef {
         Field::new("query_set", DataType::Utf8, false),
         Field::new("oracle", DataType::Utf8, false),
         Field::new("threshold", DataType::Float64, false),
+        Field::new("ci_low", DataType::Float64, true),
+        Field::new("ci_high", DataType::Float64, true),
     ]))
 }
 
@@ -96,6 +113,9 @@ pub struct ScoreRow {
     pub score: f64,
     /// Queries counted.
     pub n_queries: u64,
+    /// The bootstrap interval of the score (see the provenance's `bootstrap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<(f64, f64)>,
 }
 
 /// `scores.json`: the scores and what they are of.
