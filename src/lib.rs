@@ -42,6 +42,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod io;
+pub mod leaderboard;
 pub mod linalg;
 pub mod metrics;
 pub mod model;

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("metrics", 3),
     ("bootstrap", 1),
     ("compare", 3),
+    ("leaderboard", 3),
     ("engine", 4),
     ("stages", 5),
     ("pipeline", 6),

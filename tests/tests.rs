@@ -13,6 +13,7 @@ mod fuzz_regressions;
 mod ingest;
 mod knn;
 mod layers;
+mod leaderboard;
 mod model;
 mod official;
 mod query;

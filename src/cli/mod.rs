@@ -5,6 +5,7 @@
 
 pub mod compare;
 pub mod knn;
+pub mod leaderboard;
 pub mod query;
 
 /// `println!` that returns the write's error instead of panicking: a reader that closed the pipe
@@ -140,6 +141,23 @@ enum Tool {
         /// Output format.
         #[arg(long, value_enum, default_value_t = compare::Format::Table)]
         format: compare::Format,
+    },
+    /// One row per run × head set: λ chosen by a named protocol, test SIMAT@1 with its
+    /// bootstrap interval, SIMAT@5 and the score per field; best first.
+    Leaderboard {
+        /// Run directories (each scored).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// How λ is chosen: best-dev (the best λ on dev, reported on test), lambda1, or
+        /// best-test (optimistic, named so).
+        #[arg(long, value_enum, default_value_t = crate::leaderboard::Protocol::BestDev)]
+        protocol: crate::leaderboard::Protocol,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = leaderboard::Format::Table)]
+        format: leaderboard::Format,
+        /// Also write one CLIP_benchmark-style JSON file per row into this folder.
+        #[arg(long, value_name = "DIR")]
+        clip_benchmark: Option<PathBuf>,
     },
     /// Exact inner-product k-NN between two matrices (.npy, Arrow IPC or Parquet).
     Knn {
@@ -462,6 +480,12 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             format,
             ui,
         ),
+        Tool::Leaderboard {
+            runs,
+            protocol,
+            format,
+            clip_benchmark,
+        } => leaderboard::leaderboard(&runs, protocol, format, clip_benchmark.as_deref(), ui),
         Tool::Knn {
             db,
             queries,
