@@ -9,11 +9,12 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+use arrow::array::AsArray;
+use arrow::datatypes::{Float64Type, Int32Type};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::tables::retrievals::{ScoreRow, ScoresFile};
 
 /// How a row's λ is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -72,51 +73,6 @@ pub struct Entry {
     pub test_queries: i64,
 }
 
-/// A score row of `scores.parquet`.
-#[derive(Debug, Clone)]
-struct Cell {
-    heads: String,
-    lam: f64,
-    split: String,
-    field: String,
-    score: f64,
-    ci: Option<(f64, f64)>,
-    n: i64,
-}
-
-fn read_scores(path: &Path) -> Result<Vec<Cell>> {
-    let b = crate::io::read_all(path)?;
-    let s = |n: &str| crate::io::str_column(&b, n, path).cloned();
-    let (heads, split, field) = (s("heads")?, s("split")?, s("field")?);
-    let f = |n: &str| -> Result<arrow::array::Float64Array> {
-        Ok(crate::io::column(&b, n, path)?
-            .as_primitive::<Float64Type>()
-            .clone())
-    };
-    let (lam, score) = (f("lam")?, f("score")?);
-    // Scores written before intervals existed have no such columns.
-    let (lo, hi) = (f("ci_low").ok(), f("ci_high").ok());
-    let n = crate::io::column(&b, "n_queries", path)?
-        .as_primitive::<Int64Type>()
-        .clone();
-    Ok((0..b.num_rows())
-        .map(|i| Cell {
-            heads: heads.value(i).to_string(),
-            lam: lam.value(i),
-            split: split.value(i).to_string(),
-            field: field.value(i).to_string(),
-            score: score.value(i),
-            ci: match (&lo, &hi) {
-                (Some(l), Some(h)) if l.is_valid(i) && h.is_valid(i) => {
-                    Some((l.value(i), h.value(i)))
-                }
-                _ => None,
-            },
-            n: n.value(i),
-        })
-        .collect())
-}
-
 /// Test SIMAT@5 per (heads, λ) from `metrics.parquet`.
 fn read_at5(path: &Path) -> Result<Vec<(String, f64, f64)>> {
     if !path.is_file() {
@@ -150,106 +106,124 @@ pub fn leaderboard(runs: &[(PathBuf, String)], protocol: Protocol) -> Result<Vec
     let mut out = Vec::new();
     for (dir, label) in runs {
         let score_dir = dir.join("score");
-        let scores_path = score_dir.join("scores.parquet");
+        let scores_path = score_dir.join("scores.json");
         if !scores_path.is_file() {
             return Err(Error::data(
                 &scores_path,
                 "no such file: the run's score stage has not run",
             ));
         }
-        let cells = read_scores(&scores_path)?;
+        let file = ScoresFile::read(&scores_path)?;
         let at5 = read_at5(&score_dir.join("metrics.parquet"))?;
-        let model = crate::tables::retrievals::ScoresFile::read(&score_dir.join("scores.json"))
-            .ok()
-            .and_then(|f| {
-                // A model folder's name, or the file the embeddings were imported from.
-                let e = &f.provenance["embeddings"];
-                e["model"]["name"]
-                    .as_str()
-                    .or(e["images"]["file"].as_str())
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| "?".into());
-        let mut heads: Vec<&str> = Vec::new();
-        for c in &cells {
-            if !heads.contains(&c.heads.as_str()) {
-                heads.push(&c.heads);
-            }
-        }
-        for h in heads {
-            let get = |lam: f64, split: &str, field: &str| {
-                cells
-                    .iter()
-                    .find(|c| c.heads == h && c.lam == lam && c.split == split && c.field == field)
-            };
-            let mut lams: Vec<f64> = cells
-                .iter()
-                .filter(|c| c.heads == h)
-                .map(|c| c.lam)
-                .collect();
-            lams.sort_by(f64::total_cmp);
-            lams.dedup();
-            // The smallest λ of the best score on `split`.
-            let best_on = |split: &str| -> Result<f64> {
-                let mut best: Option<(f64, f64)> = None;
-                for &l in &lams {
-                    if let Some(c) = get(l, split, "all").filter(|c| c.score.is_finite()) {
-                        if best.is_none_or(|(_, s)| c.score > s) {
-                            best = Some((l, c.score));
-                        }
-                    }
-                }
-                best.map(|(l, _)| l).ok_or_else(|| {
-                    Error::data(
-                        &scores_path,
-                        format!("no {split} scores for heads {h}: protocol {} needs them (score with --split all)", protocol.as_str()),
-                    )
-                })
-            };
-            let lam = match protocol {
-                Protocol::BestDev => best_on("dev")?,
-                Protocol::BestTest => best_on("test")?,
-                Protocol::Lambda1 => {
-                    if !lams.contains(&1.0) {
-                        return Err(Error::data(
-                            &scores_path,
-                            format!("no λ = 1 for heads {h}: protocol lambda1 needs it (retrieve with --lambdas including 1)"),
-                        ));
-                    }
-                    1.0
-                }
-            };
-            let test = get(lam, "test", "all").ok_or_else(|| {
-                Error::data(
-                    &scores_path,
-                    format!(
-                        "no test score at λ = {lam} for heads {h} (score with --split all or test)"
-                    ),
-                )
-            })?;
-            let field = |f: &str| get(lam, "test", f).map(|c| c.score);
-            out.push(Entry {
-                run: label.clone(),
-                model: model.clone(),
-                heads: h.to_string(),
-                protocol: protocol.as_str(),
-                lam,
-                dev: get(lam, "dev", "all").map(|c| c.score),
-                test: test.score,
-                test_ci_low: test.ci.map(|c| c.0),
-                test_ci_high: test.ci.map(|c| c.1),
-                test_at5: at5
-                    .iter()
-                    .find(|(hh, l, _)| hh == h && *l == lam)
-                    .map(|x| x.2),
-                test_subj: field("subj"),
-                test_rel: field("rel"),
-                test_obj: field("obj"),
-                test_queries: test.n,
-            });
-        }
+        out.extend(entries(label, &file, &at5, protocol, &scores_path)?);
     }
     out.sort_by(|a, b| b.test.total_cmp(&a.test));
+    Ok(out)
+}
+
+/// The embeddings' model of a run's scores: its folder's name, or the file imported.
+pub fn model_of(file: &ScoresFile) -> String {
+    let e = &file.provenance["embeddings"];
+    e["model"]["name"]
+        .as_str()
+        .or(e["images"]["file"].as_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// One run's rows, a row per head set, from its scores (`source`, for messages) and its test
+/// SIMAT@5 per (head set, λ).
+pub fn entries(
+    label: &str,
+    file: &ScoresFile,
+    at5: &[(String, f64, f64)],
+    protocol: Protocol,
+    source: &Path,
+) -> Result<Vec<Entry>> {
+    let cells = &file.scores;
+    let model = model_of(file);
+    let mut heads: Vec<&str> = Vec::new();
+    for c in cells {
+        if !heads.contains(&c.heads.as_str()) {
+            heads.push(&c.heads);
+        }
+    }
+    let mut out = Vec::new();
+    for h in heads {
+        let get = |lam: f64, split: &str, field: &str| -> Option<&ScoreRow> {
+            cells
+                .iter()
+                .find(|c| c.heads == h && c.lambda == lam && c.split == split && c.field == field)
+        };
+        let mut lams: Vec<f64> = cells
+            .iter()
+            .filter(|c| c.heads == h)
+            .map(|c| c.lambda)
+            .collect();
+        lams.sort_by(f64::total_cmp);
+        lams.dedup();
+        // The smallest λ of the best score on `split`.
+        let best_on = |split: &str| -> Result<f64> {
+            let mut best: Option<(f64, f64)> = None;
+            for &l in &lams {
+                if let Some(c) = get(l, split, "all").filter(|c| c.score.is_finite()) {
+                    if best.is_none_or(|(_, s)| c.score > s) {
+                        best = Some((l, c.score));
+                    }
+                }
+            }
+            best.map(|(l, _)| l).ok_or_else(|| {
+                Error::data(
+                    source,
+                    format!(
+                        "no {split} scores for heads {h}: protocol {} needs them (score with --split all)",
+                        protocol.as_str()
+                    ),
+                )
+            })
+        };
+        let lam = match protocol {
+            Protocol::BestDev => best_on("dev")?,
+            Protocol::BestTest => best_on("test")?,
+            Protocol::Lambda1 => {
+                if !lams.contains(&1.0) {
+                    return Err(Error::data(
+                        source,
+                        format!("no λ = 1 for heads {h}: protocol lambda1 needs it (retrieve with --lambdas including 1)"),
+                    ));
+                }
+                1.0
+            }
+        };
+        let test = get(lam, "test", "all").ok_or_else(|| {
+            Error::data(
+                source,
+                format!(
+                    "no test score at λ = {lam} for heads {h} (score with --split all or test)"
+                ),
+            )
+        })?;
+        let field = |f: &str| get(lam, "test", f).map(|c| c.score);
+        out.push(Entry {
+            run: label.to_string(),
+            model: model.clone(),
+            heads: h.to_string(),
+            protocol: protocol.as_str(),
+            lam,
+            dev: get(lam, "dev", "all").map(|c| c.score),
+            test: test.score,
+            test_ci_low: test.ci.map(|c| c.0),
+            test_ci_high: test.ci.map(|c| c.1),
+            test_at5: at5
+                .iter()
+                .find(|(hh, l, _)| hh == h && *l == lam)
+                .map(|x| x.2),
+            test_subj: field("subj"),
+            test_rel: field("rel"),
+            test_obj: field("obj"),
+            test_queries: test.n_queries as i64,
+        });
+    }
     Ok(out)
 }
 

@@ -171,6 +171,32 @@ fn the_report_is_reproducible_and_compares_runs() {
     // One legend entry per run, and the other run's λ on the axes.
     assert_eq!(html.matches("<span class=\"swatch\"").count(), 2);
     assert!(html.contains("other: λ = 1.5"));
+    // The leaderboard section holds `simat leaderboard`'s rows, λ chosen on dev.
+    let board: Vec<serde_json::Value> = serde_json::from_slice(
+        &run_ok(&["leaderboard", s(&run), s(&other), "--format", "json"], 0).stdout,
+    )
+    .unwrap();
+    let section = html
+        .split("<section id=\"leaderboard\">")
+        .nth(1)
+        .unwrap()
+        .split("</section>")
+        .next()
+        .unwrap();
+    assert_eq!(board.len(), 2);
+    assert_eq!(section.matches("<tr><td>").count(), 2, "{section}");
+    for row in &board {
+        let cells = format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td data-v=\"{}\">",
+            row["run"].as_str().unwrap(),
+            row["model"].as_str().unwrap(),
+            row["heads"].as_str().unwrap(),
+            row["lam"].as_f64().unwrap()
+        );
+        assert!(section.contains(&cells), "{cells} not in {section}");
+        let test = format!("{:.2}</td>", row["test"].as_f64().unwrap());
+        assert!(section.contains(&test), "{test} not in {section}");
+    }
     assert!(html.as_bytes() != first.as_slice());
 
     // A compared run without scores is named before anything runs.

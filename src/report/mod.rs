@@ -175,6 +175,7 @@ impl Report {
         self.provenance(&mut h);
         self.plots(&mut h);
         self.headline(&mut h);
+        self.leaderboard(&mut h);
         self.extremes(&mut h);
         self.breakdowns(&mut h);
         self.contact_sheets(&mut h);
@@ -300,7 +301,7 @@ impl Report {
     }
 
     fn headline(&self, h: &mut String) {
-        h.push_str("<section id=\"scores\"><h2>Scores</h2><table class=\"sortable\"><thead><tr><th>run</th><th>heads</th><th>λ</th><th>split</th><th>subj</th><th>rel</th><th>obj</th><th>all</th><th>queries</th></tr></thead><tbody>");
+        h.push_str("<section id=\"scores\"><h2>Scores</h2><table class=\"sortable\"><thead><tr><th>run</th><th>heads</th><th>λ</th><th>split</th><th>subj</th><th>rel</th><th>obj</th><th>all</th><th>interval (all)</th><th>queries</th></tr></thead><tbody>");
         for run in &self.runs {
             let mut keys: Vec<(&str, f64, &str)> = Vec::new();
             for r in &run.file.scores {
@@ -329,9 +330,69 @@ impl Report {
                         _ => h.push_str("<td data-v=\"-1\">–</td>"),
                     }
                 }
+                match get("all").and_then(|r| r.ci) {
+                    Some((lo, hi)) => {
+                        let _ = write!(h, "<td data-v=\"{lo}\">[{lo:.2}, {hi:.2}]</td>");
+                    }
+                    None => h.push_str("<td data-v=\"-1\">–</td>"),
+                }
                 let n = get("all").map_or(0, |r| r.n_queries);
                 let _ = write!(h, "<td data-v=\"{n}\">{n}</td></tr>");
             }
+        }
+        h.push_str("</tbody></table></section>\n");
+    }
+
+    /// One row per run × head set, λ chosen on dev and reported on test, with the test
+    /// score's interval: `simat leaderboard`'s rows (protocol best-dev).
+    fn leaderboard(&self, h: &mut String) {
+        let mut rows = Vec::new();
+        let mut without = Vec::new();
+        for run in &self.runs {
+            match crate::leaderboard::entries(
+                &run.label,
+                &run.file,
+                &[],
+                crate::leaderboard::Protocol::BestDev,
+                std::path::Path::new("scores.json"),
+            ) {
+                Ok(e) => rows.extend(e),
+                Err(_) => without.push(run.label.as_str()),
+            }
+        }
+        rows.sort_by(|a, b| b.test.total_cmp(&a.test));
+        h.push_str("<section id=\"leaderboard\"><h2>Leaderboard</h2><p>λ chosen on dev (the best dev score), reported on test, with the test score's bootstrap interval; best first. <code>simat leaderboard</code> gives the same rows.</p>");
+        if !without.is_empty() {
+            let _ = write!(
+                h,
+                "<p>Not ranked (no dev and test scores at one λ): {}.</p>",
+                esc(&without.join(", "))
+            );
+        }
+        h.push_str("<table class=\"sortable\"><thead><tr><th>run</th><th>model</th><th>heads</th><th>λ</th><th>dev</th><th>test</th><th>interval</th><th>subj</th><th>rel</th><th>obj</th><th>queries</th></tr></thead><tbody>");
+        let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+        for e in &rows {
+            let interval = match (e.test_ci_low, e.test_ci_high) {
+                (Some(lo), Some(hi)) => format!("[{lo:.2}, {hi:.2}]"),
+                _ => "–".into(),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td data-v=\"{}\">{}</td><td>{}</td><td data-v=\"{}\">{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&e.run),
+                esc(&e.model),
+                esc(&e.heads),
+                e.lam,
+                fmt_lam(e.lam),
+                opt(e.dev),
+                e.test,
+                e.test,
+                interval,
+                opt(e.test_subj),
+                opt(e.test_rel),
+                opt(e.test_obj),
+                e.test_queries
+            );
         }
         h.push_str("</tbody></table></section>\n");
     }
