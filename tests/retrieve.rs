@@ -1,6 +1,6 @@
 //! `simat retrieve` in blocks and in parts, on the README's demo run: the retrievals of a run
 //! in parts, of any block size, and of a run resumed from answered blocks are the bytes of the
-//! run in one go.
+//! run in one go; the text-only baseline equals a numpy reference.
 
 use std::path::Path;
 
@@ -119,4 +119,123 @@ fn a_retrieve_resumes_from_the_blocks_it_answered_and_blocks_change_no_byte() {
     go(retrieve(&run, &["--query-block", "2000"]), 0);
     same_as_the_demo(&run, &demo);
     assert_eq!(entry(&run)["counters"]["chunks_resumed"], 0);
+}
+
+#[test]
+fn the_text_only_baseline_equals_a_numpy_reference_at_every_lambda() {
+    let demo = demo_run();
+    let dir = tempdir();
+    let run = dir.path().join("text");
+    copy_dir(&demo, &run);
+    go(retrieve(&run, &["--text-baseline"]), 0);
+    run_ok(&["score", s(&run), "--oracle", "labels"], 0);
+    let export = |store: &str, name: &str| {
+        let out = dir.path().join(name);
+        run_ok(
+            &[
+                "export",
+                s(&run.join("embed").join(store)),
+                "--out",
+                s(&out),
+            ],
+            0,
+        );
+        out
+    };
+    let (img, cap) = (
+        export("image_embeddings.arrow", "img.npy"),
+        export("caption_embeddings.arrow", "cap.npy"),
+    );
+    let queries = dir.path().join("queries.csv");
+    std::fs::write(
+        &queries,
+        run_ok(
+            &[
+                "query",
+                s(&run),
+                "SELECT query_id, dataset_id, target_triplet_id FROM queries",
+                "--format",
+                "csv",
+            ],
+            0,
+        )
+        .stdout,
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/text_only.py");
+    let keys = |p: &Path| p.with_extension("keys.csv");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args([
+            s(&img),
+            s(&keys(&img)),
+            s(&cap),
+            s(&keys(&cap)),
+            s(&queries),
+        ])
+        .output()
+        .expect("python3 is needed by the reference tests");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = reference["first"].as_object().unwrap();
+    assert!(
+        reference["skipped"].as_array().unwrap().len() * 100 < first.len(),
+        "too many near-ties: {}",
+        reference["skipped"]
+    );
+    // simat's first text-only retrieval of every query, at each λ.
+    let rows = run_ok(
+        &[
+            "query",
+            s(&run),
+            "SELECT query_id, lam, dataset_id FROM retrievals WHERE heads = 'text-only' AND rank = 0",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&rows.stdout).unwrap();
+    assert_eq!(rows.len(), 10_228 * 6);
+    let mut checked = 0;
+    for r in &rows {
+        if let Some(want) = first.get(&r["query_id"].to_string()) {
+            assert_eq!(&r["dataset_id"], want, "{r}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, first.len() * 6);
+    // Scored like any head set: one score at every λ, and the image's own head set unchanged.
+    let scores = run_ok(
+        &[
+            "query",
+            s(&run),
+            "SELECT heads, lam, score FROM scores WHERE split = 'all' AND field = 'all'",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let scores: Vec<serde_json::Value> = serde_json::from_slice(&scores.stdout).unwrap();
+    let text: Vec<f64> = scores
+        .iter()
+        .filter(|r| r["heads"] == "text-only")
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(text.len(), 6);
+    assert!(text.iter().all(|&v| v == text[0]));
+    let demo_scores = simat::tables::retrievals::ScoresFile::read(&demo.join("score/scores.json"))
+        .unwrap()
+        .scores;
+    let ours = simat::tables::retrievals::ScoresFile::read(&run.join("score/scores.json"))
+        .unwrap()
+        .scores;
+    let none: Vec<f64> = ours
+        .iter()
+        .filter(|r| r.heads == "none")
+        .map(|r| r.score)
+        .collect();
+    assert_eq!(
+        none,
+        demo_scores.iter().map(|r| r.score).collect::<Vec<_>>()
+    );
 }

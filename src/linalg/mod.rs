@@ -391,6 +391,11 @@ impl std::fmt::Debug for Sweep<'_> {
 }
 
 impl<'a> Sweep<'a> {
+    /// The database it searches.
+    pub fn database(&self) -> MatrixView<'a> {
+        self.db
+    }
+
     /// Pack the database (when small enough) and score every word against it.
     pub fn new(db: MatrixView<'a>, words: MatrixView) -> Self {
         assert_eq!(

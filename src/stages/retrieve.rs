@@ -78,7 +78,24 @@ pub struct RetrieveConfig {
     /// embeddings); the retrievals do not depend on it.
     #[arg(long, default_value_t = QUERY_BLOCK)]
     pub query_block: usize,
+    /// Also answer each query from text alone: the target triplet's caption (embed's caption
+    /// embeddings) against the images, the query's own excluded; a head set `text-only` (or
+    /// `text-only:HEADS`) whose rows repeat at every λ. How much of the task the image carries.
+    #[arg(long)]
+    pub text_baseline: bool,
 }
+
+/// The head-set label of the text-only baseline of head set `label`.
+pub fn text_only_label(label: &str) -> String {
+    if label == NO_HEADS {
+        TEXT_ONLY.to_string()
+    } else {
+        format!("{TEXT_ONLY}:{label}")
+    }
+}
+
+/// The label of the text-only baseline without heads.
+pub const TEXT_ONLY: &str = "text-only";
 
 /// A string or a list of strings (`heads = "x"` or `heads = ["none", "x"]`).
 fn one_or_many<'de, D: serde::Deserializer<'de>>(
@@ -182,6 +199,12 @@ impl StageDef for Retrieve {
             Need::of(&tables::WORD_EMBEDDINGS),
             Need::optional(&tables::EMBEDDING_MODEL),
         ];
+        if self.config.text_baseline {
+            v.push(
+                Need::of(&tables::CAPTION_EMBEDDINGS)
+                    .choose("an [embed] section (text_baseline needs caption embeddings)"),
+            );
+        }
         if self.config.heads.iter().any(|h| h == ADAPT_HEADS) {
             v.push(Need::of(&tables::HEADS).choose("an [adapt] section (heads = \"adapt\")"));
         }
@@ -279,6 +302,16 @@ impl StageDef for Retrieve {
             .iter()
             .map(|(label, db, word_m)| (*label, Sweep::new(db.view(), word_m.view())))
             .collect();
+        // The text-only baseline: per head set, its captions in the words' space.
+        let text_labels: Vec<String> = head_sets.iter().map(|(l, _)| text_only_label(l)).collect();
+        let captions = match (c.text_baseline, todo) {
+            (true, true) => Some(CaptionSpace::open(
+                &ctx.input(&tables::CAPTION_EMBEDDINGS)?,
+                &head_sets,
+                &text_labels,
+            )?),
+            _ => None,
+        };
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             "retrieve: inputs read"
@@ -290,6 +323,7 @@ impl StageDef for Retrieve {
             sweeps: &sweeps,
             lambdas: &c.lambdas,
             k: c.k,
+            captions: captions.as_ref(),
         };
         let mut out = match ctx.part {
             None => Some(crate::io::TableWriter::create(
@@ -337,7 +371,11 @@ impl StageDef for Retrieve {
         };
         let written = out.finish()?;
         chunks.finish();
-        let provenance = self.provenance(ctx, query_set, &qpath, n_queries, &head_sets)?;
+        let mut set_names: Vec<String> = head_sets.iter().map(|(l, _)| l.clone()).collect();
+        if c.text_baseline {
+            set_names.extend(text_labels.iter().cloned());
+        }
+        let provenance = self.provenance(ctx, query_set, &qpath, n_queries, &set_names)?;
         crate::io::atomic::write_atomic(
             ctx.output(&tables::RETRIEVAL_PROVENANCE)?,
             (serde_json::to_string_pretty(&provenance).expect("json") + "\n").as_bytes(),
@@ -363,6 +401,43 @@ struct Blocks<'a> {
     sweeps: &'a [(&'a str, Sweep<'a>)],
     lambdas: &'a [f64],
     k: usize,
+    captions: Option<&'a CaptionSpace>,
+}
+
+/// The captions of the text-only baseline: per head set (in order), its label and the captions
+/// in its space, with the row of each triplet id.
+struct CaptionSpace {
+    path: PathBuf,
+    row: HashMap<i64, usize>,
+    spaces: Vec<(String, Matrix)>,
+}
+
+impl CaptionSpace {
+    fn open(path: &Path, head_sets: &[(String, Option<Heads>)], labels: &[String]) -> Result<Self> {
+        let store = EmbeddingStore::open(path)?;
+        let ids = crate::io::i64_column(&store.batch, "triplet_id", path)?;
+        let row = (0..store.rows).map(|i| (ids.value(i), i)).collect();
+        if let Some(r) = first_non_finite(store.view()) {
+            return Err(Error::data(path, format!("row {r} holds NaN or infinity")));
+        }
+        let mut spaces = Vec::with_capacity(head_sets.len());
+        for ((_, heads), label) in head_sets.iter().zip(labels) {
+            let m = match heads {
+                None => normalised(store.view()),
+                Some(h) => {
+                    let mut m = h.texts(store.view(), path)?;
+                    normalize_rows(&mut m);
+                    m
+                }
+            };
+            spaces.push((label.clone(), m));
+        }
+        Ok(CaptionSpace {
+            path: path.to_path_buf(),
+            row,
+            spaces,
+        })
+    }
 }
 
 impl Blocks<'_> {
@@ -414,6 +489,34 @@ impl Blocks<'_> {
                 (*label, hits)
             })
             .collect();
+        let mut swept = swept;
+        if let Some(cap) = self.captions {
+            let rows: Vec<usize> = (0..queries.len())
+                .map(|i| {
+                    let t = queries.target_triplet_id[i];
+                    cap.row.get(&t).copied().ok_or_else(|| {
+                        Error::data(
+                            &cap.path,
+                            format!(
+                                "query {}: target triplet {t} has no caption embedding",
+                                queries.query_id[i]
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            for ((label, captions), (_, sweep)) in cap.spaces.iter().zip(self.sweeps) {
+                let q = captions.gather(&rows);
+                let hits = crate::linalg::knn(
+                    sweep.database(),
+                    q.view(),
+                    self.k,
+                    Some(&queries.dataset_id),
+                );
+                // The same hits at every λ: the baseline does not depend on it.
+                swept.push((label.as_str(), vec![hits; self.lambdas.len()]));
+            }
+        }
         let cols = retrieval_columns(&swept, self.lambdas, &queries.query_id);
         RecordBatch::try_new(retrievals_schema(), cols).map_err(|e| Error::Internal(e.to_string()))
     }
@@ -481,7 +584,7 @@ impl Retrieve {
         query_set: QuerySet,
         qpath: &Path,
         n_queries: usize,
-        head_sets: &[(String, Option<Heads>)],
+        head_sets: &[String],
     ) -> Result<serde_json::Value> {
         let c = &self.config;
         let embeddings: serde_json::Value = match ctx.maybe(&tables::EMBEDDING_MODEL) {
@@ -493,7 +596,7 @@ impl Retrieve {
         };
         let heads: Vec<serde_json::Value> = head_sets
             .iter()
-            .map(|(label, _)| serde_json::json!({"name": label}))
+            .map(|label| serde_json::json!({"name": label}))
             .collect();
         let heads = serde_json::json!({"sets": heads, "files": ctx.input_hashes});
         Ok(serde_json::json!({
