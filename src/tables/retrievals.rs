@@ -187,10 +187,19 @@ impl ScoresFile {
         if several {
             out.push_str(&format!("{:<width$} ", "heads"));
         }
+        let intervals = rows.iter().any(|r| r.ci.is_some());
         out.push_str(&format!(
             "{:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
             "lambda", "split", "subj", "rel", "obj", "all", "queries"
         ));
+        if intervals {
+            let level = self.provenance["bootstrap"]["confidence"]
+                .as_f64()
+                .map_or("interval".to_string(), |c| {
+                    format!("{:.0} % interval", 100.0 * c)
+                });
+            out.push_str(&format!(" {level:>18}"));
+        }
         let mut keys: Vec<(&str, f64, &str)> = Vec::new();
         for r in rows {
             if !keys
@@ -215,10 +224,17 @@ impl ScoresFile {
                 })
                 .collect();
             let n = get("all").map(|r| r.n_queries).unwrap_or(0);
+            out.push('\n');
+            if several {
+                out.push_str(&format!("{heads:<width$} "));
+            }
             out.push_str(&format!(
-                "\n{lambda:>8} {split:>6} {} {n:>9}",
+                "{lambda:>8} {split:>6} {} {n:>9}",
                 cells.join(" ")
             ));
+            if let Some((lo, hi)) = get("all").and_then(|r| r.ci) {
+                out.push_str(&format!(" {:>18}", format!("[{lo:.2}, {hi:.2}]")));
+            }
         }
         out
     }
