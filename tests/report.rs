@@ -170,6 +170,8 @@ fn the_report_is_reproducible_and_compares_runs() {
     assert!(html.contains("copy vs other"), "the title names both runs");
     // One legend entry per run, and the other run's λ on the axes.
     assert_eq!(html.matches("<span class=\"swatch\"").count(), 2);
+    // Each line has its intervals' band: two runs in 3 splits × 4 fields.
+    assert_eq!(html.matches("<polygon class=\"band\"").count(), 2 * 12);
     assert!(html.contains("other: λ = 1.5"));
     // The leaderboard section holds `simat leaderboard`'s rows, λ chosen on dev.
     let board: Vec<serde_json::Value> = serde_json::from_slice(

@@ -130,11 +130,20 @@ impl Report {
 
     fn series_name(&self, r: usize, heads: &str) -> String {
         let several_runs = self.runs.len() > 1;
-        match (several_runs, heads) {
-            (true, "none") => self.runs[r].label.clone(),
-            (true, h) => format!("{} · heads {h}", self.runs[r].label),
-            (false, "none") => "no heads".to_string(),
-            (false, h) => format!("heads {h}"),
+        let text_only = crate::tables::retrievals::TEXT_ONLY;
+        let set = match heads {
+            "none" => None,
+            h if h == text_only => Some("text only".to_string()),
+            h => match h.strip_prefix(text_only).and_then(|r| r.strip_prefix(':')) {
+                Some(inner) => Some(format!("text only, heads {inner}")),
+                None => Some(format!("heads {h}")),
+            },
+        };
+        match (several_runs, set) {
+            (true, None) => self.runs[r].label.clone(),
+            (true, Some(s)) => format!("{} · {s}", self.runs[r].label),
+            (false, None) => "no heads".to_string(),
+            (false, Some(s)) => s,
         }
     }
 
@@ -232,7 +241,7 @@ impl Report {
 
     fn plots(&self, h: &mut String) {
         let keys = self.series_keys();
-        h.push_str("<section id=\"plots\"><h2>Score vs λ</h2><ul class=\"legend\">");
+        h.push_str("<section id=\"plots\"><h2>Score vs λ</h2><p>Shaded: each score's bootstrap interval.</p><ul class=\"legend\">");
         for (i, (r, heads)) in keys.iter().enumerate() {
             let _ = write!(
                 h,
@@ -257,10 +266,19 @@ impl Report {
                             .map(|s| (s.lambda, s.score))
                             .collect();
                         points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                        let mut band: Vec<(f64, f64, f64)> = self.runs[*r]
+                            .file
+                            .scores
+                            .iter()
+                            .filter(|s| s.heads == *heads && s.split == *split && s.field == field)
+                            .filter_map(|s| s.ci.map(|(lo, hi)| (s.lambda, lo, hi)))
+                            .collect();
+                        band.sort_by(|a, b| a.0.total_cmp(&b.0));
                         svg::Series {
                             name: self.series_name(*r, heads),
                             colour: PALETTE[i % PALETTE.len()].to_string(),
                             points,
+                            band,
                         }
                     })
                     .collect();

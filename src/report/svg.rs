@@ -1,4 +1,5 @@
-//! Line plots as inline SVG: a title, labelled axes with ticks, one polyline per series.
+//! Line plots as inline SVG: a title, labelled axes with ticks, one polyline per series, and a
+//! shaded band under it where the series has intervals.
 
 use std::fmt::Write;
 
@@ -13,6 +14,8 @@ pub struct Series {
     pub colour: String,
     /// (x, y) points, in x order.
     pub points: Vec<(f64, f64)>,
+    /// (x, low, high) of an interval around the line, in x order; empty for none.
+    pub band: Vec<(f64, f64, f64)>,
 }
 
 /// A plot's frame: size, title and axis labels.
@@ -70,7 +73,12 @@ pub fn line_plot(plot: &Plot, series: &[Series], id: &str) -> String {
     };
     let y_max = series
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .flat_map(|s| {
+            s.points
+                .iter()
+                .map(|p| p.1)
+                .chain(s.band.iter().map(|b| b.2))
+        })
         .filter(|y| y.is_finite())
         .fold(0.0, f64::max);
     let (y1, y_step) = nice_top(y_max);
@@ -130,6 +138,30 @@ pub fn line_plot(plot: &Plot, series: &[Series], id: &str) -> String {
         (top + h - bottom) / 2.0,
         esc(plot.y_label)
     );
+    // Bands first, so that every line is drawn over them.
+    for ser in series {
+        let band: Vec<&(f64, f64, f64)> = ser
+            .band
+            .iter()
+            .filter(|b| b.1.is_finite() && b.2.is_finite())
+            .collect();
+        if band.len() < 2 {
+            continue;
+        }
+        let upper = band
+            .iter()
+            .map(|b| format!("{:.1},{:.1}", px(b.0), py(b.2)));
+        let lower = band
+            .iter()
+            .rev()
+            .map(|b| format!("{:.1},{:.1}", px(b.0), py(b.1)));
+        let _ = write!(
+            s,
+            r#"<polygon class="band" fill="{}" fill-opacity="0.15" stroke="none" points="{}"/>"#,
+            ser.colour,
+            upper.chain(lower).collect::<Vec<_>>().join(" ")
+        );
+    }
     for ser in series {
         let pts: Vec<String> = ser
             .points
@@ -186,9 +218,17 @@ mod tests {
                 name: "run".into(),
                 colour: "#1f77b4".into(),
                 points: vec![(0.0, 10.0), (1.0, 40.0), (2.0, 30.0)],
+                band: vec![(0.0, 8.0, 12.0), (1.0, 35.0, 55.0), (2.0, 27.0, 33.0)],
             }],
             "p1",
         );
+        // The band's polygon: up along the highs, back along the lows; drawn under the line,
+        // and the y axis reaches its top (55 → 60).
+        let band = svg.find("<polygon class=\"band\"").unwrap();
+        assert!(band < svg.find("<polyline").unwrap());
+        let points = svg[band..].split("points=\"").nth(1).unwrap();
+        assert_eq!(points.split('"').next().unwrap().split(' ').count(), 6);
+        assert!(svg.contains(">60</text>"), "{svg}");
         assert!(svg.contains("<title id=\"p1-title\">dev &lt;all&gt;</title>"));
         assert_eq!(svg.matches("class=\"axis-label\"").count(), 2);
         assert_eq!(svg.matches("<circle").count(), 3);

@@ -94,8 +94,7 @@ pub fn text_only_label(label: &str) -> String {
     }
 }
 
-/// The label of the text-only baseline without heads.
-pub const TEXT_ONLY: &str = "text-only";
+pub use crate::tables::retrievals::TEXT_ONLY;
 
 /// A string or a list of strings (`heads = "x"` or `heads = ["none", "x"]`).
 fn one_or_many<'de, D: serde::Deserializer<'de>>(

@@ -135,6 +135,10 @@ impl ScoresFile {
     }
 }
 
+/// The head-set label of the text-only baseline without heads (`retrieve --text-baseline`);
+/// with heads H, `text-only:H`.
+pub const TEXT_ONLY: &str = "text-only";
+
 /// Schema metadata key of `scores.parquet` holding the provenance as JSON.
 pub const PROVENANCE_KEY: &str = "simat:provenance";
 
