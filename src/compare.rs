@@ -202,7 +202,10 @@ pub fn compare(a: &Outcomes, b: &Outcomes, opts: &CompareOptions) -> Result<Vec<
         }
         map.push(j);
     }
-    if let Some(q) = b.query_id.iter().find(|q| !a.query_id.contains(q)) {
+    // Every one of A's queries is a distinct query of B (ids are unique in a table): B has
+    // others exactly when it has more.
+    let a_ids: std::collections::HashSet<i64> = a.query_id.iter().copied().collect();
+    if let Some(q) = b.query_id.iter().find(|q| !a_ids.contains(q)) {
         return Err(Error::data(
             &a.path,
             format!(
@@ -252,17 +255,15 @@ pub fn compare(a: &Outcomes, b: &Outcomes, opts: &CompareOptions) -> Result<Vec<
             .map(|&j| f64::from(u8::from(b.success[kb][j] == Some(true))))
             .collect();
         for split in &splits {
-            let member: Vec<usize> = (0..a.query_id.len())
-                .filter(|&i| *split == "all" || a.split[i] == *split)
+            let in_cell: Vec<bool> = (0..a.query_id.len())
+                .map(|i| *split == "all" || a.split[i] == *split)
                 .collect();
+            let member: Vec<usize> = (0..a.query_id.len()).filter(|&i| in_cell[i]).collect();
             let total: f64 = member.iter().map(|&i| a.weight[i]).sum();
             let score =
                 |s: &[f64]| 100.0 * member.iter().map(|&i| a.weight[i] * s[i]).sum::<f64>() / total;
             let diff = 100.0 * member.iter().map(|&i| d[i]).sum::<f64>() / total;
             // The bootstrap: the cell's drawn queries of each resample.
-            let in_cell: Vec<bool> = (0..a.query_id.len())
-                .map(|i| *split == "all" || a.split[i] == *split)
-                .collect();
             let mut values: Vec<f64> = (0..opts.bootstrap as u64)
                 .into_par_iter()
                 .map_init(Vec::new, |draws, r| {

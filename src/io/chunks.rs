@@ -108,6 +108,11 @@ impl Part {
         start..start + len
     }
 
+    /// The chunks of `n` that a run commits: `part`'s range, or all of them in one go.
+    pub fn range_of(part: Option<Part>, n: usize) -> std::ops::Range<usize> {
+        part.map_or(0..n, |p| p.chunks(n))
+    }
+
     /// Its record's file name in `STAGE/parts/`: `3-of-16`.
     pub fn name(&self) -> String {
         format!("{}-of-{}", self.index, self.count)

@@ -334,13 +334,27 @@ pub fn knn(
     k: usize,
     exclude: Option<&[i64]>,
 ) -> Vec<Vec<Hit>> {
+    knn_packed(
+        &PackedDb::new(kernel::Isa::detect(), db),
+        queries,
+        k,
+        exclude,
+    )
+}
+
+/// [`knn`] against a database packed already.
+fn knn_packed(
+    packed_db: &PackedDb,
+    queries: MatrixView,
+    k: usize,
+    exclude: Option<&[i64]>,
+) -> Vec<Vec<Hit>> {
     let own_row: Vec<usize> = (0..queries.rows).collect();
-    let packed_db = PackedDb::new(kernel::Isa::detect(), db);
     let rows = Rows {
         of: queries,
         pick: None,
     };
-    blocked_search(&packed_db, rows, &own_row, k, 1, |qi, scores, b0, tops| {
+    blocked_search(packed_db, rows, &own_row, k, 1, |qi, scores, b0, tops| {
         tops[0].push_row(scores, b0, exclude.map(|e| e[qi]).unwrap_or(-1));
     })
 }
@@ -391,9 +405,9 @@ impl std::fmt::Debug for Sweep<'_> {
 }
 
 impl<'a> Sweep<'a> {
-    /// The database it searches.
-    pub fn database(&self) -> MatrixView<'a> {
-        self.db
+    /// [`knn`] of other query vectors against the sweep's database, packed once for both.
+    pub fn knn(&self, queries: MatrixView, k: usize, exclude: &[i64]) -> Vec<Vec<Hit>> {
+        knn_packed(&self.packed_db, queries, k, Some(exclude))
     }
 
     /// Pack the database (when small enough) and score every word against it.

@@ -347,10 +347,7 @@ fn crop_all(
     // Crops of an earlier configuration must not linger beside the new ones.
     let chunks = Chunks::open(&ctx.stage_dir, &ctx.fingerprint, n_chunks, &["crops"])?;
     // A part cuts its range of the chunks and nothing else; the commit finds them all cut.
-    let range = match ctx.part {
-        Some(part) => part.chunks(n_chunks),
-        None => 0..n_chunks,
-    };
+    let range = crate::io::chunks::Part::range_of(ctx.part, n_chunks);
     let images = (range.start * chunk..(range.end * chunk).min(by_image.len())).len();
     let bar = ctx.ui.progress(images as u64, "images", "crops");
     let mut resumed = 0u64;

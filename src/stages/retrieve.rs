@@ -271,10 +271,7 @@ impl StageDef for Retrieve {
             &[],
         )?;
         // A part answers its range of the blocks; the commit finds them all answered.
-        let range = match ctx.part {
-            Some(part) => part.chunks(n_chunks),
-            None => 0..n_chunks,
-        };
+        let range = crate::io::chunks::Part::range_of(ctx.part, n_chunks);
         let todo = range.clone().any(|k| !chunks.file(k, "parquet").is_file());
         // Per head set, its space and the sweep over it (the database packed and the vocabulary
         // scored once, for every block); not built when every block is answered already.
@@ -473,7 +470,7 @@ impl Blocks<'_> {
         }
         let lambdas: Vec<f32> = self.lambdas.iter().map(|&l| l as f32).collect();
         // Per head set, hits[λ][query].
-        let swept: Vec<(&str, Vec<Vec<Vec<Hit>>>)> = self
+        let mut swept: Vec<(&str, Vec<Vec<Vec<Hit>>>)> = self
             .sweeps
             .iter()
             .map(|(label, sweep)| {
@@ -488,7 +485,6 @@ impl Blocks<'_> {
                 (*label, hits)
             })
             .collect();
-        let mut swept = swept;
         if let Some(cap) = self.captions {
             let rows: Vec<usize> = (0..queries.len())
                 .map(|i| {
@@ -505,13 +501,7 @@ impl Blocks<'_> {
                 })
                 .collect::<Result<_>>()?;
             for ((label, captions), (_, sweep)) in cap.spaces.iter().zip(self.sweeps) {
-                let q = captions.gather(&rows);
-                let hits = crate::linalg::knn(
-                    sweep.database(),
-                    q.view(),
-                    self.k,
-                    Some(&queries.dataset_id),
-                );
+                let hits = sweep.knn(captions.gather(&rows).view(), self.k, &queries.dataset_id);
                 // The same hits at every λ: the baseline does not depend on it.
                 swept.push((label.as_str(), vec![hits; self.lambdas.len()]));
             }

@@ -766,7 +766,6 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&bytes).map_err(|e| Error::data(path, e.to_string()))
 }
 
-/// How the rows of a retrievals table are ordered, for the message when they are not.
 /// What the bootstrap needs of every query, in table order: its weight, its cells (bits as
 /// [`Score`] sets them), its position in its split's stratum, and per key whether it succeeded.
 #[derive(Debug, Default)]
@@ -1166,6 +1165,7 @@ impl<'a> RankedSums<'a> {
     }
 }
 
+/// How the rows of a retrievals table are ordered, for the message when they are not.
 const RETRIEVALS_ORDER: &str = "the rows of a retrievals table follow its queries table (for each query in order: head set, λ, rank), as retrieve writes them";
 
 /// One rank-0 row of a retrievals table: its row, its (head set, λ) key, query and image.
