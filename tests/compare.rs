@@ -2,29 +2,9 @@
 //! (`tests/reference/bootstrap.py compare`); a run against itself differs by nothing; runs of
 //! other queries are refused naming a query.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use crate::util::*;
-
-fn python(script: &str, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/reference")
-        .join(script);
-    let out = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 is needed by the reference tests");
-    assert!(out.status.success(), "reference failed:\n{}", stderr(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn csv(run: &Path, sql: &str, path: PathBuf) -> PathBuf {
-    let out = run_ok(&["query", s(run), sql, "--format", "csv"], 0);
-    std::fs::write(&path, &out.stdout).unwrap();
-    path
-}
 
 const RESULTS: &str = "SELECT heads, lam, query_id, split, field, success, weight FROM results";
 
@@ -41,10 +21,10 @@ fn compare_equals_the_numpy_reference_drawing_the_same_resamples_and_flips() {
     let noisy = dir.path().join("noisy");
     copy_dir(&demo, &noisy);
     // B's oracle is the labels with one entry in 200 flipped: a few queries change outcome.
-    let q = csv(&demo, "SELECT * FROM queries", dir.path().join("q.csv"));
-    let d = csv(&demo, "SELECT * FROM dataset", dir.path().join("d.csv"));
+    let q = query_csv(&demo, "SELECT * FROM queries", dir.path().join("q.csv"));
+    let d = query_csv(&demo, "SELECT * FROM dataset", dir.path().join("d.csv"));
     let m = dir.path().join("noisy.npy");
-    python(
+    reference_script(
         "ranked_metrics.py",
         &["matrix", s(&d), s(&q), s(&m), "5", "0.005"],
     );
@@ -64,10 +44,10 @@ fn compare_equals_the_numpy_reference_drawing_the_same_resamples_and_flips() {
     ];
     let ours = compare_json(&demo, &noisy, &extra);
     let (ra, rb) = (
-        csv(&demo, RESULTS, dir.path().join("a.csv")),
-        csv(&noisy, RESULTS, dir.path().join("b.csv")),
+        query_csv(&demo, RESULTS, dir.path().join("a.csv")),
+        query_csv(&noisy, RESULTS, dir.path().join("b.csv")),
     );
-    let theirs: Vec<serde_json::Value> = serde_json::from_str(&python(
+    let theirs: Vec<serde_json::Value> = serde_json::from_str(&reference_script(
         "bootstrap.py",
         &["compare", s(&ra), s(&rb), "200", "2000", "3", "0.9"],
     ))

@@ -146,37 +146,23 @@ fn the_text_only_baseline_equals_a_numpy_reference_at_every_lambda() {
         export("image_embeddings.arrow", "img.npy"),
         export("caption_embeddings.arrow", "cap.npy"),
     );
-    let queries = dir.path().join("queries.csv");
-    std::fs::write(
-        &queries,
-        run_ok(
-            &[
-                "query",
-                s(&run),
-                "SELECT query_id, dataset_id, target_triplet_id FROM queries",
-                "--format",
-                "csv",
-            ],
-            0,
-        )
-        .stdout,
-    )
-    .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/text_only.py");
+    let queries = query_csv(
+        &run,
+        "SELECT query_id, dataset_id, target_triplet_id FROM queries",
+        dir.path().join("queries.csv"),
+    );
     let keys = |p: &Path| p.with_extension("keys.csv");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args([
+    let out = reference_script(
+        "text_only.py",
+        &[
             s(&img),
             s(&keys(&img)),
             s(&cap),
             s(&keys(&cap)),
             s(&queries),
-        ])
-        .output()
-        .expect("python3 is needed by the reference tests");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ],
+    );
+    let reference: serde_json::Value = serde_json::from_str(&out).unwrap();
     let first = reference["first"].as_object().unwrap();
     assert!(
         reference["skipped"].as_array().unwrap().len() * 100 < first.len(),

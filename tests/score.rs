@@ -5,8 +5,7 @@
 //! (`tests/reference/bootstrap.py`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use arrow::array::AsArray;
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
@@ -15,32 +14,6 @@ use crate::util::*;
 
 fn reference(args: &[&str]) -> String {
     reference_script("ranked_metrics.py", args)
-}
-
-/// `python3 tests/reference/SCRIPT ARGS…`'s stdout.
-fn reference_script(script: &str, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/reference")
-        .join(script);
-    let out = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 is needed by the reference tests");
-    assert!(
-        out.status.success(),
-        "reference failed (it needs numpy):\n{}",
-        stderr(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `sql` over `run`, as CSV in `dir/name`.
-fn csv(run: &Path, sql: &str, dir: &Path, name: &str) -> PathBuf {
-    let out = run_ok(&["query", s(run), sql, "--format", "csv"], 0);
-    let path = dir.join(name);
-    std::fs::write(&path, &out.stdout).unwrap();
-    path
 }
 
 type Key = (String, u64, String, String, String, i32);
@@ -83,23 +56,16 @@ fn metrics_of(run: &Path) -> BTreeMap<Key, (f64, i64)> {
 /// The reference's rows for `run`'s retrievals at `at`, with `oracle` (a matrix and threshold)
 /// or the labels.
 fn reference_of(run: &Path, dir: &Path, at: &str, oracle: &[&str]) -> BTreeMap<Key, (f64, i64)> {
-    let r = csv(
+    let r = query_csv(
         run,
         "SELECT heads, query_id, lam, rank, dataset_id FROM retrievals",
-        dir,
-        "retrievals.csv",
+        dir.join("retrievals.csv"),
     );
-    let q = csv(
-        run,
-        "SELECT query_id, dataset_id, target_triplet_id, target_caption_id, field, split, n_same_value FROM queries",
-        dir,
-        "queries.csv",
-    );
-    let d = csv(
+    let q = query_csv(run, "SELECT query_id, dataset_id, target_triplet_id, target_caption_id, field, split, n_same_value FROM queries", dir.join("queries.csv"));
+    let d = query_csv(
         run,
         "SELECT dataset_id, triplet_id, caption_id FROM dataset",
-        dir,
-        "dataset.csv",
+        dir.join("dataset.csv"),
     );
     let mut args = vec!["metrics", s(&r), s(&q), s(&d), at];
     args.extend(oracle);
@@ -180,8 +146,8 @@ fn ranked_metrics_equal_the_numpy_reference() {
     let run = dir.path().join("matrix");
     copy_dir(&demo, &run);
     let m = dir.path().join("oracle.npy");
-    let q = csv(&run, "SELECT * FROM queries", dir.path(), "q.csv");
-    let d = csv(&run, "SELECT * FROM dataset", dir.path(), "d.csv");
+    let q = query_csv(&run, "SELECT * FROM queries", dir.path().join("q.csv"));
+    let d = query_csv(&run, "SELECT * FROM dataset", dir.path().join("d.csv"));
     reference(&["matrix", s(&d), s(&q), s(&m), "11"]);
     run_ok(
         &[
@@ -302,11 +268,10 @@ fn bootstrap_intervals_equal_the_numpy_reference_drawing_the_same_queries() {
     // The draws do not depend on the threads.
     assert!(score("1") == score("2"), "other threads, other intervals");
     let ours = intervals_of(&run);
-    let results = csv(
+    let results = query_csv(
         &run,
         "SELECT heads, lam, query_id, split, field, success, weight FROM results",
-        dir.path(),
-        "results.csv",
+        dir.path().join("results.csv"),
     );
     let theirs: Vec<serde_json::Value> = serde_json::from_str(&reference_script(
         "bootstrap.py",

@@ -378,3 +378,30 @@ pub fn slurm_turn() -> std::sync::MutexGuard<'static, ()> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `python3 tests/reference/SCRIPT ARGS…`'s stdout: an independent reference (it needs numpy,
+/// which `scripts/setup.sh` installs).
+pub fn reference_script(script: &str, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3 is needed by the reference tests");
+    assert!(
+        out.status.success(),
+        "{} failed (it needs numpy):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sql` over `run` as CSV (`simat query --format csv`), written to `path`.
+pub fn query_csv(run: &Path, sql: &str, path: PathBuf) -> PathBuf {
+    let out = run_ok(&["query", s(run), sql, "--format", "csv"], 0);
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}

@@ -57,17 +57,7 @@ def main(results_csv, resamples, seed, confidence):
     first = per_key[keys[0]]
     splits = sorted({r["split"] for r in first})
     strata = [np.array([i for i, r in enumerate(first) if r["split"] == s]) for s in splits]
-    total = sum(len(s) for s in strata)
-    draws = []
-    with np.errstate(over="ignore"):
-        for b in range(resamples):
-            state = int(splitmix64((seed + b * GOLDEN) & M64, 1)[0])
-            x = splitmix64(state, total)
-            at, drawn = 0, []
-            for s in strata:
-                drawn.append(s[below(x[at:at + len(s)], len(s))])
-                at += len(s)
-            draws.append(np.concatenate(drawn))
+    draws = draws_of(strata, resamples, seed)
     for key in keys:
         qs = per_key[key]
         w = np.array([float(r["weight"]) for r in qs])
