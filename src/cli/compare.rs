@@ -47,16 +47,8 @@ pub fn compare(
     );
     let mut out = std::io::stdout().lock();
     match format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &rows)?;
-            writeln!(out)?;
-        }
-        Format::Csv => {
-            let mut w = csv::Writer::from_writer(&mut out);
-            for r in &rows {
-                w.serialize(r)?;
-            }
-            w.flush()?;
+        Format::Json | Format::Csv => {
+            super::write_records(&mut out, &rows, format == Format::Json)?
         }
         Format::Table => {
             writeln!(

@@ -88,16 +88,8 @@ pub fn leaderboard(
         ]
     };
     match format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &rows)?;
-            writeln!(out)?;
-        }
-        Format::Csv => {
-            let mut w = csv::Writer::from_writer(&mut out);
-            for e in &rows {
-                w.serialize(e)?;
-            }
-            w.flush()?;
+        Format::Json | Format::Csv => {
+            super::write_records(&mut out, &rows, format == Format::Json)?
         }
         Format::Markdown => {
             writeln!(out, "| {} |", header.join(" | "))?;

@@ -870,3 +870,23 @@ impl From<PrecisionArg> for crate::linalg::Precision {
         }
     }
 }
+
+/// `rows` as a pretty JSON array (`json`) or as CSV with a header, on `out`: the machine formats
+/// of `compare` and `leaderboard`.
+fn write_records<T: serde::Serialize>(
+    out: &mut impl std::io::Write,
+    rows: &[T],
+    json: bool,
+) -> Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, rows)?;
+        writeln!(out)?;
+    } else {
+        let mut w = csv::Writer::from_writer(out);
+        for r in rows {
+            w.serialize(r)?;
+        }
+        w.flush()?;
+    }
+    Ok(())
+}
