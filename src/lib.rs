@@ -54,6 +54,7 @@ pub mod report;
 pub mod schemas;
 pub mod slurm;
 pub mod stages;
+pub mod sweep;
 pub mod tables;
 pub mod ui;
 pub mod vocabulary;

@@ -76,6 +76,7 @@ use serde::Deserialize;
 use crate::engine::Stage;
 use crate::error::{Error, Result};
 use crate::stages::{find, ALL};
+use crate::sweep::Sweep;
 
 /// A loaded pipeline.
 pub struct Pipeline {
@@ -89,6 +90,8 @@ pub struct Pipeline {
     pub slurm: SlurmSection,
     /// The `shards` key of each shardable stage's section that has one.
     pub shards: BTreeMap<String, usize>,
+    /// Its `[sweep]`: then `stages` is the trunk, and each model has a branch.
+    pub sweep: Option<Sweep>,
 }
 
 /// The most parts a stage may run in (Slurm's default `MaxArraySize` is 1001).
@@ -183,6 +186,7 @@ impl Pipeline {
                 }
             },
         };
+        let sweep_section = file.remove("sweep");
         let mut shards = BTreeMap::new();
         for (key, value) in file.iter_mut() {
             let (Some(entry), toml::Value::Table(section)) = (find(key), value) else {
@@ -224,6 +228,29 @@ impl Pipeline {
                 )),
             }
         }
+        // A sweep's stages are built first with its first model in `[embed]`, to find the branch.
+        let mut sweep_models = None;
+        if let Some(v) = sweep_section {
+            match crate::sweep::models_of(v, base) {
+                Ok(models) => match file.get_mut("embed") {
+                    Some(toml::Value::Table(embed)) if embed.contains_key("model") => problems.push(
+                        "[embed] model: a sweep gives each branch its model from [sweep] models; remove this key".into(),
+                    ),
+                    Some(toml::Value::Table(embed)) => {
+                        embed.insert(
+                            "model".into(),
+                            toml::Value::String(models[0].1.to_string_lossy().into_owned()),
+                        );
+                        sweep_models = Some(models);
+                    }
+                    _ => problems.push(
+                        "[sweep] needs an [embed] section: the stage each model's branch starts with"
+                            .into(),
+                    ),
+                },
+                Err(p) => problems.extend(p),
+            }
+        }
         let mut stages = Vec::new();
         for entry in ALL {
             let Some(toml::Value::Table(section)) = file.get(entry.name()) else {
@@ -240,12 +267,22 @@ impl Pipeline {
         if stages.is_empty() {
             return Err(Error::config(path, "no stage sections"));
         }
+        let sweep = match sweep_models {
+            None => None,
+            Some(models) => {
+                let (trunk, sweep) = Sweep::split(stages, &file, base, &run_dir, models, &shards)
+                    .map_err(|p| Error::config(path, p.join("; ")))?;
+                stages = trunk;
+                Some(sweep)
+            }
+        };
         Ok(Pipeline {
             path: path.to_path_buf(),
             run_dir,
             stages,
             slurm,
             shards,
+            sweep,
         })
     }
 

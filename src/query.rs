@@ -2,8 +2,9 @@
 //! is a table by its name (only the tables a query names are read), and several runs are
 //! unioned under a `run` column so that models compare in one query.
 //!
-//! A table name is qualified as `stage_table` only when two finished stages of one run provide
-//! it. The run's label is its directory's name, or the path as given when two runs share a name.
+//! A sweep's run (`RUN/models/NAME/` for each model) is one run whose branch tables are the
+//! union of the models' under a `model` column. A table name is qualified as `stage_table` only
+//! when two finished stages of one run directory provide it. The run's label is its directory's name, or the path as given when two runs share a name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub struct TableSource {
     pub table: &'static TableDecl,
     /// The file.
     pub path: PathBuf,
+    /// The model whose branch of a sweep wrote it (`RUN/models/NAME/`): its rows carry a `model`
+    /// column.
+    pub model: Option<String>,
 }
 
 /// A run directory's queryable tables.
@@ -41,7 +45,8 @@ pub struct RunTables {
     pub tables: Vec<TableSource>,
 }
 
-/// The tables of a run directory: those of its finished stages whose file is there.
+/// The tables of a run directory: those of its finished stages whose file is there, and, for a
+/// sweep's run, those of each model's branch, with the model's name.
 pub fn run_tables(dir: &Path, label: &str) -> Result<RunTables> {
     if !Manifest::path(dir).is_file() {
         return Err(Error::data(
@@ -49,6 +54,20 @@ pub fn run_tables(dir: &Path, label: &str) -> Result<RunTables> {
             "no manifest.json: not a simat run directory (or nothing has run in it yet)",
         ));
     }
+    let mut tables = scope_tables(dir, None)?;
+    for (name, branch) in crate::sweep::branches_of(dir)? {
+        tables.extend(scope_tables(&branch, Some(&name))?);
+    }
+    tables.sort_by(|a, b| a.name.cmp(&b.name).then(a.model.cmp(&b.model)));
+    Ok(RunTables {
+        label: label.to_string(),
+        dir: dir.to_path_buf(),
+        tables,
+    })
+}
+
+/// The tables of one run directory's own finished stages (a sweep's branch: `model`).
+fn scope_tables(dir: &Path, model: Option<&str>) -> Result<Vec<TableSource>> {
     let manifest = Manifest::load(dir)?;
     let mut found: Vec<(String, &'static TableDecl, PathBuf)> = Vec::new();
     for (stage, record) in &manifest.stages {
@@ -80,7 +99,7 @@ pub fn run_tables(dir: &Path, label: &str) -> Result<RunTables> {
     for (_, t, _) in &found {
         *count.entry(t.name).or_default() += 1;
     }
-    let mut tables: Vec<TableSource> = found
+    Ok(found
         .iter()
         .map(|(stage, table, path)| TableSource {
             name: if count[table.name] > 1 {
@@ -91,14 +110,9 @@ pub fn run_tables(dir: &Path, label: &str) -> Result<RunTables> {
             stage: stage.clone(),
             table,
             path: path.clone(),
+            model: model.map(str::to_string),
         })
-        .collect();
-    tables.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(RunTables {
-        label: label.to_string(),
-        dir: dir.to_path_buf(),
-        tables,
-    })
+        .collect())
 }
 
 pub use crate::report::labels;
@@ -187,6 +201,9 @@ impl Catalog {
         let mut tables = Vec::new();
         for (name, parts) in &sources {
             let mut columns = vec![("run".to_string(), "Utf8".to_string())];
+            if parts.iter().any(|(_, t)| t.model.is_some()) {
+                columns.push(("model".to_string(), "Utf8".to_string()));
+            }
             for (_, t) in parts {
                 for f in crate::io::read_schema(&t.path)?.fields() {
                     if !columns.iter().any(|(c, _)| c == f.name()) {
@@ -215,10 +232,13 @@ impl Catalog {
         for (label, source) in &self.sources[name] {
             let df = load(source)?;
             let mut cols: Vec<Expr> = vec![lit(label.as_str()).alias("run")];
+            if let Some(m) = &source.model {
+                cols.push(lit(m.as_str()).alias("model"));
+            }
             cols.extend(
                 df.get_column_names()
                     .into_iter()
-                    .filter(|n| n.as_str() != "run")
+                    .filter(|n| n.as_str() != "run" && n.as_str() != "model")
                     .map(|n| col(n.clone())),
             );
             frames.push(df.lazy().select(cols));

@@ -134,6 +134,15 @@ pub enum Role {
     Parts,
     /// The commit of a stage run in parts.
     Commit,
+    /// An array over a sweep's models, task *i* running model *i*'s branch.
+    Models,
+}
+
+impl Role {
+    /// Whether its job is an array.
+    fn is_array(self) -> bool {
+        matches!(self, Role::Parts | Role::Models)
+    }
 }
 
 /// One submitted job.
@@ -151,12 +160,19 @@ pub struct Job {
     pub tasks: Vec<usize>,
     /// Its sbatch script.
     pub script: PathBuf,
+    /// For an array over a sweep's models: their names, by task index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 impl Job {
     fn label(&self, task: Option<usize>) -> String {
         match (self.role, task) {
             (Role::Parts, Some(i)) => format!("{} part {i}/{}", self.stage, self.count),
+            (Role::Models, Some(i)) => format!(
+                "model {}",
+                self.models.get(i).map(String::as_str).unwrap_or("?")
+            ),
             (Role::Commit, _) => format!("{} commit", self.stage),
             _ => self.stage.clone(),
         }
@@ -170,7 +186,7 @@ impl Job {
     }
 
     fn task_slots(&self) -> Vec<Option<usize>> {
-        if self.role == Role::Parts {
+        if self.role.is_array() {
             self.tasks.iter().map(|&i| Some(i)).collect()
         } else {
             vec![None]
@@ -444,9 +460,10 @@ pub fn submit(
     let plan = engine.plan(&stages)?;
     let simat = std::env::current_exe()
         .map_err(|e| Error::Slurm(format!("cannot find simat's own executable: {e}")))?;
-    let task_command = |stage: &str, tail: &str| -> Result<String> {
+    // `simat run` as a task runs it, with `args` (`--stage STAGE`, `--model NAME`).
+    let task_command = |args: &str| -> Result<String> {
         Ok(format!(
-            "{} --wait run {} --run-dir {} --stage {stage}{tail}",
+            "{} --wait run {} --run-dir {} {args}",
             quote(&path_str(&simat)?)?,
             quote(&path_str(&pipeline_path)?)?,
             quote(&path_str(&run_dir)?)?,
@@ -475,12 +492,12 @@ pub fn submit(
             let job = submit_job(
                 &run_dir,
                 settings,
-                *stage,
+                (stage.name(), stage.runs_model()),
                 Role::Stage,
                 1,
                 &[],
                 &deps,
-                &task_command(name, "")?,
+                &task_command(&format!("--stage {name}"))?,
             )?;
             last_job.insert(stage.name(), job.id.clone());
             sub.jobs.push(job);
@@ -499,12 +516,14 @@ pub fn submit(
             let job = submit_job(
                 &run_dir,
                 settings,
-                *stage,
+                (stage.name(), stage.runs_model()),
                 Role::Parts,
                 count,
                 &indices,
                 &deps,
-                &task_command(name, &format!(" --shard \"$SLURM_ARRAY_TASK_ID/{count}\""))?,
+                &task_command(&format!(
+                    "--stage {name} --shard \"$SLURM_ARRAY_TASK_ID/{count}\""
+                ))?,
             )?;
             commit_deps.insert(job.id.clone());
             sub.jobs.push(job);
@@ -513,16 +532,30 @@ pub fn submit(
         let job = submit_job(
             &run_dir,
             settings,
-            *stage,
+            (stage.name(), stage.runs_model()),
             Role::Commit,
             count,
             &[],
             &commit_deps,
-            &task_command(name, " --commit")?,
+            &task_command(&format!("--stage {name} --commit"))?,
         )?;
         last_job.insert(stage.name(), job.id.clone());
         sub.jobs.push(job);
         sub.save(&run_dir)?;
+    }
+    if let Some(sweep) = &pipeline.sweep {
+        if until.is_none() {
+            let trunk_jobs: BTreeSet<String> = last_job.values().cloned().collect();
+            submit_sweep(
+                &run_dir,
+                settings,
+                sweep,
+                &trunk_jobs,
+                &task_command,
+                &mut sub,
+                ui,
+            )?;
+        }
     }
     // Each job was recorded as it was submitted; an empty submission is recorded too.
     if sub.jobs.is_empty() {
@@ -532,6 +565,90 @@ pub fn submit(
         submission: sub,
         earlier: false,
     })
+}
+
+/// Whether every stage of a sweep's branch is fresh in its run directory.
+fn branch_is_fresh(stages: &[&dyn Stage], run_dir: &Path, ui: &Ui) -> Result<bool> {
+    if !crate::engine::Manifest::path(run_dir).is_file() {
+        return Ok(false);
+    }
+    let engine = Engine::new(run_dir, ui)?.with_catalogue(crate::stages::providers_of);
+    Ok(engine
+        .plan(stages)?
+        .iter()
+        .all(|(_, f)| matches!(f, Freshness::Fresh)))
+}
+
+/// A sweep's jobs: one array over the models whose branch is not fresh (all of them when the
+/// trunk runs in this submission), task *i* running model *i*'s branch; then, after it, one job
+/// for every model's report.
+fn submit_sweep(
+    run_dir: &Path,
+    settings: &Settings,
+    sweep: &crate::sweep::Sweep,
+    trunk_jobs: &BTreeSet<String>,
+    task_command: &dyn Fn(&str) -> Result<String>,
+    sub: &mut Submission,
+    ui: &Ui,
+) -> Result<()> {
+    sweep.check_dirs()?;
+    let mut tasks = Vec::new();
+    for (i, b) in sweep.branches.iter().enumerate() {
+        if !trunk_jobs.is_empty() || !branch_is_fresh(&b.stages(), &b.run_dir, ui)? {
+            tasks.push(i);
+        }
+    }
+    let mut report_deps = trunk_jobs.clone();
+    if !tasks.is_empty() {
+        let names: Vec<String> = sweep.names().iter().map(|n| n.to_string()).collect();
+        // The names are plain folder names (`model_name`), safe in a Bash array.
+        let command = format!(
+            "SIMAT_MODELS=({})
+{}",
+            names.join(" "),
+            task_command("--model \"${SIMAT_MODELS[$SLURM_ARRAY_TASK_ID]}\"")?
+        );
+        let mut job = submit_job(
+            run_dir,
+            settings,
+            ("models", true),
+            Role::Models,
+            names.len(),
+            &tasks,
+            trunk_jobs,
+            &command,
+        )?;
+        job.models = names;
+        report_deps.insert(job.id.clone());
+        sub.jobs.push(job);
+        sub.save(run_dir)?;
+    }
+    let reports_fresh = || -> Result<bool> {
+        for (i, b) in sweep.branches.iter().enumerate() {
+            let Some(Ok(report)) = sweep.report_of(i) else {
+                return Ok(false);
+            };
+            if !branch_is_fresh(&[report.as_ref()], &b.run_dir, ui)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    if sweep.has_report() && (!tasks.is_empty() || !reports_fresh()?) {
+        let job = submit_job(
+            run_dir,
+            settings,
+            ("report", false),
+            Role::Stage,
+            1,
+            &[],
+            &report_deps,
+            &task_command("--stage report")?,
+        )?;
+        sub.jobs.push(job);
+        sub.save(run_dir)?;
+    }
+    Ok(())
 }
 
 /// `0-2,5,7-9`: Slurm's array syntax for sorted indices.
@@ -559,17 +676,16 @@ fn array_spec(indices: &[usize]) -> String {
 fn submit_job(
     run_dir: &Path,
     settings: &Settings,
-    stage: &dyn Stage,
+    (name, runs_model): (&str, bool),
     role: Role,
     count: usize,
     tasks: &[usize],
     deps: &BTreeSet<String>,
     command: &str,
 ) -> Result<Job> {
-    let name = stage.name();
     let stem = stem(name, role);
     let script = run_dir.join(SLURM_DIR).join(format!("{stem}.sbatch"));
-    let log = logs_dir(run_dir).join(if role == Role::Parts {
+    let log = logs_dir(run_dir).join(if role.is_array() {
         format!("{stem}-%A_%a.out")
     } else {
         format!("{stem}-%j.out")
@@ -580,7 +696,7 @@ fn submit_job(
         format!("--output={}", path_str(&log)?),
         "--open-mode=append".to_string(),
     ];
-    if role == Role::Parts {
+    if role.is_array() {
         directives.push(format!("--array={}", array_spec(tasks)));
     }
     if !deps.is_empty() {
@@ -591,10 +707,7 @@ fn submit_job(
     if let Some(p) = &settings.partition {
         directives.push(format!("--partition={p}"));
     }
-    if let (Some(g), true) = (
-        settings.gpus_per_task,
-        stage.runs_model() && role != Role::Commit,
-    ) {
+    if let (Some(g), true) = (settings.gpus_per_task, runs_model && role != Role::Commit) {
         directives.push(format!("--gpus-per-task={g}"));
     }
     if let Some(c) = settings.cpus_per_task {
@@ -610,6 +723,7 @@ fn submit_job(
             Role::Stage => "the stage",
             Role::Parts => "its parts",
             Role::Commit => "the commit of its parts",
+            Role::Models => "each model's branch",
         },
         name,
         settings
@@ -655,6 +769,7 @@ fn submit_job(
         count,
         tasks: tasks.to_vec(),
         script,
+        models: vec![],
     })
 }
 
@@ -675,8 +790,13 @@ pub fn summary(sub: &Submission, states: &[Vec<TaskState>]) -> String {
         let failed = count(|s| matches!(s, TaskState::Failed { .. }));
         let finished = count(|s| *s == TaskState::Done);
         let label = job.label(None);
-        if job.role == Role::Parts && (running > 0 || failed > 0 || finished > 0) {
-            let mut s = format!("; {label}: {finished} of {} parts done", st.len());
+        if job.role.is_array() && (running > 0 || failed > 0 || finished > 0) {
+            let what = if job.role == Role::Models {
+                "models"
+            } else {
+                "parts"
+            };
+            let mut s = format!("; {label}: {finished} of {} {what} done", st.len());
             if running > 0 {
                 s += &format!(", {running} running");
             }
@@ -753,6 +873,7 @@ fn failure(
 ) -> String {
     let log = job.log(run_dir, task);
     let what = match task {
+        Some(_) if job.role == Role::Models => format!("{}'s branch", job.label(task)),
         Some(i) => format!("stage `{}`, task {i} (part {i}/{})", job.stage, job.count),
         None if job.role == Role::Commit => format!("stage `{}`, its commit", job.stage),
         None => format!("stage `{}`", job.stage),
@@ -808,7 +929,7 @@ pub fn status_lines(run_dir: &Path) -> Result<Vec<String>> {
         let parts: Vec<String> = by
             .iter()
             .map(|(word, tasks)| {
-                if job.role == Role::Parts {
+                if job.role.is_array() {
                     format!("{} {word} ({})", tasks.len(), tasks.join(", "))
                 } else {
                     word.to_string()

@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("query", 6),
     ("schemas", 6),
     ("slurm", 6),
+    ("sweep", 6),
     ("cli", 7),
 ];
 

@@ -189,6 +189,57 @@ fn the_demo_on_slurm_in_three_shards_equals_the_local_run() {
 }
 
 #[test]
+fn a_sweep_on_slurm_is_one_array_over_the_models_and_gives_the_local_tables() {
+    let Some(conf) = slurm_conf() else { return };
+    let _turn = slurm_turn();
+    let models = tiny_models();
+    let paths: Vec<&Path> = models.iter().map(|(p, _)| p.as_path()).collect();
+    let local = tempdir();
+    run_ok(
+        &[
+            "run",
+            s(&small_demo(local.path(), "sweep.toml", &paths, true)),
+        ],
+        0,
+    );
+    let dir = tempdir();
+    let p = small_demo(dir.path(), "sweep.toml", &paths, true);
+    let out = expect(on_slurm(&conf, &p, true), 0, "the sweep on Slurm");
+    let text = stdout(&out);
+    assert!(
+        text.contains("\tmodels tiny,tiny-world,tiny-clip-hf\n"),
+        "{text}"
+    );
+    assert!(text.contains("\treport\n"), "{text}");
+    let run = dir.path().join("run");
+    let script = std::fs::read_to_string(run.join(".slurm/models.sbatch")).unwrap();
+    for line in [
+        "#SBATCH --array=0-2",
+        "#SBATCH --dependency=afterok:",
+        "SIMAT_MODELS=(tiny tiny-world tiny-clip-hf)",
+        "--model \"${SIMAT_MODELS[$SLURM_ARRAY_TASK_ID]}\"",
+    ] {
+        assert!(script.contains(line), "{line} not in\n{script}");
+    }
+    for (_, name) in &models {
+        for stage in ["embed", "retrieve", "score"] {
+            let a = stage_tables(&run.join("models").join(name).join(stage));
+            let b = stage_tables(&local.path().join("run/models").join(name).join(stage));
+            assert!(!a.is_empty());
+            assert!(a == b, "{name}: {stage} differs from the local sweep's");
+        }
+        assert!(run
+            .join("models")
+            .join(name)
+            .join("report/report.html")
+            .is_file());
+    }
+    // Again: every branch and report is fresh, nothing is submitted.
+    let again = expect(on_slurm(&conf, &p, true), 0, "the sweep on Slurm again");
+    assert!(!stdout(&again).contains('\t'), "{}", stdout(&again));
+}
+
+#[test]
 fn a_cancelled_embed_task_is_all_that_a_rerun_recomputes() {
     let Some(conf) = slurm_conf() else { return };
     let _turn = slurm_turn();

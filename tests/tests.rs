@@ -23,5 +23,6 @@ mod schemas;
 mod score;
 mod simat;
 mod slurm;
+mod sweep;
 mod triplets;
 mod world;

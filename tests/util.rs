@@ -405,3 +405,57 @@ pub fn query_csv(run: &Path, sql: &str, path: PathBuf) -> PathBuf {
     std::fs::write(&path, &out.stdout).unwrap();
     path
 }
+
+/// The three committed tiny models, and the names a sweep gives them.
+pub fn tiny_models() -> Vec<(PathBuf, &'static str)> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    vec![
+        (data.join("tiny-clip"), "tiny"),
+        (data.join("tiny-clip-world"), "tiny-world"),
+        (data.join("tiny-clip-hf"), "tiny-clip-hf"),
+    ]
+}
+
+/// A smaller world (160 images) through `pipelines/sweep.toml` with its run directory `run`
+/// beside it in `dir`: a `[sweep]` over `models`, or, without `sweep`, the run of the one model
+/// alone (the same pipeline with `[embed] model` and no `[sweep]`).
+pub fn small_demo(dir: &Path, file: &str, models: &[&Path], sweep: bool) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("pipelines/sweep.toml")).unwrap();
+    let committed =
+        "models = [\"../data/tiny-clip\", \"../data/tiny-clip-world\", \"../data/tiny-clip-hf\"]\n";
+    assert!(text.contains(committed) && text.contains("image_count = 400"));
+    let list: Vec<String> = models.iter().map(|m| format!("{:?}", s(m))).collect();
+    let text = text
+        .replace("run_dir = \"../runs/sweep\"", "run_dir = \"run\"")
+        .replace("image_count = 400", "image_count = 160");
+    let text = if sweep {
+        text.replace(committed, &format!("models = [{}]\n", list.join(", ")))
+    } else {
+        text.replace(&format!("[sweep]\n{committed}"), "")
+            .replace("[embed]\n", &format!("[embed]\nmodel = {}\n", list[0]))
+    };
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The tables of a stage folder (Parquet and Arrow files), by name, with their bytes.
+pub fn stage_tables(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "parquet" || x == "arrow")
+        })
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}

@@ -41,6 +41,8 @@ pub fn leaderboard(
     clip_benchmark: Option<&Path>,
     ui: &Ui,
 ) -> Result<ExitCode> {
+    // A sweep's run stands for its models.
+    let runs = &crate::sweep::expand_runs(runs)?;
     let labels = crate::report::labels(runs);
     let runs: Vec<(PathBuf, String)> = runs.iter().cloned().zip(labels).collect();
     let rows = rows_of(&runs, protocol)?;

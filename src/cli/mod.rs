@@ -63,6 +63,10 @@ enum Tool {
         /// With --stage: commit its parts once all are done.
         #[arg(long, requires = "stage")]
         commit: bool,
+        /// In a sweep, run this model's branch alone (its trunk must have finished): what a
+        /// task of the Slurm array over the models runs.
+        #[arg(long, value_name = "NAME", conflicts_with = "stage")]
+        model: Option<String>,
     },
     /// One line per stage of a run: fresh, stale, missing or failed, rows, wall time.
     Status {
@@ -145,7 +149,7 @@ enum Tool {
     /// One row per run × head set: λ chosen by a named protocol, test SIMAT@1 with its
     /// bootstrap interval, SIMAT@5 and the score per field; best first.
     Leaderboard {
-        /// Run directories (each scored).
+        /// Run directories (each scored; a sweep's run stands for its models).
         #[arg(required = true)]
         runs: Vec<PathBuf>,
         /// How λ is chosen: best-dev (the best λ on dev, reported on test), lambda1, or
@@ -413,9 +417,20 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
             stage,
             shard,
             commit,
+            model,
         } => {
             let p = Pipeline::load_with_run_dir(&pipeline, run_dir.as_deref())?;
             let wait = matches.get_flag("wait");
+            anyhow::ensure!(
+                model.is_none() || p.sweep.is_some(),
+                "--model: `{}` has no [sweep]; it runs the model of its [embed]",
+                pipeline.display()
+            );
+            if let (Some(sweep), Some(name)) = (&p.sweep, &stage) {
+                if sweep.has_stage(name) {
+                    return run_sweep_task(sweep, name, shard.is_some() || commit, wait, ui);
+                }
+            }
             if let Some(name) = stage {
                 return run_task(&p, &name, shard, commit, wait, ui);
             }
@@ -430,8 +445,11 @@ fn dispatch(matches: &ArgMatches, ui: &Ui) -> Result<ExitCode> {
                 force: force.into_iter().collect::<BTreeSet<_>>(),
                 until,
                 wait,
-                only: None,
+                ..RunOptions::default()
             };
+            if let Some(sweep) = &p.sweep {
+                return run_sweep(&p, sweep, &opts, model.as_deref(), ui);
+            }
             let outcomes = run_stages(&p.run_dir, &p.stages(), &opts, ui)?;
             if !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
                 let rows: Vec<_> = outcomes
@@ -600,6 +618,66 @@ fn run_task(
     Ok(exit_of(&outcomes))
 }
 
+/// `simat run PIPELINE` on a pipeline with a `[sweep]`, here: the trunk, each model's branch,
+/// and each model's report; a summary per run directory, then how to rank the models.
+fn run_sweep(
+    p: &Pipeline,
+    sweep: &crate::sweep::Sweep,
+    opts: &RunOptions,
+    model: Option<&str>,
+    ui: &Ui,
+) -> Result<ExitCode> {
+    let ran = crate::sweep::run_local(&p.run_dir, &p.stages(), sweep, opts, model, ui)?;
+    let mut all = Vec::new();
+    for (dir, name, outcomes) in &ran {
+        if !matches!(ui.style, crate::ui::OutputStyle::Quiet) && !outcomes.is_empty() {
+            if let Some(name) = name {
+                outln!("model {name}:");
+            }
+            let rows: Vec<_> = outcomes
+                .iter()
+                .map(|o| (o.stage.as_str(), o.ran_because.is_some(), &o.record))
+                .collect();
+            print_summary(dir, &rows)?;
+        }
+        all.extend(outcomes.iter().cloned());
+    }
+    if model.is_none() && !matches!(ui.style, crate::ui::OutputStyle::Quiet) {
+        outln!(
+            "{} models under {}; `simat leaderboard {}` ranks them",
+            sweep.branches.len(),
+            p.run_dir.join(crate::sweep::MODELS_DIR).display(),
+            p.run_dir.display()
+        );
+    }
+    Ok(exit_of(&all))
+}
+
+/// An executor's task for a stage of a sweep's branches: `--stage report` runs every model's
+/// report; the branch's other stages run in their branch (`--model NAME`).
+fn run_sweep_task(
+    sweep: &crate::sweep::Sweep,
+    name: &str,
+    in_parts: bool,
+    wait: bool,
+    ui: &Ui,
+) -> Result<ExitCode> {
+    anyhow::ensure!(
+        name == "report" && !in_parts,
+        "`{name}` is a stage of each model's branch in this sweep: run a model's branch with --model NAME (the models are {})",
+        sweep.names().join(", ")
+    );
+    let opts = RunOptions {
+        wait,
+        ..RunOptions::default()
+    };
+    let outcomes: Vec<StageOutcome> = crate::sweep::run_reports(sweep, &opts, &vec![], ui)?
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect();
+    Ok(exit_of(&outcomes))
+}
+
 /// `simat run --executor slurm`: submit what is missing or stale (or find the jobs of an earlier
 /// submission still at work), print the job ids, and with `--wait` follow them to the end.
 fn run_on_slurm(
@@ -654,6 +732,14 @@ fn run_on_slurm(
                     job.count
                 ),
                 Role::Commit => format!("{} commit", job.stage),
+                Role::Models => format!(
+                    "models {}",
+                    job.tasks
+                        .iter()
+                        .map(|&t| job.models[t].as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
             };
             outln!("{}\t{what}", job.id);
         }
@@ -749,7 +835,7 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
                 let dir = run.join(&name);
                 let upstream_changed = r.detail.as_ref().and_then(|d| {
                     d.upstream.iter().find_map(|(up, digest)| {
-                        let now = manifest.stages.get(up).map(|u| u.output_digest());
+                        let now = manifest.record(up).map(|u| u.output_digest());
                         (now.as_deref() != Some(digest.as_str())).then(|| up.clone())
                     })
                 });
@@ -773,6 +859,20 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
         if let Some(line) = parts_line(run, name)? {
             outln!("{:>8}  {name}: {line}", "parts");
         }
+    }
+    for (name, dir) in crate::sweep::branches_of(run)? {
+        let m = Manifest::load(&dir)?;
+        let done = m
+            .stages
+            .values()
+            .filter(|r| r.status == crate::engine::StageStatus::Done)
+            .count();
+        outln!(
+            "{:>8}  {name}: {done} of {} stages done (simat status {})",
+            "model",
+            m.stages.len(),
+            dir.display()
+        );
     }
     for line in crate::slurm::status_lines(run)? {
         outln!("{:>8}  {line}", "slurm");

@@ -17,12 +17,27 @@ use crate::io::atomic::write_atomic;
 pub const MANIFEST: &str = "manifest.json";
 
 /// The state of a run directory.
+///
+/// A run directory may have a *base*: another run directory whose finished stages it reads as
+/// its own where it has no stage of that name (a model's branch of a sweep, `RUN/models/NAME/`,
+/// has its sweep's run as base). The base's records are loaded with the manifest, never written
+/// into it: a base's stage that reruns changes the digests its dependents here are fingerprinted
+/// with, so they go stale as they would in one run directory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// The simat version that last wrote the manifest.
     pub engine: String,
+    /// The base run directory, relative to this one (`../..` for a sweep's model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     /// Per stage, by name.
     pub stages: BTreeMap<String, StageRecord>,
+    /// The base's finished stages, by name (loaded with the manifest, not saved).
+    #[serde(skip)]
+    pub inherited: BTreeMap<String, StageRecord>,
+    /// The base run directory, resolved.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
 }
 
 /// Where a stage stands.
@@ -113,24 +128,76 @@ impl StageRecord {
 }
 
 impl Manifest {
+    /// The record of stage `name`: this run's own, else its base's finished one.
+    pub fn record(&self, name: &str) -> Option<&StageRecord> {
+        self.stages.get(name).or_else(|| self.inherited.get(name))
+    }
+
+    /// The finished stages a need can be met by, own and inherited (an own stage of a name
+    /// hides the base's, whatever its state), by name.
+    pub fn finished(&self) -> impl Iterator<Item = (&str, &StageRecord)> {
+        let own = self.stages.iter();
+        let base = self
+            .inherited
+            .iter()
+            .filter(|(n, _)| !self.stages.contains_key(*n));
+        own.chain(base)
+            .filter(|(_, r)| r.status == StageStatus::Done)
+            .map(|(n, r)| (n.as_str(), r))
+    }
+
+    /// The directory of stage `name`: in the base when the stage is the base's.
+    pub fn stage_dir(&self, run_dir: &Path, name: &str) -> PathBuf {
+        match &self.base_dir {
+            Some(base) if !self.stages.contains_key(name) && self.inherited.contains_key(name) => {
+                base.join(name)
+            }
+            _ => run_dir.join(name),
+        }
+    }
+
+    /// Make `base` the base of the run directory `run_dir` (created when missing): recorded in
+    /// its manifest, which is saved. A run directory that already has another base is refused.
+    pub fn bind_base(run_dir: &Path, base: &str) -> Result<Manifest> {
+        std::fs::create_dir_all(run_dir)
+            .map_err(|e| Error::io("failed to create run directory", run_dir, e))?;
+        let mut m = Manifest::load(run_dir)?;
+        match m.base.as_deref() {
+            Some(b) if b == base => return Ok(m),
+            Some(b) => {
+                return Err(Error::data(
+                    Self::path(run_dir),
+                    format!("the run's base is `{b}`, not `{base}`: this folder belongs to another run"),
+                ))
+            }
+            None if !m.stages.is_empty() => {
+                return Err(Error::data(
+                    Self::path(run_dir),
+                    format!("the run has stages of its own and no base; a sweep's model folder has its sweep's run (`{base}`) as base: move this run elsewhere"),
+                ))
+            }
+            None => {}
+        }
+        m.base = Some(base.to_string());
+        m.save(run_dir)?;
+        Manifest::load(run_dir)
+    }
+
     /// Where a finished stage of this run holds `table`: the done stage that recorded providing
     /// it (the latest to start, where two did), or, in manifests written before `provides` was
     /// recorded, a done stage whose directory has the table's file.
     pub fn table_path(&self, run_dir: &Path, table: &crate::tables::TableDecl) -> Option<PathBuf> {
-        let done = || {
-            self.stages
-                .iter()
-                .filter(|(_, r)| r.status == StageStatus::Done)
-        };
+        let done = || self.finished();
         done()
             .filter(|(_, r)| r.provides.iter().any(|t| t == table.name))
             .max_by_key(|(_, r)| r.started_unix)
             .or_else(|| {
                 done().find(|(stage, r)| {
-                    r.provides.is_empty() && run_dir.join(stage).join(table.file).exists()
+                    r.provides.is_empty()
+                        && self.stage_dir(run_dir, stage).join(table.file).exists()
                 })
             })
-            .map(|(stage, _)| run_dir.join(stage).join(table.file))
+            .map(|(stage, _)| self.stage_dir(run_dir, stage).join(table.file))
     }
 
     /// Path of the manifest in `run_dir`.
@@ -138,8 +205,32 @@ impl Manifest {
         run_dir.join(MANIFEST)
     }
 
-    /// Load the manifest of `run_dir`; an absent manifest is an empty one.
+    /// Load the manifest of `run_dir`, with its base's finished records; an absent manifest is
+    /// an empty one.
     pub fn load(run_dir: &Path) -> Result<Manifest> {
+        let mut m = Manifest::load_own(run_dir)?;
+        let path = Self::path(run_dir);
+        if let Some(base) = &m.base {
+            let dir = run_dir.join(base);
+            let parent = Manifest::load_own(&dir)?;
+            if parent.base.is_some() {
+                return Err(Error::data(
+                    &path,
+                    format!("its base `{base}` has a base of its own; a base is one level deep"),
+                ));
+            }
+            m.inherited = parent
+                .stages
+                .into_iter()
+                .filter(|(_, r)| r.status == StageStatus::Done)
+                .collect();
+            m.base_dir = Some(dir);
+        }
+        Ok(m)
+    }
+
+    /// [`Self::load`] without the base's records.
+    fn load_own(run_dir: &Path) -> Result<Manifest> {
         let path = Self::path(run_dir);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,

@@ -46,6 +46,9 @@ pub struct RunOptions {
     /// Run this stage alone (its needs resolved among all the stages given, as a run of the
     /// whole pipeline resolves them); an executor's task for one stage.
     pub only: Option<String>,
+    /// Stages outside this list (a sweep's trunk) that ran because they were forced: the
+    /// stages here that they provide for rerun too.
+    pub forced_upstream: BTreeSet<String>,
 }
 
 /// The outcome of one stage in a run.
@@ -137,7 +140,7 @@ impl<'a> Engine<'a> {
     ) -> Result<FingerprintDetail> {
         let mut upstream = BTreeMap::new();
         for up in providers.values() {
-            match manifest.stages.get(up) {
+            match manifest.record(up) {
                 Some(rec) if rec.status == StageStatus::Done => {
                     upstream.insert(up.to_string(), rec.output_digest());
                 }
@@ -287,7 +290,12 @@ impl<'a> Engine<'a> {
         let _lock = lock::RunLock::acquire(&self.run_dir, opts.wait, self.ui)?;
         let mut manifest = Manifest::load(&self.run_dir)?;
         let providers = plan::resolve(stages, &manifest, self.catalogue)?;
-        let mut forced: BTreeSet<&str> = opts.force.iter().map(String::as_str).collect();
+        let mut forced: BTreeSet<&str> = opts
+            .force
+            .iter()
+            .chain(&opts.forced_upstream)
+            .map(String::as_str)
+            .collect();
         let mut outcomes = Vec::new();
         for (stage, providers) in stages.iter().zip(&providers) {
             let name = stage.name();
@@ -379,6 +387,7 @@ impl<'a> Engine<'a> {
             ui: self.ui,
             fingerprint: detail.hash(),
             input_hashes: detail.inputs.clone(),
+            dirs: stage::provider_dirs(&self.run_dir, providers, manifest),
             providers: providers.clone(),
             provides: provides.clone(),
             part: None,

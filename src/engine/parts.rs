@@ -170,6 +170,7 @@ impl Engine<'_> {
             ui: self.ui,
             fingerprint: fingerprint.clone(),
             input_hashes: detail.inputs.clone(),
+            dirs: super::stage::provider_dirs(&self.run_dir, providers, &manifest),
             providers: providers.clone(),
             provides: stage.provides(),
             part: Some(part),

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use super::manifest::{Manifest, StageStatus};
+use super::manifest::Manifest;
 use super::stage::{Need, Stage};
 use crate::error::{Error, Result};
 
@@ -61,14 +61,9 @@ fn provider(
     let me = stages[at];
     let table = need.table.name;
     let finished: Vec<&str> = manifest
-        .stages
-        .iter()
-        .filter(|(name, rec)| {
-            rec.status == StageStatus::Done
-                && name.as_str() != me.name()
-                && rec.provides.iter().any(|t| t == table)
-        })
-        .map(|(name, _)| name.as_str())
+        .finished()
+        .filter(|(name, rec)| *name != me.name() && rec.provides.iter().any(|t| t == table))
+        .map(|(name, _)| name)
         .collect();
     let earlier: Vec<&str> = stages[..at]
         .iter()

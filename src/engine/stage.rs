@@ -121,6 +121,8 @@ pub struct StageContext<'a> {
     pub input_hashes: BTreeMap<String, String>,
     /// For each needed table that has a provider: the providing stage.
     pub providers: BTreeMap<&'static str, String>,
+    /// The directory of each providing stage (in the run's base for the base's stages).
+    pub dirs: BTreeMap<String, PathBuf>,
     /// The tables this stage declared it provides.
     pub provides: Vec<&'static TableDecl>,
     /// The part to run, for a shardable stage run in parts: `run` then commits only that
@@ -141,9 +143,13 @@ impl StageContext<'_> {
 
     /// The path of a table this stage needs, when it has a provider.
     pub fn maybe(&self, table: &TableDecl) -> Option<PathBuf> {
-        self.providers
-            .get(table.name)
-            .map(|stage| self.run_dir.join(stage).join(table.file))
+        self.providers.get(table.name).map(|stage| {
+            self.dirs
+                .get(stage)
+                .cloned()
+                .unwrap_or_else(|| self.run_dir.join(stage))
+                .join(table.file)
+        })
     }
 
     /// The stage that provides a needed table.
@@ -166,6 +172,19 @@ impl StageContext<'_> {
     pub fn path(&self, file: &str) -> PathBuf {
         self.stage_dir.join(file)
     }
+}
+
+/// The directory of each stage in `providers`, as `manifest` places it (see
+/// [`Manifest::stage_dir`](super::Manifest::stage_dir)).
+pub fn provider_dirs(
+    run_dir: &Path,
+    providers: &BTreeMap<&'static str, String>,
+    manifest: &super::Manifest,
+) -> BTreeMap<String, PathBuf> {
+    providers
+        .values()
+        .map(|s| (s.clone(), manifest.stage_dir(run_dir, s)))
+        .collect()
 }
 
 /// What a stage reports when it finishes.

@@ -96,6 +96,43 @@ pub fn check_folder(dir: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The name of a model folder, as a sweep names its branch (`RUN/models/NAME/`): the `name` of its
+/// `model.toml`, or else the folder's own name. It must be a plain folder name (letters, digits,
+/// `.`, `_`, `-`, not starting with `.`).
+pub fn model_name(dir: &Path) -> std::result::Result<String, String> {
+    let toml_path = dir.join("model.toml");
+    let from_toml = if toml_path.is_file() {
+        let text = std::fs::read_to_string(&toml_path)
+            .map_err(|e| format!("`{}`: {e}", toml_path.display()))?;
+        let config: ModelConfig =
+            toml::from_str(&text).map_err(|e| format!("`{}`: {e}", toml_path.display()))?;
+        config.name
+    } else {
+        None
+    };
+    let (name, whence) = match from_toml {
+        Some(n) => (n, format!("the `name` of `{}`", toml_path.display())),
+        None => (
+            dir.canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().map(|f| f.to_string_lossy().into_owned()))
+                .unwrap_or_default(),
+            format!("the folder name of `{}`", dir.display()),
+        ),
+    };
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !plain {
+        return Err(format!(
+            "{whence} is `{name}`, which cannot name a folder: use letters, digits, `.`, `_` and `-` (set `name` in its model.toml)"
+        ));
+    }
+    Ok(name)
+}
+
 /// How a tower's graph is fed and read, resolved from its input and output names.
 #[derive(Debug, Clone)]
 struct TowerIo {
@@ -334,7 +371,7 @@ impl ClipModel {
         }
         let toml_path = dir.join("model.toml");
         let hf_path = dir.join("preprocessor_config.json");
-        let config: ModelConfig = if toml_path.is_file() {
+        let mut config: ModelConfig = if toml_path.is_file() {
             let text = std::fs::read_to_string(&toml_path)
                 .map_err(|e| Error::io("failed to read", &toml_path, e))?;
             toml::from_str(&text).map_err(|e| Error::Config {
@@ -346,6 +383,10 @@ impl ClipModel {
         } else {
             ModelConfig::default()
         };
+        // A folder without a `name` (a Hugging Face export) is named as a sweep names it.
+        if config.name.is_none() {
+            config.name = model_name(dir).ok();
+        }
         let bad = |message: String| Error::Config {
             path: toml_path.clone(),
             message,
