@@ -123,12 +123,7 @@ pub fn leaderboard(runs: &[(PathBuf, String)], protocol: Protocol) -> Result<Vec
 
 /// The embeddings' model of a run's scores: its folder's name, or the file imported.
 pub fn model_of(file: &ScoresFile) -> String {
-    let e = &file.provenance["embeddings"];
-    e["model"]["name"]
-        .as_str()
-        .or(e["images"]["file"].as_str())
-        .unwrap_or("?")
-        .to_string()
+    crate::tables::retrievals::model_of_embeddings(&file.provenance["embeddings"])
 }
 
 /// One run's rows, a row per head set, from its scores (`source`, for messages) and its test

@@ -238,7 +238,8 @@ impl Catalog {
             cols.extend(
                 df.get_column_names()
                     .into_iter()
-                    .filter(|n| n.as_str() != "run" && n.as_str() != "model")
+                    .filter(|n| n.as_str() != "run")
+                    .filter(|n| source.model.is_none() || n.as_str() != "model")
                     .map(|n| col(n.clone())),
             );
             frames.push(df.lazy().select(cols));

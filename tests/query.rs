@@ -174,7 +174,7 @@ fn unknown_names_list_what_exists() {
     assert!(err.contains("lambda"), "{err}");
     assert!(err.contains("the columns are:"), "{err}");
     assert!(
-        err.contains("results: run, heads, lam, query_id, split, field, value, target"),
+        err.contains("results: run, model, heads, lam, query_id, split, field, value, target"),
         "{err}"
     );
     let err = stderr(&run_ok(&["query", s(&run), "SELECT * FROM retrieval"], 2));

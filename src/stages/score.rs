@@ -101,7 +101,7 @@ pub struct Score {
 
 impl StageDef for Score {
     const NAME: &'static str = "score";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     const ABOUT: &'static str =
         "The SIMAT score of the retrievals: RUN/score/scores.parquet and scores.json";
     const PROVIDES: &'static [&'static TableDecl] = &[
@@ -202,6 +202,7 @@ impl StageDef for Score {
         let query_set = QuerySet::of_stage(ctx.provider(&tables::QUERIES).unwrap_or_default());
         let dataset = Dataset::read(&dpath)?;
         let retrieve_provenance = read_json(&ctx.input(&tables::RETRIEVAL_PROVENANCE)?)?;
+        let model = tables::retrievals::model_of_embeddings(&retrieve_provenance["embeddings"]);
         if retrieve_provenance["query_set"] != serde_json::json!(query_set) {
             return Err(Error::stage(
                 "score",
@@ -362,7 +363,10 @@ impl StageDef for Score {
                 }
             }
             // The block's rows and its breakdown sums are independent: one core each.
-            let (batch, ()) = rayon::join(|| results.to_batch(), || groups.add(&results, &splits));
+            let (batch, ()) = rayon::join(
+                || results.to_batch(&model),
+                || groups.add(&results, &splits),
+            );
             results_out.write(&batch?)?;
             n_queries += queries.len();
         }
@@ -418,6 +422,7 @@ impl StageDef for Score {
         };
         let n_rows = rows.len();
         let cols: Vec<ArrayRef> = vec![
+            tables::retrievals::model_column(&model, n_rows),
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|r| r.heads.as_str()),
             )),
@@ -470,10 +475,11 @@ impl StageDef for Score {
             (serde_json::to_string_pretty(&file).expect("json") + "\n").as_bytes(),
         )?;
         let n_results = results_out.finish()?;
-        let n_breakdown = crate::io::write_table(&breakdown_path, &groups.to_batch(&splits)?)?;
+        let n_breakdown =
+            crate::io::write_table(&breakdown_path, &groups.to_batch(&model, &splits)?)?;
         let n_metrics = crate::io::write_table(
             &ctx.output(&tables::METRICS)?,
-            &ranked.to_batch(&keys, &splits, &fields)?,
+            &ranked.to_batch(&model, &keys, &splits, &fields)?,
         )?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
@@ -582,13 +588,14 @@ impl<'a> Results<'a> {
         self.weight.push(q.weight(i));
     }
 
-    fn to_batch(&self) -> Result<RecordBatch> {
+    fn to_batch(&self, model: &str) -> Result<RecordBatch> {
         let s = |v: &Vec<&str>| -> ArrayRef { Arc::new(StringArray::from_iter_values(v)) };
         let i = |v: &Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v.clone())) };
         type Build<'b> = Box<dyn Fn() -> ArrayRef + Send + Sync + 'b>;
         // Each column is built on whichever thread is free: one at a time they took 10 ms of
         // official SIMAT's score.
         let builds: Vec<Build> = vec![
+            Box::new(|| tables::retrievals::model_column(model, self.heads.len())),
             Box::new(|| s(&self.heads)),
             Box::new(|| Arc::new(Float64Array::from(self.lam.clone()))),
             Box::new(|| i(&self.query_id)),
@@ -719,7 +726,7 @@ impl Breakdown {
     }
 
     /// The table: rows ordered by head set and λ, then split, dimension and key by name.
-    fn to_batch(&self, splits: &[&str]) -> Result<RecordBatch> {
+    fn to_batch(&self, model: &str, splits: &[&str]) -> Result<RecordBatch> {
         let words = &self.words;
         let mut rows: Vec<(usize, &str, &str, String, Sums)> = self
             .groups
@@ -748,6 +755,7 @@ impl Breakdown {
             score.push(100.0 * ws / w);
         }
         let cols: Vec<ArrayRef> = vec![
+            tables::retrievals::model_column(model, heads.len()),
             Arc::new(StringArray::from(heads)),
             Arc::new(Float64Array::from(lam)),
             Arc::new(StringArray::from(split)),
@@ -1120,6 +1128,7 @@ impl<'a> RankedSums<'a> {
     /// `metrics.parquet`: per key, split, field, metric and k, the weighted mean ×100.
     fn to_batch(
         &self,
+        model: &str,
         keys: &[(String, f64)],
         splits: &[&str],
         fields: &[&str],
@@ -1151,6 +1160,7 @@ impl<'a> RankedSums<'a> {
             }
         }
         let cols: Vec<ArrayRef> = vec![
+            tables::retrievals::model_column(model, heads.len()),
             Arc::new(StringArray::from_iter_values(heads)),
             Arc::new(Float64Array::from(lam)),
             Arc::new(StringArray::from_iter_values(split)),

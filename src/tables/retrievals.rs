@@ -22,12 +22,36 @@ pub fn retrievals_schema() -> SchemaRef {
     ]))
 }
 
+/// The first column of every score table (`results`, `breakdown`, `metrics`, `scores`): the
+/// model whose embeddings were scored, so that tables of several models union by rows.
+pub fn model_field() -> Field {
+    Field::new("model", DataType::Utf8, false)
+}
+
+/// The `model` column of a score table of `rows` rows.
+pub fn model_column(model: &str, rows: usize) -> arrow::array::ArrayRef {
+    Arc::new(arrow::array::StringArray::from_iter_values(
+        std::iter::repeat_n(model, rows),
+    ))
+}
+
+/// The name of the model of a run's embeddings, from their provenance (retrieve's and score's
+/// `embeddings`): the model's name, or else the file imported.
+pub fn model_of_embeddings(embeddings: &serde_json::Value) -> String {
+    embeddings["model"]["name"]
+        .as_str()
+        .or(embeddings["images"]["file"].as_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
 /// Schema of `results.parquet`: one row per (head set, λ, query) — whether it succeeded, and
 /// everything needed to ask why.
 pub fn results_schema() -> SchemaRef {
     let i = |n: &str| Field::new(n, DataType::Int64, false);
     let s = |n: &str| Field::new(n, DataType::Utf8, false);
     Arc::new(Schema::new(vec![
+        model_field(),
         s("heads"),
         Field::new("lam", DataType::Float64, false),
         i("query_id"),
@@ -56,6 +80,7 @@ pub fn results_schema() -> SchemaRef {
 /// target word, relation, subject, object and triplet — per head set, λ and split.
 pub fn breakdown_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
+        model_field(),
         Field::new("heads", DataType::Utf8, false),
         Field::new("lam", DataType::Float64, false),
         Field::new("split", DataType::Utf8, false),
@@ -70,6 +95,7 @@ pub fn breakdown_schema() -> SchemaRef {
 /// split and field, each a weighted mean over queries ×100.
 pub fn metrics_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
+        model_field(),
         Field::new("heads", DataType::Utf8, false),
         Field::new("lam", DataType::Float64, false),
         Field::new("split", DataType::Utf8, false),
@@ -84,6 +110,7 @@ pub fn metrics_schema() -> SchemaRef {
 /// Schema of `scores.parquet` (its metadata holds the provenance as JSON).
 pub fn scores_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
+        model_field(),
         Field::new("heads", DataType::Utf8, false),
         Field::new("lam", DataType::Float64, false),
         Field::new("split", DataType::Utf8, false),
