@@ -151,6 +151,20 @@ fn a_sweep_of_three_models_equals_three_runs_and_queries_as_one() {
     let again = stdout(&run_ok(&["run", s(&sweep)], 0));
     assert!(!again.contains(" ran "), "{again}");
     assert_eq!(again.matches(" fresh ").count(), 6 + 3 * 4, "{again}");
+
+    // A branch's lost table is all that a rerun recomputes: the same bytes again, so neither its
+    // report nor the other models' reports (which read its scores) rerun.
+    let lost = run.join("models/tiny-world/score/scores.parquet");
+    let before = std::fs::read(&lost).unwrap();
+    std::fs::remove_file(&lost).unwrap();
+    let mended = stdout(&run_ok(&["run", s(&sweep)], 0));
+    assert_eq!(mended.matches(" ran ").count(), 1, "{mended}");
+    assert_eq!(std::fs::read(&lost).unwrap(), before);
+    // A trunk stage forced reruns what depends on it in every branch (retrieve, score, report),
+    // not embed, which does not read the queries.
+    let forced = stdout(&run_ok(&["run", s(&sweep), "--force", "queries"], 0));
+    assert_eq!(forced.matches(" ran ").count(), 1 + 3 * 3, "{forced}");
+    assert_eq!(forced.matches("  embed     fresh").count(), 3, "{forced}");
 }
 
 #[test]

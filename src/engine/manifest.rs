@@ -258,3 +258,81 @@ impl Manifest {
         write_atomic(&path, &bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: StageStatus, provides: &[&str]) -> StageRecord {
+        StageRecord {
+            status,
+            fingerprint: Some("f".into()),
+            detail: None,
+            outputs: vec![],
+            started_unix: 0,
+            wall_s: 0.0,
+            counters: BTreeMap::new(),
+            error: None,
+            provides: provides.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_run_with_a_base_reads_the_base_s_finished_stages_and_never_saves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let mut parent = Manifest::default();
+        parent
+            .stages
+            .insert("queries".into(), record(StageStatus::Done, &["queries"]));
+        parent
+            .stages
+            .insert("crops".into(), record(StageStatus::Failed, &["crops"]));
+        parent.stages.insert(
+            "embed".into(),
+            record(StageStatus::Done, &["image_embeddings"]),
+        );
+        parent.save(base).unwrap();
+        let child = base.join("models/m");
+        let mut m = Manifest::bind_base(&child, "../..").unwrap();
+        // Only finished stages are inherited; a stage of the child's own hides the base's.
+        assert!(m.record("queries").is_some() && m.record("crops").is_none());
+        m.stages
+            .insert("embed".into(), record(StageStatus::Running, &[]));
+        let finished: Vec<&str> = m.finished().map(|(n, _)| n).collect();
+        assert_eq!(finished, ["queries"]);
+        assert_eq!(
+            m.stage_dir(&child, "queries"),
+            child.join("../..").join("queries")
+        );
+        assert_eq!(m.stage_dir(&child, "embed"), child.join("embed"));
+        m.save(&child).unwrap();
+        let text = std::fs::read_to_string(Manifest::path(&child)).unwrap();
+        assert!(
+            text.contains("\"base\": \"../..\"") && !text.contains("queries"),
+            "{text}"
+        );
+        // The same base again is fine; another, or a run of its own without one, is refused.
+        Manifest::bind_base(&child, "../..").unwrap();
+        let e = Manifest::bind_base(&child, "..").unwrap_err().to_string();
+        assert!(e.contains("the run's base is `../..`, not `..`"), "{e}");
+        let e = Manifest::bind_base(base, "../..").unwrap_err().to_string();
+        assert!(e.contains("has stages of its own and no base"), "{e}");
+    }
+
+    #[test]
+    fn a_base_with_a_base_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mid = dir.path().join("a");
+        Manifest::bind_base(&mid, "..").unwrap();
+        let leaf = mid.join("b");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(
+            Manifest::path(&leaf),
+            "{\"engine\": \"x\", \"base\": \"..\", \"stages\": {}}",
+        )
+        .unwrap();
+        let e = Manifest::load(&leaf).unwrap_err().to_string();
+        assert!(e.contains("a base is one level deep"), "{e}");
+    }
+}
