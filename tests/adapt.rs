@@ -12,30 +12,43 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/adapt")
 }
 
-fn reference() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixture().join("reference.json")).unwrap()).unwrap()
+/// `reference.json`, or with `prefix` `rect_` the fixture of heads of unequal shapes.
+fn reference_of_fixture(prefix: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(fixture().join(format!("{prefix}reference.json"))).unwrap(),
+    )
+    .unwrap()
 }
 
-/// `tests/data/adapt/make_adapt_reference.py`'s settings as flags.
-fn parity_args(run: &Path) -> Vec<String> {
-    let s = &reference()["settings"];
+/// The flags of fixture `prefix` (`""`: square heads from the identity; `rect_`: 64- and
+/// 96-dimensional embeddings to D = 64, from the seeded projections).
+fn fixture_args(run: &Path, prefix: &str) -> Vec<String> {
+    let s = &reference_of_fixture(prefix)["settings"];
     let f = fixture();
+    let init: Vec<String> = if prefix.is_empty() {
+        vec!["--init".into(), "identity".into()]
+    } else {
+        ["--init", "projection", "--dim"]
+            .iter()
+            .map(|x| x.to_string())
+            .chain([s["dim"].to_string(), "--seed".into(), s["seed"].to_string()])
+            .collect()
+    };
     [
         "adapt",
         "--run",
         s_(run),
         "--images",
-        s_(&f.join("x.npy")),
+        s_(&f.join(format!("{prefix}x.npy"))),
         "--texts",
-        s_(&f.join("y.npy")),
-        "--init",
-        "identity",
+        s_(&f.join(format!("{prefix}y.npy"))),
         "--no-shuffle",
         "--val-fraction",
         "0",
     ]
     .iter()
     .map(|x| x.to_string())
+    .chain(init)
     .chain(
         [
             ("--tau", "tau"),
@@ -64,11 +77,24 @@ fn curve(run: &Path) -> arrow::array::RecordBatch {
 /// `StepLR`, a partial last batch, clipping on some steps and not others).
 #[test]
 fn adapt_equals_pytorch() {
+    equals_pytorch("");
+}
+
+/// Heads of unequal shapes (an image head 64 → 64 and a text head 96 → 64, as for a sentence
+/// encoder beside an image model) from the seeded projections equal PyTorch's too.
+#[test]
+fn heads_of_unequal_shapes_equal_pytorch() {
+    let h = equals_pytorch("rect_");
+    assert_eq!((h.img.weight.rows, h.img.weight.cols), (64, 64));
+    assert_eq!((h.txt.weight.rows, h.txt.weight.cols), (64, 96));
+}
+
+fn equals_pytorch(prefix: &str) -> simat::model::heads::Heads {
     let dir = tempdir();
     let run = dir.path().join("run");
-    let args = parity_args(&run);
+    let args = fixture_args(&run, prefix);
     run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
-    let r = reference();
+    let r = reference_of_fixture(prefix);
     let c = curve(&run);
     let loss = c
         .column_by_name("train_loss")
@@ -88,7 +114,7 @@ fn adapt_equals_pytorch() {
         let want = st["loss"].as_f64().unwrap();
         assert!(
             (loss.value(i) - want).abs() < 1e-5,
-            "step {i}: loss {} vs PyTorch {want}",
+            "{prefix}step {i}: loss {} vs PyTorch {want}",
             loss.value(i)
         );
         assert!((norm.value(i) - st["grad_norm"].as_f64().unwrap()).abs() < 1e-4);
@@ -103,19 +129,20 @@ fn adapt_equals_pytorch() {
         (&h.txt.bias, "txt_head.bias"),
     ] {
         let d = max_abs_diff(got, &floats(&r["heads"][key]));
-        assert!(d < 1e-4, "{key}: {d}");
+        assert!(d < 1e-4, "{prefix}{key}: {d}");
     }
     // The safetensors file holds the same heads.
     let st = std::fs::read(run.join("adapt/heads/head_tau0.1.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&st).unwrap();
     let w: Vec<f32> = st
-        .tensor("img_head.weight")
+        .tensor("txt_head.weight")
         .unwrap()
         .data()
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    assert_eq!(w, h.img.weight.data);
+    assert_eq!(w, h.txt.weight.data);
+    h
 }
 
 /// A sweep writes one head set per τ and a curve with validation; a SIGKILL in the middle of it

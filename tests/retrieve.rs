@@ -225,3 +225,143 @@ fn the_text_only_baseline_equals_a_numpy_reference_at_every_lambda() {
         demo_scores.iter().map(|r| r.score).collect::<Vec<_>>()
     );
 }
+
+/// `rows × cols` uniform values in ±`scale`, from `seed` (f64).
+fn uniform(rows: usize, cols: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let g = simat::bootstrap::SplitMix64::for_resample(seed, 0);
+    (0..(rows * cols) as u64)
+        .map(|k| ((g.output(k) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// `a` (`n × k`) times `b` (`k × m`), row-major, in f64.
+fn matmul(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * m];
+    for i in 0..n {
+        for l in 0..k {
+            let x = a[i * k + l];
+            for j in 0..m {
+                out[i * m + j] += x * b[l * m + j];
+            }
+        }
+    }
+    out
+}
+
+fn write_heads(prefix: &Path, img: (&[f64], usize, usize), txt: (&[f64], usize, usize), seed: u64) {
+    use simat::io::store::{write_npy, write_npy_vector};
+    for (part, (w, rows, cols), s) in [("img", img, seed), ("txt", txt, seed + 1)] {
+        let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<f32>>();
+        let m = simat::linalg::Matrix::new(rows, cols, f32s(w)).unwrap();
+        let name = prefix.file_name().unwrap().to_str().unwrap();
+        let dir = prefix.parent().unwrap();
+        write_npy(&dir.join(format!("{name}_{part}_head_weight.npy")), &m).unwrap();
+        let b = f32s(&uniform(1, rows, s + 10, 0.05));
+        write_npy_vector(&dir.join(format!("{name}_{part}_head_bias.npy")), &b).unwrap();
+    }
+}
+
+/// (dataset_id, similarity) of each query's first two retrievals, by query.
+fn first_two(run: &Path) -> Vec<[(i64, f32); 2]> {
+    use arrow::array::AsArray;
+    let b = simat::io::read_all(&run.join("retrieve/retrievals.parquet")).unwrap();
+    let ids = col_i64(&b, "dataset_id");
+    let ranks = b
+        .column_by_name("rank")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int32Type>();
+    let sims = b
+        .column_by_name("similarity")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Float32Type>();
+    let mut out = Vec::new();
+    for r in 0..b.num_rows() {
+        if ranks.value(r) == 0 {
+            out.push([(ids[r], sims.value(r)), (ids[r + 1], sims.value(r + 1))]);
+        }
+    }
+    out
+}
+
+/// A text encoder of another dimension: 96-dimensional word vectors beside 512-dimensional images
+/// import, are refused by retrieve without heads, and with heads mapping both to 64 dimensions
+/// (an image head 64 × 512, a text head 64 × 96) retrieve what the 512-dimensional words do
+/// through the composed text head: the text head goes to the words, the image head to the images.
+#[test]
+fn heads_of_unequal_shapes_map_two_encoders_to_one_space() {
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    let inputs = crate::simat::import_release(&run);
+    let (words, x) = simat::stages::import_embeddings::read_words(
+        &shared_data().join("simat-release/original/simat_words_clip.ptd"),
+        None,
+    )
+    .unwrap();
+    let (n, d_img, d_txt, d) = (x.rows, x.cols, 96, 64);
+    assert_eq!(d_img, 512);
+    // Words of another encoder: y = x·P exactly (in f64, then f32).
+    let p = uniform(d_img, d_txt, 1, 1.0 / (d_img as f64).sqrt());
+    let x64: Vec<f64> = x.data.iter().map(|v| *v as f64).collect();
+    let y = matmul(&x64, &p, n, d_img, d_txt);
+    let w_img = uniform(d, d_img, 2, 1.0 / (d_img as f64).sqrt());
+    let w_txt = uniform(d, d_txt, 3, 1.0 / (d_txt as f64).sqrt());
+    // The text head on x that equals w_txt on y = x·P: w_txt·Pᵀ.
+    let p_t: Vec<f64> = (0..d_txt * d_img)
+        .map(|k| p[(k % d_img) * d_txt + k / d_img])
+        .collect();
+    let composed = matmul(&w_txt, &p_t, d, d_txt, d_img);
+    let square = dir.path().join("square");
+    let rect = dir.path().join("rect");
+    write_heads(&square, (&w_img, d, d_img), (&composed, d, d_img), 4);
+    write_heads(&rect, (&w_img, d, d_img), (&w_txt, d, d_txt), 4);
+
+    let retrieve = |heads: &Path, code: i32| {
+        let mut args = vec!["retrieve", "--run", s(&run), "--lambdas", "1", "-k", "2"];
+        if heads.as_os_str() != "" {
+            args.extend(["--heads", s(heads)]);
+        }
+        stderr(&run_ok(&args, code))
+    };
+    retrieve(&square, 0);
+    let want = first_two(&run);
+
+    let words_txt = dir.path().join("words.txt");
+    std::fs::write(&words_txt, words.join("\n") + "\n").unwrap();
+    let y_npy = dir.path().join("y.npy");
+    let y32 = simat::linalg::Matrix::new(n, d_txt, y.iter().map(|v| *v as f32).collect()).unwrap();
+    simat::io::store::write_npy(&y_npy, &y32).unwrap();
+    let img = inputs.join("img.pt");
+    run_ok(
+        &[
+            "import-embeddings",
+            "--run",
+            s(&run),
+            "--image-embeddings",
+            s(&img),
+            "--word-embeddings",
+            s(&y_npy),
+            "--words",
+            s(&words_txt),
+        ],
+        0,
+    );
+    let err = retrieve(Path::new(""), 2);
+    assert!(
+        err.contains("word embeddings have dimension 96, image embeddings 512")
+            && err.contains("adapt --dim D"),
+        "{err}"
+    );
+    retrieve(&rect, 0);
+    let got = first_two(&run);
+    assert_eq!(got.len(), want.len());
+    let mut clear = 0;
+    for (q, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g[0].1 - w[0].1).abs() < 1e-4, "query {q}: {g:?} vs {w:?}");
+        // Where the first two are apart, the same image.
+        if w[0].1 - w[1].1 > 1e-3 {
+            clear += 1;
+            assert_eq!(g[0].0, w[0].0, "query {q}");
+        }
+    }
+    assert!(clear * 10 > want.len() * 9, "{clear} of {}", want.len());
+}

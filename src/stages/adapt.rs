@@ -45,8 +45,11 @@ pub enum Init {
     /// `I + 0.01·W₀`, bias `0.01·b₀`: the release's.
     #[default]
     Release,
-    /// Exactly `I` and a zero bias.
+    /// Exactly `I` and a zero bias (square heads only).
     Identity,
+    /// Every head a seeded random sign projection (entries ±1/√D), bias 0: what a non-square head
+    /// starts from under `release`, and replayable anywhere (see [`projection`]).
+    Projection,
 }
 
 /// Configuration of `adapt`.
@@ -82,9 +85,15 @@ pub struct AdaptConfig {
     /// Maximum global norm of the gradient of both heads together.
     #[arg(long, default_value_t = 1.0)]
     pub clip_grad_norm: f64,
-    /// How heads start: `release` (I + 0.01·W₀) or `identity`.
+    /// How heads start: `release` (I + 0.01·W₀ for a square head, a random projection for
+    /// another), `identity` (square heads only) or `projection`.
     #[arg(long, value_enum, default_value = "release")]
     pub init: Init,
+    /// Dimension D of the space both heads map to: an image head D_img → D and a text head
+    /// D_txt → D (default: the image embeddings' dimension).
+    #[arg(long, value_name = "D")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
     /// Keep the pairs' order in every epoch instead of shuffling.
     #[arg(long)]
     pub no_shuffle: bool,
@@ -147,6 +156,9 @@ impl StageDef for Adapt {
         names.dedup();
         if names.len() != c.tau.len() {
             return Err(bad("tau", "a τ is given twice"));
+        }
+        if c.dim == Some(0) {
+            return Err(bad("dim", "must be at least 1"));
         }
         if !(c.lr.is_finite() && c.lr > 0.0) {
             return Err(bad("lr", "must be a positive number"));
@@ -342,25 +354,66 @@ fn read_pairs(images: &Path, texts: &Path) -> Result<Pairs> {
     }
 }
 
-/// The initial heads.
-fn init_heads(init: Init, d: usize, seed: u64) -> HeadParams {
-    let mut p = HeadParams::identity(d);
+/// Head `head`'s (0: image, 1: text) seeded random sign projection `d_out × d_in`, row-major:
+/// entry `k = i·d_in + j` is `−1/√d_out` when the top bit of output `k` of the generator
+/// `SplitMix64::for_resample(seed, head)` ([`crate::bootstrap`]) is set, `+1/√d_out` otherwise
+/// (in f32). Its rows are nearly orthogonal and it keeps norms in expectation
+/// (`E‖Rx‖² = ‖x‖²`, Achlioptas 2003), so the first loss is that of a plain projection.
+pub fn projection(d_out: usize, d_in: usize, seed: u64, head: u64) -> Vec<f32> {
+    let g = crate::bootstrap::SplitMix64::for_resample(seed, head);
+    let s = 1.0 / (d_out as f32).sqrt();
+    (0..(d_out * d_in) as u64)
+        .map(|k| if g.output(k) >> 63 == 1 { -s } else { s })
+        .collect()
+}
+
+/// The initial heads mapping `d_img` and `d_txt` to `d_out`. A square head starts as the
+/// release's did (`I + 0.01·W₀`, W₀ as PyTorch's `Linear` initialises it) or as `I`; a
+/// non-square head, which has no identity, from [`projection`].
+fn init_heads(
+    init: Init,
+    d_out: usize,
+    d_img: usize,
+    d_txt: usize,
+    seed: u64,
+) -> Result<HeadParams> {
+    let mut p = HeadParams::identity(d_out);
+    p.d_img = d_img;
+    p.d_txt = d_txt;
+    let square = [d_img == d_out, d_txt == d_out];
+    if init == Init::Identity && square != [true, true] {
+        return Err(Error::stage(
+            "adapt",
+            format!("--init identity needs square heads, but they map {d_img} (images) and {d_txt} (texts) to {d_out}: use --init release or projection"),
+        ));
+    }
+    for (h, (d_in, w)) in [(d_img, &mut p.img_w), (d_txt, &mut p.txt_w)]
+        .into_iter()
+        .enumerate()
+    {
+        if init == Init::Projection || !square[h] {
+            *w = projection(d_out, d_in, seed, h as u64);
+        }
+    }
     if init == Init::Release {
         // PyTorch's Linear: weight and bias uniform in ±1/sqrt(fan_in); then I + 0.01·W₀.
-        let bound = 1.0 / (d as f32).sqrt();
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1417);
-        for w in [&mut p.img_w, &mut p.txt_w] {
-            for v in w.iter_mut() {
-                *v += 0.01 * rng.random_range(-bound..bound);
+        for (h, w) in [&mut p.img_w, &mut p.txt_w].into_iter().enumerate() {
+            if square[h] {
+                let bound = 1.0 / (d_out as f32).sqrt();
+                for v in w.iter_mut() {
+                    *v += 0.01 * rng.random_range(-bound..bound);
+                }
             }
         }
-        for b in [&mut p.img_b, &mut p.txt_b] {
+        for (b, d_in) in [(&mut p.img_b, d_img), (&mut p.txt_b, d_txt)] {
+            let bound = 1.0 / (d_in as f32).sqrt();
             for v in b.iter_mut() {
                 *v = 0.01 * rng.random_range(-bound..bound);
             }
         }
     }
-    p
+    Ok(p)
 }
 
 /// One row of the curve.
@@ -498,16 +551,8 @@ impl Adapt {
             ),
         };
         let pairs = read_pairs(&ipath, &tpath)?;
-        let (n, d) = (pairs.images.rows, pairs.images.cols);
-        if pairs.texts.cols != d {
-            return Err(Error::data(
-                &tpath,
-                format!(
-                    "text embeddings have dimension {}, image embeddings {d}: heads map both to one space of that dimension",
-                    pairs.texts.cols
-                ),
-            ));
-        }
+        let (n, d_img, d_txt) = (pairs.images.rows, pairs.images.cols, pairs.texts.cols);
+        let d = c.dim.unwrap_or(d_img);
         for (m, p) in [(&pairs.images, &ipath), (&pairs.texts, &tpath)] {
             if let Some(r) = crate::linalg::first_non_finite(m) {
                 return Err(Error::data(p, format!("row {r} holds NaN or infinity")));
@@ -549,7 +594,7 @@ impl Adapt {
         let bar = ctx.ui.progress(n_chunks as u64, "epochs", "adapt");
         let started = std::time::Instant::now();
         for (ti, &tau) in c.tau.iter().enumerate() {
-            let mut p = init_heads(c.init, d, c.seed);
+            let mut p = init_heads(c.init, d, d_img, d_txt, c.seed)?;
             let mut adam = Adam::new(&p);
             for epoch in 0..c.epochs {
                 let k = ti * c.epochs + epoch;
@@ -605,10 +650,10 @@ impl Adapt {
                     let mut total = 0f64;
                     for (xb, yb) in val_x
                         .data
-                        .chunks(c.batch_size * d)
-                        .zip(val_y.data.chunks(c.batch_size * d))
+                        .chunks(c.batch_size * d_img)
+                        .zip(val_y.data.chunks(c.batch_size * d_txt))
                     {
-                        let b = xb.len() / d;
+                        let b = xb.len() / d_img;
                         if b >= 2 {
                             total += loss_and_grad(&p, xb, yb, b, tau as f32, None) * b as f64;
                         }
@@ -628,9 +673,9 @@ impl Adapt {
             }
             let name = format!("head_tau{}", tau_name(tau));
             for (part, data, rows, cols) in [
-                ("img_head_weight", &p.img_w, d, d),
+                ("img_head_weight", &p.img_w, d, d_img),
                 ("img_head_bias", &p.img_b, d, 0),
-                ("txt_head_weight", &p.txt_w, d, d),
+                ("txt_head_weight", &p.txt_w, d, d_txt),
                 ("txt_head_bias", &p.txt_b, d, 0),
             ] {
                 let file = heads_dir.join(format!("{name}_{part}.npy"));
@@ -657,6 +702,9 @@ impl Adapt {
         report.table(&tables::CURVE, Some(n_rows));
         chunks.finish();
         report.count("pairs", n as u64);
+        report.count("image_dim", d_img as u64);
+        report.count("text_dim", d_txt as u64);
+        report.count("dim", d as u64);
         report.count("train_images", train.len() as u64);
         report.count("val_images", val.len() as u64);
         report.count("epochs_resumed", resumed);
@@ -667,5 +715,57 @@ impl Adapt {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_square_head_starts_near_the_identity_and_another_from_the_projection() {
+        let p = init_heads(Init::Release, 8, 8, 12, 3).unwrap();
+        assert_eq!((p.d_out, p.d_img, p.d_txt), (8, 8, 12));
+        assert_eq!((p.img_w.len(), p.txt_w.len()), (64, 96));
+        for i in 0..8 {
+            for j in 0..8 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((p.img_w[i * 8 + j] - want).abs() < 0.01);
+            }
+        }
+        assert_eq!(p.txt_w, projection(8, 12, 3, 1));
+        assert!(p
+            .img_b
+            .iter()
+            .chain(&p.txt_b)
+            .all(|b| b.abs() < 0.01 && *b != 0.0));
+        // The square case draws what it always drew.
+        let square = init_heads(Init::Release, 8, 8, 8, 3).unwrap();
+        assert_eq!(square.img_w, p.img_w);
+        // Identity has no rectangular form; projection starts every head from its projection.
+        let e = init_heads(Init::Identity, 8, 8, 12, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--init identity needs square heads"), "{e}");
+        let q = init_heads(Init::Projection, 8, 8, 12, 3).unwrap();
+        assert_eq!(q.img_w, projection(8, 8, 3, 0));
+        assert!(q.img_b.iter().all(|b| *b == 0.0));
+    }
+
+    #[test]
+    fn the_projection_is_signs_that_keep_norms_in_expectation() {
+        let (d_out, d_in) = (64, 96);
+        let r = projection(d_out, d_in, 0, 1);
+        let s = 1.0 / (d_out as f32).sqrt();
+        assert!(r.iter().all(|v| *v == s || *v == -s));
+        let negative = r.iter().filter(|v| **v < 0.0).count();
+        assert!((negative as f64 / r.len() as f64 - 0.5).abs() < 0.03);
+        // Columns of norm 1: E‖Rx‖² = ‖x‖².
+        for j in 0..d_in {
+            let n: f32 = (0..d_out).map(|i| r[i * d_in + j].powi(2)).sum();
+            assert!((n - 1.0).abs() < 1e-5);
+        }
+        assert_ne!(r, projection(d_out, d_in, 0, 0));
+        assert_ne!(r, projection(d_out, d_in, 1, 1));
     }
 }

@@ -419,15 +419,8 @@ pub fn import_embeddings(
             return Err(Error::data(p, format!("row {row} holds NaN or infinity")));
         }
     }
-    if images.matrix.cols != vectors.cols {
-        return Err(Error::data(
-            &config.word_vectors,
-            format!(
-                "word embeddings have dimension {}, image embeddings {}",
-                vectors.cols, images.matrix.cols
-            ),
-        ));
-    }
+    // Unequal dimensions are a text encoder other than the image model's (a sentence encoder):
+    // retrieve needs heads that map both to one space (`adapt --dim D`) and says so without them.
     let n = dataset.len() as i64;
     write_store(
         &out_dir.join(tables::IMAGE_EMBEDDINGS.file),
@@ -480,6 +473,7 @@ pub fn import_embeddings(
     report.count("images_not_in_dataset", images.unused as u64);
     report.count("words", vectors.rows as u64);
     report.count("dim", images.matrix.cols as u64);
+    report.count("word_dim", vectors.cols as u64);
     if images.unused > 0 {
         report.notes.push(format!(
             "{} image embedding(s) of regions outside the dataset left out",

@@ -713,8 +713,14 @@ pub fn embedding_space(
         return Err(Error::data(
             word_file,
             format!(
-                "word embeddings have dimension {}, image embeddings {}",
-                wrd.cols, img.cols
+                "word embeddings have dimension {}, image embeddings {}{}",
+                wrd.cols,
+                img.cols,
+                if heads.is_none() {
+                    ": without heads they must be equal; heads that map both to one space (`simat adapt --dim D` on pairs of these encoders, then --heads) make them comparable"
+                } else {
+                    ": the heads map them to spaces of different dimensions"
+                }
             ),
         ));
     }

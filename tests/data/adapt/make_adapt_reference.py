@@ -8,6 +8,11 @@ run from the repository root:
 writes tests/data/adapt/{x,y}.npy (seeded raw pairs, 300 × 16) and reference.json: the settings,
 the loss and the gradient norm (before clipping) of every step, and the final heads. The run has
 a partial last batch (300 = 128 + 128 + 44), clipping active, and one StepLR drop.
+
+It also writes the fixture of heads of unequal shapes: rect_{x,y}.npy (300 × 64 image and
+300 × 96 text embeddings, as from two encoders) and rect_reference.json, heads mapping both to
+D = 64 that start from simat's seeded sign projections (`--init projection`, replayed here from
+their definition in src/stages/adapt.rs).
 """
 import json
 import os
@@ -19,22 +24,37 @@ import torch.nn.functional as F
 OUT = os.path.dirname(os.path.abspath(__file__))
 SETTINGS = dict(n=300, d=16, tau=0.1, lr=0.01, epochs=4, batch_size=128, lr_step=2, lr_gamma=0.1,
                 clip_grad_norm=2.9)
+RECT = dict(n=300, d_img=64, d_txt=96, dim=64, seed=5, tau=0.1, lr=0.01, epochs=4, batch_size=128,
+            lr_step=2, lr_gamma=0.1, clip_grad_norm=1.5)
 
 
-def main():
-    s = SETTINGS
-    rng = np.random.default_rng(11)
-    x = (rng.standard_normal((s["n"], s["d"])) * 3).astype(np.float32)
-    mix = rng.standard_normal((s["d"], s["d"])).astype(np.float32) / s["d"] ** 0.5
-    y = (x @ mix + rng.standard_normal((s["n"], s["d"])) * 2).astype(np.float32)
-    np.save(os.path.join(OUT, "x.npy"), x)
-    np.save(os.path.join(OUT, "y.npy"), y)
+M64 = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
 
-    heads = torch.nn.ModuleDict({"img_head": torch.nn.Linear(s["d"], s["d"]),
-                                 "txt_head": torch.nn.Linear(s["d"], s["d"])})
-    with torch.no_grad():  # --init identity
+
+def mix(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def projection(d_out, d_in, seed, head):
+    """simat's `projection`: entry k is -1/sqrt(d_out) when the top bit of output k of
+    SplitMix64 whose state is output `head` of SplitMix64 seeded with `seed` is set."""
+    state = mix((seed + head * GAMMA + GAMMA) & M64)
+    s = np.float32(1) / np.sqrt(np.float32(d_out))
+    signs = [mix((state + (k + 1) * GAMMA) & M64) >> 63 for k in range(d_out * d_in)]
+    return np.where(np.array(signs) == 1, -s, s).astype(np.float32).reshape(d_out, d_in)
+
+
+def train(x, y, s, img_w, txt_w):
+    """The heads from weights `img_w`, `txt_w` and zero biases, trained as simat trains them."""
+    heads = torch.nn.ModuleDict({"img_head": torch.nn.Linear(x.shape[1], s["dim"]),
+                                 "txt_head": torch.nn.Linear(y.shape[1], s["dim"])})
+    with torch.no_grad():
+        heads["img_head"].weight.copy_(torch.from_numpy(img_w))
+        heads["txt_head"].weight.copy_(torch.from_numpy(txt_w))
         for h in heads.values():
-            h.weight.copy_(torch.eye(s["d"]))
             h.bias.zero_()
     opt = torch.optim.Adam(heads.parameters(), lr=s["lr"])
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=s["lr_step"], gamma=s["lr_gamma"])
@@ -59,9 +79,40 @@ def main():
     assert 0 < clipped < len(steps), "clipping should act on some steps and not on others"
     ref = {"settings": s, "torch": torch.__version__, "steps": steps,
            "heads": {k: v.detach().numpy().tolist() for k, v in heads.state_dict().items()}}
-    with open(os.path.join(OUT, "reference.json"), "w") as f:
+    return ref, clipped
+
+
+def save(name, ref, clipped):
+    with open(os.path.join(OUT, name), "w") as f:
         json.dump(ref, f)
-    print(f"{len(steps)} steps, clipped {clipped}, final loss {steps[-1]['loss']:.6f}")
+    steps = ref["steps"]
+    print(f"{name}: {len(steps)} steps, clipped {clipped}, final loss {steps[-1]['loss']:.6f}")
+
+
+def main():
+    s = dict(SETTINGS, dim=SETTINGS["d"])
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((s["n"], s["d"])) * 3).astype(np.float32)
+    mix_ = rng.standard_normal((s["d"], s["d"])).astype(np.float32) / s["d"] ** 0.5
+    y = (x @ mix_ + rng.standard_normal((s["n"], s["d"])) * 2).astype(np.float32)
+    np.save(os.path.join(OUT, "x.npy"), x)
+    np.save(os.path.join(OUT, "y.npy"), y)
+    eye = np.eye(s["d"], dtype=np.float32)  # --init identity
+    del s["dim"]
+    save("reference.json", *train(x, y, dict(s, dim=s["d"]), eye, eye))
+
+    # Unequal shapes: a text encoder of another dimension, related to the images' through a
+    # random map, both mapped to D = 64.
+    r = dict(RECT)
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((r["n"], r["d_img"])) * 3).astype(np.float32)
+    mix_ = rng.standard_normal((r["d_img"], r["d_txt"])).astype(np.float32) / r["d_img"] ** 0.5
+    y = (x @ mix_ + rng.standard_normal((r["n"], r["d_txt"])) * 2).astype(np.float32)
+    np.save(os.path.join(OUT, "rect_x.npy"), x)
+    np.save(os.path.join(OUT, "rect_y.npy"), y)
+    img_w = projection(r["dim"], r["d_img"], r["seed"], 0)
+    txt_w = projection(r["dim"], r["d_txt"], r["seed"], 1)
+    save("rect_reference.json", *train(x, y, r, img_w, txt_w))
 
 
 if __name__ == "__main__":
