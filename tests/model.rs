@@ -360,3 +360,133 @@ fn a_model_toml_with_an_unknown_key_or_an_impossible_size_is_refused() {
         );
     }
 }
+
+fn tiny_bert() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-bert")
+}
+
+/// The committed tiny BERT (`scripts/make_tiny_bert.py`: a WordPiece vocabulary trained on the
+/// release's captions, random weights): simat's token ids equal Hugging Face's exactly (a word
+/// outside the vocabulary split into pieces, a text cut at the context), and each pooling
+/// (CLS, mean over the mask, the graph's pooled output) gives PyTorch's embeddings within 1e-4,
+/// in batches that pad short texts beside long ones.
+#[test]
+fn a_sentence_encoder_equals_pytorch_in_every_pooling() {
+    use simat::model::text::TextModel;
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tiny_bert().join("reference/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let rows = r["texts"].as_array().unwrap();
+    let texts = texts_of(rows);
+    let dir = tempdir();
+    for pooling in ["mean", "cls", "pooled"] {
+        let folder = dir.path().join(pooling);
+        copy_dir(&tiny_bert(), &folder);
+        let toml = std::fs::read_to_string(folder.join("model.toml")).unwrap();
+        assert!(toml.contains("pooling = \"mean\""));
+        std::fs::write(
+            folder.join("model.toml"),
+            toml.replace("pooling = \"mean\"", &format!("pooling = \"{pooling}\"")),
+        )
+        .unwrap();
+        let mut model = TextModel::open(&folder, simat::model::Device::Cpu, 1).unwrap();
+        let tokens = model.tokens(&texts).unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let want: Vec<i64> = row["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            let got: Vec<i64> = (0..tokens.t)
+                .filter(|k| tokens.mask[i * tokens.t + k] == 1)
+                .map(|k| tokens.ids[i * tokens.t + k])
+                .collect();
+            assert_eq!(got, want, "text {i}: {:?}", texts[i]);
+        }
+        assert_eq!(tokens.t, 32, "the longest text is cut at the context");
+        let m = model.embed_texts(&texts, 4).unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let d = max_abs_diff(m.row(i), &floats(&row[pooling]));
+            assert!(d < 1e-4, "{pooling}: text {i}: {d}");
+        }
+    }
+}
+
+/// `simat encode --model CLIP --text-model BERT`: the images through the CLIP's image tower,
+/// the texts through the sentence encoder; a folder that is not a text model is refused before
+/// anything runs, and so is a text model for the oracle.
+#[test]
+fn encode_takes_a_text_model_of_its_own() {
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tiny_bert().join("reference/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let rows = r["texts"].as_array().unwrap();
+    let texts = texts_of(rows);
+    let dir = tempdir();
+    let tfile = dir.path().join("texts.txt");
+    std::fs::write(&tfile, texts.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let bert = tiny_bert();
+    run_ok(
+        &[
+            "encode",
+            "--model",
+            s(&tiny_clip()),
+            "--text-model",
+            s(&bert),
+            "--texts",
+            s(&tfile),
+            "--out",
+            s(&out),
+        ],
+        0,
+    );
+    let m = simat::io::store::EmbeddingStore::open(&out.join("text_embeddings.arrow"))
+        .unwrap()
+        .to_matrix();
+    for (i, row) in rows.iter().enumerate() {
+        assert!(
+            max_abs_diff(m.row(i), &floats(&row["mean"])) < 1e-4,
+            "text {i}"
+        );
+    }
+    let model_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(model_json["model"]["text_model"]["name"], "tiny-bert");
+    assert_eq!(model_json["model"]["text_model"]["pooling"], "mean");
+
+    let err = stderr(&run_ok(
+        &[
+            "encode",
+            "--model",
+            s(&tiny_clip()),
+            "--text-model",
+            s(&tiny_clip()),
+            "--texts",
+            s(&tfile),
+            "--out",
+            s(&dir.path().join("no")),
+        ],
+        2,
+    ));
+    assert!(err.contains("text_model") && err.contains("kind"), "{err}");
+    let err = stderr(&run_ok(
+        &[
+            "oracle",
+            "--run",
+            s(&dir.path().join("run")),
+            "--model",
+            s(&tiny_clip()),
+            "--text-model",
+            s(&bert),
+        ],
+        2,
+    ));
+    assert!(
+        err.contains("the oracle judges crops against captions"),
+        "{err}"
+    );
+}

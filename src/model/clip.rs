@@ -339,6 +339,8 @@ pub struct ClipModel {
     image: Option<(OnnxModel, TowerIo)>,
     text: Option<(OnnxModel, TowerIo)>,
     decoders: Option<rayon::ThreadPool>,
+    /// A text model of its own, which embeds the texts instead of the text tower.
+    own_text: Option<super::text::TextModel>,
 }
 
 /// Lower the calling thread to idle scheduling priority (Linux `SCHED_IDLE`); elsewhere, or
@@ -425,6 +427,7 @@ impl ClipModel {
             image: None,
             text: None,
             decoders: None,
+            own_text: None,
         })
     }
 
@@ -465,11 +468,21 @@ impl ClipModel {
         &self,
         file_hashes: std::collections::BTreeMap<String, String>,
     ) -> serde_json::Value {
-        serde_json::json!({
+        let mut id = serde_json::json!({
             "name": self.config.name,
             "pretrained": self.config.pretrained,
             "files": file_hashes,
-        })
+        });
+        if let Some(t) = &self.own_text {
+            id["text_model"] = t.identity().unwrap_or(serde_json::Value::Null);
+        }
+        id
+    }
+
+    /// Embed texts with `text` instead of this model's text tower: the image tower and a text
+    /// model of its own (a sentence encoder).
+    pub fn set_text_model(&mut self, text: super::text::TextModel) {
+        self.own_text = Some(text);
     }
 
     /// Load a tower and resolve its inputs and outputs (before its first batch).
@@ -558,6 +571,9 @@ impl ClipModel {
 
     /// Raw text embeddings of `texts`, `batch` at a time.
     pub fn embed_texts(&mut self, texts: &[&str], batch: usize) -> Result<Matrix> {
+        if let Some(t) = &mut self.own_text {
+            return t.embed_texts(texts, batch);
+        }
         let context = self.config.context_length;
         let mut data = Vec::new();
         let mut dim = self.config.embed_dim.unwrap_or(0);

@@ -11,6 +11,7 @@ pub mod heads;
 pub mod preprocess;
 pub mod resample;
 pub mod runner;
+pub mod text;
 pub mod tokenizer;
 pub mod train;
 

@@ -42,8 +42,16 @@ macro_rules! model_run_config {
             $($(#[$fmeta])* pub $field: $ty,)*
             /// The model folder (scripts/export_clip.py: open_clip or Hugging Face layout).
             /// Identified in fingerprints by its files' content, not its path.
+            /// With `text_model`, it is the image model: its image tower embeds the images.
             #[arg(long)]
             pub model: Option<std::path::PathBuf>,
+            /// A text model of its own (scripts/export_text_model.py: a sentence encoder, any
+            /// Hugging Face tokenizer): it embeds the texts (words, captions) instead of the
+            /// model's text tower. Its space is not the images': retrieve needs heads that map
+            /// both to one space (`adapt --dim D`).
+            #[arg(long, value_name = "DIR")]
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub text_model: Option<std::path::PathBuf>,
             /// `cpu`, or `cuda:N` with the GPU build of ONNX Runtime.
             #[arg(long, default_value = "cpu")]
             pub device: $crate::model::Device,
@@ -67,6 +75,7 @@ macro_rules! model_run_config {
             pub fn model_run(&self) -> $crate::model::runner::ModelRunConfig {
                 $crate::model::runner::ModelRunConfig {
                     model: self.model.clone(),
+                    text_model: self.text_model.clone(),
                     device: self.device,
                     batch_size: self.batch_size,
                     threads: self.threads,
@@ -134,7 +143,10 @@ impl ModelRunConfig {
 
     /// The model folder relative to `base` (a pipeline file's folder) when relative.
     pub fn resolve_paths(&mut self, base: &Path) {
-        if let Some(p) = &mut self.model {
+        for p in [&mut self.model, &mut self.text_model]
+            .into_iter()
+            .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -156,6 +168,16 @@ impl ModelRunConfig {
                 if let Err(m) = crate::model::clip::check_folder(dir) {
                     problems.push(bad("model", m));
                 }
+            }
+        }
+        if let Some(dir) = &self.text_model {
+            if stage == "oracle" {
+                problems.push(bad(
+                    "text_model",
+                    "the oracle judges crops against captions in one model's space; a text model of its own has no space in common with the images".into(),
+                ));
+            } else if let Err(m) = crate::model::text::check_folder(dir) {
+                problems.push(bad("text_model", m));
             }
         }
         for (key, v) in [
@@ -203,17 +225,35 @@ impl ModelRunConfig {
                 "scripts/export_clip.py writes one",
             ));
         }
-        Ok(MODEL_FILES
+        let mut files: Vec<(String, PathBuf)> = MODEL_FILES
             .iter()
             .map(|f| (format!("model/{f}"), dir.join(f)))
             .filter(|(_, p)| p.is_file())
-            .collect())
+            .collect();
+        if let Some(t) = &self.text_model {
+            if let Err(m) = crate::model::text::check_folder(t) {
+                return Err(Error::stage(stage, m));
+            }
+            files.extend(
+                crate::model::text::TEXT_MODEL_FILES
+                    .iter()
+                    .map(|f| (format!("text_model/{f}"), t.join(f))),
+            );
+        }
+        Ok(files)
     }
 
     /// Open the model.
     pub fn open(&self) -> Result<ClipModel> {
         let mut model = ClipModel::open(self.folder("model")?, self.device, self.threads)?;
         model.set_max_pixels(self.max_pixels);
+        if let Some(t) = &self.text_model {
+            model.set_text_model(crate::model::text::TextModel::open(
+                t,
+                self.device,
+                self.threads,
+            )?);
+        }
         Ok(model)
     }
 }

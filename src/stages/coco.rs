@@ -80,9 +80,14 @@ impl StageDef for Coco {
     ];
     type Config = CocoConfig;
     fn resolve_paths(c: &mut CocoConfig, base: &Path) {
-        for p in [&mut c.captions, &mut c.image_dir, &mut c.model]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut c.captions,
+            &mut c.image_dir,
+            &mut c.model,
+            &mut c.text_model,
+        ]
+        .into_iter()
+        .flatten()
         {
             crate::config::resolve(p, base);
         }
