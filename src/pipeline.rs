@@ -43,6 +43,10 @@
 //! oracle = "model"
 //! threshold = 0.25
 //!
+//! [sweep]                          # optional: many models through one pipeline (crate::sweep):
+//! models = ["../models/a", "../models/b"]   # one branch per model in RUN/models/NAME/
+//! # text_models = ["tower", "../models/minilm"]  # or: text encoders beside [embed]'s model
+//!
 //! [slurm]                          # optional: how `simat run --executor slurm` submits
 //! shards = 4                       # parts per shardable stage (crops, oracle, embed, coco); default 1
 //! partition = "gpu"                # these four are omitted from the scripts when not set
@@ -228,26 +232,43 @@ impl Pipeline {
                 )),
             }
         }
-        // A sweep's stages are built first with its first model in `[embed]`, to find the branch.
-        let mut sweep_models = None;
+        // A sweep's stages are built first with its first entry in `[embed]` and `[coco]`, to
+        // find the branch.
+        let mut sweep_entries = None;
         if let Some(v) = sweep_section {
             match crate::sweep::models_of(v, base) {
-                Ok(models) => match file.get_mut("embed") {
-                    Some(toml::Value::Table(embed)) if embed.contains_key("model") => problems.push(
-                        "[embed] model: a sweep gives each branch its model from [sweep] models; remove this key".into(),
-                    ),
-                    Some(toml::Value::Table(embed)) => {
-                        embed.insert(
-                            "model".into(),
-                            toml::Value::String(models[0].1.to_string_lossy().into_owned()),
+                Ok((axis, entries)) => {
+                    let key = axis.key();
+                    if !matches!(file.get("embed"), Some(toml::Value::Table(_))) {
+                        problems.push(
+                            "[sweep] needs an [embed] section: the stage each model's branch starts with"
+                                .into(),
                         );
-                        sweep_models = Some(models);
                     }
-                    _ => problems.push(
-                        "[sweep] needs an [embed] section: the stage each model's branch starts with"
-                            .into(),
-                    ),
-                },
+                    for root in crate::sweep::ROOTS {
+                        let Some(toml::Value::Table(section)) = file.get_mut(root) else {
+                            continue;
+                        };
+                        if section.contains_key(key) {
+                            problems.push(format!(
+                                "[{root}] {key}: a sweep gives each branch its {key} from [sweep]; remove this key"
+                            ));
+                        } else if axis == crate::sweep::Axis::TextModels
+                            && !section.contains_key("model")
+                        {
+                            problems.push(format!(
+                                "[{root}] model: a sweep over text models keeps one image model: name it here"
+                            ));
+                        }
+                        if let Some(first) = &entries[0].1 {
+                            section.insert(
+                                key.into(),
+                                toml::Value::String(first.to_string_lossy().into_owned()),
+                            );
+                        }
+                    }
+                    sweep_entries = Some((axis, entries));
+                }
                 Err(p) => problems.extend(p),
             }
         }
@@ -267,10 +288,10 @@ impl Pipeline {
         if stages.is_empty() {
             return Err(Error::config(path, "no stage sections"));
         }
-        let sweep = match sweep_models {
+        let sweep = match sweep_entries {
             None => None,
-            Some(models) => {
-                let (trunk, sweep) = Sweep::split(stages, &file, base, &run_dir, models, &shards)
+            Some(entries) => {
+                let (trunk, sweep) = Sweep::split(stages, &file, base, &run_dir, entries, &shards)
                     .map_err(|p| Error::config(path, p.join("; ")))?;
                 stages = trunk;
                 Some(sweep)

@@ -8,10 +8,15 @@
 //! batch_size = 64
 //! ```
 //!
+//! A sweep varies one thing: the model (`models`), or, beside one image model, the text model
+//! (`text_models = ["tower", "../models/minilm"]`, `tower` being the image model's own text
+//! tower): the paper's τ × text encoder table, with `[coco]` and `[adapt]` in each branch.
+//!
 //! **The shape.** The stages that do not depend on the model (import or ingest, triplets, crops,
 //! select, queries, the oracle) are the *trunk* and run once, in the run directory. Each model
-//! gets a *branch*: `[embed]` with that model, and every stage that reads what embed writes,
-//! directly or not (retrieve, score), in a run directory of its own, `RUN/models/NAME/`, whose
+//! gets a *branch*: `[embed]` and `[coco]` with that model (the key `model`, or `text_model`),
+//! and every stage that reads what they write, directly or not (adapt, retrieve, score), in a
+//! run directory of its own, `RUN/models/NAME/`, whose
 //! base is the sweep's run ([`Manifest`]). A branch reads the trunk's tables from the base, with
 //! the digests the base records, so its stages are fingerprinted as they would be in a run of
 //! that model alone and compute what that run computes, byte for byte; a trunk stage that reruns
@@ -51,8 +56,8 @@ const REPORT: &str = "report";
 pub struct Branch {
     /// The model's name: its folder under `RUN/models/`.
     pub name: String,
-    /// The model folder.
-    pub model: PathBuf,
+    /// The folder the branch sets (`None`: the image model's own text tower).
+    pub model: Option<PathBuf>,
     /// `RUN/models/NAME`.
     pub run_dir: PathBuf,
     /// Its stages, in order (the report aside).
@@ -95,70 +100,126 @@ impl std::fmt::Debug for Sweep {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SweepSection {
+    #[serde(default)]
     models: Vec<PathBuf>,
+    #[serde(default)]
+    text_models: Vec<PathBuf>,
 }
 
-/// The models of a `[sweep]` section, as (name, folder), each checked; every problem is said.
+/// What a sweep varies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// The model (`[sweep] models`): the key `model` of `[embed]` and `[coco]`.
+    Models,
+    /// The text model beside one image model (`[sweep] text_models`): their key `text_model`.
+    TextModels,
+}
+
+impl Axis {
+    /// The key of `[embed]` and `[coco]` that the sweep sets.
+    pub fn key(self) -> &'static str {
+        match self {
+            Axis::Models => "model",
+            Axis::TextModels => "text_model",
+        }
+    }
+}
+
+/// The entry of `text_models` that means the image model's own text tower.
+pub const TOWER: &str = "tower";
+
+/// The stages whose model a sweep sets: the branch starts with them.
+pub const ROOTS: [&str; 2] = ["coco", "embed"];
+
+/// One entry of a sweep: its name, and the folder it sets (none: the model's own text tower).
+pub type Entry = (String, Option<PathBuf>);
+
+/// The axis and entries of a `[sweep]` section, each checked; every problem is said.
 pub(crate) fn models_of(
     value: toml::Value,
     base: &Path,
-) -> std::result::Result<Vec<(String, PathBuf)>, Vec<String>> {
+) -> std::result::Result<(Axis, Vec<Entry>), Vec<String>> {
     let section =
         SweepSection::deserialize(value).map_err(|e| vec![format!("[sweep]: {}", e.message())])?;
-    if section.models.is_empty() {
-        return Err(vec!["[sweep] models: list at least one model folder".into()]);
-    }
+    let (axis, list, key) = match (section.models.is_empty(), section.text_models.is_empty()) {
+        (false, true) => (Axis::Models, section.models, "models"),
+        (true, false) => (Axis::TextModels, section.text_models, "text_models"),
+        (true, true) => {
+            return Err(vec![
+                "[sweep]: list the model folders in `models`, or the text models beside one image model in `text_models`".into(),
+            ])
+        }
+        (false, false) => {
+            return Err(vec![
+                "[sweep]: `models` and `text_models` together: a sweep varies one of them".into(),
+            ])
+        }
+    };
     let mut problems = Vec::new();
-    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    let mut out: Vec<Entry> = Vec::new();
     let mut seen: BTreeMap<String, (PathBuf, PathBuf)> = BTreeMap::new();
-    for (i, m) in section.models.iter().enumerate() {
+    for (i, m) in list.iter().enumerate() {
+        if axis == Axis::TextModels && m.as_os_str() == TOWER {
+            if seen.contains_key(TOWER) {
+                problems.push(format!("[sweep] {key}[{i}]: `{TOWER}` is listed twice"));
+            }
+            seen.insert(TOWER.into(), (m.clone(), m.clone()));
+            out.push((TOWER.into(), None));
+            continue;
+        }
         let dir = if m.is_absolute() {
             m.clone()
         } else {
             base.join(m)
         };
-        if let Err(e) = crate::model::clip::check_folder(&dir) {
-            problems.push(format!("[sweep] models[{i}]: {e}"));
+        let checked = match axis {
+            Axis::Models => crate::model::clip::check_folder(&dir),
+            Axis::TextModels => crate::model::text::check_folder(&dir),
+        };
+        if let Err(e) = checked {
+            problems.push(format!("[sweep] {key}[{i}]: {e}"));
             continue;
         }
         let name = match crate::model::clip::model_name(&dir) {
             Ok(n) => n,
             Err(e) => {
-                problems.push(format!("[sweep] models[{i}]: {e}"));
+                problems.push(format!("[sweep] {key}[{i}]: {e}"));
                 continue;
             }
         };
         let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
         if let Some((other, other_canonical)) = seen.get(&name) {
             problems.push(if *other_canonical == canonical {
-                format!("[sweep] models[{i}]: `{}` is listed twice", m.display())
+                format!("[sweep] {key}[{i}]: `{}` is listed twice", m.display())
             } else {
                 format!(
-                    "[sweep] models[{i}]: two models are named `{name}`, `{}` and `{}`; a model's branch is RUN/models/NAME, so give one of them another `name` in its model.toml",
+                    "[sweep] {key}[{i}]: two models are named `{name}`, `{}` and `{}`; a model's branch is RUN/models/NAME, so give one of them another `name` in its model.toml",
                     other.display(),
                     m.display()
                 )
             });
             continue;
         }
-        seen.insert(name.clone(), (m.clone(), canonical));
-        out.push((name, dir));
+        // Absolute: the branch's sections resolve relative paths against the pipeline's folder
+        // again.
+        seen.insert(name.clone(), (m.clone(), canonical.clone()));
+        out.push((name, Some(canonical)));
     }
     if problems.is_empty() {
-        Ok(out)
+        Ok((axis, out))
     } else {
         Err(problems)
     }
 }
 
-/// The names of the stages of `stages` (a pipeline, in order) that depend on the model: embed,
-/// and every stage that needs a table one of them provides.
+/// The names of the stages of `stages` (a pipeline, in order) that depend on the model: embed
+/// and coco, and every stage that needs a table one of them provides.
 fn branch_names(stages: &[Box<dyn Stage>]) -> BTreeSet<&'static str> {
     let mut names = BTreeSet::new();
     let mut tables = BTreeSet::new();
     for s in stages {
         let depends =
-            s.name() == "embed" || s.needs().iter().any(|n| tables.contains(n.table.name));
+            ROOTS.contains(&s.name()) || s.needs().iter().any(|n| tables.contains(n.table.name));
         if depends {
             names.insert(s.name());
             tables.extend(s.provides().iter().map(|t| t.name));
@@ -168,14 +229,15 @@ fn branch_names(stages: &[Box<dyn Stage>]) -> BTreeSet<&'static str> {
 }
 
 impl Sweep {
-    /// Split a pipeline's stages (built with the first model in `[embed]`) into the trunk and a
-    /// sweep over `models`, building each branch's stages from `file`'s sections.
+    /// Split a pipeline's stages (built with the first entry in `[embed]` and `[coco]`) into
+    /// the trunk and a sweep over `entries`, building each branch's stages from `file`'s
+    /// sections with the axis's key set.
     pub(crate) fn split(
         stages: Vec<Box<dyn Stage>>,
         file: &toml::Table,
         base: &Path,
         run_dir: &Path,
-        models: Vec<(String, PathBuf)>,
+        (axis, entries): (Axis, Vec<Entry>),
         shards: &BTreeMap<String, usize>,
     ) -> std::result::Result<(Trunk, Sweep), Vec<String>> {
         let names = branch_names(&stages);
@@ -195,18 +257,21 @@ impl Sweep {
             .filter(|n| names.contains(n) && *n != REPORT)
             .collect();
         let mut branches = Vec::new();
-        for (name, model) in models {
+        for (name, model) in entries {
             let mut built = Vec::new();
             for entry in ALL.iter().filter(|e| stage_names.contains(&e.name())) {
                 let Some(toml::Value::Table(section)) = file.get(entry.name()) else {
                     continue;
                 };
                 let mut section = section.clone();
-                if entry.name() == "embed" {
-                    section.insert(
-                        "model".into(),
-                        toml::Value::String(model.to_string_lossy().into_owned()),
-                    );
+                if ROOTS.contains(&entry.name()) {
+                    section.remove(axis.key());
+                    if let Some(m) = &model {
+                        section.insert(
+                            axis.key().into(),
+                            toml::Value::String(m.to_string_lossy().into_owned()),
+                        );
+                    }
                 }
                 match entry.build_from_toml(&section, base) {
                     Ok(s) => built.push(s),
@@ -435,7 +500,13 @@ pub fn run_local(
     out.push((run_dir.to_path_buf(), None, trunk_outcomes));
     for b in &chosen {
         Manifest::bind_base(&b.run_dir, BASE)?;
-        ui.status("Model", format!("{} ({})", b.name, b.model.display()));
+        let what = b
+            .model
+            .as_ref()
+            .map_or("the model's own text tower".into(), |m| {
+                m.display().to_string()
+            });
+        ui.status("Model", format!("{} ({what})", b.name));
         let outcomes = engine(&b.run_dir)?.run(&b.stages(), &branch_opts)?;
         out.push((b.run_dir.clone(), Some(b.name.clone()), outcomes));
     }

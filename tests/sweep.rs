@@ -211,5 +211,94 @@ fn a_missing_model_two_of_one_name_and_a_model_in_embed_are_refused_before_anyth
     let err = stderr(&run_ok(&["run", s(&p), "--model", "nope"], 2));
     assert!(err.contains("the sweep's models are tiny"), "{err}");
     assert!(!dir.path().join("run").exists(), "nothing may run: {err}");
-    assert!(!dir.path().join("run").exists());
+
+    // The committed sweeps load from a relative path: their model folders resolve once.
+    std::fs::create_dir_all(dir.path().join("fresh")).unwrap();
+    for p in ["pipelines/sweep.toml", "pipelines/text_encoders.toml"] {
+        let out = simat()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["status", s(&dir.path().join("fresh")), "--pipeline", p])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{p}: {}", stderr(&out));
+    }
+}
+
+/// `[sweep] text_models`: one image model, the CLIP's own text tower and the tiny BERT. Each
+/// branch trains its pairs' heads at every τ: square for the tower, 64 × 32 for the BERT's
+/// 32-dimensional texts. The report's "Score vs τ" has a line per text encoder, each point the
+/// test score at the λ of the best dev score, which is the leaderboard's best-dev number.
+#[test]
+fn a_sweep_over_text_encoders_trains_heads_for_each_and_plots_simat_against_tau() {
+    let dir = tempdir();
+    let p = small_text_encoders(dir.path());
+    run_ok(&["run", s(&p)], 0);
+    let run = dir.path().join("run");
+    let trunk = manifest(&run);
+    assert!(trunk["stages"].get("coco").is_none() && trunk["stages"].get("adapt").is_none());
+    for (name, d_txt) in [("tower", 64), ("tiny-bert", 32)] {
+        let branch = run.join("models").join(name);
+        let h = simat::model::heads::Heads::load(&branch.join("adapt/heads/head_tau0.1")).unwrap();
+        assert_eq!((h.img.weight.rows, h.img.weight.cols), (64, 64), "{name}");
+        assert_eq!(
+            (h.txt.weight.rows, h.txt.weight.cols),
+            (64, d_txt),
+            "{name}"
+        );
+        let words =
+            simat::io::store::EmbeddingStore::open(&branch.join("embed/word_embeddings.arrow"))
+                .unwrap()
+                .to_matrix();
+        assert_eq!(
+            words.cols, d_txt,
+            "{name}: the words come from the branch's text encoder"
+        );
+        let m = manifest(&branch);
+        assert_eq!(m["stages"]["adapt"]["counters"]["text_dim"], d_txt);
+    }
+
+    let board: serde_json::Value =
+        serde_json::from_slice(&run_ok(&["leaderboard", s(&run), "--format", "json"], 0).stdout)
+            .unwrap();
+    let labels = ["tower", "tiny-bert"];
+    let runs: Vec<simat::report::RunScores> = labels
+        .iter()
+        .map(|l| simat::report::RunScores {
+            label: l.to_string(),
+            file: simat::tables::retrievals::ScoresFile::read(
+                &run.join("models").join(l).join("score/scores.json"),
+            )
+            .unwrap(),
+            scored_at: None,
+        })
+        .collect();
+    let report = simat::report::Report {
+        runs,
+        breakdown: vec![],
+        max_rows: 0,
+        heads: "none".into(),
+        sheets: vec![],
+        has_pixels: false,
+    };
+    let points = report.tau_points();
+    for (r, label) in labels.iter().enumerate() {
+        let taus: Vec<f64> = points[r].iter().map(|p| p.0).collect();
+        assert_eq!(taus, [0.01, 0.03, 0.1, 0.3, 1.0], "{label}");
+        for (tau, score, _) in &points[r] {
+            let row = board
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["run"] == *label && e["heads"] == format!("head_tau{tau}"))
+                .unwrap_or_else(|| panic!("{label} τ = {tau} not in {board}"));
+            assert!(
+                (row["test"].as_f64().unwrap() - score).abs() < 1e-9,
+                "{label} τ = {tau}"
+            );
+        }
+    }
+    let html = std::fs::read_to_string(run.join("models/tower/report/report.html")).unwrap();
+    let tau = &html[html.find("<section id=\"tau\">").expect("a τ section")..];
+    let tau = &tau[..tau.find("</section>").unwrap()];
+    assert!(tau.contains("tower") && tau.contains("tiny-bert"), "{tau}");
 }

@@ -459,3 +459,25 @@ pub fn stage_tables(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// `pipelines/text_encoders.toml` on a 160-image world with 5 epochs per τ, its run directory
+/// `run` beside it in `dir`.
+pub fn small_text_encoders(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("pipelines/text_encoders.toml")).unwrap();
+    for part in [
+        "run_dir = \"../runs/text-encoders\"",
+        "image_count = 400",
+        "epochs = 20",
+    ] {
+        assert!(text.contains(part), "{part}");
+    }
+    let text = text
+        .replace("run_dir = \"../runs/text-encoders\"", "run_dir = \"run\"")
+        .replace("image_count = 400", "image_count = 160")
+        .replace("epochs = 20", "epochs = 5")
+        .replace("\"../data/", &format!("\"{}/data/", root.display()));
+    let p = dir.join("text_encoders.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}

@@ -104,9 +104,13 @@ pub fn model_name(dir: &Path) -> std::result::Result<String, String> {
     let from_toml = if toml_path.is_file() {
         let text = std::fs::read_to_string(&toml_path)
             .map_err(|e| format!("`{}`: {e}", toml_path.display()))?;
-        let config: ModelConfig =
+        // A CLIP's model.toml or a text model's: only `name` is read here.
+        let table: toml::Table =
             toml::from_str(&text).map_err(|e| format!("`{}`: {e}", toml_path.display()))?;
-        config.name
+        table
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(str::to_string)
     } else {
         None
     };

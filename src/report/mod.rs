@@ -101,6 +101,9 @@ pub struct Report {
     pub has_pixels: bool,
 }
 
+/// A point of SIMAT against τ: τ, the test score, its interval.
+pub type TauPoint = (f64, f64, Option<(f64, f64)>);
+
 /// Colours of the plots' lines, distinguishable and print-safe.
 const PALETTE: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
@@ -183,6 +186,7 @@ impl Report {
         );
         self.provenance(&mut h);
         self.plots(&mut h);
+        self.tau_plot(&mut h);
         self.headline(&mut h);
         self.leaderboard(&mut h);
         self.extremes(&mut h);
@@ -301,6 +305,98 @@ impl Report {
                 ));
             }
         }
+        h.push_str("</div></section>\n");
+    }
+
+    /// Per run, (τ, test score, its interval) of each head set `adapt` trained at τ
+    /// (`head_tau{τ}`), at the λ of its best dev score (the smallest on a tie); without dev and
+    /// test splits, the best λ on all queries. All fields.
+    pub fn tau_points(&self) -> Vec<Vec<TauPoint>> {
+        self.runs
+            .iter()
+            .map(|run| {
+                let rows = &run.file.scores;
+                let (pick, report) = if rows.iter().any(|r| r.split == "dev")
+                    && rows.iter().any(|r| r.split == "test")
+                {
+                    ("dev", "test")
+                } else {
+                    ("all", "all")
+                };
+                let mut taus: Vec<(f64, &str)> = Vec::new();
+                for r in rows {
+                    if let Some(t) = r
+                        .heads
+                        .strip_prefix("head_tau")
+                        .and_then(|t| t.parse().ok())
+                    {
+                        if !taus.iter().any(|(_, h)| *h == r.heads) {
+                            taus.push((t, &r.heads));
+                        }
+                    }
+                }
+                taus.sort_by(|a, b| a.0.total_cmp(&b.0));
+                taus.iter()
+                    .filter_map(|(tau, heads)| {
+                        let cell = |split: &'static str| {
+                            rows.iter().filter(move |r| {
+                                r.heads == *heads && r.split == split && r.field == "all"
+                            })
+                        };
+                        let best = cell(pick).filter(|r| r.score.is_finite()).max_by(|a, b| {
+                            a.score
+                                .total_cmp(&b.score)
+                                .then(b.lambda.total_cmp(&a.lambda))
+                        })?;
+                        let at = cell(report).find(|r| r.lambda == best.lambda)?;
+                        Some((*tau, at.score, at.ci))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// SIMAT against τ, a line per run (a text encoder's branch of a sweep), when runs scored
+    /// heads of several τ.
+    fn tau_plot(&self, h: &mut String) {
+        let points = self.tau_points();
+        if !points.iter().any(|p| p.len() > 1) {
+            return;
+        }
+        let series: Vec<svg::Series> = points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(r, p)| svg::Series {
+                name: self.runs[r].label.clone(),
+                colour: PALETTE[r % PALETTE.len()].to_string(),
+                points: p.iter().map(|(t, s, _)| (t.log10(), *s)).collect(),
+                band: p
+                    .iter()
+                    .filter_map(|(t, _, ci)| ci.map(|(lo, hi)| (t.log10(), lo, hi)))
+                    .collect(),
+            })
+            .collect();
+        h.push_str("<section id=\"tau\"><h2>Score vs τ</h2><p>Each head set `adapt` trained at temperature τ, scored on test at the λ of its best dev score; a line per run (per text encoder, in a sweep over text models).</p><ul class=\"legend\">");
+        for s in &series {
+            let _ = write!(
+                h,
+                "<li><span class=\"swatch\" style=\"background:{}\"></span>{}</li>",
+                s.colour,
+                esc(&s.name)
+            );
+        }
+        h.push_str("</ul><div class=\"plots\">");
+        h.push_str(&svg::line_plot(
+            &svg::Plot {
+                title: "test queries, all fields",
+                x_label: "log₁₀ τ",
+                y_label: "SIMAT score (%)",
+                size: (420.0, 260.0),
+            },
+            &series,
+            "plot-tau",
+        ));
         h.push_str("</div></section>\n");
     }
 

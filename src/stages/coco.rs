@@ -24,7 +24,8 @@ model_run_config! {
     /// Configuration of `coco`: its sources, then the model run that embeds them.
     pub struct CocoConfig {
         /// COCO's captions file (`annotations/captions_train2017.json`: images with `id` and
-        /// `file_name`, annotations with `image_id` and `caption`).
+        /// `file_name`, annotations with `image_id` and `caption`). Omitted, with `image_dir`:
+        /// the captions and images of the synth stage's rendered world.
         #[arg(long)]
         pub captions: Option<PathBuf>,
         /// The folder of its images (`file_name` is looked up there).
@@ -42,8 +43,8 @@ impl Default for CocoConfig {
 /// The coco stage.
 #[derive(Debug, Clone)]
 pub struct Coco {
-    captions: PathBuf,
-    image_dir: PathBuf,
+    /// The captions file and its images' folder, or `None` for the synth stage's.
+    source: Option<(PathBuf, PathBuf)>,
     model: ModelRunConfig,
 }
 
@@ -94,67 +95,94 @@ impl StageDef for Coco {
     }
     fn build(c: CocoConfig) -> Result<Self> {
         let model = c.model_run();
-        let captions = c.captions.ok_or_else(|| {
-            crate::engine::bad::<Self>("captions", "is required: COCO's captions JSON")
-        })?;
-        let image_dir = c.image_dir.ok_or_else(|| {
-            crate::engine::bad::<Self>("image_dir", "is required: the folder of its images")
-        })?;
         let mut checks = Checks::<Self>::new();
-        checks.path("captions", &captions, PathKind::File);
-        checks.path("image_dir", &image_dir, PathKind::Folder);
+        let source = match (c.captions, c.image_dir) {
+            (Some(captions), Some(image_dir)) => {
+                checks.path("captions", &captions, PathKind::File);
+                checks.path("image_dir", &image_dir, PathKind::Folder);
+                Some((captions, image_dir))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                checks.bad(
+                    "image_dir",
+                    "is required with `captions`: the folder of its images",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                checks.bad(
+                    "captions",
+                    "is required with `image_dir`: COCO's captions JSON",
+                );
+                None
+            }
+        };
         if let Err(e) = model.check(Self::NAME) {
             checks.error("model", e);
         }
-        checks.finish(Coco {
-            captions,
-            image_dir,
-            model,
-        })
+        checks.finish(Coco { source, model })
     }
     fn needs(&self) -> Vec<Need> {
-        vec![]
+        if self.source.is_some() {
+            return vec![];
+        }
+        vec![
+            Need::of(&tables::VG_CAPTIONS).choose("--captions FILE --image-dir DIR"),
+            Need::of(&tables::VG_IMAGES).choose("--captions FILE --image-dir DIR"),
+        ]
     }
     fn fingerprint(&self) -> serde_json::Value {
         self.model.fingerprint_value("coco")
     }
     fn inputs(&self) -> Result<Vec<(String, PathBuf)>> {
-        if !self.captions.is_file() {
+        let Some((captions, image_dir)) = &self.source else {
+            // The synth stage's tables enter through its output digest.
+            return self.model.inputs(Self::NAME);
+        };
+        if !captions.is_file() {
             return Err(Error::input_missing(
                 Self::NAME,
                 "captions file",
-                &self.captions,
+                captions,
                 "",
             ));
         }
-        if !self.image_dir.is_dir() {
+        if !image_dir.is_dir() {
             return Err(Error::input_missing(
                 Self::NAME,
                 "images folder",
-                &self.image_dir,
+                image_dir,
                 "",
             ));
         }
-        let mut v = vec![("captions".to_string(), self.captions.clone())];
+        let mut v = vec![("captions".to_string(), captions.clone())];
         v.extend(self.model.inputs(Self::NAME)?);
         Ok(v)
     }
     fn run(&self, ctx: &StageContext) -> Result<StageReport> {
-        let text = std::fs::read(&self.captions)
-            .map_err(|e| Error::io("failed to read", &self.captions, e))?;
+        let (captions, image_dir) = match &self.source {
+            Some((c, d)) => (c.clone(), d.clone()),
+            None => (
+                ctx.input(&tables::VG_CAPTIONS)?,
+                ctx.input(&tables::VG_IMAGES)?,
+            ),
+        };
+        let text =
+            std::fs::read(&captions).map_err(|e| Error::io("failed to read", &captions, e))?;
         let file: CocoFile = serde_json::from_slice(&text).map_err(|e| Error::Json {
-            path: self.captions.clone(),
+            path: captions.clone(),
             byte_offset: 0,
             message: format!("not COCO's captions format: {e}"),
         })?;
         let mut images: BTreeMap<i64, PathBuf> = BTreeMap::new();
         for im in &file.images {
             if images
-                .insert(im.id, self.image_dir.join(&im.file_name))
+                .insert(im.id, image_dir.join(&im.file_name))
                 .is_some()
             {
                 return Err(Error::data(
-                    &self.captions,
+                    &captions,
                     format!("image id {} appears twice", im.id),
                 ));
             }
