@@ -11,6 +11,11 @@ than the context), which tests/model.rs checks simat against.
 
     pip install torch transformers onnx onnxscript onnxruntime
     python3 scripts/make_tiny_bert.py [--release ../shared/data/simat-release]
+
+It also writes reference/{unigram,bpe}_tokenizer.json and other_tokenizers.json (see
+`other_tokenizers`). The tokenizers trainers break ties in an order that can change between
+runs, so a rerun may give another vocabulary and so another fixture; the committed one is what
+the tests check.
 """
 import argparse
 import json
@@ -68,7 +73,40 @@ def main():
     ref = {"torch": torch.__version__, "context_length": 32, "texts": rows}
     with open(os.path.join(args.out, "reference", "reference.json"), "w") as f:
         json.dump(ref, f)
+    other_tokenizers(captions, os.path.join(args.out, "reference"))
     print(f"{args.out}: vocabulary of {tok.vocab_size}, {len(rows)} reference texts")
+
+
+def other_tokenizers(captions, out):
+    """A Unigram (SentencePiece's model, T5's and XLM-R's kind, with a `</s>` appended) and a
+    byte-level BPE tokenizer (RoBERTa's kind, `<s> ... </s>`) trained on the same captions, with
+    Hugging Face's token ids of the reference texts: simat must read any kind of tokenizer.json."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import decoders
+
+    uni = Tokenizer(models.Unigram())
+    uni.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    uni.pre_tokenizer = pre_tokenizers.Metaspace()
+    uni.decoder = decoders.Metaspace()
+    uni.train_from_iterator(captions, trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    uni.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", uni.token_to_id("</s>"))])
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(captions, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "<pad>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.RobertaProcessing(("</s>", bpe.token_to_id("</s>")),
+                                                      ("<s>", bpe.token_to_id("<s>")))
+    ref = {}
+    for name, t in [("unigram", uni), ("bpe", bpe)]:
+        t.save(os.path.join(out, f"{name}_tokenizer.json"))
+        t.enable_truncation(32)
+        ref[name] = [{"text": x, "ids": t.encode(x).ids} for x in TEXTS]
+    with open(os.path.join(out, "other_tokenizers.json"), "w") as f:
+        json.dump(ref, f)
 
 
 if __name__ == "__main__":

@@ -490,3 +490,43 @@ fn encode_takes_a_text_model_of_its_own() {
         "{err}"
     );
 }
+
+/// A text model reads any kind of `tokenizer.json`: a Unigram one (SentencePiece's model, with
+/// `</s>` appended, as T5's) and a byte-level BPE one (`<s> … </s>`, as RoBERTa's), trained by
+/// `scripts/make_tiny_bert.py` on the release's captions, give Hugging Face's token ids exactly,
+/// cut at the context.
+#[test]
+fn unigram_and_byte_level_bpe_tokenizers_give_hugging_face_s_ids() {
+    use simat::model::text::TextModel;
+    let refs = tiny_bert().join("reference");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(refs.join("other_tokenizers.json")).unwrap())
+            .unwrap();
+    let dir = tempdir();
+    for kind in ["unigram", "bpe"] {
+        let folder = dir.path().join(kind);
+        copy_dir(&tiny_bert(), &folder);
+        std::fs::copy(
+            refs.join(format!("{kind}_tokenizer.json")),
+            folder.join("tokenizer.json"),
+        )
+        .unwrap();
+        let model = TextModel::open(&folder, simat::model::Device::Cpu, 1).unwrap();
+        let rows = r[kind].as_array().unwrap();
+        let texts = texts_of(rows);
+        let tokens = model.tokens(&texts).unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let want: Vec<i64> = row["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect();
+            let got: Vec<i64> = (0..tokens.t)
+                .filter(|k| tokens.mask[i * tokens.t + k] == 1)
+                .map(|k| tokens.ids[i * tokens.t + k])
+                .collect();
+            assert_eq!(got, want, "{kind}: text {i}: {:?}", texts[i]);
+        }
+    }
+}
