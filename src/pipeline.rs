@@ -249,12 +249,19 @@ impl Pipeline {
                         let Some(toml::Value::Table(section)) = file.get_mut(root) else {
                             continue;
                         };
+                        let named_image = section.contains_key("image_model");
+                        if axis == crate::sweep::Axis::Models && named_image {
+                            problems.push(format!(
+                                "[{root}] image_model: a sweep over models gives each branch its model from [sweep]; remove this key"
+                            ));
+                        }
                         if section.contains_key(key) {
                             problems.push(format!(
                                 "[{root}] {key}: a sweep gives each branch its {key} from [sweep]; remove this key"
                             ));
                         } else if axis == crate::sweep::Axis::TextModels
                             && !section.contains_key("model")
+                            && !named_image
                         {
                             problems.push(format!(
                                 "[{root}] model: a sweep over text models keeps one image model: name it here"

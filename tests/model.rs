@@ -433,7 +433,7 @@ fn encode_takes_a_text_model_of_its_own() {
     run_ok(
         &[
             "encode",
-            "--model",
+            "--image-model",
             s(&tiny_clip()),
             "--text-model",
             s(&bert),

@@ -45,6 +45,11 @@ macro_rules! model_run_config {
             /// With `text_model`, it is the image model: its image tower embeds the images.
             #[arg(long)]
             pub model: Option<std::path::PathBuf>,
+            /// The image model, named as such beside `text_model`: the same as `model`, which
+            /// it replaces (give one of the two).
+            #[arg(long, value_name = "DIR")]
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub image_model: Option<std::path::PathBuf>,
             /// A text model of its own (scripts/export_text_model.py: a sentence encoder, any
             /// Hugging Face tokenizer): it embeds the texts (words, captions) instead of the
             /// model's text tower. Its space is not the images': retrieve needs heads that map
@@ -75,6 +80,7 @@ macro_rules! model_run_config {
             pub fn model_run(&self) -> $crate::model::runner::ModelRunConfig {
                 $crate::model::runner::ModelRunConfig {
                     model: self.model.clone(),
+                    image_model: self.image_model.clone(),
                     text_model: self.text_model.clone(),
                     device: self.device,
                     batch_size: self.batch_size,
@@ -134,16 +140,19 @@ impl ModelRunConfig {
 
     /// The model folder; an error naming the key and flag when it is not set.
     pub fn folder(&self, stage: &str) -> Result<&Path> {
-        self.model.as_deref().ok_or_else(|| Error::BadValue {
-            stage: stage.into(),
-            key: "model".into(),
-            message: "is required: a model folder (scripts/export_clip.py writes one)".into(),
-        })
+        self.image_model
+            .as_deref()
+            .or(self.model.as_deref())
+            .ok_or_else(|| Error::BadValue {
+                stage: stage.into(),
+                key: "model".into(),
+                message: "is required: a model folder (scripts/export_clip.py writes one)".into(),
+            })
     }
 
     /// The model folder relative to `base` (a pipeline file's folder) when relative.
     pub fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.model, &mut self.text_model]
+        for p in [&mut self.model, &mut self.image_model, &mut self.text_model]
             .into_iter()
             .flatten()
         {
@@ -169,6 +178,12 @@ impl ModelRunConfig {
                     problems.push(bad("model", m));
                 }
             }
+        }
+        if self.model.is_some() && self.image_model.is_some() {
+            problems.push(bad(
+                "image_model",
+                "`model` and `image_model` name the same folder: give one of them".into(),
+            ));
         }
         if let Some(dir) = &self.text_model {
             if stage == "oracle" {

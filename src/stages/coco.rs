@@ -85,6 +85,7 @@ impl StageDef for Coco {
             &mut c.captions,
             &mut c.image_dir,
             &mut c.model,
+            &mut c.image_model,
             &mut c.text_model,
         ]
         .into_iter()
