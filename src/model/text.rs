@@ -104,6 +104,11 @@ fn read_config(dir: &Path) -> std::result::Result<TextModelConfig, String> {
 /// Whether `dir` is a text-model folder, checked before anything runs; the message says what
 /// is wrong.
 pub fn check_folder(dir: &Path) -> std::result::Result<(), String> {
+    checked_config(dir).map(|_| ())
+}
+
+/// The `model.toml` of the text-model folder `dir`, once the folder is checked.
+fn checked_config(dir: &Path) -> std::result::Result<TextModelConfig, String> {
     if !dir.is_dir() {
         return Err(format!(
             "`{}` is not a folder (expected a text model; scripts/export_text_model.py makes one)",
@@ -118,7 +123,7 @@ pub fn check_folder(dir: &Path) -> std::result::Result<(), String> {
             ));
         }
     }
-    read_config(dir).map(|_| ())
+    read_config(dir)
 }
 
 /// A text model, ready to embed.
@@ -127,7 +132,10 @@ pub struct TextModel {
     dir: PathBuf,
     /// Its `model.toml`.
     pub config: TextModelConfig,
+    /// Truncating at the context, not padding.
     tokenizer: tokenizers::Tokenizer,
+    /// The tokenizer's padding id (0 when it names none).
+    pad: i64,
     onnx: OnnxModel,
     inputs: Vec<String>,
     output: String,
@@ -151,17 +159,26 @@ pub struct Tokens {
 impl TextModel {
     /// Open the folder `dir` for `device`, with `threads` ONNX Runtime threads (0: its default).
     pub fn open(dir: &Path, device: Device, threads: usize) -> Result<TextModel> {
-        check_folder(dir).map_err(|m| Error::Config {
+        let config = checked_config(dir).map_err(|m| Error::Config {
             path: dir.to_path_buf(),
             message: m,
         })?;
-        let config = read_config(dir).map_err(|m| Error::Config {
-            path: dir.join("model.toml"),
-            message: m,
-        })?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::data(&tok_path, format!("not a tokenizer.json: {e}")))?;
+        // Cut at the context; padded by `tokens`, to the batch's longest, whatever padding the
+        // file asks for.
+        let pad = tokenizer
+            .get_padding()
+            .map(|p| i64::from(p.pad_id))
+            .unwrap_or(0);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: config.context_length,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::data(&tok_path, format!("truncation: {e}")))?;
+        tokenizer.with_padding(None);
         let graph = dir.join("text.onnx");
         let onnx = OnnxModel::load_on(&graph, threads, device)?;
         let names = onnx.inputs();
@@ -207,6 +224,7 @@ impl TextModel {
             dir: dir.to_path_buf(),
             config,
             tokenizer,
+            pad,
             onnx,
             inputs: names,
             output,
@@ -216,23 +234,16 @@ impl TextModel {
     /// The tokens of `texts` (special tokens as the tokenizer adds them, cut to the context
     /// length, padded to the longest).
     pub fn tokens(&self, texts: &[&str]) -> Result<Tokens> {
-        let path = self.dir.join("tokenizer.json");
-        let mut tok = self.tokenizer.clone();
-        tok.with_truncation(Some(tokenizers::TruncationParams {
-            max_length: self.config.context_length,
-            ..Default::default()
-        }))
-        .map_err(|e| Error::data(&path, format!("truncation: {e}")))?;
-        // Padded here, to the batch's longest, whatever padding the file asks for.
-        tok.with_padding(None);
-        let encodings = tok
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::data(&path, format!("tokenisation failed: {e}")))?;
-        let pad = self
+        let encodings = self
             .tokenizer
-            .get_padding()
-            .map(|p| i64::from(p.pad_id))
-            .unwrap_or(0);
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| {
+                Error::data(
+                    self.dir.join("tokenizer.json"),
+                    format!("tokenisation failed: {e}"),
+                )
+            })?;
+        let pad = self.pad;
         let t = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         let n = texts.len();
         let (mut ids, mut mask, mut type_ids) = (vec![pad; n * t], vec![0; n * t], vec![0; n * t]);
