@@ -24,6 +24,7 @@
 //! others at its barrier; measured on 2 cores, decoding beside inference at normal priority cost
 //! about twice its own CPU time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -455,22 +456,32 @@ impl ClipModel {
         &self.tokenizer
     }
 
-    /// The model's identity: its name and the BLAKE3 of each of its files.
+    /// The model's identity: its name and the BLAKE3 of each of its files (and of its text
+    /// model's, when it has one).
     pub fn identity(&self) -> Result<serde_json::Value> {
-        let mut files = std::collections::BTreeMap::new();
-        for f in MODEL_FILES {
-            let p = self.dir.join(f);
-            if p.is_file() {
-                files.insert(f.to_string(), crate::io::hash_file(&p)?);
+        let hashes = |dir: &Path, names: &[&str]| -> Result<BTreeMap<String, String>> {
+            let mut files = BTreeMap::new();
+            for f in names {
+                let p = dir.join(f);
+                if p.is_file() {
+                    files.insert(f.to_string(), crate::io::hash_file(&p)?);
+                }
             }
-        }
-        Ok(self.identity_from(files))
+            Ok(files)
+        };
+        let text = match &self.own_text {
+            Some(t) => hashes(t.dir(), super::text::TEXT_MODEL_FILES)?,
+            None => BTreeMap::new(),
+        };
+        Ok(self.identity_from(hashes(&self.dir, &MODEL_FILES)?, text))
     }
 
-    /// The identity from file hashes already computed (by file name).
+    /// The identity from file hashes already computed (by file name): the model's, and its text
+    /// model's.
     pub fn identity_from(
         &self,
-        file_hashes: std::collections::BTreeMap<String, String>,
+        file_hashes: BTreeMap<String, String>,
+        text_hashes: BTreeMap<String, String>,
     ) -> serde_json::Value {
         let mut id = serde_json::json!({
             "name": self.config.name,
@@ -478,7 +489,7 @@ impl ClipModel {
             "files": file_hashes,
         });
         if let Some(t) = &self.own_text {
-            id["text_model"] = t.identity().unwrap_or(serde_json::Value::Null);
+            id["text_model"] = t.identity_from(text_hashes);
         }
         id
     }

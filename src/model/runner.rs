@@ -525,20 +525,22 @@ pub fn write_model_json(
 }
 
 /// A stage's model identity from the hashes the engine took of the model files (its inputs
-/// labelled `model/<file>`), not hashing them a second time.
+/// labelled `model/<file>`, and `text_model/<file>`), not hashing them a second time.
 pub fn stage_identity(
     model: &ClipModel,
     input_hashes: &std::collections::BTreeMap<String, String>,
 ) -> serde_json::Value {
-    let files = input_hashes
-        .iter()
-        .filter_map(|(label, h)| {
-            label
-                .strip_prefix("model/")
-                .map(|f| (f.to_string(), h.clone()))
-        })
-        .collect();
-    model.identity_from(files)
+    let files = |prefix: &str| {
+        input_hashes
+            .iter()
+            .filter_map(|(label, h)| {
+                label
+                    .strip_prefix(prefix)
+                    .map(|f| (f.to_string(), h.clone()))
+            })
+            .collect()
+    };
+    model.identity_from(files("model/"), files("text_model/"))
 }
 
 /// What `simat encode` did.

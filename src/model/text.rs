@@ -340,18 +340,23 @@ impl TextModel {
         Ok(m)
     }
 
-    /// The model's identity: its name, pooling and the BLAKE3 of each of its files.
-    pub fn identity(&self) -> Result<serde_json::Value> {
-        let mut files = std::collections::BTreeMap::new();
-        for f in TEXT_MODEL_FILES {
-            files.insert(f.to_string(), crate::io::hash_file(&self.dir.join(f))?);
-        }
-        Ok(serde_json::json!({
+    /// Its folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The model's identity: its name, pooling and the BLAKE3 of each of its files (by file
+    /// name, hashed by the caller).
+    pub fn identity_from(
+        &self,
+        files: std::collections::BTreeMap<String, String>,
+    ) -> serde_json::Value {
+        serde_json::json!({
             "name": self.config.name,
             "pretrained": self.config.pretrained,
             "pooling": self.config.pooling,
             "normalize": self.config.normalize,
             "files": files,
-        }))
+        })
     }
 }
