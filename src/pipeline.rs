@@ -232,53 +232,10 @@ impl Pipeline {
                 )),
             }
         }
-        // A sweep's stages are built first with its first entry in `[embed]` and `[coco]`, to
-        // find the branch.
-        let mut sweep_entries = None;
-        if let Some(v) = sweep_section {
-            match crate::sweep::models_of(v, base) {
-                Ok((axis, entries)) => {
-                    let key = axis.key();
-                    if !matches!(file.get("embed"), Some(toml::Value::Table(_))) {
-                        problems.push(
-                            "[sweep] needs an [embed] section: the stage each model's branch starts with"
-                                .into(),
-                        );
-                    }
-                    for root in crate::sweep::ROOTS {
-                        let Some(toml::Value::Table(section)) = file.get_mut(root) else {
-                            continue;
-                        };
-                        let named_image = section.contains_key("image_model");
-                        if axis == crate::sweep::Axis::Models && named_image {
-                            problems.push(format!(
-                                "[{root}] image_model: a sweep over models gives each branch its model from [sweep]; remove this key"
-                            ));
-                        }
-                        if section.contains_key(key) {
-                            problems.push(format!(
-                                "[{root}] {key}: a sweep gives each branch its {key} from [sweep]; remove this key"
-                            ));
-                        } else if axis == crate::sweep::Axis::TextModels
-                            && !section.contains_key("model")
-                            && !named_image
-                        {
-                            problems.push(format!(
-                                "[{root}] model: a sweep over text models keeps one image model: name it here"
-                            ));
-                        }
-                        if let Some(first) = &entries[0].1 {
-                            section.insert(
-                                key.into(),
-                                toml::Value::String(first.to_string_lossy().into_owned()),
-                            );
-                        }
-                    }
-                    sweep_entries = Some((axis, entries));
-                }
-                Err(p) => problems.extend(p),
-            }
-        }
+        // A sweep's stages are built first with its first entry in its roots' sections, to find
+        // the branch.
+        let sweep_entries =
+            sweep_section.and_then(|v| crate::sweep::prepare(v, &mut file, base, &mut problems));
         let mut stages = Vec::new();
         for entry in ALL {
             let Some(toml::Value::Table(section)) = file.get(entry.name()) else {

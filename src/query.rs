@@ -4,7 +4,8 @@
 //!
 //! A sweep's run (`RUN/models/NAME/` for each model) is one run whose branch tables are the
 //! union of the models' under a `model` column. A table name is qualified as `stage_table` only
-//! when two finished stages of one run directory provide it. The run's label is its directory's name, or the path as given when two runs share a name.
+//! when two finished stages of one run directory provide it. The run's label is its directory's
+//! name, or the path as given when two runs share a name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

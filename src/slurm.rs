@@ -603,8 +603,7 @@ fn submit_sweep(
         let names: Vec<String> = sweep.names().iter().map(|n| n.to_string()).collect();
         // The names are plain folder names (`model_name`), safe in a Bash array.
         let command = format!(
-            "SIMAT_MODELS=({})
-{}",
+            "SIMAT_MODELS=({})\n{}",
             names.join(" "),
             task_command("--model \"${SIMAT_MODELS[$SLURM_ARRAY_TASK_ID]}\"")?
         );

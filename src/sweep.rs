@@ -135,7 +135,7 @@ pub const ROOTS: [&str; 2] = ["coco", "embed"];
 pub type Entry = (String, Option<PathBuf>);
 
 /// The axis and entries of a `[sweep]` section, each checked; every problem is said.
-pub(crate) fn models_of(
+fn models_of(
     value: toml::Value,
     base: &Path,
 ) -> std::result::Result<(Axis, Vec<Entry>), Vec<String>> {
@@ -210,6 +210,57 @@ pub(crate) fn models_of(
     } else {
         Err(problems)
     }
+}
+
+/// Read a `[sweep]` section and prepare the pipeline `file` for it: each root's section (`[embed]`,
+/// `[coco]`) checked for the keys the sweep sets, and given the first entry, so that the
+/// pipeline's stages can be built as the first branch's. Every problem goes to `problems`.
+pub(crate) fn prepare(
+    value: toml::Value,
+    file: &mut toml::Table,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<(Axis, Vec<Entry>)> {
+    let (axis, entries) = match models_of(value, base) {
+        Ok(x) => x,
+        Err(p) => {
+            problems.extend(p);
+            return None;
+        }
+    };
+    let key = axis.key();
+    if !matches!(file.get("embed"), Some(toml::Value::Table(_))) {
+        problems.push(
+            "[sweep] needs an [embed] section: the stage each model's branch starts with".into(),
+        );
+    }
+    for root in ROOTS {
+        let Some(toml::Value::Table(section)) = file.get_mut(root) else {
+            continue;
+        };
+        let named_image = section.contains_key("image_model");
+        if axis == Axis::Models && named_image {
+            problems.push(format!(
+                "[{root}] image_model: a sweep over models gives each branch its model from [sweep]; remove this key"
+            ));
+        }
+        if section.contains_key(key) {
+            problems.push(format!(
+                "[{root}] {key}: a sweep gives each branch its {key} from [sweep]; remove this key"
+            ));
+        } else if axis == Axis::TextModels && !section.contains_key("model") && !named_image {
+            problems.push(format!(
+                "[{root}] model: a sweep over text models keeps one image model: name it here"
+            ));
+        }
+        if let Some(first) = &entries[0].1 {
+            section.insert(
+                key.into(),
+                toml::Value::String(first.to_string_lossy().into_owned()),
+            );
+        }
+    }
+    Some((axis, entries))
 }
 
 /// The names of the stages of `stages` (a pipeline, in order) that depend on the model: embed
@@ -362,7 +413,7 @@ impl Sweep {
             if !Manifest::path(&b.run_dir).is_file() {
                 continue;
             }
-            let m = Manifest::load(&b.run_dir)?;
+            let m = Manifest::load_without_base(&b.run_dir)?;
             if m.base.as_deref() != Some(BASE) {
                 return Err(Error::data(
                     Manifest::path(&b.run_dir),
@@ -393,7 +444,7 @@ pub fn branches_of(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         if !Manifest::path(&path).is_file() {
             continue;
         }
-        if Manifest::load(&path)?.base.as_deref() == Some(BASE) {
+        if Manifest::load_without_base(&path)?.base.as_deref() == Some(BASE) {
             out.push((e.file_name().to_string_lossy().into_owned(), path));
         }
     }
@@ -423,9 +474,13 @@ fn engine<'a>(dir: &Path, ui: &'a Ui) -> Result<Engine<'a>> {
 /// reports included).
 pub type SweepOutcomes = Vec<(PathBuf, Option<String>, Vec<StageOutcome>)>;
 
-/// The options of a branch's run, given the trunk's outcomes: its own `--force` and `--until`,
-/// and as forced upstream the trunk's stages that ran because they were forced.
-fn branch_options(opts: &RunOptions, stages: &[&str], trunk: &[StageOutcome]) -> RunOptions {
+/// `opts` for a run of `stages` alone: the `--force` and `--until` that name one of them, and
+/// as forced upstream the stages of `ran` (what ran before it) that ran because they were forced.
+fn scoped<'a>(
+    opts: &RunOptions,
+    stages: &[&str],
+    ran: impl IntoIterator<Item = &'a StageOutcome>,
+) -> RunOptions {
     RunOptions {
         force: opts
             .force
@@ -436,8 +491,8 @@ fn branch_options(opts: &RunOptions, stages: &[&str], trunk: &[StageOutcome]) ->
         until: opts.until.clone().filter(|u| stages.contains(&u.as_str())),
         wait: opts.wait,
         only: None,
-        forced_upstream: trunk
-            .iter()
+        forced_upstream: ran
+            .into_iter()
             .filter(|o| o.ran_because == Some(StaleReason::Forced))
             .map(|o| o.stage.clone())
             .collect(),
@@ -477,16 +532,7 @@ pub fn run_local(
     let mut out: SweepOutcomes = Vec::new();
     let trunk_outcomes = if model.is_none() {
         let names: Vec<&str> = trunk.iter().map(|s| s.name()).collect();
-        let trunk_opts = RunOptions {
-            force: opts
-                .force
-                .iter()
-                .filter(|f| names.contains(&f.as_str()))
-                .cloned()
-                .collect(),
-            until: opts.until.clone().filter(|u| names.contains(&u.as_str())),
-            ..opts.clone()
-        };
+        let trunk_opts = scoped(opts, &names, []);
         let outcomes = engine(run_dir)?.run(trunk, &trunk_opts)?;
         if trunk_opts.until.is_some() {
             out.push((run_dir.to_path_buf(), None, outcomes));
@@ -496,7 +542,7 @@ pub fn run_local(
     } else {
         vec![]
     };
-    let branch_opts = branch_options(opts, &sweep.stage_names, &trunk_outcomes);
+    let branch_opts = scoped(opts, &sweep.stage_names, &trunk_outcomes);
     out.push((run_dir.to_path_buf(), None, trunk_outcomes));
     for b in &chosen {
         Manifest::bind_base(&b.run_dir, BASE)?;
@@ -527,7 +573,7 @@ pub fn run_local(
 pub fn run_reports(
     sweep: &Sweep,
     opts: &RunOptions,
-    ran: &SweepOutcomes,
+    ran: &[(PathBuf, Option<String>, Vec<StageOutcome>)],
     ui: &Ui,
 ) -> Result<Vec<(PathBuf, StageOutcome)>> {
     let engine = |dir: &Path| engine(dir, ui);
@@ -537,25 +583,12 @@ pub fn run_reports(
             return Ok(out);
         };
         let report = report?;
-        let forced: BTreeSet<String> = ran
+        // What ran before it in its branch and in the trunk.
+        let before = ran
             .iter()
             .filter(|(dir, name, _)| name.is_none() || *dir == b.run_dir)
-            .flat_map(|(_, _, o)| o)
-            .filter(|o| o.ran_because == Some(StaleReason::Forced))
-            .map(|o| o.stage.clone())
-            .collect();
-        let report_opts = RunOptions {
-            force: opts
-                .force
-                .iter()
-                .filter(|f| *f == REPORT)
-                .cloned()
-                .collect(),
-            until: None,
-            wait: opts.wait,
-            only: None,
-            forced_upstream: forced,
-        };
+            .flat_map(|(_, _, o)| o);
+        let report_opts = scoped(opts, &[REPORT], before);
         let mut outcomes = engine(&b.run_dir)?.run(&[report.as_ref()], &report_opts)?;
         out.push((b.run_dir.clone(), outcomes.remove(0)));
     }

@@ -671,7 +671,7 @@ fn run_sweep_task(
         wait,
         ..RunOptions::default()
     };
-    let outcomes: Vec<StageOutcome> = crate::sweep::run_reports(sweep, &opts, &vec![], ui)?
+    let outcomes: Vec<StageOutcome> = crate::sweep::run_reports(sweep, &opts, &[], ui)?
         .into_iter()
         .map(|(_, o)| o)
         .collect();
@@ -861,7 +861,7 @@ fn status(run: &Path, pipeline: Option<&Path>, json: bool, ui: &Ui) -> Result<Ex
         }
     }
     for (name, dir) in crate::sweep::branches_of(run)? {
-        let m = Manifest::load(&dir)?;
+        let m = Manifest::load_without_base(&dir)?;
         let done = m
             .stages
             .values()

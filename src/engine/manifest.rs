@@ -208,11 +208,11 @@ impl Manifest {
     /// Load the manifest of `run_dir`, with its base's finished records; an absent manifest is
     /// an empty one.
     pub fn load(run_dir: &Path) -> Result<Manifest> {
-        let mut m = Manifest::load_own(run_dir)?;
+        let mut m = Manifest::load_without_base(run_dir)?;
         let path = Self::path(run_dir);
         if let Some(base) = &m.base {
             let dir = run_dir.join(base);
-            let parent = Manifest::load_own(&dir)?;
+            let parent = Manifest::load_without_base(&dir)?;
             if parent.base.is_some() {
                 return Err(Error::data(
                     &path,
@@ -229,8 +229,8 @@ impl Manifest {
         Ok(m)
     }
 
-    /// [`Self::load`] without the base's records.
-    fn load_own(run_dir: &Path) -> Result<Manifest> {
+    /// [`Self::load`] without the base's records (its own stages and the name of its base).
+    pub fn load_without_base(run_dir: &Path) -> Result<Manifest> {
         let path = Self::path(run_dir);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
