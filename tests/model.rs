@@ -62,13 +62,7 @@ fn assert_token_ids(tok: &simat::model::tokenizer::ClipTokenizer, rows: &[serde_
     let texts = texts_of(rows);
     let ids = tok.encode(&texts).unwrap();
     for (i, r) in rows.iter().enumerate() {
-        let want: Vec<i64> = r["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
-        assert_eq!(&ids[i * 77..(i + 1) * 77], &want[..], "{:?}", texts[i]);
+        assert_eq!(&ids[i * 77..(i + 1) * 77], &ids_of(r)[..], "{:?}", texts[i]);
     }
 }
 
@@ -216,12 +210,7 @@ fn hugging_face_layouts_embed_as_open_clip() {
     assert_eq!(model.tokenizer().convention, Convention::HuggingFace);
     let enc = model.tokenizer().encode_with_mask(&texts).unwrap();
     for (i, row) in rows.iter().enumerate() {
-        let want: Vec<i64> = row["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let want = ids_of(row);
         let used = want.iter().rposition(|&t| t != 0).unwrap() + 1;
         assert_eq!(
             &enc.ids[i * 77..i * 77 + used],
@@ -361,6 +350,35 @@ fn a_model_toml_with_an_unknown_key_or_an_impossible_size_is_refused() {
     }
 }
 
+/// A reference row's token `ids`.
+fn ids_of(row: &serde_json::Value) -> Vec<i64> {
+    row["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
+/// `model` tokenises each row's `text` to the row's `ids` (the tokens its attention mask keeps);
+/// the batch's tokens.
+fn assert_text_tokens(
+    model: &simat::model::text::TextModel,
+    rows: &[serde_json::Value],
+    what: &str,
+) -> simat::model::text::Tokens {
+    let texts = texts_of(rows);
+    let tokens = model.tokens(&texts).unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let got: Vec<i64> = (0..tokens.t)
+            .filter(|k| tokens.mask[i * tokens.t + k] == 1)
+            .map(|k| tokens.ids[i * tokens.t + k])
+            .collect();
+        assert_eq!(got, ids_of(row), "{what}: text {i}: {:?}", texts[i]);
+    }
+    tokens
+}
+
 fn tiny_bert() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tiny-bert")
 }
@@ -391,20 +409,7 @@ fn a_sentence_encoder_equals_pytorch_in_every_pooling() {
         )
         .unwrap();
         let mut model = TextModel::open(&folder, simat::model::Device::Cpu, 1).unwrap();
-        let tokens = model.tokens(&texts).unwrap();
-        for (i, row) in rows.iter().enumerate() {
-            let want: Vec<i64> = row["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap())
-                .collect();
-            let got: Vec<i64> = (0..tokens.t)
-                .filter(|k| tokens.mask[i * tokens.t + k] == 1)
-                .map(|k| tokens.ids[i * tokens.t + k])
-                .collect();
-            assert_eq!(got, want, "text {i}: {:?}", texts[i]);
-        }
+        let tokens = assert_text_tokens(&model, rows, pooling);
         assert_eq!(tokens.t, 32, "the longest text is cut at the context");
         let m = model.embed_texts(&texts, 4).unwrap();
         for (i, row) in rows.iter().enumerate() {
@@ -512,21 +517,6 @@ fn unigram_and_byte_level_bpe_tokenizers_give_hugging_face_s_ids() {
         )
         .unwrap();
         let model = TextModel::open(&folder, simat::model::Device::Cpu, 1).unwrap();
-        let rows = r[kind].as_array().unwrap();
-        let texts = texts_of(rows);
-        let tokens = model.tokens(&texts).unwrap();
-        for (i, row) in rows.iter().enumerate() {
-            let want: Vec<i64> = row["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap())
-                .collect();
-            let got: Vec<i64> = (0..tokens.t)
-                .filter(|k| tokens.mask[i * tokens.t + k] == 1)
-                .map(|k| tokens.ids[i * tokens.t + k])
-                .collect();
-            assert_eq!(got, want, "{kind}: text {i}: {:?}", texts[i]);
-        }
+        assert_text_tokens(&model, r[kind].as_array().unwrap(), kind);
     }
 }

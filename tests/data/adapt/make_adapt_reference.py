@@ -89,27 +89,27 @@ def save(name, ref, clipped):
     print(f"{name}: {len(steps)} steps, clipped {clipped}, final loss {steps[-1]['loss']:.6f}")
 
 
+def pairs(seed, n, d_img, d_txt, prefix):
+    """Seeded raw pairs: texts a random linear map of the images plus noise, saved as
+    {prefix}x.npy and {prefix}y.npy."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, d_img)) * 3).astype(np.float32)
+    mix = rng.standard_normal((d_img, d_txt)).astype(np.float32) / d_img ** 0.5
+    y = (x @ mix + rng.standard_normal((n, d_txt)) * 2).astype(np.float32)
+    np.save(os.path.join(OUT, f"{prefix}x.npy"), x)
+    np.save(os.path.join(OUT, f"{prefix}y.npy"), y)
+    return x, y
+
+
 def main():
     s = dict(SETTINGS, dim=SETTINGS["d"])
-    rng = np.random.default_rng(11)
-    x = (rng.standard_normal((s["n"], s["d"])) * 3).astype(np.float32)
-    mix_ = rng.standard_normal((s["d"], s["d"])).astype(np.float32) / s["d"] ** 0.5
-    y = (x @ mix_ + rng.standard_normal((s["n"], s["d"])) * 2).astype(np.float32)
-    np.save(os.path.join(OUT, "x.npy"), x)
-    np.save(os.path.join(OUT, "y.npy"), y)
+    x, y = pairs(11, s["n"], s["d"], s["d"], "")
     eye = np.eye(s["d"], dtype=np.float32)  # --init identity
-    del s["dim"]
-    save("reference.json", *train(x, y, dict(s, dim=s["d"]), eye, eye))
+    save("reference.json", *train(x, y, s, eye, eye))
 
-    # Unequal shapes: a text encoder of another dimension, related to the images' through a
-    # random map, both mapped to D = 64.
-    r = dict(RECT)
-    rng = np.random.default_rng(12)
-    x = (rng.standard_normal((r["n"], r["d_img"])) * 3).astype(np.float32)
-    mix_ = rng.standard_normal((r["d_img"], r["d_txt"])).astype(np.float32) / r["d_img"] ** 0.5
-    y = (x @ mix_ + rng.standard_normal((r["n"], r["d_txt"])) * 2).astype(np.float32)
-    np.save(os.path.join(OUT, "rect_x.npy"), x)
-    np.save(os.path.join(OUT, "rect_y.npy"), y)
+    # Unequal shapes: a text encoder of another dimension, both mapped to D = 64.
+    r = RECT
+    x, y = pairs(12, r["n"], r["d_img"], r["d_txt"], "rect_")
     img_w = projection(r["dim"], r["d_img"], r["seed"], 0)
     txt_w = projection(r["dim"], r["d_txt"], r["seed"], 1)
     save("rect_reference.json", *train(x, y, r, img_w, txt_w))
